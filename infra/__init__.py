@@ -1,0 +1,1 @@
+"""The platform stack: VPC, EKS, Karpenter pools for Trainium/Inferentia, FSx, operators."""

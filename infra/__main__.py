@@ -1,0 +1,86 @@
+"""The platform program: parse the stack config once, compose one component per concern,
+export what workload stacks need.
+
+Dependency order (and so `pulumi destroy` order, reversed): network -> cluster -> system
+nodes -> Karpenter -> NodePools, add-ons, storage. Destroy removes NodePools (Karpenter
+drains and terminates their nodes, the EC2NodeClass finalizer waits for that) before the
+Karpenter controller, add-ons and cluster go, and the VPC last.
+"""
+import sys
+from pathlib import Path
+
+# Pulumi runs this file with infra/ as the working program directory; the package
+# imports below need the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi  # noqa: E402
+
+from infra import catalog, config, network, versions  # noqa: E402
+from infra.addons import Addons, AddonsArgs, default_queue_spec  # noqa: E402
+from infra.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
+from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
+from infra.registry import Registry, RegistryArgs  # noqa: E402
+from infra.storage import SharedStorage, SharedStorageArgs  # noqa: E402
+
+cfg = config.from_pulumi(pulumi.get_stack())
+tags = {"trn-platform/cluster": cfg.cluster_name, "trn-platform/environment": cfg.environment,
+        "managed-by": "pulumi", **cfg.tags}
+
+# -- network: AZ IDs that offer the pools' instance types ---------------------------------
+offerings = network.fetch_offerings([t for p in cfg.node_pools for t in p.instance_types])
+az_ids = network.choose_az_ids(offerings, cfg.node_pools, cfg.network, list(catalog.zone_ids(cfg.region)))
+pool_zone_ids = {p.name: network.pool_zone_ids(p, offerings, az_ids) for p in cfg.node_pools}
+net = network.Network("network", network.NetworkArgs(cluster_name=cfg.cluster_name, config=cfg.network,
+                                                     az_ids=az_ids, region=cfg.region, tags=tags))
+
+# -- cluster and system nodes -------------------------------------------------------------
+cluster = Cluster("cluster", ClusterArgs(config=cfg, vpc_id=net.vpc_id, private_subnet_ids=net.private_subnet_ids,
+                                         public_subnet_ids=net.public_subnet_ids, tags=tags))
+on_system_nodes = [cluster.system_nodes, cluster.pod_identity_agent]
+
+# -- Karpenter and its pools --------------------------------------------------------------
+karpenter = Karpenter("karpenter", KarpenterArgs(
+    cluster_name=cfg.cluster_name, cluster_ready=cluster.identity.cluster_name, region=cfg.region,
+    identity=cluster.identity, provider=cluster.provider, depends_on=on_system_nodes, tags=tags))
+pools = NodePools("pools", NodePoolsArgs(
+    pools=cfg.node_pools, pool_zone_ids=pool_zone_ids, cluster_name=cfg.cluster_name,
+    node_role_name=karpenter.node_role.name, cluster_security_group_id=cluster.cluster_security_group_id,
+    tags=tags, provider=cluster.provider, depends_on=[karpenter.release, karpenter.crds, karpenter.node_access]))
+
+# -- shared storage, operators, registry --------------------------------------------------
+accel_azs = [az for az in az_ids if any(az in pool_zone_ids[p.name] for p in cfg.accelerator_pools)] or az_ids
+storage = SharedStorage("storage", SharedStorageArgs(
+    config=cfg.fsx, cluster_name=cfg.cluster_name, vpc_id=net.vpc_id, vpc_cidr=cfg.network.vpc_cidr,
+    subnet_id=net.private_subnet_ids[az_ids.index(accel_azs[0])],
+    node_security_group_id=cluster.node_security_group.id, provider=cluster.provider,
+    depends_on=on_system_nodes, tags=tags))
+accel_limits = [p.limits for p in cfg.accelerator_pools]
+addons = Addons("addons", AddonsArgs(
+    provider=cluster.provider, depends_on=on_system_nodes,
+    queue_capability=default_queue_spec(
+        cpu_limit=sum(int(lim["cpu"]) for lim in accel_limits),
+        memory_gib_limit=sum(int(lim["memory"].removesuffix("Gi")) for lim in accel_limits),
+        neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))
+registry = Registry("registry", RegistryArgs(cluster_name=cfg.cluster_name, repositories=cfg.ecr_repositories,
+                                             force_destroy=cfg.environment != "prod", budget=cfg.budget, tags=tags))
+
+# -- what workload stacks read through their StackReference --------------------------------
+pulumi.export("clusterName", cfg.cluster_name)
+pulumi.export("region", cfg.region)
+pulumi.export("kubernetesVersion", cfg.kubernetes_version)
+pulumi.export("kubeconfig", cluster.kubeconfig)
+pulumi.export("identityMode", cfg.identity)
+pulumi.export("oidcProviderArn", cluster.identity.oidc_provider_arn)
+pulumi.export("oidcIssuer", cluster.identity.oidc_issuer)
+pulumi.export("availabilityZoneIds", az_ids)
+pulumi.export("nodePools", pools.scheduling)
+pulumi.export("sharedStorage", {"pvcName": storage.pvc_name, "namespace": storage.pvc_namespace,
+                                "mountPath": storage.mount_path, "fileSystemId": storage.file_system.id})
+pulumi.export("workloadNamespace", storage.pvc_namespace)
+pulumi.export("ecrRepositories", {name: repo.repository_url for name, repo in registry.repositories.items()})
+pulumi.export("artifactsBucket", registry.bucket.bucket)
+pulumi.export("artifactsBucketArn", registry.bucket.arn)
+pulumi.export("volcanoQueue", addons.queue_name)
+pulumi.export("neuronSchedulerName", versions.NEURON_SCHEDULER_NAME)
+pulumi.export("neuronSdkVersion", versions.neuron_sdk()["neuron_sdk"])

@@ -1,0 +1,104 @@
+"""Cluster add-ons for ML: Neuron device plugin + scheduler extension, EFA device plugin,
+MPI operator, KubeRay (Volcano as batch scheduler) and Volcano with a default Queue.
+
+Every chart and manifest is pinned in infra/versions.py. Helm values are pure functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import versions
+from infra.cluster import SYSTEM_POOL_LABEL
+from infra.nodepools import EFA_LABEL, NEURON_TAINT
+
+ON_SYSTEM_NODES = {"nodeSelector": SYSTEM_POOL_LABEL,
+                   "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}]}
+TOLERATE_NEURON = [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}]
+MPI_OPERATOR_KUSTOMIZATION = Path(__file__).resolve().parent / "manifests" / "mpi-operator"
+VOLCANO_QUEUE = "ml-default"
+
+
+def neuron_values() -> dict:
+    """Device plugin on Neuron nodes (chart default affinity); the scheduler extension and
+    its second kube-scheduler on the system nodes — the chart's default targets
+    control-plane nodes, which EKS does not expose. No node-problem-detector."""
+    return {
+        "devicePlugin": {"enabled": True},
+        "npd": {"enabled": False},
+        "scheduler": {"enabled": True, **ON_SYSTEM_NODES,
+                      "customScheduler": {"enabled": True, **ON_SYSTEM_NODES}},
+    }
+
+
+def efa_values() -> dict:
+    """Only on EFA pools' nodes, tolerating the Neuron taint they carry."""
+    return {"nodeSelector": {EFA_LABEL: "true"}, "tolerations": TOLERATE_NEURON}
+
+
+def kuberay_values() -> dict:
+    return {"batchScheduler": {"name": "volcano"}, **ON_SYSTEM_NODES,
+            "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}
+
+
+def volcano_values() -> dict:
+    """Volcano chart values (keys of installer/helm/chart/volcano/values.yaml at v1.15.1):
+    images pinned to the chart's release instead of the chart's floating default tag."""
+    return {
+        "basic": {"image_tag_version": f"v{versions.VOLCANO_VERSION}", "image_pull_policy": "IfNotPresent"},
+        "custom": {"default_ns": SYSTEM_POOL_LABEL,
+                   "default_tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+                   "leader_elect_enable": True},
+    }
+
+
+def default_queue_spec(cpu_limit: int, memory_gib_limit: int, neuron_limit: int) -> dict:
+    """A Queue whose capability covers every accelerator pool at its limit."""
+    capability = {"cpu": str(cpu_limit), "memory": f"{memory_gib_limit}Gi"}
+    if neuron_limit:
+        capability["aws.amazon.com/neuron"] = str(neuron_limit)
+    return {"weight": 1, "reclaimable": False, "capability": capability}
+
+
+@dataclass
+class AddonsArgs:
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+    queue_capability: dict  # from default_queue_spec
+
+
+class Addons(pulumi.ComponentResource):
+    def __init__(self, name: str, args: AddonsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:platform:Addons", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+
+        self.neuron = k8s.helm.v3.Release(
+            f"{name}-neuron", name="neuron", chart=versions.NEURON_HELM_CHART,
+            version=versions.NEURON_HELM_CHART_VERSION, namespace="kube-system", values=neuron_values(), opts=k8s_opts)
+        self.efa = k8s.helm.v3.Release(
+            f"{name}-efa", name="aws-efa-k8s-device-plugin", chart=versions.EFA_CHART,
+            version=versions.EFA_CHART_VERSION, namespace="kube-system",
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.EFA_CHART_REPO), values=efa_values(),
+            opts=k8s_opts)
+        self.volcano = k8s.helm.v3.Release(
+            f"{name}-volcano", name="volcano", chart=versions.VOLCANO_CHART, version=versions.VOLCANO_VERSION,
+            namespace="volcano-system", create_namespace=True,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.VOLCANO_CHART_REPO), values=volcano_values(),
+            opts=k8s_opts)
+        self.kuberay = k8s.helm.v3.Release(
+            f"{name}-kuberay", name="kuberay-operator", chart=versions.KUBERAY_CHART, version=versions.KUBERAY_VERSION,
+            namespace="kuberay-system", create_namespace=True,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KUBERAY_CHART_REPO), values=kuberay_values(),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[*args.depends_on, self.volcano])))
+        # No chart upstream: our kustomization pins the release's manifests and image.
+        self.mpi_operator = k8s.kustomize.v2.Directory(
+            f"{name}-mpi-operator", directory=str(MPI_OPERATOR_KUSTOMIZATION), opts=k8s_opts)
+        self.default_queue = k8s.apiextensions.CustomResource(
+            f"{name}-queue", api_version="scheduling.volcano.sh/v1beta1", kind="Queue",
+            metadata={"name": VOLCANO_QUEUE}, spec=args.queue_capability,
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[*args.depends_on, self.volcano])))
+        self.queue_name = VOLCANO_QUEUE
+        self.register_outputs({})

@@ -1,0 +1,98 @@
+"""Facts about instance types, regions and AZ offerings, read from infra/data/.
+
+`instance_types.json` holds hardware facts (vCPU, memory, Neuron devices, EFA interfaces).
+`offerings-snapshot.json` is a snapshot of DescribeInstanceTypeOfferings for the offline
+render only; live deployments and preflight ask EC2.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    family: str
+    vcpu: int
+    memory_gib: int
+    neuron_devices: int
+    neuron_cores: int
+    efa_interfaces: int
+    instance_store_gib: int
+
+
+@dataclass(frozen=True)
+class WorkloadCapacity:
+    """What one workload preset needs from a node pool (checked at platform config time)."""
+    instance_type: str
+    nodes: int
+    efa: bool
+
+
+# The multi-node presets of the workloads (workloads/ and images/trn_workloads/ hold the
+# full presets; tests assert these agree).
+WORKLOAD_CAPACITY: dict[str, WorkloadCapacity] = {
+    "nemo-llama2-7b": WorkloadCapacity("trn1.32xlarge", 4, True),
+    "nemo-small": WorkloadCapacity("trn1.32xlarge", 1, True),
+    "ray-llama2-7b": WorkloadCapacity("trn1.32xlarge", 2, True),
+    "lora-llama3-8b": WorkloadCapacity("trn1.32xlarge", 1, False),
+    "compile": WorkloadCapacity("trn1.2xlarge", 1, False),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _instance_data() -> dict:
+    return json.loads((DATA / "instance_types.json").read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def _offerings() -> dict:
+    return json.loads((DATA / "offerings-snapshot.json").read_text())
+
+
+def instance_type(name: str) -> InstanceType:
+    d = _instance_data()["instanceTypes"][name]
+    return InstanceType(name=name, family=d["family"], vcpu=d["vcpu"], memory_gib=d["memoryGiB"],
+                        neuron_devices=d["neuronDevices"], neuron_cores=d["neuronCores"],
+                        efa_interfaces=d["efaInterfaces"], instance_store_gib=d["instanceStoreGiB"])
+
+
+def instance_types_of(family: str) -> tuple[str, ...]:
+    return tuple(n for n, d in _instance_data()["instanceTypes"].items() if d["family"] == family)
+
+
+def cpu_instance_types() -> tuple[str, ...]:
+    return instance_types_of("cpu")
+
+
+def family_regions(family: str) -> tuple[str, ...]:
+    return tuple(_instance_data()["families"][family]["regions"])
+
+
+def family_in_region(family: str, region: str) -> bool:
+    regions = family_regions(family)
+    return "*" in regions or region in regions
+
+
+def known_regions() -> tuple[str, ...]:
+    """Regions this repository has offering data for (offline render and validation)."""
+    return tuple(sorted(_offerings()))
+
+
+def zone_ids(region: str) -> tuple[str, ...]:
+    return tuple(_offerings()[region]["zones"])
+
+
+def zone_names(region: str) -> dict[str, str]:
+    return dict(_offerings()[region]["zones"])
+
+
+def snapshot_offerings(region: str, instance_type_name: str) -> tuple[str, ...]:
+    """AZ IDs offering an instance type, from the snapshot (mock runtime only)."""
+    offers = _offerings()[region]["offerings"]
+    return tuple(offers.get(instance_type_name, offers["*"]))

@@ -1,0 +1,157 @@
+"""Karpenter NodePools and EC2NodeClasses for trn1/trn1n (EFA), inf2 and CPU.
+
+Pure functions build the specs; the scheduling facts a workload needs (node selector,
+tolerations, devices per node) come from `pool_scheduling`, the same function that
+labels and taints the NodePool, and are exported as stack outputs — so workload
+selectors can never drift from the labels nodes carry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import catalog, versions
+from infra.config import NodePoolConfig
+
+POOL_LABEL = "trn-platform/pool"
+FAMILY_LABEL = "trn-platform/family"
+EFA_LABEL = "trn-platform/efa"
+NEURON_TAINT = {"key": "aws.amazon.com/neuron", "value": "true", "effect": "NoSchedule"}
+NEURON_RESOURCE = "aws.amazon.com/neuron"
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+
+# Root volume defaults (GiB): Neuron images are large (10-20 GB) and compile caches grow.
+DEFAULT_ROOT_GIB = {"trn1": 200, "trn1n": 200, "inf2": 150, "cpu": 100}
+
+
+def pool_scheduling(pool: NodePoolConfig) -> dict:
+    """What a pod needs to land on this pool, and what one node of it offers."""
+    big = pool.largest_instance
+    tolerations = [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}] \
+        if pool.is_accelerator else []
+    return {
+        "nodeSelector": {POOL_LABEL: pool.name},
+        "tolerations": tolerations,
+        "instanceTypes": list(pool.instance_types),
+        "neuronDevicesPerNode": big.neuron_devices,
+        "neuronCoresPerNode": big.neuron_cores,
+        "efaPerNode": big.efa_interfaces if pool.efa else 0,
+        "vcpuPerNode": big.vcpu,
+        "memoryGiBPerNode": big.memory_gib,
+        "maxNodes": pool.max_nodes,
+        "capacityTypes": list(pool.capacity_types),
+    }
+
+
+def node_labels(pool: NodePoolConfig) -> dict[str, str]:
+    labels = {POOL_LABEL: pool.name, FAMILY_LABEL: pool.family}
+    if pool.efa:
+        labels[EFA_LABEL] = "true"
+    return labels
+
+
+def _uses_instance_store(pool: NodePoolConfig) -> bool:
+    return all(catalog.instance_type(t).instance_store_gib > 0 for t in pool.instance_types)
+
+
+def ec2_nodeclass_spec(pool: NodePoolConfig, *, cluster_name: str, node_role_name: str,
+                       cluster_security_group_id: str, tags: dict[str, str]) -> dict:
+    """EC2NodeClass: pinned AL2023 alias (Neuron variant picked for trn/inf), IMDSv2 only,
+    encrypted gp3 root, RAID0 of the NVMe instance store where every type has one."""
+    root_gib = pool.root_volume_gib or DEFAULT_ROOT_GIB[pool.family]
+    spec: dict = {
+        "role": node_role_name,
+        "amiSelectorTerms": [{"alias": versions.AL2023_AMI_ALIAS}],
+        "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
+        "securityGroupSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}},
+                                       {"id": cluster_security_group_id}],
+        "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
+                            "httpPutResponseHopLimit": 1, "httpTokens": "required"},
+        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {
+            "volumeSize": f"{root_gib}Gi", "volumeType": "gp3", "encrypted": True, "deleteOnTermination": True,
+            "iops": 3000, "throughput": 250 if pool.is_accelerator else 125}}],
+        "tags": {**tags, POOL_LABEL: pool.name},
+    }
+    if _uses_instance_store(pool):
+        # trn1.32xlarge has 4 x 1.9 TB NVMe: kubelet and containerd state go there.
+        spec["instanceStorePolicy"] = "RAID0"
+    if pool.capacity_reservation_ids:
+        spec["capacityReservationSelectorTerms"] = [{"id": rid} for rid in pool.capacity_reservation_ids]
+    return spec
+
+
+def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
+    """NodePool: labels/taints from `pool_scheduling`, explicit limits, zero minimum.
+
+    Accelerator pools consolidate only when empty and never disrupt a busy node for drift
+    or underutilization: a training job keeps its nodes until it ends.
+    """
+    requirements = [
+        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(pool.instance_types)},
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(pool.capacity_types)},
+        {"key": "topology.k8s.aws/zone-id", "operator": "In", "values": list(zone_ids)},
+        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
+        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+    ]
+    template_spec: dict = {
+        "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": pool.name},
+        "requirements": requirements,
+        "expireAfter": "Never" if pool.is_accelerator else "720h",
+    }
+    if pool.is_accelerator:
+        template_spec["taints"] = [dict(NEURON_TAINT)]
+        disruption = {
+            "consolidationPolicy": "WhenEmpty",
+            "consolidateAfter": pool.consolidate_after,
+            "budgets": [{"nodes": pool.disruption_budget_nodes, "reasons": ["Empty"]},
+                        {"nodes": "0", "reasons": ["Drifted", "Underutilized"]}],
+        }
+    else:
+        disruption = {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": pool.consolidate_after,
+                      "budgets": [{"nodes": pool.disruption_budget_nodes}]}
+    return {
+        "template": {"metadata": {"labels": node_labels(pool)}, "spec": template_spec},
+        "disruption": disruption,
+        "limits": pool.limits,
+        # Prefer reserved capacity pools over on-demand ones for the same pods.
+        "weight": 50 if "reserved" in pool.capacity_types else 10,
+    }
+
+
+@dataclass
+class NodePoolsArgs:
+    pools: tuple[NodePoolConfig, ...]
+    pool_zone_ids: dict[str, list[str]]
+    cluster_name: str
+    node_role_name: pulumi.Input[str]
+    cluster_security_group_id: pulumi.Input[str]
+    tags: dict[str, str]
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+class NodePools(pulumi.ComponentResource):
+    """One EC2NodeClass + NodePool per configured pool."""
+
+    def __init__(self, name: str, args: NodePoolsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:platform:NodePools", name, None, opts)
+        crd_opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+        self.node_classes: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.node_pools: dict[str, k8s.apiextensions.CustomResource] = {}
+        for pool in args.pools:
+            spec = pulumi.Output.all(args.node_role_name, args.cluster_security_group_id).apply(
+                lambda a, p=pool: ec2_nodeclass_spec(p, cluster_name=args.cluster_name, node_role_name=a[0],
+                                                     cluster_security_group_id=a[1], tags=args.tags))
+            nc = k8s.apiextensions.CustomResource(
+                f"{name}-{pool.name}-class", api_version="karpenter.k8s.aws/v1", kind="EC2NodeClass",
+                metadata={"name": pool.name}, spec=spec, opts=crd_opts)
+            np_ = k8s.apiextensions.CustomResource(
+                f"{name}-{pool.name}", api_version="karpenter.sh/v1", kind="NodePool",
+                metadata={"name": pool.name}, spec=nodepool_spec(pool, zone_ids=args.pool_zone_ids[pool.name]),
+                opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, nc]))
+            self.node_classes[pool.name] = nc
+            self.node_pools[pool.name] = np_
+        self.scheduling = {p.name: pool_scheduling(p) for p in args.pools}
+        self.register_outputs({"pools": list(self.node_pools)})

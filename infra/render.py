@@ -1,0 +1,310 @@
+"""Render a stack offline: run its Pulumi program under the mock runtime, write what it
+would create, validate every Kubernetes object, run the policy rules, print a summary.
+
+    python -m infra.render <project-dir> <stack> --out <dir>
+
+`<project-dir>` is `.` for the platform and `workloads` for workload stacks. A workload
+stack's StackReference to the platform is answered by rendering that platform stack of
+this repository first, so the two can never disagree offline.
+
+Writes `<dir>/resources.json`, `<dir>/manifests/*.yaml`, `<dir>/helm/*.yaml` (chart,
+version and values of each Helm release), `<dir>/outputs.json`; exits non-zero on an
+invalid config, an invalid manifest or a mandatory policy violation.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import runpy
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Resource types that are Kubernetes objects the program creates directly (manifests);
+# charts and kustomizations are listed under helm/ and resources.json instead.
+NOT_MANIFESTS = ("kubernetes:helm.sh/", "kubernetes:yaml/", "kubernetes:kustomize/", "pulumi:providers:")
+PLACEHOLDER_SECRET = "render-placeholder-secret"
+
+
+@dataclass
+class RenderResult:
+    project: str
+    stack: str
+    resources: list  # list[RecordedResource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    manifests: list[tuple[str, dict]] = field(default_factory=list)
+    kube_version: str | None = None
+
+    def by_type(self, typ: str) -> list:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name: str):
+        matches = [r for r in self.resources if r.type == typ and r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"expected one {typ} named {name!r}, found {len(matches)}")
+        return matches[0]
+
+    def masked_outputs(self) -> dict[str, Any]:
+        from infra.mocks import SECRET_MASK
+        return {k: (SECRET_MASK if k in self.secret_outputs else v) for k, v in self.outputs.items()}
+
+
+class RenderError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- project files
+
+
+def read_project(project_dir: Path) -> dict[str, Any]:
+    path = Path(project_dir) / "Pulumi.yaml"
+    if not path.exists():
+        raise RenderError(f"{path} not found: <project-dir> must be '.' (platform) or 'workloads'")
+    return yaml.safe_load(path.read_text())
+
+
+def config_bag(project_dir: Path, stack: str) -> tuple[dict[str, str], list[str]]:
+    """The stack file as Pulumi hands it to a program: JSON strings for objects, and the
+    list of secret keys. Encrypted values cannot be decrypted offline: a placeholder
+    stands in, marked secret, so secret handling is exercised for real."""
+    from infra.config import read_stack_bag
+
+    bag: dict[str, str] = {}
+    secrets: list[str] = []
+    for key, value in read_stack_bag(project_dir, stack).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            bag[key] = PLACEHOLDER_SECRET
+            secrets.append(key)
+        elif isinstance(value, str):
+            bag[key] = value
+        else:
+            bag[key] = json.dumps(value)
+    return bag, secrets
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_program(project_dir: Path, stack: str, *, stack_references: dict | None = None) -> RenderResult:
+    """Run the project's Pulumi program for `stack` under the recording mocks."""
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime import settings as pulumi_settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    from infra.mocks import RecordingMocks, RecordingMonitor
+
+    project_dir = Path(project_dir).resolve()
+    project = read_project(project_dir)
+    name = project["name"]
+    main = project_dir / project.get("main", ".") / "__main__.py"
+    bag, secret_keys = config_bag(project_dir, stack)
+    region = bag.get("aws:region", "us-west-2")
+
+    if stack_references is None:
+        stack_references = _render_references(project_dir, name, bag)
+
+    mocks = RecordingMocks(region=region, stack_references=stack_references)
+    monitor = RecordingMonitor(mocks)
+    pulumi_settings.ROOT.set(None)  # a fresh root Stack per program run
+    pulumi.runtime.set_mocks(mocks, project=name, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(bag, secret_keys)
+
+    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
+
+    root = pulumi_settings.get_root_resource()
+    outputs, secret_outputs = _resolve_outputs(getattr(root, "outputs", {}) or {})
+    result = RenderResult(project=name, stack=stack, resources=monitor.recorded, outputs=outputs,
+                          secret_outputs=secret_outputs)
+    result.kube_version = outputs.get("kubernetesVersion") or _kube_version_from_refs(stack_references)
+    result.manifests = extract_manifests(monitor.recorded)
+    return result
+
+
+def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    from pulumi import Output
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    values: dict[str, Any] = {}
+    secret: set[str] = set()
+
+    async def collect():
+        for key, value in raw.items():
+            out = Output.from_input(value)
+            values[key] = await out.future()
+            if await out.is_secret():
+                secret.add(key)
+
+    _sync_await(run_pulumi_func(collect))
+    return values, secret
+
+
+def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> dict[str, dict]:
+    """Workload stacks name their platform stack; render it from this repository."""
+    ref = bag.get(f"{project}:platformStack")
+    if not ref:
+        return {}
+    platform_stack = ref.split("/")[-1]
+    platform = run_program(REPO_ROOT, platform_stack, stack_references={})
+    return {ref: {"outputs": platform.outputs, "secret": sorted(platform.secret_outputs)}}
+
+
+def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
+    for data in refs.values():
+        if "kubernetesVersion" in data["outputs"]:
+            return data["outputs"]["kubernetesVersion"]
+    return None
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def extract_manifests(resources: list) -> list[tuple[str, dict]]:
+    """Every Kubernetes object as (relative file name, object), secrets masked."""
+    from infra.mocks import mask_secrets
+
+    out = []
+    for r in resources:
+        if not r.type.startswith("kubernetes:") or r.type.startswith(NOT_MANIFESTS):
+            continue
+        obj = mask_secrets(r.inputs)
+        obj = {k: v for k, v in obj.items() if v is not None}
+        if obj.get("kind") == "Secret":
+            obj = _mask_secret_data(obj)
+        kind = obj.get("kind", r.type.rsplit(":", 1)[-1])
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace")
+        fname = "-".join(p for p in (ns, kind.lower(), meta.get("name") or r.name) if p)
+        out.append((f"{_safe(fname)}.yaml", obj))
+    return out
+
+
+def _mask_secret_data(obj: dict) -> dict:
+    from infra.mocks import SECRET_MASK
+    obj = dict(obj)
+    for key in ("data", "stringData"):
+        if isinstance(obj.get(key), dict):
+            obj[key] = {k: SECRET_MASK for k in obj[key]}
+    return obj
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def write_outputs(result: RenderResult, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        for sub in ("manifests", "helm"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    (out_dir / "manifests").mkdir(parents=True, exist_ok=True)
+    (out_dir / "helm").mkdir(parents=True, exist_ok=True)
+    (out_dir / "resources.json").write_text(json.dumps([r.to_json() for r in result.resources], indent=2, default=str))
+    (out_dir / "outputs.json").write_text(json.dumps(result.masked_outputs(), indent=2, default=str))
+    for fname, obj in result.manifests:
+        (out_dir / "manifests" / fname).write_text(yaml.safe_dump(obj, sort_keys=False))
+    from infra.mocks import mask_secrets
+    for r in result.resources:
+        if r.type == "kubernetes:helm.sh/v3:Release":
+            i = mask_secrets(r.inputs)
+            doc = {"release": i.get("name", r.name), "namespace": i.get("namespace"), "chart": i.get("chart"),
+                   "version": i.get("version"), "repository": (i.get("repositoryOpts") or {}).get("repo"),
+                   "values": i.get("values", {})}
+            (out_dir / "helm" / f"{_safe(r.name)}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def validate(result: RenderResult):
+    from infra.validation import validate_objects
+    return validate_objects([(f"manifests/{f}", o) for f, o in result.manifests], result.kube_version or "1.34")
+
+
+def policy_violations(result: RenderResult) -> list:
+    from policy.rules import evaluate, resources_from_records
+    return evaluate(resources_from_records([r.to_json() for r in result.resources]), result.masked_outputs())
+
+
+def summary(result: RenderResult) -> str:
+    counts = collections.Counter(r.type for r in result.resources)
+    lines = [f"{result.project}/{result.stack}: {len(result.resources)} resources, {len(result.manifests)} Kubernetes objects"]
+    for typ, n in sorted(counts.items()):
+        lines.append(f"  {n:3d}  {typ}")
+    pools = [r for r in result.resources if r.type == "kubernetes:karpenter.sh/v1:NodePool"]
+    if pools:
+        lines.append("node pools:")
+        for r in pools:
+            spec = r.inputs["spec"]
+            reqs = {q["key"]: q["values"] for q in spec["template"]["spec"]["requirements"] if "values" in q}
+            types = ",".join(reqs.get("node.kubernetes.io/instance-type", []))
+            lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} limits {spec.get('limits')}")
+    return "\n".join(lines)
+
+
+def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = True) -> tuple[RenderResult, list[str]]:
+    """Render, write and check a stack. Returns the result and a list of blocking problems."""
+    result = run_program(Path(project_dir), stack)
+    write_outputs(result, Path(out_dir))
+    problems: list[str] = []
+    if check:
+        report = validate(result)
+        print(report.summary())
+        problems += [f"invalid manifest {i.source} ({i.kind} {i.name}) at {i.path}: {i.message}" for i in report.issues]
+        violations = policy_violations(result)
+        from policy.rules import format_report
+        if violations:
+            print(format_report(violations))
+        problems += [f"policy {v.rule} ({v.severity}) on {v.resource}: {v.message}" for v in violations
+                     if v.severity == "mandatory"]
+    return result, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("project_dir", type=Path, help="'.' for the platform, 'workloads' for workload stacks")
+    parser.add_argument("stack", help="stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
+    args = parser.parse_args(argv)
+
+    from infra.config import ConfigError
+    try:
+        result, problems = render_stack(args.project_dir, args.stack, args.out, check=not args.no_check)
+    except (ConfigError, RenderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    estimate = cost_summary(result, args.project_dir)
+    if estimate:
+        print(estimate)
+    print(f"wrote {args.out}/resources.json, {args.out}/outputs.json, {len(result.manifests)} manifests")
+    if problems:
+        print(f"\n{len(problems)} blocking problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cost_summary(result: RenderResult, project_dir: Path) -> str | None:
+    try:
+        from infra import cost
+    except ImportError:
+        return None
+    return cost.summary_for_render(result, Path(project_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

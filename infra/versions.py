@@ -1,0 +1,59 @@
+"""Every chart, image, manifest and AMI version the platform installs, pinned in one place.
+
+Bump deliberately: each entry names its source. Tests assert nothing here floats.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+KARPENTER_CHART = "oci://public.ecr.aws/karpenter/karpenter"
+KARPENTER_CRD_CHART = "oci://public.ecr.aws/karpenter/karpenter-crd"
+KARPENTER_VERSION = "1.14.1"
+
+# EKS-optimized AL2023 release; Karpenter picks the Neuron variant of this release for
+# trn/inf instance types. `@latest` would roll every node whenever AWS publishes an AMI.
+AL2023_AMI_ALIAS = "al2023@v20260903"
+
+NEURON_HELM_CHART = "oci://public.ecr.aws/neuron/neuron-helm-chart"
+NEURON_HELM_CHART_VERSION = "1.10.0"
+NEURON_SCHEDULER_NAME = "my-scheduler"  # the second kube-scheduler the chart runs with the Neuron extender
+
+EFA_CHART_REPO = "https://aws.github.io/eks-charts"
+EFA_CHART = "aws-efa-k8s-device-plugin"
+EFA_CHART_VERSION = "v0.5.14"
+
+FSX_CSI_CHART_REPO = "https://kubernetes-sigs.github.io/aws-fsx-csi-driver/"
+FSX_CSI_CHART = "aws-fsx-csi-driver"
+FSX_CSI_CHART_VERSION = "1.13.0"
+
+KUBERAY_CHART_REPO = "https://ray-project.github.io/kuberay-helm/"
+KUBERAY_CHART = "kuberay-operator"
+KUBERAY_VERSION = "1.7.0"
+
+VOLCANO_CHART_REPO = "https://volcano-sh.github.io/helm-charts"
+VOLCANO_CHART = "volcano"
+VOLCANO_VERSION = "1.15.1"
+
+# No chart upstream: our kustomization (infra/manifests/mpi-operator) pins the release
+# tag of the manifests and the operator image.
+MPI_OPERATOR_VERSION = "v0.8.2"
+MPI_OPERATOR_IMAGE = "mpioperator/mpi-operator:0.8.2"
+
+# EKS managed add-ons (pinned builds; `aws eks describe-addon-versions` lists newer ones).
+EKS_ADDONS = {
+    "vpc-cni": "v1.21.1-eksbuild.1",
+    "coredns": "v1.12.4-eksbuild.1",
+    "kube-proxy": "v1.34.1-eksbuild.2",
+    "eks-pod-identity-agent": "v1.3.10-eksbuild.1",
+    "aws-ebs-csi-driver": "v1.53.0-eksbuild.1",
+}
+
+SUPPORTED_KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34")
+
+_NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
+
+
+def neuron_sdk() -> dict:
+    """The images' Neuron SDK pin (images/neuron-sdk.json), the one source for every image."""
+    return json.loads(_NEURON_PIN_FILE.read_text())
