@@ -162,7 +162,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DURATION = re.compile(r"^([0-9]+(s|m|h))+$|^Never$")
 
 
-class _Reader:
+class ConfigReader:
     """Reads one mapping, recording problems instead of stopping at the first."""
 
     def __init__(self, data: Any, where: str, problems: list[str]):
@@ -237,7 +237,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     if not region:
         problems.append("aws:region: required key is missing; set it with `pulumi config set aws:region us-west-2`")
         region = ""
-    root = _Reader(raw, "", problems)
+    root = ConfigReader(raw, "", problems)
 
     environment = root.get("environment", str, "dev", allowed=ENVIRONMENTS)
     cluster_name = root.get("clusterName", str, f"trn-{stack}",
@@ -273,7 +273,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
 
 
 def _parse_network(data: dict, problems: list[str]) -> NetworkConfig:
-    r = _Reader(data, "network", problems)
+    r = ConfigReader(data, "network", problems)
 
     def cidr_ok(v: str) -> str | None:
         try:
@@ -294,7 +294,7 @@ def _parse_network(data: dict, problems: list[str]) -> NetworkConfig:
 
 
 def _parse_endpoint(data: dict, problems: list[str]) -> EndpointConfig:
-    r = _Reader(data, "endpoint", problems)
+    r = ConfigReader(data, "endpoint", problems)
     cidrs = r.str_list("publicAccessCidrs")
     public = r.get("publicAccess", bool, True)
     private = r.get("privateAccess", bool, True)
@@ -313,7 +313,7 @@ def _parse_endpoint(data: dict, problems: list[str]) -> EndpointConfig:
 
 
 def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
-    r = _Reader(data, "systemNodes", problems)
+    r = ConfigReader(data, "systemNodes", problems)
     cfg = SystemNodesConfig(
         instance_types=r.str_list("instanceTypes", SystemNodesConfig.instance_types, allowed=catalog.cpu_instance_types()),
         min_size=r.get("minSize", int, SystemNodesConfig.min_size),
@@ -330,7 +330,7 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
 def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[NodePoolConfig]:
     pools: list[NodePoolConfig] = []
     for i, item in enumerate(items or []):
-        r = _Reader(item, f"nodePools[{i}]", problems)
+        r = ConfigReader(item, f"nodePools[{i}]", problems)
         name = r.get("name", str, f"pool-{i}", required=True,
                      check=lambda v: None if _NAME.match(v) else "must be lowercase letters, digits and '-'")
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
@@ -380,7 +380,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[N
 
 
 def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
-    r = _Reader(data, "fsx", problems)
+    r = ConfigReader(data, "fsx", problems)
     dtype = r.get("deploymentType", str, FsxConfig.deployment_type, allowed=tuple(FSX_RULES))
     capacity = r.get("storageCapacityGiB", int, FsxConfig.storage_capacity_gib)
     throughput = r.get("perUnitStorageThroughput", int, FsxConfig.per_unit_storage_throughput)
@@ -406,7 +406,7 @@ def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
 def _parse_budget(data: dict | None, problems: list[str]) -> BudgetConfig | None:
     if data is None:
         return None
-    r = _Reader(data, "budget", problems)
+    r = ConfigReader(data, "budget", problems)
     limit = r.get("monthlyLimitUsd", float, 0.0, required=True,
                   check=lambda v: None if v > 0 else "must be greater than 0")
     emails = r.str_list("alertEmails", required=True)

@@ -51,7 +51,7 @@ class Registry(pulumi.ComponentResource):
                                     opts=child)
             self.repositories[repo] = r
 
-        self.bucket = aws.s3.BucketV2(f"{name}-artifacts", bucket_prefix=f"{args.cluster_name}-artifacts-",
+        self.bucket = aws.s3.Bucket(f"{name}-artifacts", bucket_prefix=f"{args.cluster_name}-artifacts-",
                                       force_destroy=args.force_destroy, tags=args.tags, opts=child)
         block = aws.s3.BucketPublicAccessBlock(f"{name}-artifacts", bucket=self.bucket.id, block_public_acls=True,
                                                block_public_policy=True, ignore_public_acls=True,
@@ -59,14 +59,14 @@ class Registry(pulumi.ComponentResource):
         aws.s3.BucketOwnershipControls(f"{name}-artifacts", bucket=self.bucket.id,
                                        rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
                                        opts=child)
-        aws.s3.BucketServerSideEncryptionConfigurationV2(
+        aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-artifacts", bucket=self.bucket.id,
-            rules=[aws.s3.BucketServerSideEncryptionConfigurationV2RuleArgs(
-                apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationV2RuleApplyServerSideEncryptionByDefaultArgs(
+            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                     sse_algorithm="aws:kms", kms_master_key_id=self.key.arn),
                 bucket_key_enabled=True)], opts=child)
-        aws.s3.BucketVersioningV2(f"{name}-artifacts", bucket=self.bucket.id,
-                                  versioning_configuration=aws.s3.BucketVersioningV2VersioningConfigurationArgs(status="Enabled"),
+        aws.s3.BucketVersioning(f"{name}-artifacts", bucket=self.bucket.id,
+                                  versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
                                   opts=child)
         aws.s3.BucketPolicy(f"{name}-artifacts-tls", bucket=self.bucket.id,
                             policy=self.bucket.arn.apply(lambda arn: json.dumps(iam.tls_only_bucket_policy(arn))),

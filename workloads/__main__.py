@@ -1,0 +1,34 @@
+"""The workload program: one stack = one pinned version of one workload on one platform.
+
+Config is parsed and checked against the platform's outputs (pools, limits, devices)
+before any workload resource is registered; then the shared base (provider, identity,
+image) and the workload's own component are composed.
+"""
+import sys
+from pathlib import Path
+
+# Pulumi runs this file from workloads/; the packages below live at the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi  # noqa: E402
+
+from workloads import config, registry  # noqa: E402
+from workloads.common import WorkloadBase, WorkloadBaseArgs  # noqa: E402
+from workloads.platform import read_platform  # noqa: E402
+
+cfg = config.from_pulumi(pulumi.get_stack())
+platform = read_platform(cfg.platform_stack)
+workload = registry.WORKLOADS[cfg.workload]
+settings = workload.parse(cfg.section, platform=platform, stack=cfg)
+
+base = WorkloadBase(cfg.stack, WorkloadBaseArgs(config=cfg, platform=platform,
+                                                s3_prefixes=[f"workloads/{cfg.stack}"]))
+deployed = workload.component(cfg.workload, base=base, settings=settings)
+
+pulumi.export("workload", cfg.workload)
+pulumi.export("version", cfg.version)
+pulumi.export("image", base.image)
+pulumi.export("namespace", base.namespace)
+pulumi.export("runDir", base.paths.run_dir)
+for key, value in deployed.outputs.items():
+    pulumi.export(key, value)

@@ -1,0 +1,230 @@
+"""What every workload shares, in one place: the Kubernetes provider for the platform's
+cluster, the service account and its IAM role, the HF token Secret, the image reference
+(built and pushed, or given), and the pod template pieces (FSx mount, /dev/shm, Neuron and
+EFA requests, node selection and tolerations from the platform outputs, common env).
+
+Pure functions build the specs; `WorkloadBase` registers the shared resources.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import iam, versions
+from workloads.config import IMAGE_DIRS, WorkloadStackConfig
+from workloads.platform import Platform, PoolScheduling
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_VOLUME = "shared"
+SHM_VOLUME = "dshm"
+HF_TOKEN_KEY = "token"
+NEURON_RESOURCE = "aws.amazon.com/neuron"
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+
+
+# --------------------------------------------------------------------------- pure specs
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run reads and writes on the shared file system."""
+    mount: str
+    stack: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.mount}/runs/{self.stack}/{self.run_id}"
+
+    @property
+    def neuron_cache(self) -> str:
+        # One compile cache for every run: identical graphs compile once per SDK version.
+        return f"{self.mount}/neuron-cache"
+
+    @property
+    def hf_home(self) -> str:
+        return f"{self.mount}/hf-home"
+
+
+def labels(cfg: WorkloadStackConfig, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": cfg.workload, "app.kubernetes.io/instance": cfg.stack,
+            "app.kubernetes.io/version": cfg.version, "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str | None) -> list[dict]:
+    env = [
+        {"name": "AWS_REGION", "value": platform.region},
+        {"name": "RUN_DIR", "value": paths.run_dir},
+        {"name": "HF_HOME", "value": paths.hf_home},
+        {"name": "NEURON_SDK_VERSION", "value": platform.neuron_sdk_version},
+        {"name": "ARTIFACTS_BUCKET", "value": platform.artifacts_bucket},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "TRN_BACKEND", "value": "neuron" if neuron else "cpu"},
+    ]
+    if neuron:
+        env += [
+            {"name": "NEURON_CC_FLAGS", "value": f"--cache_dir={paths.neuron_cache}"},
+            {"name": "NEURON_COMPILE_CACHE_URL", "value": paths.neuron_cache},
+        ]
+    if hf_secret:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": HF_TOKEN_KEY}}})
+    return env
+
+
+def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str, memory: str,
+                  cpu_limit: str | None = None) -> dict:
+    """Requests = limits for devices (extended resources must match); CPU/memory requests
+    sized by the caller, memory limit equal to the request (no OOM surprises on a shared node)."""
+    req = {"cpu": cpu, "memory": memory}
+    lim = {"cpu": cpu_limit or cpu, "memory": memory}
+    if neuron_devices:
+        req[NEURON_RESOURCE] = lim[NEURON_RESOURCE] = str(neuron_devices)
+    if efa:
+        req[EFA_RESOURCE] = lim[EFA_RESOURCE] = str(efa)
+    return {"requests": req, "limits": lim}
+
+
+def container(*, name: str, image: str, command: list[str], env: list[dict], resources: dict,
+              mount_path: str, ports: list[dict] | None = None, efa: bool = False, **extra: Any) -> dict:
+    c = {
+        "name": name, "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
+        "resources": resources,
+        "volumeMounts": [{"name": SHARED_VOLUME, "mountPath": mount_path}, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": False,
+                            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if efa else {})}},
+    }
+    if ports:
+        c["ports"] = ports
+    c.update(extra)
+    return c
+
+
+def pod_spec(*, platform: Platform, pool: PoolScheduling, containers: list[dict], service_account: str,
+             restart_policy: str | None = None, shm_size: str = "8Gi", scheduler_name: str | None = None,
+             **extra: Any) -> dict:
+    """Pod spec on `pool`: its node selector and tolerations, the shared FSx claim, a
+    memory-backed /dev/shm (PyTorch data loaders and XLA need more than the 64 MiB default)."""
+    spec = {
+        "serviceAccountName": service_account,
+        "nodeSelector": dict(pool.node_selector),
+        "tolerations": [dict(t) for t in pool.tolerations],
+        "containers": containers,
+        "volumes": [
+            {"name": SHARED_VOLUME, "persistentVolumeClaim": {"claimName": platform.storage.pvc_name}},
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        ],
+    }
+    if restart_policy:
+        spec["restartPolicy"] = restart_policy
+    if scheduler_name:
+        spec["schedulerName"] = scheduler_name
+    spec.update(extra)
+    return spec
+
+
+def image_reference(repository_url: str, tag: str, digest: str | None) -> str:
+    return f"{repository_url}@{digest}" if digest else f"{repository_url}:{tag}"
+
+
+def check_devices(pool: PoolScheduling, devices: int, key: str, problems: list[str]) -> None:
+    if devices < 1 or devices > pool.neuron_devices_per_node:
+        problems.append(f"{key}: {devices} Neuron devices do not fit pool {pool.name!r} "
+                        f"({', '.join(pool.instance_types)}: 1 to {pool.neuron_devices_per_node} per node)")
+
+
+# --------------------------------------------------------------------------- component
+
+
+@dataclass
+class WorkloadBaseArgs:
+    config: WorkloadStackConfig
+    platform: Platform
+    s3_prefixes: list[str] = field(default_factory=list)  # artifacts bucket prefixes the workload writes
+
+
+class WorkloadBase(pulumi.ComponentResource):
+    """Provider, service account + IAM role, HF token Secret and image for one workload."""
+
+    def __init__(self, name: str, args: WorkloadBaseArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:workloads:WorkloadBase", name, None, opts)
+        cfg, platform = args.config, args.platform
+        self.config, self.platform = cfg, platform
+        self.namespace = platform.namespace
+        self.paths = Paths(mount=platform.storage.mount_path, stack=cfg.stack, run_id=cfg.run_id)
+        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=platform.kubeconfig,
+                                     enable_server_side_apply=True, opts=pulumi.ResourceOptions(parent=self))
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=self.provider)
+
+        self.service_account = f"{cfg.stack}"[:63]
+        prefixes = args.s3_prefixes or [f"workloads/{cfg.stack}"]
+        role = iam.ServiceAccountRole(
+            f"{name}-role",
+            identity=iam.ClusterIdentity(cluster_name=platform.cluster_name, mode=platform.identity_mode,
+                                         oidc_provider_arn=platform.oidc_provider_arn, oidc_issuer=platform.oidc_issuer),
+            namespace=self.namespace, service_account=self.service_account,
+            policy=iam.s3_prefix_access_policy(platform.artifacts_bucket_arn, prefixes, write=True),
+            opts=pulumi.ResourceOptions(parent=self))
+        self.sa = k8s.core.v1.ServiceAccount(
+            f"{name}-sa", metadata=role.annotations.apply(lambda ann: {
+                "name": self.service_account, "namespace": self.namespace,
+                "labels": labels(cfg, "identity"), "annotations": ann}), opts=k8s_opts)
+
+        self.hf_secret: str | None = None
+        if cfg.hf_token_set:
+            self.hf_secret = f"{cfg.stack}-hf-token"
+            token = pulumi.Config("trn-workloads").require_secret("hfToken")
+            k8s.core.v1.Secret(f"{name}-hf-token", metadata={"name": self.hf_secret, "namespace": self.namespace,
+                                                              "labels": labels(cfg, "credentials")},
+                               type="Opaque", string_data={HF_TOKEN_KEY: token}, opts=k8s_opts)
+
+        self.image = self._image(name, cfg, platform)
+        self.dependencies: list[pulumi.Resource] = [self.sa]
+        self.register_outputs({"image": self.image})
+
+    def _image(self, name: str, cfg: WorkloadStackConfig, platform: Platform) -> pulumi.Output[str]:
+        repo_url = platform.ecr_repositories[cfg.image.repository]
+        if not cfg.image.build:
+            return pulumi.Output.from_input(image_reference(repo_url, cfg.image.tag, cfg.image.digest))
+        return build_and_push(name, repo_url=repo_url, image_dir=IMAGE_DIRS[cfg.image.repository], tag=cfg.image.tag,
+                              parent=self)
+
+    def run_opts(self, *depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[*self.dependencies, *depends_on])
+
+
+def build_args(image_dir: str) -> dict[str, str]:
+    """Build args from the one Neuron SDK pin (images/neuron-sdk.json)."""
+    pin = versions.neuron_sdk()
+    base = pin["base_images"]["inference" if image_dir == "serve" else "training"]
+    return {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
+
+
+def build_and_push(name: str, *, repo_url: str, image_dir: str, tag: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """Build images/<image_dir>/Dockerfile (context images/) and push it to ECR; the
+    reference returned carries the pushed digest, so pods roll exactly when it changes."""
+    import pulumi_aws as aws
+    import pulumi_docker_build as docker_build
+
+    auth = aws.ecr.get_authorization_token_output()
+    image = docker_build.Image(
+        f"{name}-image", context=docker_build.BuildContextArgs(location=str(REPO_ROOT / "images")),
+        dockerfile=docker_build.DockerfileArgs(location=str(REPO_ROOT / "images" / image_dir / "Dockerfile")),
+        platforms=[docker_build.Platform.LINUX_AMD64], build_args=build_args(image_dir), push=True,
+        tags=[f"{repo_url}:{tag}"],
+        registries=[docker_build.RegistryArgs(address=repo_url.split("/")[0], username=auth.user_name,
+                                              password=auth.password)],
+        opts=pulumi.ResourceOptions(parent=parent))
+    return image.digest.apply(lambda d: f"{repo_url}@{d}")
+
+
+def json_config_map(name: str, *, namespace: str, data: dict, cfg: WorkloadStackConfig, component: str,
+                    opts: pulumi.ResourceOptions) -> k8s.core.v1.ConfigMap:
+    """Run configuration (JSON, never code) for the image's entrypoint to read."""
+    return k8s.core.v1.ConfigMap(name, metadata={"name": name, "namespace": namespace, "labels": labels(cfg, component)},
+                                 data={"run.json": json.dumps(data, indent=2, sort_keys=True)}, opts=opts)

@@ -1,0 +1,90 @@
+"""Workload stack configuration: the keys every workload stack has, parsed once.
+
+Each workload module parses its own section (`compile`, `nemo`, `ray`, `lora`) with the
+same ConfigReader, so errors look alike everywhere and are raised together.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from infra.config import ConfigReader, raw_from_bag
+from workloads.errors import WorkloadConfigError
+
+PROJECT = "trn-workloads"
+WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune")
+# The config section each workload reads, and the ECR repository its image goes to.
+SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora"}
+DEFAULT_REPOSITORY = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray-train",
+                      "lora-finetune": "finetune"}
+IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune"}
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    repository: str  # key of the platform's ecrRepositories
+    tag: str
+    digest: str | None
+    build: bool  # build and push with docker-build during `pulumi up`
+
+
+@dataclass(frozen=True)
+class WorkloadStackConfig:
+    stack: str
+    platform_stack: str
+    workload: str
+    version: str
+    run_id: str
+    image: ImageConfig
+    hf_token_set: bool
+    section: dict[str, Any]  # the workload's own section, parsed by its module
+
+
+def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset()) -> WorkloadStackConfig:
+    problems: list[str] = []
+    r = ConfigReader(raw, "", problems)
+    platform_stack = r.get("platformStack", str, "", required=True)
+    workload = r.get("workload", str, "compile", required=True, allowed=WORKLOADS)
+    version = r.get("version", str, "0.0.0", required=True,
+                    check=lambda v: None if _VERSION.match(v) else "must be a semantic version such as 1.2.0 (it tags the image)")
+    run_id = r.get("runId", str, f"v{version.replace('.', '-')}",
+                   check=lambda v: None if _RUN_ID.match(v) else "lowercase letters, digits and '-' only")
+    img = ConfigReader(r.get("image", dict, {}), "image", problems)
+    image = ImageConfig(
+        repository=img.get("repository", str, DEFAULT_REPOSITORY.get(workload, workload), allowed=tuple(IMAGE_DIRS)),
+        tag=img.get("tag", str, version,
+                    check=lambda v: None if _VERSION.match(v) else "must be an exact version tag such as 1.2.0 (no latest)"),
+        digest=img.get("digest", str, None, check=lambda v: None if _DIGEST.match(v) else "must be sha256:<64 hex>"),
+        build=img.get("build", bool, False),
+    )
+    img.finish()
+    hf_token = r.get("hfToken", str, None)
+    if hf_token is not None and f"{PROJECT}:hfToken" not in secret_keys:
+        problems.append("hfToken: must be a secret; set it with `pulumi config set --secret hfToken <token>`")
+    sections = {}
+    for name in SECTIONS.values():
+        sections[name] = r.get(name, dict, None)
+    r.finish()
+    wanted = SECTIONS.get(workload)
+    for name, value in sections.items():
+        if value is not None and name != wanted:
+            problems.append(f"{name}: section of another workload; workload {workload!r} reads section {wanted!r}")
+    if problems:
+        raise WorkloadConfigError(problems)
+    return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, workload=workload, version=version,
+                               run_id=run_id, image=image, hf_token_set=hf_token is not None,
+                               section=sections.get(wanted) or {})
+
+
+def from_pulumi(stack: str) -> WorkloadStackConfig:
+    from pulumi.runtime import config as runtime_config
+
+    bag = dict(runtime_config.get_config_env())
+    bag.update(runtime_config.CONFIG.get())
+    secret_keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    raw, _ = raw_from_bag(bag, PROJECT)
+    return parse(raw, stack=stack, secret_keys=secret_keys)

@@ -1,0 +1,8 @@
+"""Workload config errors share the platform's error type: one message listing every bad
+key with its allowed values, raised before any resource is registered."""
+from infra.config import ConfigError
+
+
+class WorkloadConfigError(ConfigError):
+    def __init__(self, problems: list[str]):
+        super().__init__(problems, "workload stack config")

@@ -1,0 +1,110 @@
+"""The platform stack as a workload stack sees it: typed values read once through a
+StackReference. Node selection, tolerations, the FSx claim and the ECR repositories all
+come from here — never from labels or names written into a workload."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from workloads.errors import WorkloadConfigError
+
+REQUIRED_OUTPUTS = ("clusterName", "region", "kubernetesVersion", "kubeconfig", "identityMode", "oidcProviderArn",
+                    "oidcIssuer", "nodePools", "sharedStorage", "workloadNamespace", "ecrRepositories",
+                    "artifactsBucket", "artifactsBucketArn", "volcanoQueue", "neuronSchedulerName", "neuronSdkVersion")
+
+
+@dataclass(frozen=True)
+class PoolScheduling:
+    name: str
+    node_selector: dict[str, str]
+    tolerations: list[dict]
+    instance_types: list[str]
+    neuron_devices_per_node: int
+    neuron_cores_per_node: int
+    efa_per_node: int
+    vcpu_per_node: int
+    memory_gib_per_node: int
+    max_nodes: int
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.neuron_devices_per_node > 0
+
+
+@dataclass(frozen=True)
+class SharedStorage:
+    pvc_name: str
+    namespace: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Plain values of the platform outputs (secrets stay Outputs)."""
+    stack: str
+    cluster_name: str
+    region: str
+    kubernetes_version: str
+    kubeconfig: pulumi.Output[str]
+    identity_mode: str
+    oidc_provider_arn: str
+    oidc_issuer: str
+    pools: dict[str, PoolScheduling]
+    storage: SharedStorage
+    namespace: str
+    ecr_repositories: dict[str, str]
+    artifacts_bucket: str
+    artifacts_bucket_arn: str
+    volcano_queue: str
+    neuron_scheduler_name: str
+    neuron_sdk_version: str
+
+    def pool(self, name: str, *, key: str, accelerator: bool | None = None) -> PoolScheduling:
+        """The named pool, or a config error naming `key` and the pools that exist."""
+        if name not in self.pools:
+            raise WorkloadConfigError([f"{key}: pool {name!r} does not exist in platform stack {self.stack}; "
+                                       f"allowed values: {', '.join(sorted(self.pools))}"])
+        pool = self.pools[name]
+        if accelerator is not None and pool.is_accelerator != accelerator:
+            wanted = [p for p, s in self.pools.items() if s.is_accelerator == accelerator]
+            raise WorkloadConfigError([f"{key}: pool {name!r} is {'an accelerator' if pool.is_accelerator else 'a CPU'} "
+                                       f"pool; allowed values: {', '.join(sorted(wanted))}"])
+        return pool
+
+
+def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulumi.Output[str]) -> Platform:
+    missing = [k for k in REQUIRED_OUTPUTS if k != "kubeconfig" and k not in values]
+    if missing:
+        raise WorkloadConfigError([f"platformStack: stack {stack} lacks outputs {', '.join(missing)}; "
+                                   "run `pulumi up` on the platform stack first"])
+    pools = {name: PoolScheduling(
+        name=name, node_selector=dict(p["nodeSelector"]), tolerations=list(p["tolerations"]),
+        instance_types=list(p["instanceTypes"]), neuron_devices_per_node=int(p["neuronDevicesPerNode"]),
+        neuron_cores_per_node=int(p["neuronCoresPerNode"]), efa_per_node=int(p["efaPerNode"]),
+        vcpu_per_node=int(p["vcpuPerNode"]), memory_gib_per_node=int(p["memoryGiBPerNode"]),
+        max_nodes=int(p["maxNodes"])) for name, p in values["nodePools"].items()}
+    s = values["sharedStorage"]
+    return Platform(
+        stack=stack, cluster_name=values["clusterName"], region=values["region"],
+        kubernetes_version=values["kubernetesVersion"], kubeconfig=kubeconfig,
+        identity_mode=values["identityMode"], oidc_provider_arn=values["oidcProviderArn"],
+        oidc_issuer=values["oidcIssuer"], pools=pools,
+        storage=SharedStorage(pvc_name=s["pvcName"], namespace=s["namespace"], mount_path=s["mountPath"]),
+        namespace=values["workloadNamespace"], ecr_repositories=dict(values["ecrRepositories"]),
+        artifacts_bucket=values["artifactsBucket"], artifacts_bucket_arn=values["artifactsBucketArn"],
+        volcano_queue=values["volcanoQueue"], neuron_scheduler_name=values["neuronSchedulerName"],
+        neuron_sdk_version=values["neuronSdkVersion"])
+
+
+def read_platform(stack: str) -> Platform:
+    """Read the platform outputs once, as plain values, so configs are checked against
+    them before any workload resource is registered."""
+    # get_output_details is a coroutine; the SDK's own synchronous invokes wait the same way.
+    from pulumi.runtime.sync_await import _sync_await
+
+    ref = pulumi.StackReference(stack)
+    values = {k: _sync_await(ref.get_output_details(k)).value for k in REQUIRED_OUTPUTS if k != "kubeconfig"}
+    values = {k: v for k, v in values.items() if v is not None}
+    return parse_platform_outputs(stack, values, ref.require_output("kubeconfig"))
