@@ -120,7 +120,12 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     pulumi.runtime.set_mocks(mocks, project=name, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(bag, secret_keys)
 
-    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
+    except Exception as exc:
+        # Tests check that bad config stops the program before anything is registered.
+        exc.registered_resources = len(monitor.recorded)
+        raise
 
     root = pulumi_settings.get_root_resource()
     outputs, secret_outputs = _resolve_outputs(getattr(root, "outputs", {}) or {})
