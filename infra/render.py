@@ -186,7 +186,7 @@ def extract_manifests(resources: list) -> list[tuple[str, dict]]:
         obj = mask_secrets(r.inputs)
         obj = {k: v for k, v in obj.items() if v is not None}
         if obj.get("kind") == "Secret":
-            obj = _mask_secret_data(obj)
+            obj = _mask_secret_data(obj, r.state)
         kind = obj.get("kind", r.type.rsplit(":", 1)[-1])
         meta = obj.get("metadata") or {}
         ns = meta.get("namespace")
@@ -195,12 +195,15 @@ def extract_manifests(resources: list) -> list[tuple[str, dict]]:
     return out
 
 
-def _mask_secret_data(obj: dict) -> dict:
+def _mask_secret_data(obj: dict, state: dict) -> dict:
+    """Keep a Secret's keys (so it validates and reviews) and mask every value; Pulumi may
+    have masked the whole map already, the unmasked state still names the keys."""
     from infra.mocks import SECRET_MASK
     obj = dict(obj)
     for key in ("data", "stringData"):
-        if isinstance(obj.get(key), dict):
-            obj[key] = {k: SECRET_MASK for k in obj[key]}
+        if key in obj:
+            names = state.get(key) if isinstance(state.get(key), dict) else obj[key]
+            obj[key] = {k: SECRET_MASK for k in (names if isinstance(names, dict) else {"value": None})}
     return obj
 
 
