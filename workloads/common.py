@@ -7,6 +7,7 @@ Pure functions build the specs; `WorkloadBase` registers the shared resources.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,15 @@ import pulumi_kubernetes as k8s
 
 from infra import iam, versions
 from workloads.config import IMAGE_DIRS, WorkloadStackConfig
+from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_VOLUME = "shared"
 SHM_VOLUME = "dshm"
+RUN_CONFIG_VOLUME = "run-config"
+RUN_CONFIG_DIR = "/etc/run"
+RUN_CONFIG_FILE = f"{RUN_CONFIG_DIR}/run.json"
 HF_TOKEN_KEY = "token"
 NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
@@ -107,9 +112,14 @@ def container(*, name: str, image: str, command: list[str], env: list[dict], res
 
 def pod_spec(*, platform: Platform, pool: PoolScheduling, containers: list[dict], service_account: str,
              restart_policy: str | None = None, shm_size: str = "8Gi", scheduler_name: str | None = None,
-             **extra: Any) -> dict:
+             run_config: str | None = None, **extra: Any) -> dict:
     """Pod spec on `pool`: its node selector and tolerations, the shared FSx claim, a
-    memory-backed /dev/shm (PyTorch data loaders and XLA need more than the 64 MiB default)."""
+    memory-backed /dev/shm (PyTorch data loaders and XLA need more than the 64 MiB default),
+    and the run's JSON config (ConfigMap `run_config`) at /etc/run/run.json."""
+    if run_config:
+        for c in containers:
+            c["volumeMounts"] = [*c["volumeMounts"], {"name": RUN_CONFIG_VOLUME, "mountPath": RUN_CONFIG_DIR,
+                                                      "readOnly": True}]
     spec = {
         "serviceAccountName": service_account,
         "nodeSelector": dict(pool.node_selector),
@@ -120,6 +130,8 @@ def pod_spec(*, platform: Platform, pool: PoolScheduling, containers: list[dict]
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
         ],
     }
+    if run_config:
+        spec["volumes"].append({"name": RUN_CONFIG_VOLUME, "configMap": {"name": run_config}})
     if restart_policy:
         spec["restartPolicy"] = restart_policy
     if scheduler_name:
@@ -183,16 +195,27 @@ class WorkloadBase(pulumi.ComponentResource):
                                                               "labels": labels(cfg, "credentials")},
                                type="Opaque", string_data={HF_TOKEN_KEY: token}, opts=k8s_opts)
 
-        self.image = self._image(name, cfg, platform)
+        self._name = name
+        self._images: dict[str, pulumi.Output[str]] = {}
+        self.image = self.image_for(cfg.image.repository, digest=cfg.image.digest)
         self.dependencies: list[pulumi.Resource] = [self.sa]
         self.register_outputs({"image": self.image})
 
-    def _image(self, name: str, cfg: WorkloadStackConfig, platform: Platform) -> pulumi.Output[str]:
-        repo_url = platform.ecr_repositories[cfg.image.repository]
-        if not cfg.image.build:
-            return pulumi.Output.from_input(image_reference(repo_url, cfg.image.tag, cfg.image.digest))
-        return build_and_push(name, repo_url=repo_url, image_dir=IMAGE_DIRS[cfg.image.repository], tag=cfg.image.tag,
-                              parent=self)
+    def image_for(self, repository: str, digest: str | None = None) -> pulumi.Output[str]:
+        """The workload version's image in one of the platform's repositories: built and
+        pushed during `pulumi up` when image.build is set, else the pinned tag/digest."""
+        if repository not in self._images:
+            cfg, platform = self.config, self.platform
+            if repository not in platform.ecr_repositories:
+                raise WorkloadConfigError([f"image.repository: {repository!r} is not a repository of platform stack "
+                                           f"{platform.stack}; allowed values: {', '.join(sorted(platform.ecr_repositories))}"])
+            repo_url = platform.ecr_repositories[repository]
+            if cfg.image.build:
+                self._images[repository] = build_and_push(f"{self._name}-{repository}", repo_url=repo_url,
+                                                          image_dir=IMAGE_DIRS[repository], tag=cfg.image.tag, parent=self)
+            else:
+                self._images[repository] = pulumi.Output.from_input(image_reference(repo_url, cfg.image.tag, digest))
+        return self._images[repository]
 
     def run_opts(self, *depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[*self.dependencies, *depends_on])
@@ -225,6 +248,17 @@ def build_and_push(name: str, *, repo_url: str, image_dir: str, tag: str, parent
 
 def json_config_map(name: str, *, namespace: str, data: dict, cfg: WorkloadStackConfig, component: str,
                     opts: pulumi.ResourceOptions) -> k8s.core.v1.ConfigMap:
-    """Run configuration (JSON, never code) for the image's entrypoint to read."""
-    return k8s.core.v1.ConfigMap(name, metadata={"name": name, "namespace": namespace, "labels": labels(cfg, component)},
-                                 data={"run.json": json.dumps(data, indent=2, sort_keys=True)}, opts=opts)
+    """Run configuration (JSON, never code) that the image's entrypoint reads from
+    RUN_CONFIG_FILE. Its content hash is in the name, so a changed config is a new
+    ConfigMap and the pods that read it are replaced, never left on the old values."""
+    body = json.dumps(data, indent=2, sort_keys=True)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:8]
+    return k8s.core.v1.ConfigMap(name, metadata={"name": f"{name}-{digest}", "namespace": namespace,
+                                                 "labels": labels(cfg, component)},
+                                 data={"run.json": body}, opts=opts)
+
+
+def wait_for(condition: str, timeout_seconds: int) -> dict:
+    """Annotations that make `pulumi up` wait for a custom resource (MPIJob, RayJob) to reach
+    `condition` before creating what depends on it (pulumi-kubernetes >= 4.18)."""
+    return {"pulumi.com/waitFor": condition, "pulumi.com/timeoutSeconds": str(timeout_seconds)}

@@ -38,16 +38,14 @@ class CompileSettings:
     pool: str
     neuron_devices: int
     batch_size: int
-    input_shape: tuple[int, ...]
-    checkpoint: str | None  # path on the shared file system (housing-mlp / custom models)
+    input_shape: tuple[int, ...]  # one example's shape, without the batch dimension; () = model default
+    checkpoint: str | None  # weights on FSx or s3:// (housing-mlp / custom models)
+    train_csv: str | None  # housing-mlp only: train on this CSV first (the seed's CPU training step)
+    compiler_args: str
     backoff_limit: int
     deadline_seconds: int
     serve: ServeSettings | None
     s3_prefix: str  # s3://bucket/workloads/<stack>/<model>/<version>
-
-
-def _default_shape(model: str) -> tuple[int, ...]:
-    return {"resnet50": (1, 3, 224, 224), "housing-mlp": (1, 11)}.get(model, ())
 
 
 def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> CompileSettings:
@@ -59,14 +57,22 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> C
     pool_name = r.get("pool", str, "trn1-single")
     devices = r.get("neuronDevices", int, 1)
     batch = r.get("batchSize", int, 1, check=lambda v: None if 1 <= v <= 256 else "must be 1 to 256")
-    shape = r.get("inputShape", list, list(_default_shape(model)))
+    shape = r.get("inputShape", list, [])
     checkpoint = r.get("checkpoint", str, None)
+    train_csv = r.get("trainCsv", str, None)
+    compiler_args = r.get("compilerArgs", str, "")
     backoff = r.get("backoffLimit", int, 2, check=lambda v: None if 0 <= v <= 5 else "must be 0 to 5")
     deadline = r.get("deadlineSeconds", int, 3600, check=lambda v: None if 60 <= v <= 86400 else "must be 60 to 86400")
     serve_raw = r.get("serve", dict, None)
     r.finish()
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        problems.append(f"compile.inputShape: {shape!r} must be a list of positive integers (required for {model})")
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        problems.append(f"compile.inputShape: {shape!r} must be a list of positive integers (one example, no batch dimension)")
+    if ":" in model and not shape:
+        problems.append(f"compile.inputShape: required for a <module>:<attr> model ({model})")
+    if train_csv and model != "housing-mlp":
+        problems.append("compile.trainCsv: only the housing-mlp model has a training step")
+    if train_csv and checkpoint:
+        problems.append("compile.checkpoint: leave it out when compile.trainCsv trains the model in this run")
     try:
         pool = platform.pool(pool_name, key="compile.pool", accelerator=True)
         check_devices(pool, devices, "compile.neuronDevices", problems)
@@ -95,24 +101,36 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> C
         raise WorkloadConfigError(problems)
     model_key = model.replace(":", "-").replace(".", "-").lower()
     return CompileSettings(model=model, pool=pool_name, neuron_devices=devices, batch_size=batch,
-                           input_shape=tuple(shape), checkpoint=checkpoint, backoff_limit=backoff,
+                           input_shape=tuple(shape), checkpoint=checkpoint, train_csv=train_csv,
+                           compiler_args=compiler_args, backoff_limit=backoff,
                            deadline_seconds=deadline, serve=serve,
                            s3_prefix=f"s3://{platform.artifacts_bucket}/workloads/{stack.stack}/{model_key}/{stack.version}")
 
 
-def compile_command(s: CompileSettings, output_dir: str) -> list[str]:
-    cmd = ["python", "-m", "trn_workloads.compile", "--model", s.model,
-           "--input-shape", ",".join(map(str, s.input_shape)), "--batch-size", str(s.batch_size),
-           "--output-dir", output_dir, "--s3-uri", s.s3_prefix]
-    if s.checkpoint:
+def train_command(s: CompileSettings, train_dir: str) -> list[str]:
+    """The seed's CPU training step for the housing MLP (runs as an init container)."""
+    return ["python", "-m", "trn_workloads.compile.housing_mlp", "train", "--csv", s.train_csv,
+            "--output-dir", train_dir]
+
+
+def compile_command(s: CompileSettings, output_dir: str, train_dir: str) -> list[str]:
+    cmd = ["python", "-m", "trn_workloads.compile", "--model", s.model, "--batch-size", str(s.batch_size),
+           "--output-dir", output_dir, "--s3-uri", f"{s.s3_prefix}/"]
+    if s.input_shape:
+        cmd += ["--input-shape", ",".join(map(str, s.input_shape))]
+    if s.train_csv:
+        cmd += ["--checkpoint", f"{train_dir}/housing_mlp.pt", "--example-input", f"{train_dir}/example_input.pt"]
+    elif s.checkpoint:
         cmd += ["--checkpoint", s.checkpoint]
+    if s.compiler_args:
+        cmd += ["--compiler-args", s.compiler_args]
     return cmd
 
 
 def serve_command(s: CompileSettings) -> list[str]:
     assert s.serve is not None
-    return ["python", "-m", "trn_workloads.serve", "--model-uri", s.s3_prefix, "--port", str(SERVE_PORT),
-            "--max-batch", str(s.serve.max_batch), "--max-wait-ms", str(s.serve.max_wait_ms)]
+    return ["python", "-m", "trn_workloads.serve", "--model-uri", f"{s.s3_prefix}/", "--port", str(SERVE_PORT),
+            "--max-batch-size", str(s.serve.max_batch), "--max-wait-ms", str(s.serve.max_wait_ms)]
 
 
 class CompileWorkload(pulumi.ComponentResource):
@@ -123,10 +141,18 @@ class CompileWorkload(pulumi.ComponentResource):
         pool = platform.pools[s.pool]
         job_name = f"{cfg.stack}-compile"
         env = common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)
-        main = container(name="compile", image=base.image, command=compile_command(s, f"{base.paths.run_dir}/model"),
+        train_dir = f"{base.paths.run_dir}/housing-mlp"
+        main = container(name="compile", image=base.image,
+                         command=compile_command(s, f"{base.paths.run_dir}/model", train_dir),
                          env=env, mount_path=platform.storage.mount_path,
                          resources=resources_for(pool, neuron_devices=s.neuron_devices, cpu="2", memory="8Gi",
                                                  cpu_limit="4"))
+        init = []
+        if s.train_csv:
+            # CPU training needs no Neuron device: the init container asks for none.
+            init.append(container(name="train", image=base.image, command=train_command(s, train_dir), env=env,
+                                  mount_path=platform.storage.mount_path,
+                                  resources=resources_for(pool, cpu="2", memory="4Gi", cpu_limit="4")))
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata={"name": job_name, "namespace": base.namespace, "labels": labels(cfg, "compile")},
@@ -134,10 +160,12 @@ class CompileWorkload(pulumi.ComponentResource):
                   "ttlSecondsAfterFinished": 7 * 24 * 3600,
                   "template": {"metadata": {"labels": labels(cfg, "compile")},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[main],
-                                                service_account=base.service_account, restart_policy="Never")}},
+                                                service_account=base.service_account, restart_policy="Never",
+                                                **({"initContainers": init} if init else {}))}},
             opts=base.run_opts())
         self.outputs: dict = {
             "artifactUri": f"{s.s3_prefix}/model.pt",
+            "manifestUri": f"{s.s3_prefix}/manifest.json",
             "followCompile": f"kubectl -n {base.namespace} logs -f job/{job_name}",
             "fetchArtifact": f"aws s3 cp {s.s3_prefix}/ ./{cfg.stack}-model/ --recursive",
         }
@@ -151,7 +179,7 @@ class CompileWorkload(pulumi.ComponentResource):
         app = f"{cfg.stack}-serve"
         selector = {"app.kubernetes.io/instance": cfg.stack, "app.kubernetes.io/component": "serve"}
         probe = {"httpGet": {"path": "/healthz", "port": SERVE_PORT}, "periodSeconds": 5, "failureThreshold": 3}
-        server = container(name="serve", image=base.image, command=serve_command(s),
+        server = container(name="serve", image=base.image_for("serve"), command=serve_command(s),
                            env=common_env(platform, base.paths, neuron=True, hf_secret=None),
                            mount_path=platform.storage.mount_path,
                            resources=resources_for(pool, neuron_devices=serve.neuron_devices, cpu="1", memory="4Gi",
@@ -166,7 +194,9 @@ class CompileWorkload(pulumi.ComponentResource):
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": {**labels(cfg, "serve"), **selector}},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[server],
-                                                service_account=base.service_account, shm_size="1Gi")}},
+                                                service_account=base.service_account, shm_size="1Gi",
+                                                # Service links would inject TRN_SERVE_*-like variables.
+                                                enableServiceLinks=False)}},
             opts=base.run_opts(self.job))
         k8s.core.v1.Service(
             f"{name}-serve", metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "serve")},
