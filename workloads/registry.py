@@ -1,12 +1,14 @@
 """Which module deploys which workload. Each module offers `parse(section, platform, stack)`
-(pure, raises WorkloadConfigError) and `component(name, base, settings)` returning a
-ComponentResource with an `outputs` dict (commands to follow the run, endpoints)."""
+(pure, raises WorkloadConfigError) and a ComponentResource taking `(name, base, settings)`
+with an `outputs` dict (commands to follow the run, endpoints)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from workloads import compile as compile_workload
+from workloads import lora
 
 WORKLOADS = {
     "compile": SimpleNamespace(parse=compile_workload.parse, component=compile_workload.CompileWorkload),
+    "lora-finetune": SimpleNamespace(parse=lora.parse, component=lora.LoraFinetuneWorkload),
 }

@@ -1,0 +1,49 @@
+"""The bridge from workload stacks to the code inside the images.
+
+A stack checks a run's configuration with the very code the image runs (presets,
+parallelism rules, config loaders under images/trn_workloads/), against the platform pool
+it will land on, and builds the container command lines from the same place. Errors
+come back as WorkloadConfigError naming the stack config key.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from workloads.errors import WorkloadConfigError
+from workloads.platform import PoolScheduling
+
+_IMAGES = Path(__file__).resolve().parent.parent / "images"
+if str(_IMAGES) not in sys.path:
+    sys.path.insert(0, str(_IMAGES))
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def _finetune_run_config(raw: dict, *, pool: PoolScheduling, devices: int, run_dir: str, s3_uri: str,
+                         key: str) -> dict:
+    """The finetune run config with the platform's facts filled in (cores of the devices
+    requested, run dir on FSx, upload prefix), validated by the finetune code itself."""
+    from trn_workloads.finetune.config import ConfigError, config_from_dict
+
+    cores = devices * (pool.neuron_cores_per_node // max(pool.neuron_devices_per_node, 1))
+    merged = {**raw}
+    merged["train"] = {**raw.get("train", {}), "neuron_cores_per_node": cores}
+    merged["output"] = {**raw.get("output", {}), "run_dir": run_dir, "s3_uri": s3_uri}
+    for section in ("train", "output"):
+        for fixed in (("neuron_cores_per_node",) if section == "train" else ("run_dir", "s3_uri")):
+            if fixed in raw.get(section, {}):
+                raise WorkloadConfigError([f"{key}.{section}.{fixed}: set by the stack (from the pool and the "
+                                           f"platform outputs); remove it"])
+    try:
+        return config_from_dict(merged).to_dict()
+    except ConfigError as err:
+        raise WorkloadConfigError([f"{key}.{err}"]) from None
+
+
+finetune = SimpleNamespace(
+    run_config=_finetune_run_config,
+    command=lambda config_file: ["python", "-m", "trn_workloads.finetune", "--config", config_file],
+)

@@ -1,0 +1,228 @@
+"""NeMo-Megatron Llama pretraining: data preparation Job (CPU pool) -> precompile MPIJob ->
+training MPIJob (trn1 EFA pool), plus TensorBoard. `pulumi up` runs them in that order:
+the precompile MPIJob waits for the data Job, training waits for precompile to succeed.
+
+The run configuration (model preset, parallelism, steps, paths) is the launcher's own
+`RunConfig` (images/trn_workloads/nemo): the stack checks it with the same code the
+image runs, against the platform pool it lands on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import ConfigReader
+from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
+                              pod_spec, resources_for, wait_for)
+from workloads.config import WorkloadStackConfig
+from workloads.errors import WorkloadConfigError
+from workloads.images_code import nemo_launcher
+from workloads.platform import Platform, PoolScheduling
+
+TENSORBOARD_PORT = 6006
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    tokenizer: str
+    inputs: tuple[str, ...]
+    json_key: str
+    on_bad_record: str
+    pool: str
+    workers: int
+    output_prefix: str  # on FSx, without the _text_document suffix
+
+
+@dataclass(frozen=True)
+class NemoSettings:
+    pool: str
+    run: dict  # the launcher's RunConfig as JSON (validated)
+    nodes: int
+    data: DataSettings
+    precompile: bool
+    tensorboard_pool: str | None
+    deadline_seconds: int
+
+
+def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> NemoSettings:
+    problems: list[str] = []
+    r = ConfigReader(section, "nemo", problems)
+    pool_name = r.get("pool", str, "trn1-efa")
+    run_raw = r.get("run", dict, {})
+    data_raw = r.get("data", dict, {})
+    precompile = r.get("precompile", bool, True)
+    tensorboard = r.get("tensorboard", bool, True)
+    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600)
+    r.finish()
+
+    d = ConfigReader(data_raw, "nemo.data", problems)
+    mount = platform.storage.mount_path
+    data = DataSettings(
+        tokenizer=d.get("tokenizer", str, "meta-llama/Llama-2-7b-hf"),
+        inputs=d.str_list("inputs", required=True),
+        json_key=d.get("jsonKey", str, "text"),
+        on_bad_record=d.get("onBadRecord", str, "fail", allowed=("fail", "skip")),
+        pool=d.get("pool", str, "cpu"),
+        workers=d.get("workers", int, 16, check=lambda v: None if 1 <= v <= 192 else "must be 1 to 192"),
+        output_prefix=d.get("outputPrefix", str, f"{mount}/data/{stack.stack}/corpus"),
+    )
+    d.finish()
+    pool = cpu_pool = None
+    try:
+        pool = platform.pool(pool_name, key="nemo.pool", accelerator=True)
+        if not pool.efa_per_node:
+            problems.append(f"nemo.pool: {pool_name!r} has no EFA; multi-node training needs an EFA pool: "
+                            f"{', '.join(p for p, s in platform.pools.items() if s.efa_per_node) or 'none in this platform'}")
+        cpu_pool = platform.pool(data.pool, key="nemo.data.pool", accelerator=False)
+    except WorkloadConfigError as e:
+        problems += e.problems
+    run = None
+    if pool is not None:
+        paths = {"tokenizer": data.tokenizer if data.tokenizer.startswith("/") else f"{mount}/tokenizers/{stack.stack}",
+                 "dataset_prefix": f"{data.output_prefix}_text_document",
+                 "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
+                 "compile_cache": f"{mount}/neuron-cache"}
+        try:
+            run = nemo_launcher.run_config(run_raw, paths=paths, pool=pool, key="nemo.run")
+        except WorkloadConfigError as e:
+            problems += e.problems
+    if problems:
+        raise WorkloadConfigError(problems)
+    assert pool is not None and cpu_pool is not None and run is not None
+    return NemoSettings(pool=pool_name, run=run, nodes=int(run["nodes"]), data=data, precompile=precompile,
+                        tensorboard_pool=data.pool if tensorboard else None, deadline_seconds=deadline)
+
+
+def dataprep_command(s: NemoSettings, tokenizer_dir: str) -> list[str]:
+    cmd = ["python", "-m", "trn_workloads.dataprep", "--tokenizer", s.data.tokenizer, "--save-tokenizer", tokenizer_dir,
+           "--json-key", s.data.json_key, "--output-prefix", s.data.output_prefix, "--workers", str(s.data.workers),
+           "--on-bad-record", s.data.on_bad_record]
+    for item in s.data.inputs:
+        cmd += ["--input", item]
+    return cmd
+
+
+def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_map: str,
+           annotations: dict, pool: PoolScheduling) -> dict:
+    """An MPIJob (kubeflow.org/v2beta1): one launcher on the CPU pool that starts one
+    launch process per worker node; workers take whole trn1.32xlarge nodes with all their
+    Neuron devices and EFA interfaces."""
+    cfg, platform = base.config, base.platform
+    env = common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)
+    cpu_pool = platform.pools[s.data.pool]
+    launch = ["python", "-m", "trn_workloads.nemo.launch", "--config", RUN_CONFIG_FILE, "--mode", mode]
+    launcher = container(name="launcher", image=base.image, env=env, mount_path=platform.storage.mount_path,
+                         command=nemo_launcher.mpirun_command(s.nodes, launch),
+                         resources=resources_for(cpu_pool, cpu="1", memory="2Gi"))
+    worker = container(name="worker", image=base.image, env=env, mount_path=platform.storage.mount_path,
+                       command=["/usr/sbin/sshd", "-De"], efa=True,
+                       resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
+                                               cpu=str(pool.vcpu_per_node - 8),
+                                               memory=f"{pool.memory_gib_per_node - 32}Gi"))
+    component = f"{mode}"
+    return {
+        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "metadata": {"name": name, "namespace": base.namespace, "labels": labels(cfg, component),
+                     "annotations": annotations},
+        "spec": {
+            "slotsPerWorker": 1,
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3,
+                          "activeDeadlineSeconds": s.deadline_seconds, "ttlSecondsAfterFinished": 86400},
+            "mpiImplementation": "OpenMPI",
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure", "template": {
+                    "metadata": {"labels": labels(cfg, component)},
+                    "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[launcher],
+                                     service_account=base.service_account, run_config=config_map, shm_size="1Gi")}},
+                "Worker": {"replicas": s.nodes, "restartPolicy": "OnFailure", "template": {
+                    "metadata": {"labels": labels(cfg, component)},
+                    "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
+                                     service_account=base.service_account, run_config=config_map, shm_size="64Gi")}},
+            },
+        },
+    }
+
+
+class NemoPretrainWorkload(pulumi.ComponentResource):
+    def __init__(self, name: str, *, base: WorkloadBase, settings: NemoSettings,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:workloads:NemoPretrain", name, None, opts)
+        cfg, platform, s = base.config, base.platform, settings
+        pool = platform.pools[s.pool]
+        cpu_pool = platform.pools[s.data.pool]
+        ns = base.namespace
+        run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
+                                     opts=base.run_opts())
+        tokenizer_dir = s.run["tokenizer"]
+
+        data_job = f"{cfg.stack}-data"
+        prep = container(name="dataprep", image=base.image, command=dataprep_command(s, tokenizer_dir),
+                         env=common_env(platform, base.paths, neuron=False, hf_secret=base.hf_secret),
+                         mount_path=platform.storage.mount_path,
+                         resources=resources_for(cpu_pool, cpu=str(min(s.data.workers, cpu_pool.vcpu_per_node - 1)),
+                                                 memory="16Gi"))
+        self.data = k8s.batch.v1.Job(
+            f"{name}-data", metadata={"name": data_job, "namespace": ns, "labels": labels(cfg, "data")},
+            spec={"backoffLimit": 3, "activeDeadlineSeconds": 24 * 3600, "ttlSecondsAfterFinished": 7 * 24 * 3600,
+                  "template": {"metadata": {"labels": labels(cfg, "data")},
+                               "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[prep],
+                                                service_account=base.service_account, restart_policy="Never",
+                                                shm_size="1Gi")}},
+            opts=base.run_opts())
+
+        previous: pulumi.Resource = self.data
+        succeeded = wait_for("condition=Succeeded", s.deadline_seconds)
+        if s.precompile:
+            pre = mpijob(f"{cfg.stack}-precompile", base=base, s=s, mode="precompile",
+                         config_map=run_config.metadata["name"], annotations=succeeded, pool=pool)
+            previous = k8s.apiextensions.CustomResource(
+                f"{name}-precompile", api_version=pre["apiVersion"], kind=pre["kind"], metadata=pre["metadata"],
+                spec=pre["spec"], opts=base.run_opts(run_config, previous))
+        train_name = f"{cfg.stack}-train"
+        # Training runs for days: Pulumi records it once it is running, not when it ends.
+        train = mpijob(train_name, base=base, s=s, mode="train", config_map=run_config.metadata["name"],
+                       annotations=wait_for("condition=Running", 3600), pool=pool)
+        self.train = k8s.apiextensions.CustomResource(
+            f"{name}-train", api_version=train["apiVersion"], kind=train["kind"], metadata=train["metadata"],
+            spec=train["spec"], opts=base.run_opts(run_config, previous))
+
+        self.outputs: dict = {
+            "followDataPrep": f"kubectl -n {ns} logs -f job/{data_job}",
+            "followTraining": f"kubectl -n {ns} logs -f -l training.kubeflow.org/job-name={train_name},"
+                              "training.kubeflow.org/job-role=launcher",
+            "neuronTop": f"kubectl -n {ns} exec -it {train_name}-worker-0 -- neuron-top",
+            "checkpoints": f"{s.run['run_dir']}/checkpoints",
+        }
+        if s.tensorboard_pool:
+            self._tensorboard(name, base, s, platform.pools[s.tensorboard_pool])
+        self.register_outputs(self.outputs)
+
+    def _tensorboard(self, name: str, base: WorkloadBase, s: NemoSettings, pool: PoolScheduling) -> None:
+        """TensorBoard on the CPU pool reading the run's logs; ClusterIP only (port-forward)."""
+        cfg, platform = base.config, base.platform
+        app = f"{cfg.stack}-tensorboard"
+        selector = {"app.kubernetes.io/instance": cfg.stack, "app.kubernetes.io/component": "tensorboard"}
+        board = container(name="tensorboard", image=base.image, mount_path=platform.storage.mount_path,
+                          command=["tensorboard", "--logdir", s.run["run_dir"], "--host", "0.0.0.0",
+                                   "--port", str(TENSORBOARD_PORT)],
+                          env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                          resources=resources_for(pool, cpu="500m", memory="2Gi", cpu_limit="1"),
+                          ports=[{"name": "http", "containerPort": TENSORBOARD_PORT}],
+                          readinessProbe={"httpGet": {"path": "/", "port": TENSORBOARD_PORT}, "periodSeconds": 10})
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-tensorboard", metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "tensorboard")},
+            spec={"replicas": 1, "selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": {**labels(cfg, "tensorboard"), **selector}},
+                               "spec": pod_spec(platform=platform, pool=pool, containers=[board],
+                                                service_account=base.service_account, shm_size="256Mi")}},
+            opts=base.run_opts())
+        k8s.core.v1.Service(
+            f"{name}-tensorboard", metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "tensorboard")},
+            spec={"type": "ClusterIP", "selector": selector,
+                  "ports": [{"name": "http", "port": TENSORBOARD_PORT, "targetPort": TENSORBOARD_PORT}]},
+            opts=base.run_opts(deployment))
+        self.outputs["tensorboard"] = (f"kubectl -n {base.namespace} port-forward service/{app} "
+                                       f"{TENSORBOARD_PORT}:{TENSORBOARD_PORT}  # then open http://localhost:{TENSORBOARD_PORT}")

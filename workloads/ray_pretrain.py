@@ -1,0 +1,180 @@
+"""Ray Train Llama pretraining on KubeRay, gang-scheduled by Volcano.
+
+A RayCluster (head on the CPU pool, one worker group on the trn1 EFA pool) in a Volcano
+Queue sized for exactly this gang, then three RayJobs against it through
+`clusterSelector`: data -> precompile -> train. `pulumi up` waits for each to finish
+before submitting the next. The dashboard is reachable only by `kubectl port-forward`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import ConfigReader
+from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
+                              pod_spec, resources_for, wait_for)
+from workloads.config import WorkloadStackConfig
+from workloads.errors import WorkloadConfigError
+from workloads.images_code import ray_train
+from workloads.platform import Platform, PoolScheduling
+
+DASHBOARD_PORT = 8265
+HEAD_CPU, HEAD_MEMORY_GIB = 4, 16
+# Room on each worker node for the kubelet, daemonsets and the Ray raylet itself.
+NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    pool: str
+    head_pool: str
+    workers: int
+    run: dict  # the training code's run config as JSON (validated by that code)
+    data_inputs: tuple[str, ...]
+    tokenizer: str
+    deadline_seconds: int
+
+
+def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> RaySettings:
+    problems: list[str] = []
+    r = ConfigReader(section, "ray", problems)
+    pool_name = r.get("pool", str, "trn1-efa")
+    head_pool = r.get("headPool", str, "cpu")
+    workers = r.get("workers", int, 2, check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64")
+    run_raw = r.get("run", dict, {})
+    inputs = r.str_list("dataInputs", required=True)
+    tokenizer = r.get("tokenizer", str, "meta-llama/Llama-2-7b-hf")
+    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600)
+    r.finish()
+    pool = None
+    try:
+        pool = platform.pool(pool_name, key="ray.pool", accelerator=True)
+        platform.pool(head_pool, key="ray.headPool", accelerator=False)
+        if workers > pool.max_nodes:
+            problems.append(f"ray.workers: {workers} worker nodes exceed pool {pool_name!r} limit of {pool.max_nodes} nodes")
+        if workers > 1 and not pool.efa_per_node:
+            problems.append(f"ray.pool: {pool_name!r} has no EFA; more than one worker node needs an EFA pool")
+    except WorkloadConfigError as e:
+        problems += e.problems
+    run = None
+    if pool is not None:
+        mount = platform.storage.mount_path
+        paths = {"data_dir": f"{mount}/data/{stack.stack}/blocks", "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
+                 "tokenizer": tokenizer if tokenizer.startswith("/") else f"{mount}/tokenizers/{stack.stack}",
+                 "compile_cache": f"{mount}/neuron-cache"}
+        try:
+            run = ray_train.run_config(run_raw, paths=paths, pool=pool, workers=workers, key="ray.run")
+        except WorkloadConfigError as e:
+            problems += e.problems
+    if problems:
+        raise WorkloadConfigError(problems)
+    return RaySettings(pool=pool_name, head_pool=head_pool, workers=workers, run=run, data_inputs=inputs,
+                       tokenizer=tokenizer, deadline_seconds=deadline)
+
+
+def gang_resources(pool: PoolScheduling, workers: int) -> dict:
+    """Requests of the whole gang (head + workers): the Queue's capability is exactly this."""
+    cpu = HEAD_CPU + workers * (pool.vcpu_per_node - NODE_RESERVED_CPU)
+    memory = HEAD_MEMORY_GIB + workers * (pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB)
+    out = {"cpu": str(cpu), "memory": f"{memory}Gi", "aws.amazon.com/neuron": str(workers * pool.neuron_devices_per_node)}
+    if pool.efa_per_node:
+        out["vpc.amazonaws.com/efa"] = str(workers * pool.efa_per_node)
+    return out
+
+
+def worker_resources(pool: PoolScheduling) -> dict:
+    return resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
+                         cpu=str(pool.vcpu_per_node - NODE_RESERVED_CPU),
+                         memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi")
+
+
+class RayPretrainWorkload(pulumi.ComponentResource):
+    def __init__(self, name: str, *, base: WorkloadBase, settings: RaySettings,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:workloads:RayPretrain", name, None, opts)
+        cfg, platform, s = base.config, base.platform, settings
+        pool, head_pool = platform.pools[s.pool], platform.pools[s.head_pool]
+        ns = base.namespace
+        cluster_name = f"{cfg.stack}"[:40]
+        queue_name = f"{cfg.stack}-gang"
+        run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
+                                     opts=base.run_opts())
+        config_map = run_config.metadata["name"]
+
+        self.queue = k8s.apiextensions.CustomResource(
+            f"{name}-queue", api_version="scheduling.volcano.sh/v1beta1", kind="Queue",
+            metadata={"name": queue_name, "labels": labels(cfg, "queue")},
+            spec={"weight": 1, "reclaimable": False, "capability": gang_resources(pool, s.workers)},
+            opts=base.run_opts())
+
+        head_env = common_env(platform, base.paths, neuron=False, hf_secret=base.hf_secret)
+        worker_env = common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)
+        head = container(name="ray-head", image=base.image, command=[], env=head_env,
+                         mount_path=platform.storage.mount_path,
+                         resources=resources_for(head_pool, cpu=str(HEAD_CPU), memory=f"{HEAD_MEMORY_GIB}Gi"),
+                         ports=[{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+                                {"name": "client", "containerPort": 10001}])
+        worker = container(name="ray-worker", image=base.image, command=[], env=worker_env,
+                           mount_path=platform.storage.mount_path, resources=worker_resources(pool), efa=True)
+        for c in (head, worker):
+            del c["command"]  # KubeRay generates the `ray start` command from rayStartParams
+        cluster_labels = {**labels(cfg, "ray-cluster"), "ray.io/scheduler-name": "volcano",
+                          "volcano.sh/queue-name": queue_name}
+        self.cluster = k8s.apiextensions.CustomResource(
+            f"{name}-cluster", api_version="ray.io/v1", kind="RayCluster",
+            metadata={"name": cluster_name, "namespace": ns, "labels": cluster_labels},
+            spec={
+                "rayVersion": ray_train.RAY_VERSION,
+                "enableInTreeAutoscaling": False,
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": {"metadata": {"labels": labels(cfg, "ray-head")},
+                                 "spec": pod_spec(platform=platform, pool=head_pool, containers=[head],
+                                                  service_account=base.service_account, run_config=config_map,
+                                                  shm_size="4Gi")}},
+                "workerGroupSpecs": [{
+                    "groupName": s.pool, "replicas": s.workers, "minReplicas": s.workers, "maxReplicas": s.workers,
+                    "rayStartParams": {"resources": json.dumps({"neuron_cores": pool.neuron_cores_per_node})},
+                    "template": {"metadata": {"labels": labels(cfg, "ray-worker")},
+                                 "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
+                                                  service_account=base.service_account, run_config=config_map,
+                                                  shm_size="64Gi")}}],
+            },
+            opts=base.run_opts(self.queue, run_config))
+
+        previous: pulumi.Resource = self.cluster
+        steps = [("data", ray_train.data_entrypoint(RUN_CONFIG_FILE, s.data_inputs, s.tokenizer), "Complete"),
+                 ("precompile", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=True), "Complete"),
+                 ("train", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=False), "Running")]
+        self.jobs: dict[str, k8s.apiextensions.CustomResource] = {}
+        for step, entrypoint, wait_state in steps:
+            job_name = f"{cfg.stack}-{step}"
+            submitter = container(name="ray-job-submitter", image=base.image, command=[], env=head_env,
+                                  mount_path=platform.storage.mount_path,
+                                  resources=resources_for(head_pool, cpu="500m", memory="1Gi"))
+            del submitter["command"]  # KubeRay sets `ray job submit ...`
+            self.jobs[step] = previous = k8s.apiextensions.CustomResource(
+                f"{name}-{step}", api_version="ray.io/v1", kind="RayJob",
+                metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, step),
+                          "annotations": wait_for(f"jsonpath={{.status.jobDeploymentStatus}}={wait_state}",
+                                                  s.deadline_seconds if wait_state == "Complete" else 3600)},
+                spec={"entrypoint": " ".join(entrypoint), "submissionMode": "K8sJobMode",
+                      "clusterSelector": {"ray.io/cluster": cluster_name},
+                      "submitterPodTemplate": {"metadata": {"labels": labels(cfg, f"{step}-submitter")},
+                                               "spec": pod_spec(platform=platform, pool=head_pool,
+                                                                containers=[submitter], restart_policy="Never",
+                                                                service_account=base.service_account, shm_size="64Mi")}},
+                opts=base.run_opts(previous))
+
+        self.outputs = {
+            "rayDashboard": f"kubectl -n {ns} port-forward service/{cluster_name}-head-svc {DASHBOARD_PORT}:{DASHBOARD_PORT}"
+                            f"  # then open http://localhost:{DASHBOARD_PORT}",
+            "followTraining": f"kubectl -n {ns} logs -f -l job-name={cfg.stack}-train",
+            "rayPods": f"kubectl -n {ns} get pods -l ray.io/cluster={cluster_name}",
+            "checkpoints": s.run["run_dir"],
+            "volcanoQueue": queue_name,
+        }
+        self.register_outputs(self.outputs)
