@@ -7,7 +7,6 @@ Karpenter NodePools that scale to zero.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 
 import pulumi
@@ -102,13 +101,7 @@ class Cluster(pulumi.ComponentResource):
 
         # The control plane and nodes share the EKS-created cluster security group; the
         # node group adds the EFA-ready group.
-        self.system_role = aws.iam.Role(f"{name}-system-nodes",
-                                        assume_role_policy=json.dumps(iam.assume_role_by_service("ec2.amazonaws.com")),
-                                        tags=args.tags, opts=child)
-        for i, policy in enumerate(("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy",
-                                    "AmazonEC2ContainerRegistryPullOnly", "AmazonSSMManagedInstanceCore")):
-            aws.iam.RolePolicyAttachment(f"{name}-system-nodes-{i}", role=self.system_role.name,
-                                         policy_arn=iam.managed_policy_arn(partition, policy), opts=child)
+        self.system_role = iam.node_role(f"{name}-system-nodes", partition=partition, tags=args.tags, parent=self)
 
         launch_template = aws.ec2.LaunchTemplate(
             f"{name}-system",
@@ -123,9 +116,11 @@ class Cluster(pulumi.ComponentResource):
             tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=args.tags)],
             tags=args.tags, opts=child)
 
+        # The name as an output of the cluster: what uses it waits for the control plane.
+        cluster_name = self.eks.kubeconfig_json.apply(lambda _: cfg.cluster_name)
         self.system_nodes = aws.eks.NodeGroup(
             f"{name}-system",
-            cluster_name=self.eks.kubeconfig_json.apply(lambda _: cfg.cluster_name),
+            cluster_name=cluster_name,
             node_role_arn=self.system_role.arn,
             subnet_ids=args.private_subnet_ids,
             ami_type="AL2023_x86_64_STANDARD",
@@ -142,7 +137,6 @@ class Cluster(pulumi.ComponentResource):
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
             tags=args.tags, opts=child)
 
-        cluster_name = self.eks.kubeconfig_json.apply(lambda _: cfg.cluster_name)
         addon_opts = pulumi.ResourceOptions(parent=self, depends_on=[self.system_nodes])
         self.pod_identity_agent = aws.eks.Addon(f"{name}-pod-identity-agent", cluster_name=cluster_name,
                                                 addon_name="eks-pod-identity-agent",

@@ -141,6 +141,23 @@ def managed_policy_arn(partition: str, name: str) -> str:
     return f"arn:{partition}:iam::aws:policy/{name}"
 
 
+# What every EKS node needs: join the cluster, run the VPC CNI, pull from ECR, SSM access.
+NODE_MANAGED_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy",
+                         "AmazonEC2ContainerRegistryPullOnly", "AmazonSSMManagedInstanceCore")
+
+
+def node_role(name: str, *, partition: str, tags: dict[str, str], parent: pulumi.Resource,
+              role_name: str | None = None) -> aws.iam.Role:
+    """An EC2 node role with the node managed policies (system nodes and Karpenter nodes)."""
+    child = pulumi.ResourceOptions(parent=parent)
+    role = aws.iam.Role(name, name=role_name, assume_role_policy=json.dumps(assume_role_by_service("ec2.amazonaws.com")),
+                        tags=tags, opts=child)
+    for i, policy in enumerate(NODE_MANAGED_POLICIES):
+        aws.iam.RolePolicyAttachment(f"{name}-{i}", role=role.name, policy_arn=managed_policy_arn(partition, policy),
+                                     opts=child)
+    return role
+
+
 # --------------------------------------------------------------------------- component
 
 

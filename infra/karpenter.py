@@ -66,13 +66,8 @@ class Karpenter(pulumi.ComponentResource):
         caller = aws.get_caller_identity()
         partition = aws.get_partition().partition
 
-        self.node_role = aws.iam.Role(f"{name}-node", name=f"KarpenterNode-{args.cluster_name}"[:64],
-                                      assume_role_policy=json.dumps(iam.assume_role_by_service("ec2.amazonaws.com")),
-                                      tags=args.tags, opts=child)
-        for i, policy in enumerate(("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy",
-                                    "AmazonEC2ContainerRegistryPullOnly", "AmazonSSMManagedInstanceCore")):
-            aws.iam.RolePolicyAttachment(f"{name}-node-{i}", role=self.node_role.name,
-                                         policy_arn=iam.managed_policy_arn(partition, policy), opts=child)
+        self.node_role = iam.node_role(f"{name}-node", partition=partition, tags=args.tags, parent=self,
+                                       role_name=f"KarpenterNode-{args.cluster_name}"[:64])
         # With API authentication mode, nodes Karpenter launches join through this entry.
         self.node_access = aws.eks.AccessEntry(f"{name}-node", cluster_name=args.cluster_ready,
                                                principal_arn=self.node_role.arn, type="EC2_LINUX", opts=child)

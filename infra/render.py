@@ -97,7 +97,6 @@ def config_bag(project_dir: Path, stack: str) -> tuple[dict[str, str], list[str]
 def run_program(project_dir: Path, stack: str, *, stack_references: dict | None = None) -> RenderResult:
     """Run the project's Pulumi program for `stack` under the recording mocks."""
     import pulumi
-    from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime import settings as pulumi_settings
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await

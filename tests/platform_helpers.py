@@ -45,3 +45,23 @@ def stack_config(project: str, stack: str) -> dict:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def platform_refs(stack: str = "dev-usw2") -> dict:
+    """StackReference answers for workload programs: the rendered platform stack."""
+    platform = rendered_platform(stack)
+    return {f"organization/trn-platform/{stack}": {"outputs": platform.outputs,
+                                                    "secret": sorted(platform.secret_outputs)}}
+
+
+def assert_rejected_before_any_resource(tmp_path: Path, project: str, config: dict, expected: str,
+                                        error: type[Exception]) -> None:
+    """Running the program on `config` raises `error` mentioning `expected`, with nothing registered."""
+    import pytest
+
+    project_dir = project_with_stack(tmp_path, project, "bad", config)
+    refs = platform_refs() if project == "workloads" else {}
+    with pytest.raises(error) as err:
+        run_program(project_dir, "bad", stack_references=refs)
+    assert expected in str(err.value)
+    assert err.value.registered_resources == 0

@@ -9,8 +9,7 @@ import pytest
 
 from infra import config, network
 from infra.config import ConfigError
-from infra.render import run_program
-from tests.platform_helpers import project_with_stack, stack_config
+from tests.platform_helpers import assert_rejected_before_any_resource, stack_config
 
 BASE = stack_config("platform", "dev-usw2")
 
@@ -58,11 +57,7 @@ BAD_CONFIGS = {
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_fails_before_any_resource(case, tmp_path):
     cfg, expected = BAD_CONFIGS[case]
-    project = project_with_stack(tmp_path, "platform", "bad", cfg)
-    with pytest.raises(ConfigError) as err:
-        run_program(project, "bad", stack_references={})
-    assert err.value.registered_resources == 0
-    assert expected in str(err.value)
+    assert_rejected_before_any_resource(tmp_path, "platform", cfg, expected, ConfigError)
 
 
 def test_region_without_accelerator_names_the_pool_and_the_offering_azs(tmp_path):
@@ -70,12 +65,9 @@ def test_region_without_accelerator_names_the_pool_and_the_offering_azs(tmp_path
     the AZ IDs that do offer it."""
     cfg = with_changes(**{"aws:region": "us-east-2",
                           "network": {"availabilityZoneIds": ["use2-az1", "use2-az2"]}})
-    project = project_with_stack(tmp_path, "platform", "bad", cfg)
-    with pytest.raises(ConfigError) as err:
-        run_program(project, "bad", stack_references={})
-    assert "nodePools (trn1-single): none of the chosen AZ IDs ['use2-az1', 'use2-az2'] offers trn1.2xlarge; " \
-           "AZ IDs offering them: use2-az3" in str(err.value)
-    assert err.value.registered_resources == 0
+    assert_rejected_before_any_resource(
+        tmp_path, "platform", cfg, "nodePools (trn1-single): none of the chosen AZ IDs ['use2-az1', 'use2-az2'] "
+        "offers trn1.2xlarge; AZ IDs offering them: use2-az3", ConfigError)
 
 
 def test_family_not_in_region_is_reported():

@@ -8,13 +8,10 @@ import json
 import pytest
 
 from infra.render import PLACEHOLDER_SECRET, render_stack, run_program
-from tests.platform_helpers import REPO, WORKLOAD_STACKS, project_with_stack, rendered_platform, rendered_workload, stack_config
+from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, REPO, stack_config, WORKLOAD_STACKS)
 from workloads.errors import WorkloadConfigError
 
 
-def platform_refs():
-    platform = rendered_platform("dev-usw2")
-    return {"organization/trn-platform/dev-usw2": {"outputs": platform.outputs, "secret": sorted(platform.secret_outputs)}}
 
 
 def test_workload_stacks_exist():
@@ -95,11 +92,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_workload_config_fails_before_any_resource(case, tmp_path):
     cfg, expected = BAD[case]
-    project = project_with_stack(tmp_path, "workloads", "bad", cfg)
-    with pytest.raises(WorkloadConfigError) as err:
-        run_program(project, "bad", stack_references=platform_refs())
-    assert expected in str(err.value)
-    assert err.value.registered_resources == 0
+    assert_rejected_before_any_resource(tmp_path, "workloads", cfg, expected, WorkloadConfigError)
 
 
 def test_plain_text_hf_token_is_refused(tmp_path):
