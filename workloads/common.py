@@ -101,7 +101,7 @@ def container(*, name: str, image: str, command: list[str], env: list[dict], res
         "name": name, "image": image, "imagePullPolicy": "IfNotPresent", "command": command, "env": env,
         "resources": resources,
         "volumeMounts": [{"name": SHARED_VOLUME, "mountPath": mount_path}, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": False,
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if efa else {})}},
     }
     if ports:
@@ -120,8 +120,10 @@ def pod_spec(*, platform: Platform, pool: PoolScheduling, containers: list[dict]
         for c in containers:
             c["volumeMounts"] = [*c["volumeMounts"], {"name": RUN_CONFIG_VOLUME, "mountPath": RUN_CONFIG_DIR,
                                                       "readOnly": True}]
+    uid = versions.neuron_sdk()["uid"]  # every image runs as this user (images/neuron-sdk.json)
     spec = {
         "serviceAccountName": service_account,
+        "securityContext": {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "runAsNonRoot": True},
         "nodeSelector": dict(pool.node_selector),
         "tolerations": [dict(t) for t in pool.tolerations],
         "containers": containers,
