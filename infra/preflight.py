@@ -1,0 +1,546 @@
+"""Preflight: catch, before `pulumi up`, what would otherwise fail late or leave pools empty.
+
+    python -m infra.preflight <stack> [--project-dir .] [--workloads-dir workloads]
+
+With the caller's AWS credentials (boto3 default chain; AWS_ENDPOINT_URL honoured) it
+checks, for the platform stack `<stack>` and every workload stack in `--workloads-dir`
+whose `platformStack` points at it:
+
+  credentials and region   STS GetCallerIdentity, EC2 DescribeRegions
+  availability zones       EC2 DescribeInstanceTypeOfferings by AZ ID, per node pool, with
+                           the same AZ choice as the program (`infra.network.choose_az_ids`)
+  vCPU quotas              Service Quotas GetServiceQuota for the Trn/Inf (and Standard)
+                           On-Demand and Spot quotas against the pools' Karpenter limits
+  capacity reservations    EC2 DescribeCapacityReservations: exists, active, type, AZ
+  workload images          ECR DescribeImages: the repository and the tag/digest exist
+  Hugging Face token       set as a secret where the workload downloads from the Hub
+
+It prints one table (check, status, detail, fix) and exits 1 when any row is FAIL.
+Preflight only reads: its clients refuse every non Describe/Get/List call before it is sent.
+
+Layout: pure functions turn API responses (plain dicts) into `Finding`s; the `fetch_*`
+functions are the only ones that talk to AWS; `run_preflight` strings them together.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from infra import aws_ops, catalog, network
+from infra.config import ConfigError, NodePoolConfig, PlatformConfig, load_stack_file, raw_from_bag, read_stack_bag
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str  # PASS | WARN | FAIL
+    detail: str
+    fix: str = ""
+
+
+# EC2 vCPU quotas (Service Quotas, service code "ec2"). Codes as listed by
+# `aws service-quotas list-service-quotas --service-code ec2` and the EC2 user guide
+# ("On-Demand Instance quotas", "Spot Instance quotas"). Reserved capacity is checked
+# through its reservation, not here.
+QUOTA_CODES: dict[tuple[str, str], tuple[str, str]] = {
+    ("Trn", "on-demand"): ("L-2C3B7624", "Running On-Demand Trn instances"),
+    ("Trn", "spot"): ("L-6B0D517C", "All Trn Spot Instance Requests"),
+    ("Inf", "on-demand"): ("L-1945791B", "Running On-Demand Inf instances"),
+    ("Inf", "spot"): ("L-B5D1601B", "All Inf Spot Instance Requests"),
+    ("Standard", "on-demand"): ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+    ("Standard", "spot"): ("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
+}
+QUOTA_GROUP = {"trn1": "Trn", "trn1n": "Trn", "inf2": "Inf", "cpu": "Standard"}
+# A short Standard quota slows CPU pools down but leaves the accelerators usable: warn only.
+BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
+
+# What the workloads download from the Hugging Face Hub unless given a /shared path
+# (defaults of workloads/nemo.py, ray_pretrain.py and lora.py).
+HUB_REFERENCE_DEFAULT = "meta-llama/Llama-2-7b-hf"
+HF_TOKEN_PLACEHOLDER = "REPLACE-WITH"  # the example ciphertext in workloads/Pulumi.*.yaml
+
+
+# --------------------------------------------------------------------------- pure: credentials and region
+
+
+def identity_findings(identity: dict | None, region: str, region_info: dict | None, error: str | None) -> list[Finding]:
+    """STS GetCallerIdentity answer (or the error) and the DescribeRegions entry of `region`."""
+    if identity is None:
+        return [Finding("credentials", FAIL, error or "no credentials found",
+                        "configure credentials (`aws configure sso`, AWS_PROFILE or AWS_ACCESS_KEY_ID/...) "
+                        "for the account that will hold the stack")]
+    out = [Finding("credentials", PASS, f"account {identity['Account']} as {identity['Arn']}")]
+    if region_info is None and error:
+        out.append(Finding("region", FAIL, f"{region} could not be checked: {error}",
+                           "allow ec2:DescribeRegions (and the other Describe calls preflight makes)"))
+    elif region_info is None:
+        out.append(Finding("region", FAIL, f"{region} is not an EC2 region of this account",
+                           "set aws:region in the stack file to a region where trn1/inf2 are offered"))
+    elif region_info.get("OptInStatus") == "not-opted-in":
+        out.append(Finding("region", FAIL, f"{region} is an opt-in region that is not enabled",
+                           f"enable it: `aws account enable-region --region-name {region}`"))
+    else:
+        out.append(Finding("region", PASS, region))
+    return out
+
+
+# --------------------------------------------------------------------------- pure: AZ offerings
+
+
+def offering_findings(cfg: PlatformConfig, offerings: dict[str, set[str]],
+                      live_zone_ids: set[str]) -> tuple[list[Finding], list[str]]:
+    """Which AZ IDs offer each pool's types, and whether the AZs `pulumi up` will use do.
+
+    Returns the findings and the AZ IDs the program will use (configured, or chosen the
+    way `infra.network.choose_az_ids` chooses them).
+    """
+    region_zone_ids = list(catalog.zone_ids(cfg.region))
+    explicit = list(cfg.network.availability_zone_ids)
+    findings: list[Finding] = []
+    try:
+        chosen = network.choose_az_ids(offerings, cfg.node_pools, cfg.network, region_zone_ids)
+        how = "configured in network.availabilityZoneIds" if explicit else f"chosen by offering, azCount {cfg.network.az_count}"
+        status, detail, fix = PASS, f"{', '.join(chosen)} ({how})", ""
+    except ConfigError as err:
+        chosen = explicit or region_zone_ids
+        status = FAIL
+        detail = (f"configured {', '.join(explicit)}: not every accelerator pool has an AZ offering its types"
+                  if explicit else "; ".join(err.problems))
+        fix = ("set network.availabilityZoneIds (two or more AZ IDs) so that every accelerator pool has one "
+               "offering its types (see the pool rows)")
+    missing = [az for az in chosen if az not in live_zone_ids]
+    if missing and status == PASS:
+        status, detail = FAIL, f"{', '.join(missing)} not available to this account in {cfg.region}"
+        fix = f"use AZ IDs from `aws ec2 describe-availability-zones --region {cfg.region}`"
+    findings.append(Finding("availability zones", status, detail, fix))
+
+    for pool in cfg.node_pools:
+        findings.append(_pool_offering_finding(pool, offerings, chosen, cfg.region))
+    return findings, chosen
+
+
+def _pool_offering_finding(pool: NodePoolConfig, offerings: dict[str, set[str]], chosen: list[str],
+                           region: str) -> Finding:
+    check = f"offerings: {pool.name}"
+    where = {t: sorted(offerings.get(t, set())) for t in pool.instance_types}
+    zones = network.pool_zone_ids(pool, offerings, chosen)
+    offered_text = "; ".join(f"{t} in {', '.join(z) or 'no AZ of ' + region}" for t, z in where.items())
+    if not zones:
+        anywhere = sorted({az for z in where.values() for az in z})
+        fix = (f"add one of {', '.join(anywhere)} to network.availabilityZoneIds" if anywhere else
+               f"{'/'.join(pool.instance_types)} is not offered in {region}; use a region listed for {pool.family} "
+               f"({', '.join(catalog.family_regions(pool.family))}) or other instance types")
+        return Finding(check, FAIL, f"no chosen AZ ({', '.join(chosen)}) offers the pool's types: {offered_text}", fix)
+    never = [t for t, z in where.items() if not set(z) & set(chosen)]
+    if never:
+        return Finding(check, WARN, f"{', '.join(never)} not offered in the chosen AZs; {offered_text}",
+                       f"remove {', '.join(never)} from nodePools ({pool.name}).instanceTypes or add an AZ offering it")
+    return Finding(check, PASS, f"AZ IDs {', '.join(zones)}: {offered_text}")
+
+
+# --------------------------------------------------------------------------- pure: quotas
+
+
+def quota_needs(cfg: PlatformConfig) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    """vCPU each (quota group, capacity type) may reach: the pools' Karpenter cpu limits
+    (max_nodes x vCPU of the largest type) and the system node group at its max size.
+
+    A pool allowing both on-demand and spot may reach its limit in either, so it counts in both.
+    """
+    needs: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for pool in cfg.node_pools:
+        for capacity in pool.capacity_types:
+            if capacity != "reserved":
+                needs[(QUOTA_GROUP[pool.family], capacity)].append((pool.name, int(pool.limits["cpu"])))
+    system_vcpu = max(catalog.instance_type(t).vcpu for t in cfg.system_nodes.instance_types)
+    needs[("Standard", "on-demand")].append(("system nodes", system_vcpu * cfg.system_nodes.max_size))
+    return dict(needs)
+
+
+def quota_findings(needs: dict[tuple[str, str], list[tuple[str, int]]], quotas: dict[str, float | str],
+                   region: str) -> list[Finding]:
+    """`quotas` maps quota code to its value, or to an error text when it could not be read."""
+    out = []
+    for (group, capacity), users in sorted(needs.items()):
+        code, name = QUOTA_CODES[(group, capacity)]
+        need = sum(v for _, v in users)
+        users_text = ", ".join(f"{n} {v}" for n, v in users)
+        check = f"quota: {group} {capacity}"
+        value = quotas.get(code, "not read")
+        if isinstance(value, str):
+            out.append(Finding(check, WARN, f"{name} ({code}) could not be read: {value}",
+                               "allow servicequotas:GetServiceQuota, or compare in the Service Quotas console"))
+        elif value < need:
+            out.append(Finding(check, FAIL if group in BLOCKING_QUOTA_GROUPS else WARN,
+                               f"{name} ({code}) is {value:g} vCPU; the pools may use {need} ({users_text})",
+                               f"aws service-quotas request-service-quota-increase --service-code ec2 --quota-code "
+                               f"{code} --desired-value {need} --region {region}; or lower maxNodes"))
+        else:
+            out.append(Finding(check, PASS, f"{name} ({code}) is {value:g} vCPU >= {need} ({users_text})"))
+    return out
+
+
+# --------------------------------------------------------------------------- pure: reservations
+
+
+def reservation_findings(cfg: PlatformConfig, reservations: dict[str, dict | None], offerings: dict[str, set[str]],
+                         chosen: list[str], zone_ids_by_name: dict[str, str]) -> list[Finding]:
+    """`reservations` maps each configured id to its DescribeCapacityReservations entry, or None if absent."""
+    out = []
+    for i, pool in enumerate(cfg.node_pools):
+        pool_zones = network.pool_zone_ids(pool, offerings, chosen)
+        for j, rid in enumerate(pool.capacity_reservation_ids):
+            key = f"nodePools[{i}] ({pool.name}).capacityReservationIds[{j}]"
+            check = f"reservation: {rid}"
+            res = reservations.get(rid)
+            if res is None:
+                out.append(Finding(check, FAIL, f"{key}: {rid} not found in {cfg.region} for this account",
+                                   f"check the id and region (`aws ec2 describe-capacity-reservations "
+                                   f"--capacity-reservation-ids {rid} --region {cfg.region}`) or remove it from {key}"))
+                continue
+            out.append(_reservation_finding(check, key, pool, res, pool_zones, zone_ids_by_name))
+    return out
+
+
+def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, pool_zones: list[str],
+                         zone_ids_by_name: dict[str, str]) -> Finding:
+    kind = "Capacity Block" if res.get("ReservationType") == "capacity-block" else "capacity reservation"
+    state, itype = res.get("State", "?"), res.get("InstanceType", "?")
+    az_id = res.get("AvailabilityZoneId") or zone_ids_by_name.get(res.get("AvailabilityZone", ""), "?")
+    problems, fixes = [], []
+    status = PASS
+    if state == "scheduled":
+        status = WARN
+        problems.append(f"{kind} not started yet (starts {res.get('StartDate', '?')})")
+        fixes.append("pods needing it stay pending until it starts")
+    elif state != "active":
+        status = FAIL
+        problems.append(f"state is {state!r}, not 'active'")
+        fixes.append(f"renew or replace it, or remove it from {key}")
+    if itype not in pool.instance_types:
+        status = FAIL
+        problems.append(f"it is for {itype}; the pool launches {', '.join(pool.instance_types)}")
+        fixes.append(f"add {itype} to nodePools ({pool.name}).instanceTypes or use a reservation for the pool's types")
+    if az_id not in pool_zones:
+        status = FAIL
+        problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
+                        f"{', '.join(pool_zones) or 'none'}")
+        fixes.append(f"add {az_id} to network.availabilityZoneIds")
+    summary = (f"{kind} {state}, {itype} x{res.get('TotalInstanceCount', '?')} "
+               f"({res.get('AvailableInstanceCount', '?')} free) in {az_id}")
+    if res.get("EndDate"):
+        summary += f", ends {res['EndDate']}"
+    return Finding(check, status, "; ".join([summary] + problems), "; ".join(fixes))
+
+
+# --------------------------------------------------------------------------- workload stacks
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    repository: str  # key of the platform's ecrRepositories; the ECR name is <cluster>/<key>
+    tag: str
+    digest: str | None
+    build: bool  # built and pushed by `pulumi up` of the workload stack
+
+
+@dataclass(frozen=True)
+class WorkloadRequirements:
+    """What `pulumi up` of one workload stack needs to exist beforehand.
+
+    `ecr_repo`, `tag`, `needs_hf_token`, `hf_token_set` are the workload's main image and
+    token facts; `images` lists every image it pulls (compile+serve pulls two).
+    """
+    stack: str
+    platform_stack: str  # the platform stack name (last part of trn-workloads:platformStack)
+    images: tuple[ImageRef, ...]
+    needs_hf_token: bool
+    hf_token_set: bool
+    problems: tuple[str, ...] = field(default=())  # config errors: reported, other checks skipped
+
+    @property
+    def ecr_repo(self) -> str:
+        return self.images[0].repository if self.images else ""
+
+    @property
+    def tag(self) -> str:
+        return self.images[0].tag if self.images else ""
+
+
+def workload_requirements(project_dir: Path, stack: str) -> WorkloadRequirements:
+    """Read `<project_dir>/Pulumi.<stack>.yaml` of the workloads project with the workloads'
+    own parser (`workloads.config.parse`); `secure:` values count as secrets that are set."""
+    from workloads import config as wconfig
+    from workloads.errors import WorkloadConfigError
+
+    bag = read_stack_bag(Path(project_dir), stack)
+    raw, _ = raw_from_bag(bag, wconfig.PROJECT)
+    secret_keys, placeholders = set(), set()
+    for key, value in list(raw.items()):
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            secret_keys.add(f"{wconfig.PROJECT}:{key}")
+            if HF_TOKEN_PLACEHOLDER in str(value["secure"]) or not value["secure"]:
+                placeholders.add(key)
+            raw[key] = "<secret>"  # the parser only needs to know it is a set string
+    try:
+        cfg = wconfig.parse(raw, stack=stack, secret_keys=secret_keys)
+    except WorkloadConfigError as err:
+        platform = str(raw.get("platformStack", "")).rsplit("/", 1)[-1]
+        return WorkloadRequirements(stack, platform, (), False, False, tuple(err.problems))
+    images = [ImageRef(cfg.image.repository, cfg.image.tag, cfg.image.digest, cfg.image.build)]
+    if cfg.workload == "compile" and cfg.section.get("serve") is not None:
+        # workloads/compile.py serves the compiled model from the serve image at the same tag.
+        images.append(ImageRef("serve", cfg.image.tag, None, cfg.image.build))
+    return WorkloadRequirements(
+        stack=stack, platform_stack=cfg.platform_stack.rsplit("/", 1)[-1], images=tuple(images),
+        needs_hf_token=_downloads_from_hub(cfg.workload, cfg.section),
+        hf_token_set=cfg.hf_token_set and "hfToken" not in placeholders)
+
+
+def _downloads_from_hub(workload: str, section: dict[str, Any]) -> bool:
+    """Whether the workload pulls a model or tokenizer from the Hub (a /shared path does not)."""
+    if workload == "lora-finetune":
+        ref = ((section.get("run") or {}).get("model") or {}).get("base", "")
+    elif workload == "nemo-pretrain":
+        ref = (section.get("data") or {}).get("tokenizer", HUB_REFERENCE_DEFAULT)
+    elif workload == "ray-pretrain":
+        ref = section.get("tokenizer", HUB_REFERENCE_DEFAULT)
+    else:
+        return False
+    return not str(ref).startswith("/")
+
+
+def workload_stacks_for(workloads_dir: Path, platform_stack: str) -> list[str]:
+    """Workload stacks in `workloads_dir` whose platformStack names `platform_stack`."""
+    out = []
+    for path in sorted(Path(workloads_dir).glob("Pulumi.*.yaml")):
+        stack = path.name[len("Pulumi."):-len(".yaml")]
+        bag = read_stack_bag(Path(workloads_dir), stack)
+        ref = str(bag.get("trn-workloads:platformStack", ""))
+        if ref.rsplit("/", 1)[-1] == platform_stack:
+            out.append(stack)
+    return out
+
+
+def image_finding(stack: str, cluster_name: str, platform_stack: str, image: ImageRef, outcome: str,
+                  detail: str) -> Finding:
+    """`outcome` of DescribeImages: found | no-image | no-repository | error."""
+    repo = f"{cluster_name}/{image.repository}"
+    ref = f"{repo}@{image.digest}" if image.digest else f"{repo}:{image.tag}"
+    check = f"image: {stack} ({image.repository})"
+    if outcome == "found":
+        return Finding(check, PASS, f"{ref} {detail}".strip())
+    if outcome == "no-image":
+        if image.build and not image.digest:
+            return Finding(check, PASS, f"{ref} not pushed yet; `pulumi up` builds and pushes it (image.build: true)")
+        return Finding(check, FAIL, f"{ref} is not in ECR",
+                       f"build and push images/{image.repository} as {ref}, or set trn-workloads:image.build: true "
+                       f"in workloads/Pulumi.{stack}.yaml")
+    if outcome == "no-repository":
+        return Finding(check, WARN, f"ECR repository {repo} does not exist yet",
+                       f"`pulumi up` the platform stack {platform_stack} first (it creates {repo})")
+    return Finding(check, WARN, f"{ref} could not be checked: {detail}", "allow ecr:DescribeImages")
+
+
+def hf_token_finding(req: WorkloadRequirements) -> Finding:
+    check = f"hf token: {req.stack}"
+    if not req.needs_hf_token:
+        return Finding(check, PASS, "not needed: nothing is downloaded from the Hub (model/tokenizer on /shared or none)")
+    if req.hf_token_set:
+        return Finding(check, PASS, "trn-workloads:hfToken is set as a secret")
+    return Finding(check, FAIL, "the workload downloads from the Hugging Face Hub and trn-workloads:hfToken is not set "
+                                "(or still the example placeholder)",
+                   f"cd workloads && pulumi config set --secret hfToken <token> -s {req.stack}")
+
+
+def workload_config_finding(req: WorkloadRequirements) -> Finding:
+    return Finding(f"config: {req.stack}", FAIL, "; ".join(req.problems),
+                   f"fix workloads/Pulumi.{req.stack}.yaml (keys as named)")
+
+
+# --------------------------------------------------------------------------- output
+
+
+def has_blocking(findings: list[Finding]) -> bool:
+    return any(f.status == FAIL for f in findings)
+
+
+def render(findings: list[Finding]) -> str:
+    return aws_ops.render_table(("check", "status", "detail", "fix"),
+                                [(f.check, f.status, f.detail, f.fix) for f in findings], max_width=70)
+
+
+# --------------------------------------------------------------------------- AWS calls (thin)
+
+
+@dataclass
+class Clients:
+    sts: Any
+    ec2: Any
+    quotas: Any
+    ecr: Any
+
+    @classmethod
+    def for_region(cls, region: str, log: list[str] | None = None) -> "Clients":
+        """Read-only clients: any non Describe/Get/List call raises before it is sent."""
+        sess = aws_ops.session(region)
+        make = lambda service: aws_ops.guard_read_only(aws_ops.client(sess, service), log)  # noqa: E731
+        return cls(sts=make("sts"), ec2=make("ec2"), quotas=make("service-quotas"), ecr=make("ecr"))
+
+
+def fetch_identity(clients: Clients, region: str) -> tuple[dict | None, dict | None, str | None]:
+    try:
+        identity = clients.sts.get_caller_identity()
+    except (ClientError, BotoCoreError) as err:
+        return None, None, aws_ops.describe_error(err)
+    try:
+        regions = clients.ec2.describe_regions(AllRegions=True, Filters=[{"Name": "region-name", "Values": [region]}])
+    except (ClientError, BotoCoreError) as err:
+        return identity, None, aws_ops.describe_error(err)
+    entries = regions.get("Regions", [])
+    return identity, (entries[0] if entries else None), None
+
+
+def fetch_zones(ec2: Any) -> dict[str, str]:
+    """Available AZs of the client's region: {zone name: zone ID}."""
+    resp = ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])
+    return {z["ZoneName"]: z["ZoneId"] for z in resp["AvailabilityZones"]}
+
+
+def fetch_offerings(ec2: Any, instance_types: list[str]) -> dict[str, set[str]]:
+    """{instance type: AZ IDs offering it} from DescribeInstanceTypeOfferings."""
+    out: dict[str, set[str]] = {}
+    items = aws_ops.paginate(ec2, "describe_instance_type_offerings", "InstanceTypeOfferings",
+                             LocationType="availability-zone-id",
+                             Filters=[{"Name": "instance-type", "Values": sorted(set(instance_types))}])
+    for item in items:
+        out.setdefault(item["InstanceType"], set()).add(item["Location"])
+    return out
+
+
+def fetch_quotas(quotas: Any, codes: list[str]) -> dict[str, float | str]:
+    """Applied value of each EC2 quota; the AWS default where none was ever applied."""
+    out: dict[str, float | str] = {}
+    for code in codes:
+        try:
+            out[code] = float(quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
+        except (ClientError, BotoCoreError) as err:
+            if aws_ops.error_code(err) != "NoSuchResourceException":
+                out[code] = aws_ops.describe_error(err)
+                continue
+            try:
+                out[code] = float(quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
+            except (ClientError, BotoCoreError) as err2:
+                out[code] = aws_ops.describe_error(err2)
+    return out
+
+
+def fetch_reservations(ec2: Any, ids: list[str]) -> dict[str, dict | None]:
+    """DescribeCapacityReservations per id (one unknown id fails a batched call); None when absent."""
+    out: dict[str, dict | None] = {}
+    for rid in ids:
+        try:
+            found = ec2.describe_capacity_reservations(CapacityReservationIds=[rid])["CapacityReservations"]
+        except ClientError as err:
+            if aws_ops.error_code(err) not in ("InvalidCapacityReservationId.NotFound",
+                                               "InvalidCapacityReservationId.Malformed"):
+                raise
+            found = []
+        out[rid] = found[0] if found else None
+    return out
+
+
+def fetch_image(ecr: Any, repository_name: str, image: ImageRef) -> tuple[str, str]:
+    """(outcome, detail) for one image: found | no-image | no-repository | error."""
+    image_id = {"imageDigest": image.digest} if image.digest else {"imageTag": image.tag}
+    try:
+        details = ecr.describe_images(repositoryName=repository_name, imageIds=[image_id])["imageDetails"]
+    except ClientError as err:
+        code = aws_ops.error_code(err)
+        if code == "RepositoryNotFoundException":
+            return "no-repository", ""
+        if code == "ImageNotFoundException":
+            return "no-image", ""
+        return "error", aws_ops.describe_error(err)
+    if not details:
+        return "no-image", ""
+    pushed = details[0].get("imagePushedAt")
+    return "found", f"pushed {pushed:%Y-%m-%d %H:%M}" if pushed else ""
+
+
+def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[WorkloadRequirements] = ()) -> list[Finding]:
+    identity, region_info, error = fetch_identity(clients, cfg.region)
+    findings = identity_findings(identity, cfg.region, region_info, error)
+    if has_blocking(findings):
+        return findings  # every later check needs working credentials in a usable region
+
+    zone_ids_by_name = fetch_zones(clients.ec2)
+    offerings = fetch_offerings(clients.ec2, [t for p in cfg.node_pools for t in p.instance_types])
+    offer, chosen = offering_findings(cfg, offerings, set(zone_ids_by_name.values()))
+    findings += offer
+
+    needs = quota_needs(cfg)
+    codes = sorted({QUOTA_CODES[k][0] for k in needs})
+    findings += quota_findings(needs, fetch_quotas(clients.quotas, codes), cfg.region)
+
+    reservation_ids = [rid for p in cfg.node_pools for rid in p.capacity_reservation_ids]
+    if reservation_ids:
+        findings += reservation_findings(cfg, fetch_reservations(clients.ec2, reservation_ids), offerings, chosen,
+                                         zone_ids_by_name)
+
+    for req in workloads:
+        if req.problems:
+            findings.append(workload_config_finding(req))
+            continue
+        for image in req.images:
+            repo_name = f"{cfg.cluster_name}/{image.repository}"
+            if image.repository not in cfg.ecr_repositories:
+                findings.append(Finding(f"image: {req.stack} ({image.repository})", FAIL,
+                                        f"{image.repository!r} is not in the platform's ecrRepositories",
+                                        f"add it to trn-platform:ecrRepositories of {cfg.stack} "
+                                        f"({', '.join(cfg.ecr_repositories)})"))
+                continue
+            outcome, detail = fetch_image(clients.ecr, repo_name, image)
+            findings.append(image_finding(req.stack, cfg.cluster_name, cfg.stack, image, outcome, detail))
+        findings.append(hf_token_finding(req))
+    return findings
+
+
+def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
+    """CLI entry point; `clients` replaces the default read-only clients (tests)."""
+    parser = argparse.ArgumentParser(prog="python -m infra.preflight", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
+    parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
+                        help="workloads project; its stacks that point at <stack> are checked too")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_stack_file(args.project_dir, args.stack)
+        workloads = []
+        if args.workloads_dir.is_dir():
+            workloads = [workload_requirements(args.workloads_dir, s)
+                         for s in workload_stacks_for(args.workloads_dir, args.stack)]
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
+          f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
+    findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
+    print(render(findings))
+    blocking = [f for f in findings if f.status == FAIL]
+    warnings = [f for f in findings if f.status == WARN]
+    print(f"\n{len(blocking)} blocking, {len(warnings)} warnings, {len(findings) - len(blocking) - len(warnings)} passed")
+    return 1 if blocking else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
