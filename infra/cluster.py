@@ -92,7 +92,9 @@ class Cluster(pulumi.ComponentResource):
             encryption_config_key_arn=self.secrets_key.arn,
             coredns_addon_options=eks.CoreDnsAddonOptionsArgs(version=versions.EKS_ADDONS["coredns"]),
             kube_proxy_addon_options=eks.KubeProxyAddonOptionsArgs(version=versions.EKS_ADDONS["kube-proxy"]),
-            vpc_cni_options=eks.VpcCniOptionsArgs(addon_version=versions.EKS_ADDONS["vpc-cni"]),
+            # The VPC CNI's network policy agent enforces the NetworkPolicies of infra/storage.py.
+            vpc_cni_options=eks.VpcCniOptionsArgs(addon_version=versions.EKS_ADDONS["vpc-cni"],
+                                                  enable_network_policy=True),
             tags=args.tags,
             opts=child,
         )

@@ -52,6 +52,12 @@ def static_volume(cfg: FsxConfig, *, file_system_id: str, dns_name: str, mount_n
     return pv, pvc
 
 
+def same_namespace_only_policy() -> dict:
+    """Ingress only from pods of the same namespace; egress unrestricted (S3, ECR, HF Hub, FSx)."""
+    return {"podSelector": {}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {}}]}]}
+
+
 @dataclass
 class SharedStorageArgs:
     config: FsxConfig
@@ -109,6 +115,14 @@ class SharedStorage(pulumi.ComponentResource):
                                        values=fsx_csi_values(), opts=k8s_opts)
         self.namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": cfg.pvc_namespace,
                                                "labels": {"trn-platform/shared-storage": "true"}}, opts=k8s_opts)
+        # Workloads in this namespace talk to each other (MPI over SSH, Ray, serving); nothing
+        # outside the namespace reaches them except through `kubectl port-forward`.
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-same-namespace-only",
+            metadata={"name": "same-namespace-ingress-only", "namespace": cfg.pvc_namespace},
+            spec=same_namespace_only_policy(),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                        depends_on=[*args.depends_on, self.namespace]))
         docs = pulumi.Output.all(self.file_system.id, self.file_system.dns_name, self.file_system.mount_name).apply(
             lambda a: static_volume(cfg, file_system_id=a[0], dns_name=a[1], mount_name=a[2]))
         vol_opts = pulumi.ResourceOptions(parent=self, provider=args.provider,

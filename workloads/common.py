@@ -123,7 +123,11 @@ def pod_spec(*, platform: Platform, pool: PoolScheduling, containers: list[dict]
     uid = versions.neuron_sdk()["uid"]  # every image runs as this user (images/neuron-sdk.json)
     spec = {
         "serviceAccountName": service_account,
-        "securityContext": {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "runAsNonRoot": True},
+        "securityContext": {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "runAsNonRoot": True,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        # No workload calls the Kubernetes API; AWS credentials come from the Pod Identity /
+        # IRSA webhook's own projected token, which this does not affect.
+        "automountServiceAccountToken": False,
         "nodeSelector": dict(pool.node_selector),
         "tolerations": [dict(t) for t in pool.tolerations],
         "containers": containers,

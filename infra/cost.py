@@ -1,0 +1,273 @@
+"""What a platform stack costs per hour while idle, and what its pools and jobs cost when busy.
+
+    estimate_platform(load_stack_file(".", "dev-usw2")).format()
+    estimate_workload("trn1.32xlarge", nodes=4, region="us-west-2")
+
+Always-on items are the hourly charges that run whether or not anyone trains: the EKS
+control plane, the system node group, NAT gateways (and their public IPv4 addresses),
+VPC interface endpoints (one ENI per endpoint per AZ), FSx for Lustre storage. Karpenter
+pools have no minimum size, so their idle cost is zero; each pool is listed with its
+per-node price and the price at its `maxNodes` limit. Prices come from
+infra/data/prices.json (region, date, source inside); usage charges (data processed,
+transfer, S3, logs) are not estimated.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra import catalog
+from infra.config import PlatformConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRICES_FILE = REPO_ROOT / "infra" / "data" / "prices.json"
+
+
+class PriceError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Prices:
+    region: str
+    as_of: str
+    hours_per_month: int
+    ec2_per_hour: dict[str, float]
+    eks_control_plane: float
+    nat_gateway: float
+    public_ipv4: float
+    interface_endpoint_per_az: float
+    ebs_gp3_gb_month: float
+    fsx_gb_month: dict[str, dict[str, float]]
+
+    def instance(self, instance_type: str) -> float:
+        if instance_type not in self.ec2_per_hour:
+            raise PriceError(f"{PRICES_FILE}: no on-demand price for {instance_type} in {self.region}; "
+                             f"priced types: {', '.join(sorted(self.ec2_per_hour))}")
+        return self.ec2_per_hour[instance_type]
+
+    def fsx(self, deployment_type: str, throughput: int) -> float:
+        tiers = self.fsx_gb_month.get(deployment_type)
+        if not tiers:
+            raise PriceError(f"{PRICES_FILE}: no FSx for Lustre price for {deployment_type} in {self.region}; "
+                             f"priced: {', '.join(sorted(self.fsx_gb_month))}")
+        if len(tiers) == 1:  # no throughput tiers (scratch)
+            return next(iter(tiers.values()))
+        if str(throughput) not in tiers:
+            raise PriceError(f"{PRICES_FILE}: no {deployment_type} price for {throughput} MB/s/TiB in {self.region}; "
+                             f"priced tiers: {', '.join(tiers)}")
+        return tiers[str(throughput)]
+
+
+@functools.lru_cache(maxsize=None)
+def _price_data() -> dict[str, Any]:
+    return json.loads(PRICES_FILE.read_text())
+
+
+def load_prices(region: str) -> Prices:
+    data = _price_data()
+    if region not in data["regions"]:
+        raise PriceError(f"{PRICES_FILE}: no prices for region {region!r}; priced regions: {', '.join(sorted(data['regions']))}")
+    r = data["regions"][region]
+    return Prices(region=region, as_of=r["asOf"], hours_per_month=data["hoursPerMonth"],
+                  ec2_per_hour=r["ec2OnDemandPerHour"], eks_control_plane=r["eksControlPlanePerHour"],
+                  nat_gateway=r["natGatewayPerHour"], public_ipv4=r["publicIpv4PerHour"],
+                  interface_endpoint_per_az=r["vpcInterfaceEndpointPerAzHour"], ebs_gp3_gb_month=r["ebsGp3PerGbMonth"],
+                  fsx_gb_month=r["fsxLustrePerGbMonth"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class LineItem:
+    name: str
+    quantity: float
+    unit: str
+    unit_price: float  # $ per unit per hour
+    note: str = ""
+
+    @property
+    def per_hour(self) -> float:
+        return self.quantity * self.unit_price
+
+
+@dataclass(frozen=True)
+class PoolCost:
+    name: str
+    instance_type: str  # the largest type of the pool (what the limits are sized for)
+    per_node_hour: float
+    max_nodes: int
+    accelerator: bool
+    idle_nodes: int = 0  # Karpenter pools have no minimum: nothing runs without pods
+
+    @property
+    def at_limit_hour(self) -> float:
+        return self.per_node_hour * self.max_nodes
+
+    @property
+    def idle_hour(self) -> float:
+        return self.per_node_hour * self.idle_nodes
+
+
+@dataclass
+class CostReport:
+    stack: str
+    region: str
+    prices_as_of: str
+    hours_per_month: int
+    always_on: list[LineItem] = field(default_factory=list)
+    pools: list[PoolCost] = field(default_factory=list)
+
+    @property
+    def always_on_per_hour(self) -> float:
+        return sum(i.per_hour for i in self.always_on)
+
+    @property
+    def always_on_per_month(self) -> float:
+        return self.always_on_per_hour * self.hours_per_month
+
+    @property
+    def idle_accelerator_per_hour(self) -> float:
+        return sum(p.idle_hour for p in self.pools if p.accelerator)
+
+    @property
+    def all_pools_at_limit_hour(self) -> float:
+        return sum(p.at_limit_hour for p in self.pools)
+
+    def format(self) -> str:
+        lines = [f"cost estimate {self.stack} ({self.region}, on-demand list prices as of {self.prices_as_of}, USD)",
+                 "  always on                          qty  unit           $/unit-h     $/h"]
+        for i in self.always_on:
+            lines.append(f"    {i.name:<30} {i.quantity:>6g}  {i.unit:<13} {i.unit_price:>9.5f} {i.per_hour:>7.3f}"
+                         + (f"  ({i.note})" if i.note else ""))
+        lines.append(f"    {'total':<30} {'':>6}  {'':<13} {'':>9} {self.always_on_per_hour:>7.3f}"
+                     f"  = ${self.always_on_per_month:,.0f}/month")
+        lines.append("  node pools (scale to zero)        largest type     $/node-h  max  $/h at limit  $/h idle")
+        for p in self.pools:
+            lines.append(f"    {p.name:<30} {p.instance_type:<16} {p.per_node_hour:>8.3f} {p.max_nodes:>4} "
+                         f"{p.at_limit_hour:>13.2f} {p.idle_hour:>9.2f}")
+        lines.append(f"  idle accelerators: ${self.idle_accelerator_per_hour:.2f}/h; every pool at its limit: "
+                     f"${self.all_pools_at_limit_hour:,.2f}/h on top of the always-on total")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def az_count(cfg: PlatformConfig) -> int:
+    return len(cfg.network.availability_zone_ids) or cfg.network.az_count
+
+
+def interface_endpoints() -> tuple[str, ...]:
+    """The platform's interface endpoints, as infra/network.py creates them."""
+    from infra.network import INTERFACE_ENDPOINTS  # imports pulumi_aws: only when estimating
+    return INTERFACE_ENDPOINTS
+
+
+def estimate_platform(cfg: PlatformConfig, prices: Prices | None = None) -> CostReport:
+    prices = prices or load_prices(cfg.region)
+    azs = az_count(cfg)
+    nats = azs if cfg.network.nat_gateways == "per-az" else 1
+    system = cfg.system_nodes
+    system_type = system.instance_types[0]  # the managed node group launches its first type on-demand
+    endpoints = interface_endpoints()
+    hpm = prices.hours_per_month
+    report = CostReport(stack=cfg.stack, region=cfg.region, prices_as_of=prices.as_of, hours_per_month=hpm)
+    report.always_on = [
+        LineItem("EKS control plane", 1, "cluster", prices.eks_control_plane),
+        LineItem(f"system nodes {system_type}", system.desired_size, "node", prices.instance(system_type)),
+        LineItem("system node root volumes gp3", system.desired_size * system.disk_size_gib, "GiB",
+                 prices.ebs_gp3_gb_month / hpm),
+        LineItem("NAT gateways", nats, "gateway", prices.nat_gateway, cfg.network.nat_gateways),
+        LineItem("NAT public IPv4 addresses", nats, "address", prices.public_ipv4),
+        LineItem("VPC interface endpoints", len(endpoints) * azs, "endpoint-AZ", prices.interface_endpoint_per_az,
+                 f"{', '.join(endpoints)} x {azs} AZs; S3 gateway endpoint free"),
+        LineItem(f"FSx Lustre {cfg.fsx.deployment_type}", cfg.fsx.storage_capacity_gib, "GiB",
+                 prices.fsx(cfg.fsx.deployment_type, cfg.fsx.per_unit_storage_throughput) / hpm,
+                 f"{cfg.fsx.per_unit_storage_throughput} MB/s/TiB"),
+    ]
+    for pool in cfg.node_pools:
+        big = pool.largest_instance
+        report.pools.append(PoolCost(pool.name, big.name, prices.instance(big.name), pool.max_nodes, pool.is_accelerator))
+    return report
+
+
+def estimate_workload(instance_type: str, nodes: int, region: str) -> float:
+    """$/hour while a job holds `nodes` on-demand instances of `instance_type`."""
+    if nodes < 0:
+        raise ValueError(f"nodes must be >= 0, got {nodes}")
+    return nodes * load_prices(region).instance(instance_type)
+
+
+# --------------------------------------------------------------------------- render hook
+
+
+def summary_for_render(result, project_dir: Path) -> str | None:
+    """The render's cost block: the platform estimate for platform stacks; for workload
+    stacks, the accelerator nodes their pods occupy while running."""
+    from infra import config
+
+    if result.project == config.PROJECT:
+        return estimate_platform(config.load_stack_file(project_dir, result.stack)).format()
+    platform_ref = config.read_stack_bag(project_dir, result.stack).get(f"{result.project}:platformStack")
+    if not platform_ref:
+        return None
+    # Workload stacks name their platform stack; its config lives at the repository root.
+    platform = config.load_stack_file(REPO_ROOT, str(platform_ref).split("/")[-1])
+    return workload_summary(result.stack, result.manifests, platform)
+
+
+def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: PlatformConfig) -> str | None:
+    """Accelerator nodes a workload's pods occupy while they run, priced per pool."""
+    pods: dict[str, list[int]] = {}  # pool -> Neuron devices of each pod replica
+    for _, obj in manifests:
+        for replicas, spec in _replicated_pod_specs(obj):
+            pool = (spec.get("nodeSelector") or {}).get("trn-platform/pool")
+            devices = sum(int(((c.get("resources") or {}).get("requests") or {}).get("aws.amazon.com/neuron", 0))
+                          for c in spec.get("containers") or [])
+            if devices and pool in {p.name for p in platform.node_pools}:
+                pods.setdefault(pool, []).extend([devices] * replicas)
+    if not pods:
+        return None
+    prices = load_prices(platform.region)
+    lines = [f"cost while running {stack} ({platform.region}, on-demand):"]
+    total = 0.0
+    for pool_name, devices in sorted(pods.items()):
+        types = platform.pool(pool_name).instance_types
+        # Karpenter launches the cheapest type that fits the largest pod.
+        fitting = [t for t in types if catalog.instance_type(t).neuron_devices >= max(devices)]
+        itype = min(fitting or types, key=prices.instance)
+        nodes = math.ceil(sum(devices) / max(catalog.instance_type(itype).neuron_devices, 1))
+        cost = nodes * prices.instance(itype)
+        total += cost
+        lines.append(f"  {pool_name:<14} {len(devices)} pod(s), {sum(devices)} Neuron devices -> {nodes} x {itype}"
+                     f"  ${cost:,.2f}/h")
+    lines.append(f"  total ${total:,.2f}/h (pools return to zero nodes when the pods finish)")
+    return "\n".join(lines)
+
+
+def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
+    """(replicas, pod spec) for the workload kinds the platform runs."""
+    kind, spec = obj.get("kind"), obj.get("spec") or {}
+    if kind == "Pod":
+        return [(1, spec)]
+    if kind in ("Deployment", "StatefulSet"):
+        return [(int(spec.get("replicas", 1)), spec["template"]["spec"])]
+    if kind == "Job":
+        return [(int(spec.get("parallelism", 1)), spec["template"]["spec"])]
+    if kind == "MPIJob":
+        return [(int(r.get("replicas", 1)), r["template"]["spec"]) for r in (spec.get("mpiReplicaSpecs") or {}).values()]
+    if kind == "PyTorchJob":
+        return [(int(r.get("replicas", 1)), r["template"]["spec"]) for r in (spec.get("pytorchReplicaSpecs") or {}).values()]
+    if kind in ("RayCluster", "RayJob"):
+        cluster = spec.get("rayClusterSpec", spec)
+        groups = [(1, (cluster.get("headGroupSpec") or {}).get("template", {}).get("spec", {}))]
+        groups += [(int(g.get("replicas", 1)), g["template"]["spec"]) for g in cluster.get("workerGroupSpecs") or []]
+        return groups
+    return []
