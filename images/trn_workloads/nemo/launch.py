@@ -1,0 +1,103 @@
+"""`python -m trn_workloads.nemo.launch --config run.json --mode train|precompile [--dry-run]`
+
+Started once per worker node by the MPIJob launcher (mpirun, one rank per node). It reads
+the run config, works out this node's rank (OMPI_COMM_WORLD_RANK) and the rank-0 address
+(MASTER_ADDR, else the first host of the MPI hostfile), then execs torchrun with the
+environment from `build_env`. `--dry-run` prints the environment and command instead.
+
+Exit status: 2 bad config or MPI environment; otherwise torchrun's own.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shlex
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from trn_workloads import accel
+from trn_workloads.nemo.command import MODES, build_command, build_env
+from trn_workloads.nemo.config import ConfigError, RunConfig, read_run_config
+
+# The MPI Operator (v2) mounts the hostfile here and points Open MPI at it.
+DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
+OPEN_FILES = 65535  # 32 ranks x (dataloader, checkpoint shards, EFA endpoints)
+
+
+def node_rank(cfg: RunConfig, env: Mapping[str, str]) -> int:
+    """This node's rank: Open MPI's world rank (one rank per node), 0 for a single node."""
+    rank, size = env.get("OMPI_COMM_WORLD_RANK"), env.get("OMPI_COMM_WORLD_SIZE")
+    if rank is None:
+        if cfg.num_nodes == 1:
+            return 0
+        raise ConfigError(f"nodes={cfg.num_nodes} but OMPI_COMM_WORLD_RANK is not set: multi-node runs are "
+                          f"started by mpirun (one process per node) from the MPIJob launcher")
+    if size is not None and int(size) != cfg.num_nodes:
+        raise ConfigError(f"mpirun started {size} processes but the run config has nodes={cfg.num_nodes}: "
+                          f"they must match (one process per worker node)")
+    return int(rank)
+
+
+def master_address(cfg: RunConfig, env: Mapping[str, str]) -> str:
+    """Rank 0's host: MASTER_ADDR if set, else the first host of the MPI hostfile."""
+    if env.get("MASTER_ADDR"):
+        return env["MASTER_ADDR"]
+    hostfile = Path(env.get("OMPI_MCA_orte_default_hostfile") or DEFAULT_HOSTFILE)
+    if hostfile.is_file():
+        for line in hostfile.read_text().splitlines():
+            host = line.split("#", 1)[0].split()
+            if host:
+                return host[0]
+    if cfg.num_nodes == 1:
+        return "localhost"
+    raise ConfigError(f"cannot find rank 0's address: MASTER_ADDR is unset and {hostfile} lists no hosts")
+
+
+def render(env: Mapping[str, str], command: list[str]) -> str:
+    """A shell-pasteable view: one `export` per variable, then the command."""
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    return "\n".join(lines + [" \\\n    ".join(shlex.quote(part) for part in command)])
+
+
+def _exec_on_neuron(command: list[str], env: dict[str, str], cfg: RunConfig, rank: int) -> None:
+    """Hand the process over to torchrun; the only step that needs a Neuron host."""
+    if not accel.is_neuron():
+        raise ConfigError("training needs the Neuron backend (trn1 node with the Neuron SDK); "
+                          "use --dry-run to see the command on other machines")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if rank == 0:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    os.execvpe(command[0], command, {**os.environ, **env})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trn_workloads.nemo.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run config JSON (RunConfig fields)")
+    parser.add_argument("--mode", required=True, choices=MODES)
+    parser.add_argument("--dry-run", action="store_true", help="print the environment and command; run nothing")
+    args = parser.parse_args(argv)
+    try:
+        cfg = read_run_config(args.config)
+        rank = node_rank(cfg, os.environ)
+        master = master_address(cfg, os.environ)
+        env = build_env(cfg, args.mode)
+        command = build_command(cfg, args.mode, node_rank=rank, master_addr=master)
+        if args.dry_run:
+            print(render(env, command))
+            return 0
+        print(f"node {rank}/{cfg.num_nodes}: {args.mode}, data-parallel {cfg.data_parallel_size}, "
+              f"gradient accumulation {cfg.gradient_accumulation}, run dir {cfg.run_dir}", flush=True)
+        _exec_on_neuron(command, env, cfg, rank)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0  # not reached after exec
+
+
+if __name__ == "__main__":
+    sys.exit(main())
