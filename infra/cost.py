@@ -223,28 +223,47 @@ def summary_for_render(result, project_dir: Path) -> str | None:
     return workload_summary(result.stack, result.manifests, platform)
 
 
+BATCH_KINDS = ("Job", "MPIJob", "PyTorchJob", "RayJob")  # a workload's steps: the stack runs them one after another
+
+
 def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: PlatformConfig) -> str | None:
-    """Accelerator nodes a workload's pods occupy while they run, priced per pool."""
-    pods: dict[str, list[int]] = {}  # pool -> Neuron devices of each pod replica
+    """Accelerator nodes a workload occupies at its peak, priced per pool: everything
+    long-running (Deployments, Pods, RayClusters) plus the largest of its batch steps
+    (data, precompile and train run one after another, never together)."""
+    long_running: dict[str, list[int]] = {}
+    steps: list[dict[str, list[int]]] = []
     for _, obj in manifests:
+        target = {} if obj.get("kind") in BATCH_KINDS else long_running
         for replicas, spec in _replicated_pod_specs(obj):
             pool = (spec.get("nodeSelector") or {}).get("trn-platform/pool")
             devices = sum(int(((c.get("resources") or {}).get("requests") or {}).get("aws.amazon.com/neuron", 0))
                           for c in spec.get("containers") or [])
             if devices and pool in {p.name for p in platform.node_pools}:
-                pods.setdefault(pool, []).extend([devices] * replicas)
-    if not pods:
-        return None
+                target.setdefault(pool, []).extend([devices] * replicas)
+        if target is not long_running and target:
+            steps.append(target)
     prices = load_prices(platform.region)
-    lines = [f"cost while running {stack} ({platform.region}, on-demand):"]
+
+    def priced(pods: dict[str, list[int]]) -> list[tuple[str, list[int], str, int, float]]:
+        rows = []
+        for pool_name, devices in sorted(pods.items()):
+            types = platform.pool(pool_name).instance_types
+            # Karpenter launches the cheapest type that fits the largest pod.
+            fitting = [t for t in types if catalog.instance_type(t).neuron_devices >= max(devices)]
+            itype = min(fitting or types, key=prices.instance)
+            nodes = math.ceil(sum(devices) / max(catalog.instance_type(itype).neuron_devices, 1))
+            rows.append((pool_name, devices, itype, nodes, nodes * prices.instance(itype)))
+        return rows
+
+    biggest_step = max(steps, key=lambda st: sum(r[4] for r in priced(st)), default={})
+    peak: dict[str, list[int]] = {k: list(v) for k, v in long_running.items()}
+    for pool_name, devices in biggest_step.items():
+        peak.setdefault(pool_name, []).extend(devices)
+    if not peak:
+        return None
+    lines = [f"cost while running {stack} ({platform.region}, on-demand, peak):"]
     total = 0.0
-    for pool_name, devices in sorted(pods.items()):
-        types = platform.pool(pool_name).instance_types
-        # Karpenter launches the cheapest type that fits the largest pod.
-        fitting = [t for t in types if catalog.instance_type(t).neuron_devices >= max(devices)]
-        itype = min(fitting or types, key=prices.instance)
-        nodes = math.ceil(sum(devices) / max(catalog.instance_type(itype).neuron_devices, 1))
-        cost = nodes * prices.instance(itype)
+    for pool_name, devices, itype, nodes, cost in priced(peak):
         total += cost
         lines.append(f"  {pool_name:<14} {len(devices)} pod(s), {sum(devices)} Neuron devices -> {nodes} x {itype}"
                      f"  ${cost:,.2f}/h")

@@ -47,3 +47,32 @@ finetune = SimpleNamespace(
     run_config=_finetune_run_config,
     command=lambda config_file: ["python", "-m", "trn_workloads.finetune", "--config", config_file],
 )
+
+
+# --------------------------------------------------------------------------- NeMo-style pretraining
+
+
+def _nemo_run_config(raw: dict, *, paths: dict, pool: PoolScheduling, key: str) -> dict:
+    """The launcher's RunConfig with the stack-owned paths and the pool's per-node facts
+    filled in, validated by the launcher (parallelism, batch divisibility, nodes <= pool
+    limit). Returns the JSON the launcher reads back from the ConfigMap."""
+    from trn_workloads.nemo import ConfigError, load_run_config
+
+    owned = {**paths, "neuron_cores_per_node": pool.neuron_cores_per_node, "efa_per_node": pool.efa_per_node}
+    clash = sorted(set(raw) & set(owned))
+    if clash:
+        raise WorkloadConfigError([f"{key}.{clash[0]}: set by the stack (from the platform outputs); remove it"])
+    try:
+        run = load_run_config({**raw, **owned}, max_nodes=pool.max_nodes, key=key)
+    except ConfigError as err:
+        raise WorkloadConfigError([str(err)]) from None
+    return {**run.to_dict(), "nodes": run.num_nodes}
+
+
+def _nemo_mpirun(nodes: int, launch: list[str]) -> list[str]:
+    from trn_workloads.nemo import mpirun_command
+
+    return mpirun_command(nodes, launch)
+
+
+nemo_launcher = SimpleNamespace(run_config=_nemo_run_config, mpirun_command=_nemo_mpirun)

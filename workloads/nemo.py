@@ -18,10 +18,14 @@ from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, contain
                               pod_spec, resources_for, wait_for)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
-from workloads.images_code import nemo_launcher
+from workloads.entrypoints import nemo_launcher
 from workloads.platform import Platform, PoolScheduling
 
 TENSORBOARD_PORT = 6006
+# MPIJob workers run sshd as the image's non-root user (images/nemo/Dockerfile); the
+# operator mounts the launcher's SSH key where that sshd looks for it.
+WORKER_SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/trn/.sshd_config"]
+SSH_AUTH_MOUNT_PATH = "/home/trn/.ssh"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> N
         output_prefix=d.get("outputPrefix", str, f"{mount}/data/{stack.stack}/corpus"),
     )
     d.finish()
+    if not stack.hf_token_set and not data.tokenizer.startswith("/"):
+        problems.append(f"hfToken: required to download tokenizer {data.tokenizer} from Hugging Face; set it with "
+                        "`pulumi config set --secret hfToken <token>` (or point nemo.data.tokenizer at a directory on /shared)")
     pool = cpu_pool = None
     try:
         pool = platform.pool(pool_name, key="nemo.pool", accelerator=True)
@@ -80,7 +87,7 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> N
         problems += e.problems
     run = None
     if pool is not None:
-        paths = {"tokenizer": data.tokenizer if data.tokenizer.startswith("/") else f"{mount}/tokenizers/{stack.stack}",
+        paths = {"tokenizer": f"{mount}/tokenizers/{stack.stack}",
                  "dataset_prefix": f"{data.output_prefix}_text_document",
                  "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
                  "compile_cache": f"{mount}/neuron-cache"}
@@ -117,7 +124,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
                          command=nemo_launcher.mpirun_command(s.nodes, launch),
                          resources=resources_for(cpu_pool, cpu="1", memory="2Gi"))
     worker = container(name="worker", image=base.image, env=env, mount_path=platform.storage.mount_path,
-                       command=["/usr/sbin/sshd", "-De"], efa=True,
+                       command=WORKER_SSHD, efa=True,
                        resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
                                                cpu=str(pool.vcpu_per_node - 8),
                                                memory=f"{pool.memory_gib_per_node - 32}Gi"))
@@ -128,6 +135,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
                      "annotations": annotations},
         "spec": {
             "slotsPerWorker": 1,
+            "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3,
                           "activeDeadlineSeconds": s.deadline_seconds, "ttlSecondsAfterFinished": 86400},
             "mpiImplementation": "OpenMPI",

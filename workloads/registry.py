@@ -6,9 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from workloads import compile as compile_workload
-from workloads import lora
+from workloads import lora, nemo
 
 WORKLOADS = {
     "compile": SimpleNamespace(parse=compile_workload.parse, component=compile_workload.CompileWorkload),
+    "nemo-pretrain": SimpleNamespace(parse=nemo.parse, component=nemo.NemoPretrainWorkload),
     "lora-finetune": SimpleNamespace(parse=lora.parse, component=lora.LoraFinetuneWorkload),
 }
