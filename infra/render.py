@@ -14,6 +14,7 @@ invalid config, an invalid manifest or a mandatory policy violation.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import re
@@ -113,6 +114,9 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     if stack_references is None:
         stack_references = _render_references(project_dir, name, bag)
 
+    # Each program run gets a fresh event loop: the SDK creates futures on the current
+    # loop, and a caller may have closed its own (asyncio.run does).
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks(region=region, stack_references=stack_references)
     monitor = RecordingMonitor(mocks)
     pulumi_settings.ROOT.set(None)  # a fresh root Stack per program run
