@@ -76,3 +76,46 @@ def _nemo_mpirun(nodes: int, launch: list[str]) -> list[str]:
 
 
 nemo_launcher = SimpleNamespace(run_config=_nemo_run_config, mpirun_command=_nemo_mpirun)
+
+
+# --------------------------------------------------------------------------- Ray Train pretraining
+
+
+def _ray_run_config(raw: dict, *, paths: dict, pool: PoolScheduling, workers: int, key: str) -> dict:
+    """The training code's PretrainConfig with the stack-owned paths and one Ray Train
+    worker per NeuronCore of the worker nodes, validated by that code."""
+    from trn_workloads.ray_train.config import ConfigError, config_from_dict
+
+    owned = {**paths, "num_workers": workers * pool.neuron_cores_per_node}
+    clash = sorted(set(raw) & set(owned))
+    if clash:
+        raise WorkloadConfigError([f"{key}.{clash[0]}: set by the stack (from the platform outputs); remove it"])
+    try:
+        return config_from_dict({**raw, **owned}).to_dict()
+    except ConfigError as err:
+        raise WorkloadConfigError([f"{key}.{err}"]) from None
+
+
+def _ray_version() -> str:
+    from trn_workloads.ray_train import RAY_VERSION
+
+    return RAY_VERSION
+
+
+def _ray_data_entrypoint(config_file: str, inputs: tuple[str, ...], tokenizer: str, save_tokenizer: str,
+                         ray_cpus: int) -> list[str]:
+    """Tokenizing runs as one Ray task on a worker node (the head has num-cpus 0)."""
+    cmd = ["python", "-m", "trn_workloads.ray_train.data", "--config", config_file, "--tokenizer", tokenizer,
+           "--save-tokenizer", save_tokenizer, "--ray-cpus", str(ray_cpus)]
+    for item in inputs:
+        cmd += ["--input", item]
+    return cmd
+
+
+ray_train = SimpleNamespace(
+    run_config=_ray_run_config,
+    ray_version=_ray_version,
+    data_entrypoint=_ray_data_entrypoint,
+    train_entrypoint=lambda config_file, *, precompile: [
+        "python", "-m", "trn_workloads.ray_train.train", "--config", config_file, *(["--precompile"] if precompile else [])],
+)

@@ -18,7 +18,7 @@ from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, contain
                               pod_spec, resources_for, wait_for)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
-from workloads.images_code import ray_train
+from workloads.entrypoints import ray_train
 from workloads.platform import Platform, PoolScheduling
 
 DASHBOARD_PORT = 8265
@@ -59,12 +59,15 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> R
             problems.append(f"ray.pool: {pool_name!r} has no EFA; more than one worker node needs an EFA pool")
     except WorkloadConfigError as e:
         problems += e.problems
+    if not stack.hf_token_set and not tokenizer.startswith("/"):
+        problems.append(f"hfToken: required to download tokenizer {tokenizer} from Hugging Face; set it with "
+                        "`pulumi config set --secret hfToken <token>` (or point ray.tokenizer at a directory on /shared)")
     run = None
     if pool is not None:
         mount = platform.storage.mount_path
-        paths = {"data_dir": f"{mount}/data/{stack.stack}/blocks", "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
-                 "tokenizer": tokenizer if tokenizer.startswith("/") else f"{mount}/tokenizers/{stack.stack}",
-                 "compile_cache": f"{mount}/neuron-cache"}
+        paths = {"data_dir": f"{mount}/data/{stack.stack}/blocks", "run_dir": f"{mount}/runs/{stack.stack}",
+                 "tokenizer": f"{mount}/tokenizers/{stack.stack}", "compile_cache": f"{mount}/neuron-cache",
+                 "run_name": stack.run_id}
         try:
             run = ray_train.run_config(run_raw, paths=paths, pool=pool, workers=workers, key="ray.run")
         except WorkloadConfigError as e:
@@ -127,7 +130,7 @@ class RayPretrainWorkload(pulumi.ComponentResource):
             f"{name}-cluster", api_version="ray.io/v1", kind="RayCluster",
             metadata={"name": cluster_name, "namespace": ns, "labels": cluster_labels},
             spec={
-                "rayVersion": ray_train.RAY_VERSION,
+                "rayVersion": ray_train.ray_version(),
                 "enableInTreeAutoscaling": False,
                 "headGroupSpec": {
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
@@ -146,11 +149,13 @@ class RayPretrainWorkload(pulumi.ComponentResource):
             opts=base.run_opts(self.queue, run_config))
 
         previous: pulumi.Resource = self.cluster
-        steps = [("data", ray_train.data_entrypoint(RUN_CONFIG_FILE, s.data_inputs, s.tokenizer), "Complete"),
-                 ("precompile", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=True), "Complete"),
-                 ("train", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=False), "Running")]
+        data_cpus = pool.vcpu_per_node - NODE_RESERVED_CPU
+        steps = [("data", ray_train.data_entrypoint(RUN_CONFIG_FILE, s.data_inputs, s.tokenizer, s.run["tokenizer"],
+                                                    data_cpus), "Complete", "cpu"),
+                 ("precompile", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=True), "Complete", "neuron"),
+                 ("train", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=False), "Running", "neuron")]
         self.jobs: dict[str, k8s.apiextensions.CustomResource] = {}
-        for step, entrypoint, wait_state in steps:
+        for step, entrypoint, wait_state, backend in steps:
             job_name = f"{cfg.stack}-{step}"
             submitter = container(name="ray-job-submitter", image=base.image, command=[], env=head_env,
                                   mount_path=platform.storage.mount_path,
@@ -162,6 +167,8 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                           "annotations": wait_for(f"jsonpath={{.status.jobDeploymentStatus}}={wait_state}",
                                                   s.deadline_seconds if wait_state == "Complete" else 3600)},
                 spec={"entrypoint": " ".join(entrypoint), "submissionMode": "K8sJobMode",
+                      # The driver runs on the CPU head; driver and workers must agree on the backend.
+                      "runtimeEnvYAML": f"env_vars:\n  TRN_BACKEND: {backend}\n",
                       "clusterSelector": {"ray.io/cluster": cluster_name},
                       "submitterPodTemplate": {"metadata": {"labels": labels(cfg, f"{step}-submitter")},
                                                "spec": pod_spec(platform=platform, pool=head_pool,
@@ -174,7 +181,7 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                             f"  # then open http://localhost:{DASHBOARD_PORT}",
             "followTraining": f"kubectl -n {ns} logs -f -l job-name={cfg.stack}-train",
             "rayPods": f"kubectl -n {ns} get pods -l ray.io/cluster={cluster_name}",
-            "checkpoints": s.run["run_dir"],
+            "checkpoints": f"{s.run['run_dir']}/{s.run['run_name']}",
             "volcanoQueue": queue_name,
         }
         self.register_outputs(self.outputs)
