@@ -107,3 +107,17 @@ def test_az_choice_prefers_zones_offering_accelerators():
     chosen = network.choose_az_ids(offers, cfg.node_pools, cfg.network, ["usw2-az1", "usw2-az2", "usw2-az3", "usw2-az4"])
     assert chosen[0] == "usw2-az4" and len(chosen) == 2
     assert network.pool_zone_ids(cfg.pool("trn1-efa"), offers, chosen) == ["usw2-az4"]
+
+
+def test_platform_capacity_presets_agree_with_the_workloads():
+    """infra/catalog.py sizes pools for the workload presets; they must say the same."""
+    from infra import catalog
+    from tests.platform_helpers import stack_config
+    from trn_workloads.nemo import PRESETS
+
+    assert catalog.WORKLOAD_CAPACITY["nemo-llama2-7b"].nodes == PRESETS["llama2-7b"].nodes == 4
+    assert catalog.WORKLOAD_CAPACITY["nemo-small"].nodes == PRESETS["small"].nodes == 1
+    ray = stack_config("workloads", "ray-pretrain-usw2")["trn-workloads:ray"]
+    assert catalog.WORKLOAD_CAPACITY["ray-llama2-7b"].nodes == ray["workers"]
+    lora = stack_config("workloads", "lora-finetune-usw2")["trn-workloads:lora"]
+    assert catalog.instance_type(catalog.WORKLOAD_CAPACITY["lora-llama3-8b"].instance_type).neuron_devices == lora["neuronDevices"]
