@@ -116,6 +116,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             rid = f"fs-{h}"
             state.update(dnsName=f"{rid}.fsx.{self.region}.amazonaws.com", mountName=h[:8],
                          arn=f"arn:aws:fsx:{self.region}:{ACCOUNT_ID}:file-system/{rid}")
+        elif typ == "docker-build:index:Image":
+            state["digest"] = "sha256:" + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         elif typ == "eks:index:Cluster":
             cluster = inputs.get("name", name)
             kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": cluster, "cluster": {
@@ -149,6 +151,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             zones = catalog.zone_names(self.region)
             return {"names": list(zones.values()), "zoneIds": list(zones), "id": self.region}
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": "render-placeholder-registry-password",
+                    "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",
+                    "authorizationToken": "", "expiresAt": "", "id": self.region}
         if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             filters = {f["name"]: f["values"] for f in args.args.get("filters", [])}
             types = filters.get("instance-type", [])

@@ -118,3 +118,30 @@ def test_secret_hf_token_becomes_a_secret_reference_only(tmp_path):
     assert hf == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok-hf-token", "key": "token"}}}
     dumped = json.dumps([r.to_json() for r in result.resources]) + json.dumps(result.masked_outputs())
     assert PLACEHOLDER_SECRET not in dumped
+
+
+def test_image_build_pushes_both_images_with_the_pinned_base(tmp_path):
+    """image.build: docker-build builds images/compile and images/serve on the pinned base
+    and pushes them to the platform's repositories; pods use the pushed digest."""
+    import json as _json
+
+    from infra import versions
+
+    cfg = copy.deepcopy(BASE)
+    cfg["trn-workloads:image"] = {"repository": "compile", "build": True}
+    project = project_with_stack(tmp_path, "workloads", "build", cfg)
+    result = run_program(project, "build", stack_references=platform_refs())
+    images = {r.name: r.inputs for r in result.by_type("docker-build:index:Image")}
+    assert set(images) == {"build-compile-image", "build-serve-image"}
+    pin = versions.neuron_sdk()
+    platform = rendered_platform("dev-usw2").outputs
+    for repo, base in (("compile", "training"), ("serve", "inference")):
+        image = images[f"build-{repo}-image"]
+        assert image["buildArgs"] == {"BASE_IMAGE": pin["base_images"][base], "NEURON_SDK_VERSION": pin["neuron_sdk"]}
+        assert image["dockerfile"]["location"].endswith(f"images/{repo}/Dockerfile")
+        assert image["tags"] == [f"{platform['ecrRepositories'][repo]}:1.0.0"] and image["push"] is True
+    job = result.by_type("kubernetes:batch/v1:Job")[0].inputs["spec"]["template"]["spec"]["containers"][0]
+    deployment = result.by_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]["containers"][0]
+    assert job["image"].startswith(f"{platform['ecrRepositories']['compile']}@sha256:")
+    assert deployment["image"].startswith(f"{platform['ecrRepositories']['serve']}@sha256:")
+    assert "render-placeholder-registry-password" not in _json.dumps([r.to_json() for r in result.resources])

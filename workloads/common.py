@@ -246,8 +246,9 @@ def build_and_push(name: str, *, repo_url: str, image_dir: str, tag: str, parent
         dockerfile=docker_build.DockerfileArgs(location=str(REPO_ROOT / "images" / image_dir / "Dockerfile")),
         platforms=[docker_build.Platform.LINUX_AMD64], build_args=build_args(image_dir), push=True,
         tags=[f"{repo_url}:{tag}"],
+        # The registry password must never land in state or previews in clear text.
         registries=[docker_build.RegistryArgs(address=repo_url.split("/")[0], username=auth.user_name,
-                                              password=auth.password)],
+                                              password=pulumi.Output.secret(auth.password))],
         opts=pulumi.ResourceOptions(parent=parent))
     return image.digest.apply(lambda d: f"{repo_url}@{d}")
 
