@@ -24,7 +24,7 @@ import hashlib
 import json
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from trn_workloads.artifacts import is_s3_uri, parse_s3_uri
 
@@ -119,21 +119,25 @@ def _s3_inputs(spec: str, client: Any) -> list[InputFile]:
     return sorted(found, key=lambda f: f.uri)
 
 
-def resolve_inputs(specs: Iterable[str], *, s3_client: Any | None = None) -> list[InputFile]:
+def resolve_inputs(specs: Iterable[str], *, s3_client: Any | None = None,
+                   expand: Callable[[str], list[InputFile] | None] | None = None) -> list[InputFile]:
     """Expand paths, globs, directories and s3:// prefixes into an ordered, de-duplicated file list.
 
     Order is the order of `specs`, sorted within each spec, so a run is reproducible.
+    `expand` lets a caller handle some specs itself (e.g. Parquet for the Ray workload):
+    it returns the files of a spec it handles, None for the ones left to this function.
     """
     files: list[InputFile] = []
     seen: set[str] = set()
     for spec in specs:
-        if is_s3_uri(spec):
+        expanded = expand(spec) if expand else None
+        if expanded is None and is_s3_uri(spec):
             if s3_client is None:
                 import boto3
 
                 s3_client = boto3.client("s3")
             expanded = _s3_inputs(spec, s3_client)
-        else:
+        elif expanded is None:
             expanded = _local_inputs(spec)
         for f in expanded:
             if f.uri not in seen:

@@ -118,17 +118,8 @@ def _parquet_inputs(spec: str) -> list[InputFile]:
 
 def resolve_sources(specs: Iterable[str], *, s3_client: Any | None = None) -> list[InputFile]:
     """Parquet specs expanded here, everything else by dataprep's `resolve_inputs`; order kept, duplicates dropped."""
-    files: list[InputFile] = []
-    seen: set[str] = set()
-    for spec in specs:
-        expanded = _parquet_inputs(spec) if _is_parquet_spec(spec) else resolve_inputs([spec], s3_client=s3_client)
-        for f in expanded:
-            if f.uri not in seen:
-                seen.add(f.uri)
-                files.append(f)
-    if not files:
-        raise InputError("no inputs given")
-    return files
+    return resolve_inputs(specs, s3_client=s3_client,
+                          expand=lambda spec: _parquet_inputs(spec) if _is_parquet_spec(spec) else None)
 
 
 def _parquet_texts(f: InputFile, text_key: str, on_bad_record: str, stats: ReadStats) -> Iterator[str]:
