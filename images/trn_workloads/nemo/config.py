@@ -1,4 +1,5 @@
-"""Run configuration for NeMo-Megatron pretraining, with every derived value checked.
+"""Run configuration for NeMo-Megatron-style Llama pretraining with NxD Training, every
+derived value checked.
 
 A run is a preset plus overrides (JSON keys = field names). The Pulumi stack loads the
 same JSON with the same code (`load_run_config(..., max_nodes=<pool limit>)`), so a bad
@@ -8,6 +9,9 @@ Derived values:
     data_parallel_size = nodes * neuron_cores_per_node / (tensor_parallel * pipeline_parallel)
     gradient accumulation = global_batch_size / (micro_batch_size * data_parallel_size)
 both must be whole numbers >= 1; errors name the field and the numbers involved.
+
+`nxdt.nxdt_config(cfg, mode)` turns a RunConfig into the NxD Training YAML; `command`
+turns it into the environment and command line of one worker node.
 """
 from __future__ import annotations
 
@@ -19,11 +23,17 @@ from typing import Any
 
 from trn_workloads.nemo.presets import PRESETS, ModelPreset
 
-PRECISIONS = ("bf16SR", "megatron_amp_O2", "fp32_OptStates")
+# NxD Training's `precision.type` values that apply to its Megatron model (`autocast` is for
+# its HF models, `manual` is left out on purpose). mixed_precision (BF16 compute, FP32
+# master weights and gradient accumulation in the ZeRO-1 optimizer) is what NxD Training's
+# Llama-7B example uses and recommends; bf16SR is all-BF16 with stochastic rounding.
+PRECISIONS = ("mixed_precision", "mixed_precisionSR", "bf16SR", "fp32")
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8, 16, 32)
-# Hydra parses overrides: a path with these characters would be split or misread.
-_UNSAFE_IN_OVERRIDE = re.compile(r"[\s,\[\]{}=\"'\\$]")
-DEFAULT_NEMO_EXAMPLES_DIR = "/opt/neuronx-nemo-megatron/nemo/examples/nlp/language_modeling"
+# Paths end up in Hydra's command line and in OmegaConf YAML, where these characters are
+# split, quoted or interpolated (`${...}`).
+_UNSAFE_IN_PATH = re.compile(r"[\s,\[\]{}=\"'\\$]")
+# Where images/nemo/Dockerfile puts NxD Training's training_orchestrator.py and training.py.
+DEFAULT_NXDT_EXAMPLES_DIR = "/opt/nxdt/examples"
 
 
 class ConfigError(ValueError):
@@ -52,11 +62,11 @@ class RunConfig:
     checkpoint_every_n_steps: int = 200
     keep_checkpoints: int = 2
     precompile_steps: int = 3  # neuron_parallel_compile traces this many steps to fill the cache
-    precision: str = "bf16SR"
+    precision: str = "mixed_precision"
     neuron_cores_per_node: int | None = None
     efa_per_node: int | None = None
     master_port: int = 41000
-    nemo_examples_dir: str = DEFAULT_NEMO_EXAMPLES_DIR
+    nxdt_examples_dir: str = DEFAULT_NXDT_EXAMPLES_DIR  # holds training_orchestrator.py
     seed: int = 1234
 
     # ------------------------------------------------------------------ resolved values
@@ -126,7 +136,14 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> str:
+        """Where NxD Training's exp_manager saves (and resumes from): <explicit_log_dir>/checkpoints."""
         return f"{self.run_dir}/checkpoints"
+
+    @property
+    def nxdt_config_dir(self) -> str:
+        """Where the launcher writes the NxD Training YAML. A sub-directory on purpose: on resume,
+        exp_manager moves the files directly under the log dir (run_dir) into run_<n>/."""
+        return f"{self.run_dir}/nxdt-config"
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, max_nodes: int | None = None, key: str = "run") -> "RunConfig":
@@ -136,13 +153,13 @@ class RunConfig:
                 raise ConfigError(f"{key}.{field}: {message}")
 
         require(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        for field in ("tokenizer", "dataset_prefix", "run_dir", "compile_cache", "nemo_examples_dir"):
+        for field in ("tokenizer", "dataset_prefix", "run_dir", "compile_cache", "nxdt_examples_dir"):
             value = getattr(self, field)
             require(isinstance(value, str) and value.startswith("/"), field,
                     f"must be an absolute path on the shared file system, got {value!r}")
-            require(not _UNSAFE_IN_OVERRIDE.search(value), field,
+            require(not _UNSAFE_IN_PATH.search(value), field,
                     f"must not contain spaces, commas, brackets, quotes, '=', '$' or '\\' "
-                    f"(they break Hydra overrides), got {value!r}")
+                    f"(Hydra and OmegaConf would misread them), got {value!r}")
         require(not self.dataset_prefix.endswith((".bin", ".idx")), "dataset_prefix",
                 f"is the prefix without .bin/.idx, got {self.dataset_prefix!r}")
         positive = ("nodes", "seq_length", "pipeline_parallel_size", "global_batch_size", "micro_batch_size",
@@ -176,6 +193,9 @@ class RunConfig:
                 f"{tp} must divide the {cores} NeuronCores of a node (tensor parallelism stays inside a node)")
         require(self.model.num_attention_heads % tp == 0, "tensor_parallel_size",
                 f"{tp} must divide the {self.model.num_attention_heads} attention heads of {self.preset}")
+        require(self.seq_len % tp == 0, "seq_length",
+                f"{self.seq_len} must be divisible by tensor_parallel_size ({tp}): sequence parallelism "
+                f"splits the sequence across the tensor-parallel ranks")
         require(self.model.num_layers % pp == 0, "pipeline_parallel_size",
                 f"{pp} must divide the {self.model.num_layers} layers of {self.preset}")
         model_parallel = tp * pp

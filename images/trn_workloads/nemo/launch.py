@@ -2,10 +2,12 @@
 
 Started once per worker node by the MPIJob launcher (mpirun, one rank per node). It reads
 the run config, works out this node's rank (OMPI_COMM_WORLD_RANK) and the rank-0 address
-(MASTER_ADDR, else the first host of the MPI hostfile), then execs torchrun with the
-environment from `build_env`. `--dry-run` prints the environment and command instead.
+(MASTER_ADDR, else the first host of the MPI hostfile), writes the NxD Training YAML to
+<run_dir>/nxdt-config/<mode>.yaml, then execs torchrun (NxD Training's orchestrator) with
+the environment from `build_env`. `--dry-run` prints the YAML, environment and command
+instead and writes nothing.
 
-Exit status: 2 bad config or MPI environment; otherwise torchrun's own.
+Exit status: 2 bad config, MPI environment or unwritable run dir; otherwise torchrun's own.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Mapping
 
 from trn_workloads import accel
-from trn_workloads.nemo.command import MODES, build_command, build_env
+from trn_workloads.nemo.command import build_command, build_env
 from trn_workloads.nemo.config import ConfigError, RunConfig, read_run_config
+from trn_workloads.nemo.nxdt import MODES, config_path, config_yaml, write_nxdt_config
 
 # The MPI Operator (v2) mounts the hostfile here and points Open MPI at it.
 DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
@@ -55,14 +58,16 @@ def master_address(cfg: RunConfig, env: Mapping[str, str]) -> str:
     raise ConfigError(f"cannot find rank 0's address: MASTER_ADDR is unset and {hostfile} lists no hosts")
 
 
-def render(env: Mapping[str, str], command: list[str]) -> str:
-    """A shell-pasteable view: one `export` per variable, then the command."""
-    lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+def render(env: Mapping[str, str], command: list[str], *, yaml_path: Path, yaml_text: str) -> str:
+    """A shell-pasteable view: the YAML as comments, one `export` per variable, then the command."""
+    lines = [f"# {yaml_path} (written at launch):"] + [f"#   {line}" for line in yaml_text.splitlines()]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     return "\n".join(lines + [" \\\n    ".join(shlex.quote(part) for part in command)])
 
 
-def _exec_on_neuron(command: list[str], env: dict[str, str], cfg: RunConfig, rank: int) -> None:
-    """Hand the process over to torchrun; the only step that needs a Neuron host."""
+def _exec_on_neuron(command: list[str], env: dict[str, str], cfg: RunConfig, mode: str) -> None:
+    """Write the NxD Training YAML and hand the process over to torchrun; the only step that
+    needs a Neuron host. Every node writes the same YAML (atomically), so none waits for another."""
     if not accel.is_neuron():
         raise ConfigError("training needs the Neuron backend (trn1 node with the Neuron SDK); "
                           "use --dry-run to see the command on other machines")
@@ -70,8 +75,7 @@ def _exec_on_neuron(command: list[str], env: dict[str, str], cfg: RunConfig, ran
     wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    if rank == 0:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    write_nxdt_config(cfg, mode)
     os.execvpe(command[0], command, {**os.environ, **env})
 
 
@@ -88,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         env = build_env(cfg, args.mode)
         command = build_command(cfg, args.mode, node_rank=rank, master_addr=master)
         if args.dry_run:
-            print(render(env, command))
+            print(render(env, command, yaml_path=config_path(cfg, args.mode), yaml_text=config_yaml(cfg, args.mode)))
             return 0
-        print(f"node {rank}/{cfg.num_nodes}: {args.mode}, data-parallel {cfg.data_parallel_size}, "
+        print(f"node {rank}/{cfg.num_nodes}: {args.mode} with NxD Training, data-parallel {cfg.data_parallel_size}, "
               f"gradient accumulation {cfg.gradient_accumulation}, run dir {cfg.run_dir}", flush=True)
-        _exec_on_neuron(command, env, cfg, rank)
-    except (ConfigError, ValueError) as err:
+        _exec_on_neuron(command, env, cfg, args.mode)
+    except (ConfigError, ValueError, OSError) as err:  # OSError: the YAML could not be written
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0  # not reached after exec

@@ -1,8 +1,10 @@
-"""Model presets for neuronx-nemo-megatron Llama pretraining on trn1.32xlarge.
+"""Model presets for NeMo-Megatron-style Llama pretraining with NxD Training on trn1.32xlarge.
 
-`llama2-7b` is the upstream tutorial's setup (Llama-2-7B, 4 x trn1.32xlarge, TP 8, PP 1,
-sequence 4096, global batch 256, micro batch 1). `small` is a ~1B Llama that fits one
-trn1.32xlarge, for trying the stack end to end at a fraction of the cost.
+`llama2-7b` is Llama-2-7B with the sizes of the Neuron Llama-2-7B pretraining tutorial
+(4 x trn1.32xlarge, TP 8, PP 1, sequence 4096, global batch 256, micro batch 1); the
+architecture values are those of NxD Training's Megatron Llama-7B example
+(examples/conf/megatron_llama_7B_config.yaml at the pinned commit, see nxdt.py). `small`
+is a ~1B Llama that fits one trn1.32xlarge, for trying the stack end to end cheaply.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ TRN1_32XL_EFA = 8
 @dataclasses.dataclass(frozen=True)
 class ModelPreset:
     name: str
-    # architecture (megatron_llama_config.yaml names)
+    # architecture (NxD Training `model.*` names)
     hidden_size: int
     ffn_hidden_size: int
     num_layers: int
     num_attention_heads: int
+    num_kv_heads: int  # = num_attention_heads: multi-head attention, as in Llama-2-7B
     init_method_std: float
     layernorm_epsilon: float
     # run defaults a RunConfig may override
@@ -42,12 +45,12 @@ class ModelPreset:
 PRESETS: types.MappingProxyType[str, ModelPreset] = types.MappingProxyType({
     "llama2-7b": ModelPreset(
         name="llama2-7b", hidden_size=4096, ffn_hidden_size=11008, num_layers=32, num_attention_heads=32,
-        init_method_std=0.021, layernorm_epsilon=1e-5,
+        num_kv_heads=32, init_method_std=0.021, layernorm_epsilon=1e-5,
         nodes=4, seq_length=4096, tensor_parallel_size=8, pipeline_parallel_size=1,
         global_batch_size=256, micro_batch_size=1, lr=3.0e-4, min_lr=3.0e-5, warmup_steps=10),
     "small": ModelPreset(
         name="small", hidden_size=2048, ffn_hidden_size=5504, num_layers=16, num_attention_heads=16,
-        init_method_std=0.02, layernorm_epsilon=1e-5,
+        num_kv_heads=16, init_method_std=0.02, layernorm_epsilon=1e-5,
         nodes=1, seq_length=2048, tensor_parallel_size=8, pipeline_parallel_size=1,
         global_batch_size=64, micro_batch_size=1, lr=3.0e-4, min_lr=3.0e-5, warmup_steps=10),
 })
