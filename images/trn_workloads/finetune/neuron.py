@@ -23,8 +23,8 @@ import torch
 from trn_workloads.finetune.config import FinetuneConfig, load_config
 from trn_workloads.finetune.evaluate import Generators, generate_greedy
 from trn_workloads.finetune.model_io import peft_lora_config
-from trn_workloads.finetune.train import (ADAPTER_DIR, LOSSES_FILE, TRAINER_DIR, TrainResult, data_collator,
-                                          trainer_arguments)
+from trn_workloads.finetune.train import (ADAPTER_DIR, LOSSES_FILE, TRAINER_DIR, TrainResult, record_losses,
+                                          trainer_arguments, trainer_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,11 @@ def _worker_main(work_dir: Path) -> None:
         token=os.environ.get(cfg.model.hf_token_env),
         dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32,
     )
-    trainer = NeuronSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator(cfg, tokenizer),
-        processing_class=tokenizer,
-        peft_config=peft_lora_config(cfg.lora, cfg.model.base),
-    )
+    trainer = NeuronSFTTrainer(model=model, args=args, **trainer_inputs(cfg, train_dataset, tokenizer))
     trainer.train()
     trainer.save_model(str(work_dir / TRAINER_DIR))  # sharded per tensor-parallel rank
     if int(os.environ.get("RANK", "0")) == 0:
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        (work_dir / LOSSES_FILE).write_text(json.dumps(losses))
+        record_losses(trainer, work_dir)
 
 
 def neuron_generators(cfg: FinetuneConfig, adapter_dir: Path, merged_dir: Path | None, tokenizer,

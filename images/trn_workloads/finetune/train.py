@@ -58,6 +58,20 @@ def data_collator(cfg: FinetuneConfig, tokenizer):
     return PackedBlockCollator() if cfg.train.packing else padding_collator(tokenizer)
 
 
+def trainer_inputs(cfg: FinetuneConfig, train_dataset, tokenizer) -> dict:
+    """Keyword arguments shared by trl's SFTTrainer and optimum-neuron's NeuronSFTTrainer,
+    besides the model and the arguments object."""
+    return dict(train_dataset=train_dataset, data_collator=data_collator(cfg, tokenizer),
+                processing_class=tokenizer, peft_config=peft_lora_config(cfg.lora, cfg.model.base))
+
+
+def record_losses(trainer, work_dir: Path) -> list[float]:
+    """The training loss of every logging step, written to work_dir/LOSSES_FILE and returned."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    (work_dir / LOSSES_FILE).write_text(json.dumps(losses))
+    return losses
+
+
 def train_adapter(cfg: FinetuneConfig, work_dir: Path, train_dataset, tokenizer, token: str | None) -> TrainResult:
     """Train and leave adapter_model.safetensors + adapter_config.json in `work_dir/adapter`."""
     if accel.is_neuron():
@@ -80,18 +94,9 @@ def _train_adapter_on_cpu(cfg: FinetuneConfig, work_dir: Path, train_dataset, to
     model.config.use_cache = False
     args = SFTConfig(**trainer_arguments(cfg, work_dir / TRAINER_DIR), use_cpu=True, bf16=False,
                      disable_tqdm=True)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator(cfg, tokenizer),
-        processing_class=tokenizer,
-        peft_config=peft_lora_config(cfg.lora, cfg.model.base),
-    )
+    trainer = SFTTrainer(model=model, args=args, **trainer_inputs(cfg, train_dataset, tokenizer))
     trainer.train()
     adapter_dir = work_dir / ADAPTER_DIR
     trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(adapter_dir))
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    (work_dir / LOSSES_FILE).write_text(json.dumps(losses))
-    return TrainResult(adapter_dir, losses)
+    return TrainResult(adapter_dir, record_losses(trainer, work_dir))
