@@ -1,6 +1,7 @@
 """Helpers for tests that run Pulumi programs of this repository under the mock runtime."""
 from __future__ import annotations
 
+import copy
 import functools
 import shutil
 from pathlib import Path
@@ -40,6 +41,18 @@ def project_with_stack(tmp_path: Path, project: str, stack: str, config: dict) -
 def stack_config(project: str, stack: str) -> dict:
     src = REPO if project == "platform" else REPO / "workloads"
     return yaml.safe_load((src / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def with_setting(base: dict, section: str, key: str, value) -> dict:
+    """A deep copy of stack config `base` with `<section>.<key>` set to `value`; `key` is
+    dotted ("run.nodes") and missing intermediate maps are created."""
+    cfg = copy.deepcopy(base)
+    node = cfg[section]
+    *parents, last = key.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[last] = value
+    return cfg
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from infra.render import PLACEHOLDER_SECRET, render_stack, run_program
-from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, REPO, stack_config, WORKLOAD_STACKS)
+from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, REPO, stack_config, WORKLOAD_STACKS, with_setting)
 from workloads.errors import WorkloadConfigError
 
 
@@ -74,18 +74,16 @@ def test_image_is_the_platform_repository_at_the_workload_version():
 BASE = stack_config("workloads", "compile-usw2")
 
 
-def changed(**section_changes) -> dict:
-    cfg = copy.deepcopy(BASE)
-    cfg["trn-workloads:compile"].update(section_changes)
-    return cfg
+def changed(key: str, value) -> dict:
+    return with_setting(BASE, "trn-workloads:compile", key, value)
 
 
 BAD = {
-    "unknown pool": (changed(pool="trn2"), "compile.pool: pool 'trn2' does not exist in platform stack"),
-    "cpu pool for compile": (changed(pool="cpu"), "compile.pool: pool 'cpu' is a CPU pool; allowed values: inf2, trn1-efa, trn1-single"),
-    "too many devices": (changed(neuronDevices=4), "compile.neuronDevices: 4 Neuron devices do not fit pool 'trn1-single'"),
-    "bad model": (changed(model="resnet"), "compile.model: allowed values: resnet50, housing-mlp or <module>:<attr>"),
-    "too many replicas": (changed(serve={"pool": "inf2", "replicas": 9}), "compile.serve.replicas: 9 replicas do not fit pool 'inf2'"),
+    "unknown pool": (changed("pool", "trn2"), "compile.pool: pool 'trn2' does not exist in platform stack"),
+    "cpu pool for compile": (changed("pool", "cpu"), "compile.pool: pool 'cpu' is a CPU pool; allowed values: inf2, trn1-efa, trn1-single"),
+    "too many devices": (changed("neuronDevices", 4), "compile.neuronDevices: 4 Neuron devices do not fit pool 'trn1-single'"),
+    "bad model": (changed("model", "resnet"), "compile.model: allowed values: resnet50, housing-mlp or <module>:<attr>"),
+    "too many replicas": (changed("serve", {"pool": "inf2", "replicas": 9}), "compile.serve.replicas: 9 replicas do not fit pool 'inf2'"),
 }
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from infra.render import PLACEHOLDER_SECRET, run_program
-from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, stack_config)
+from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, stack_config, with_setting)
 from workloads.errors import WorkloadConfigError
 
 STACK = "lora-finetune-usw2"
@@ -57,23 +57,18 @@ def test_hf_token_only_as_secret_reference():
 BASE = stack_config("workloads", STACK)
 
 
-def changed(path: list[str], value) -> dict:
-    cfg = copy.deepcopy(BASE)
-    node = cfg["trn-workloads:lora"]
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = value
-    return cfg
+def changed(key: str, value) -> dict:
+    return with_setting(BASE, "trn-workloads:lora", key, value)
 
 
 BAD = {
-    "tp does not divide cores": (changed(["neuronDevices"], 3),
+    "tp does not divide cores": (changed("neuronDevices", 3),
                                  "lora.run.train.tensor_parallel_size: 8 must divide train.neuron_cores_per_node (6)"),
-    "too many devices": (changed(["neuronDevices"], 32), "lora.neuronDevices: 32 Neuron devices do not fit pool 'trn1-efa'"),
-    "lora rank": (changed(["run", "lora", "r"], 0), "lora.run.lora.r: must be >= 1"),
-    "stack-owned key": (changed(["run", "output", "run_dir"], "/tmp/x"), "lora.run.output.run_dir: set by the stack"),
-    "unknown run key": (changed(["run", "train", "lr"], 0.1), "lora.run.train.lr: unknown key"),
-    "inf2 has too few devices": (changed(["pool"], "inf2"), "lora.neuronDevices: 16 Neuron devices do not fit pool 'inf2'"),
+    "too many devices": (changed("neuronDevices", 32), "lora.neuronDevices: 32 Neuron devices do not fit pool 'trn1-efa'"),
+    "lora rank": (changed("run.lora.r", 0), "lora.run.lora.r: must be >= 1"),
+    "stack-owned key": (changed("run.output.run_dir", "/tmp/x"), "lora.run.output.run_dir: set by the stack"),
+    "unknown run key": (changed("run.train.lr", 0.1), "lora.run.train.lr: unknown key"),
+    "inf2 has too few devices": (changed("pool", "inf2"), "lora.neuronDevices: 16 Neuron devices do not fit pool 'inf2'"),
 }
 
 

@@ -2,13 +2,12 @@
 the platform's EFA pool, checked by the launcher's own RunConfig."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 
 from tests.platform_helpers import (assert_rejected_before_any_resource, rendered_platform, rendered_workload,
-                                    stack_config)
+                                    stack_config, with_setting)
 from workloads.errors import WorkloadConfigError
 
 STACK = "nemo-pretrain-usw2"
@@ -74,26 +73,21 @@ def test_tensorboard_is_cluster_internal():
 BASE = stack_config("workloads", STACK)
 
 
-def changed(path: list[str], value) -> dict:
-    cfg = copy.deepcopy(BASE)
-    node = cfg["trn-workloads:nemo"]
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = value
-    return cfg
+def changed(key: str, value) -> dict:
+    return with_setting(BASE, "trn-workloads:nemo", key, value)
 
 
 BAD = {
-    "more nodes than the pool": (changed(["run", "nodes"], 8), "nemo.run.nodes: 8 nodes exceed the pool limit of 4"),
-    "tensor parallel not allowed": (changed(["run", "tensor_parallel_size"], 3),
+    "more nodes than the pool": (changed("run.nodes", 8), "nemo.run.nodes: 8 nodes exceed the pool limit of 4"),
+    "tensor parallel not allowed": (changed("run.tensor_parallel_size", 3),
                                     "nemo.run.tensor_parallel_size: must be one of 1, 2, 4, 8, 16, 32, got 3"),
-    "global batch not divisible": (changed(["run", "global_batch_size"], 250),
+    "global batch not divisible": (changed("run.global_batch_size", 250),
                                    "nemo.run.global_batch_size: 250 must be divisible by micro_batch_size * "
                                    "data-parallel degree = 1 * 16 = 16"),
-    "stack-owned key": (changed(["run", "run_dir"], "/tmp"), "nemo.run.run_dir: set by the stack"),
-    "pool without efa": (changed(["pool"], "trn1-single"), "nemo.pool: 'trn1-single' has no EFA"),
-    "cpu pool for data must be cpu": (changed(["data", "pool"], "inf2"), "nemo.data.pool: pool 'inf2' is an accelerator pool"),
-    "no inputs": (changed(["data", "inputs"], []), None),
+    "stack-owned key": (changed("run.run_dir", "/tmp"), "nemo.run.run_dir: set by the stack"),
+    "pool without efa": (changed("pool", "trn1-single"), "nemo.pool: 'trn1-single' has no EFA"),
+    "cpu pool for data must be cpu": (changed("data.pool", "inf2"), "nemo.data.pool: pool 'inf2' is an accelerator pool"),
+    "no inputs": (changed("data.inputs", []), None),
 }
 
 

@@ -2,13 +2,12 @@
 covers the gang, RayJobs ordered data -> precompile -> train."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 
 from tests.platform_helpers import (assert_rejected_before_any_resource, rendered_platform, rendered_workload,
-                                    stack_config)
+                                    stack_config, with_setting)
 from workloads.errors import WorkloadConfigError
 
 STACK = "ray-pretrain-usw2"
@@ -77,12 +76,7 @@ BASE = stack_config("workloads", STACK)
 
 
 def changed(key: str, value) -> dict:
-    cfg = copy.deepcopy(BASE)
-    if key.startswith("run."):
-        cfg["trn-workloads:ray"]["run"][key[4:]] = value
-    else:
-        cfg["trn-workloads:ray"][key] = value
-    return cfg
+    return with_setting(BASE, "trn-workloads:ray", key, value)
 
 
 BAD = {
