@@ -11,10 +11,10 @@ import dataclasses
 import datetime as _dt
 import json
 import string
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
+
+from trn_workloads.typed_config import ConfigError, build
 
 # The prompt used for training AND evaluation (one template, so the model is evaluated on
 # exactly the format it was trained on). Placeholders name record fields.
@@ -27,10 +27,6 @@ DEFAULT_PROMPT_TEMPLATE = (
 LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # NeuronCores that one worker process can drive; tensor parallelism groups them.
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8, 16, 32, 64)
-
-
-class ConfigError(ValueError):
-    """A config value is missing, of the wrong type, or out of range. The message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +211,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def config_from_dict(raw: Any) -> FinetuneConfig:
     """Build and validate a FinetuneConfig from plain data (parsed JSON/YAML)."""
-    return _build(FinetuneConfig, raw, "").validate()
+    return build(FinetuneConfig, raw).validate()
 
 
 def load_config(path: str | Path) -> FinetuneConfig:
@@ -243,59 +239,3 @@ def load_config(path: str | Path) -> FinetuneConfig:
         return config_from_dict(raw)
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}") from None
-
-
-def _build(cls, raw: Any, prefix: str):
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed keys in {where}: {sorted(fields)}")
-    values = {}
-    for name, field in fields.items():
-        key = prefix + name
-        if name not in raw:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{key}: required key is missing")
-            continue
-        values[name] = _coerce(hints[name], raw[name], key)
-    return cls(**values)
-
-
-def _coerce(annotation, value: Any, key: str):
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, key + ".")
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return tuple(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")  # a bug here, not in the config

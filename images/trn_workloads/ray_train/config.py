@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-import typing
 from pathlib import Path
 from typing import Any
+
+from trn_workloads.typed_config import ConfigError, build
 
 # NeuronCores one Ray Train worker drives on Neuron (one process per core, as torch-xla wants);
 # the KubeRay worker pods advertise this custom resource (rayStartParams resources).
@@ -23,10 +24,6 @@ NEURON_CORES_RESOURCE = "neuron_cores"
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8, 16, 32)
 # Tensor parallelism splits attention heads and MLP columns evenly across the group.
 _TP_SPLIT = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
-
-
-class ConfigError(ValueError):
-    """A setting is missing, of the wrong type or out of range. The message starts with the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,35 +155,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def config_from_dict(raw: Any) -> PretrainConfig:
     """Build and validate a PretrainConfig from parsed JSON: types checked, unknown keys refused."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: expected a JSON object, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys: {sorted(fields)}")
-    hints = typing.get_type_hints(PretrainConfig)
-    values = {}
-    for name, field in fields.items():
-        if name in raw:
-            values[name] = _typed(hints[name], raw[name], name)
-        elif field.default is dataclasses.MISSING:
-            raise ConfigError(f"{name}: required key is missing")
-    return PretrainConfig(**values).validate()
-
-
-def _typed(annotation: Any, value: Any, key: str) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # `str | None`
-        if value is None:
-            return None
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if annotation is str and isinstance(value, str):
-        return value
-    expected = {int: "an integer", float: "a number", str: "a string"}[annotation]
-    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    return build(PretrainConfig, raw).validate()
 
 
 def load_config(path: str | Path) -> PretrainConfig:
