@@ -1,0 +1,250 @@
+"""python -m trn_workloads.titan.train --config run.json [--max-steps-this-run N]
+
+One process per NeuronCore (CPU process in tests) under torchrun. TorchTitan's Llama 3
+model and its parallelize_llama (tensor parallel + FSDP2 on a DeviceMesh) trained by this
+loop: AdamW with warmup + cosine decay, gradient clipping, torch.distributed.checkpoint
+saves of model + optimizer + step to <run_dir>/checkpoints/step_<n> and resume from the
+newest complete one, TensorBoard scalars (loss, tokens/s, MFU estimate) and a
+metrics.jsonl on rank 0.
+
+The Neuron/CPU difference is confined to `Runtime` below: device and process-group
+backend, bf16 and torch.compile(backend="neuron") on Neuron; on CPU gloo, fp32, SDPA
+attention (FlexAttention has no CPU backward in torch 2.13) and plain-sum FSDP
+reductions (gloo has no PREMUL_SUM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trn_workloads import accel
+from trn_workloads.titan.config import ConfigError, RunConfig, load
+
+log = logging.getLogger("trn_workloads.titan")
+CHECKPOINT_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device_type: str  # "neuron" (TorchNeuron's PrivateUse1 device) or "cpu"
+    pg_backend: str
+    dtype: str
+    compile: bool
+
+    @classmethod
+    def detect(cls, cfg: RunConfig) -> "Runtime":
+        # The same TRN_BACKEND switch as every image (accel.py); the native track has no
+        # torch_xla, so "neuron" here means TorchNeuron, which registers the `neuron`
+        # device and process-group backend when torch_neuronx is imported.
+        wanted = os.environ.get(accel.ENV_VAR, "cpu").strip().lower()
+        if wanted == accel.Backend.NEURON.value:
+            import torch_neuronx  # noqa: F401
+
+            return cls("neuron", "neuron", "bfloat16", cfg.compile)
+        if wanted != accel.Backend.CPU.value:
+            raise ValueError(f"{accel.ENV_VAR}={wanted!r}: the TorchTitan image runs with neuron or cpu")
+        return cls("cpu", "gloo", "float32", False)
+
+
+def newest_checkpoint(run_dir: str) -> tuple[int, Path] | None:
+    """The newest step_<n> whose save completed (DCP writes .metadata last)."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.match(p.name))
+             and (p / ".metadata").exists()] if root.exists() else []
+    return max(found) if found else None
+
+
+class OptimizerState:
+    """torch.distributed.checkpoint Stateful for one optimizer through torchtitan's flat
+    optimizer state helpers (state is materialized before the first save or load)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        from torchtitan.components.optimizer.utils import get_flat_optim_state_dict, init_optim_state
+
+        init_optim_state(self.optimizer)
+        return get_flat_optim_state_dict(self.optimizer)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        from torchtitan.components.optimizer.utils import init_optim_state, load_flat_optim_state_dict
+
+        init_optim_state(self.optimizer)
+        load_flat_optim_state_dict(self.optimizer, state_dict)
+
+
+def lr_factor(step: int, cfg: RunConfig) -> float:
+    """Linear warmup, then cosine decay to 10 % of the peak over the remaining steps."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(cfg: RunConfig, rt: Runtime, parallel_dims):
+    import torch
+    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
+    from torchtitan.models.llama3 import model_registry, parallelize_llama
+
+    spec = model_registry(cfg.model_flavor)
+    if rt.device_type == "cpu":
+        from torchtitan.models.common.attention import ScaledDotProductAttention
+
+        for layer in spec.model.layers:
+            layer.attention.inner_attention = ScaledDotProductAttention.Config()
+    with torch.device("meta"):
+        model = spec.model.build()
+    _, flops_per_token = spec.model.get_nparams_and_flops(model, cfg.seq_len)  # on the unsharded meta model
+    model = parallelize_llama(
+        model, parallel_dims=parallel_dims,
+        training=TrainingConfig(seq_len=cfg.seq_len, local_batch_size=cfg.local_batch_size,
+                                mixed_precision_param=rt.dtype, mixed_precision_reduce="float32"),
+        parallelism=ParallelismConfig(data_parallel_shard_degree=cfg.fsdp, tensor_parallel_degree=cfg.tensor_parallel_size,
+                                      spmd_backend="partial_dtensor"),
+        compile_config=CompileConfig(enable=rt.compile, backend="neuron"), ac_config=None, dump_folder=cfg.run_dir)
+    if rt.pg_backend == "gloo":
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_force_sum_reduction_for_comms(True)
+    model.to_empty(device=rt.device_type)
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        model.init_weights(buffer_device=None)
+    model.train()
+    return model, flops_per_token
+
+
+def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
+    """Train to cfg.steps (or for max_steps_this_run steps); returns the step reached."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    import torchtitan.distributed.parallel_dims as titan_parallel_dims
+    from torchtitan.components.checkpointer.base import ModelWrapper
+    from torchtitan.distributed import ParallelDims
+    from torchtitan.distributed.utils import clip_grad_norm_
+
+    from trn_workloads.titan.data import TokenSamples
+
+    rt = Runtime.detect(cfg)
+    if cfg.compile_cache and rt.device_type == "neuron":
+        os.environ.setdefault("NEURON_COMPILE_CACHE_URL", cfg.compile_cache)
+    dist.init_process_group(rt.pg_backend)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world != cfg.world_size:
+        raise RuntimeError(f"torchrun started {world} processes; the run config expects {cfg.nodes} nodes x "
+                           f"{cfg.processes_per_node} = {cfg.world_size}")
+    # torchtitan resolves the mesh device from CUDA-like modules at import; name ours.
+    titan_parallel_dims.device_type = rt.device_type
+    dims = ParallelDims(dp_replicate=1, dp_shard=cfg.fsdp, cp=1, tp=cfg.tensor_parallel_size, pp=1, ep=1,
+                        world_size=world, spmd_backend="partial_dtensor")
+    dims.build_mesh()
+    batch_mesh = dims.get_mesh("batch")
+    dp_rank, dp_size = batch_mesh.get_local_rank(), batch_mesh.size()
+
+    model, flops_per_token = build_model(cfg, rt, dims)
+    samples = TokenSamples.open(cfg.dataset_prefix, seq_len=cfg.seq_len, seed=cfg.seed, vocab_size=cfg.vocab_size)
+    # (name, param) pairs: torchtitan keys the optimizer state by parameter name.
+    optimizer = torch.optim.AdamW(list(model.named_parameters()), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                                  foreach=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+    # torchtitan's Stateful views: canonical model keys (fused QKV split back into wq/wk/wv)
+    # and a flat, FQN-keyed optimizer state; DCP saves and reshards them.
+    state = {"model": ModelWrapper(model), "optimizer": OptimizerState(optimizer), "step": torch.tensor(0)}
+    start = 0
+    newest = newest_checkpoint(cfg.run_dir)
+    if newest is not None:
+        start, path = newest
+        dcp.load(state, checkpoint_id=str(path))
+        if int(state["step"]) != start:
+            raise RuntimeError(f"{path}: holds step {int(state['step'])}, its name says {start}")
+        scheduler.last_epoch = start - 1
+        scheduler.step()  # the LR of step `start`
+        if rank == 0:
+            log.info("resumed from %s (step %d)", path, start)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+    metrics_file = Path(cfg.run_dir) / "metrics.jsonl"
+    stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
+    global_tokens = cfg.local_batch_size * cfg.seq_len * dp_size
+    step = start
+    tick = time.perf_counter()
+    while step < stop:
+        batch = torch.from_numpy(samples.batch(step, dp_rank=dp_rank, dp_size=dp_size,
+                                               batch_size=cfg.local_batch_size)).to(rt.device_type)
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        positions = torch.arange(cfg.seq_len, device=rt.device_type).expand(inputs.shape[0], -1)
+        masks = None if rt.device_type == "cpu" else model.get_attention_masks(positions)
+        logits = model(inputs, positions, masks)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        grad_norm = clip_grad_norm_(list(model.parameters()), cfg.max_grad_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+
+        if step % cfg.log_every_n_steps == 0 or step == stop:
+            reported = loss.detach().clone()
+            dist.all_reduce(reported, op=dist.ReduceOp.SUM, group=batch_mesh.get_group())
+            elapsed = time.perf_counter() - tick
+            steps_timed = step - start if step - start < cfg.log_every_n_steps else cfg.log_every_n_steps
+            tokens_per_s = global_tokens * steps_timed / max(elapsed, 1e-9)
+            tick = time.perf_counter()
+            row = {"step": step, "loss": float(reported) / dp_size, "grad_norm": float(grad_norm.full_tensor()
+                   if hasattr(grad_norm, "full_tensor") else grad_norm),
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+            if cfg.peak_tflops_per_process:
+                # MFU: model FLOPs (torchtitan's 6N + attention estimate per token) over the peak of every process.
+                row["mfu"] = flops_per_token * tokens_per_s / (cfg.peak_tflops_per_process * 1e12 * world)
+            if writer is not None:
+                for name, value in row.items():
+                    if name != "step":
+                        writer.add_scalar(f"train/{name}", value, step)
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                log.info("step %(step)d loss %(loss).4f tokens/s %(tokens_per_s).0f", row)
+
+        if step % cfg.checkpoint_every_n_steps == 0 or step == stop:
+            state["step"] = torch.tensor(step)
+            dcp.save(state, checkpoint_id=str(Path(cfg.run_dir) / CHECKPOINT_DIR / f"step_{step}"))
+    if writer is not None:
+        writer.close()
+    dist.barrier()
+    dist.destroy_process_group()
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trn_workloads.titan.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="run config JSON (trn_workloads/titan/config.py RunConfig)")
+    parser.add_argument("--max-steps-this-run", type=int, default=None,
+                        help="stop (after a checkpoint) this many steps after the resume point: time-boxed runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load(args.config)
+    except (ConfigError, OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    train(cfg, max_steps_this_run=args.max_steps_this_run)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
