@@ -9,7 +9,7 @@ import pytest
 
 from infra import config, versions
 from workloads.common import build_args
-from workloads.config import IMAGE_DIRS
+from workloads.config import IMAGE_DIRS, IMAGE_TRACKS
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 _PINS = json.loads((IMAGES / "neuron-sdk.json").read_text())
@@ -19,7 +19,10 @@ DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 
 def test_every_repository_has_an_image_and_every_image_a_repository():
     assert sorted(p.parent.name for p in DOCKERFILES) == sorted(IMAGE_DIRS.values())
-    assert sorted(IMAGE_DIRS) == sorted(config.ECR_DEFAULT)
+    assert sorted(IMAGE_TRACKS) == sorted(IMAGE_DIRS), "every image declares its Neuron track"
+    # The default repositories are the xla track's; a platform with trn2/trn3 pools lists its
+    # native-track repositories (titan) in ecrRepositories.
+    assert sorted(r for r, t in IMAGE_TRACKS.items() if t == "xla") == sorted(config.ECR_DEFAULT)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)

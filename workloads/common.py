@@ -17,7 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
-from workloads.config import IMAGE_DIRS, WorkloadStackConfig
+from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
 
@@ -156,6 +156,19 @@ def check_devices(pool: PoolScheduling, devices: int, key: str, problems: list[s
                         f"({', '.join(pool.instance_types)}: 1 to {pool.neuron_devices_per_node} per node)")
 
 
+def check_track(platform: Platform, pool: PoolScheduling, track: str, key: str) -> None:
+    """A workload of Neuron track `track` (images/neuron-sdk.json) may only land on a pool whose
+    hardware runs that track: the error names the key, the pool and the pools that would work."""
+    if pool.track == track:
+        return
+    families = ", ".join(versions.neuron_track(track)["families"])
+    would = platform.neuron_tracks.get(track) or []
+    raise WorkloadConfigError([
+        f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the {pool.track or 'no'} Neuron track; "
+        f"this workload needs the {track} track ({families}); pools of platform stack {platform.stack} that would "
+        f"work: {', '.join(sorted(would)) or f'none (add a {families} pool to the platform)'}"])
+
+
 # --------------------------------------------------------------------------- component
 
 
@@ -228,8 +241,8 @@ class WorkloadBase(pulumi.ComponentResource):
 
 
 def build_args(image_dir: str) -> dict[str, str]:
-    """Build args from the one Neuron SDK pin (images/neuron-sdk.json)."""
-    pin = versions.neuron_sdk()
+    """Build args from the image's Neuron track in images/neuron-sdk.json."""
+    pin = versions.neuron_track(IMAGE_TRACKS[image_dir])
     base = pin["base_images"]["inference" if image_dir == "serve" else "training"]
     return {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
 

@@ -13,12 +13,20 @@ from infra.config import ConfigReader, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
-WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune")
+WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune", "titan-pretrain")
 # The config section each workload reads, and the ECR repository its image goes to.
-SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora"}
+SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora",
+            "titan-pretrain": "titan"}
 DEFAULT_REPOSITORY = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray-train",
-                      "lora-finetune": "finetune"}
-IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune"}
+                      "lora-finetune": "finetune", "titan-pretrain": "titan"}
+IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune",
+              "titan": "titan"}
+# The Neuron software track (images/neuron-sdk.json) each workload and each image is built for:
+# xla = PyTorch/XLA, NxD Training, optimum-neuron on trn1/trn1n/inf2; native = TorchNeuron on trn2/trn3.
+WORKLOAD_TRACKS = {"compile": "xla", "nemo-pretrain": "xla", "ray-pretrain": "xla", "lora-finetune": "xla",
+                   "titan-pretrain": "native"}
+IMAGE_TRACKS = {"compile": "xla", "serve": "xla", "nemo": "xla", "ray-train": "xla", "finetune": "xla",
+                "titan": "native"}
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")

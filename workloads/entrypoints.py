@@ -119,3 +119,32 @@ ray_train = SimpleNamespace(
     train_entrypoint=lambda config_file, *, precompile: [
         "python", "-m", "trn_workloads.ray_train.train", "--config", config_file, *(["--precompile"] if precompile else [])],
 )
+
+
+# --------------------------------------------------------------------------- TorchTitan pretraining
+
+
+def _titan_run_config(raw: dict, *, owned: dict, max_nodes: int, key: str) -> dict:
+    """The trainer's RunConfig with the stack-owned values (nodes, processes per node = the
+    pool's logical NeuronCores, paths) filled in, validated by the trainer's own code."""
+    from trn_workloads.titan.config import ConfigError, config_from_dict
+
+    clash = sorted(set(raw) & set(owned))
+    if clash:
+        raise WorkloadConfigError([f"{key}.{clash[0]}: set by the stack (from the pool and the platform outputs); "
+                                   "remove it"])
+    try:
+        return config_from_dict({**raw, **owned}, max_nodes=max_nodes, key=key).to_dict()
+    except ConfigError as err:
+        raise WorkloadConfigError([str(err)]) from None
+
+
+def _titan_torchrun(processes_per_node: int, config_file: str) -> list[str]:
+    """torchrun in each pod of the Volcano Job; $(VAR) are the pytorch plugin's env vars
+    (volcano v1.15.1 pytorch.go: MASTER_ADDR, MASTER_PORT, WORLD_SIZE = pods, RANK = pod index)."""
+    return ["torchrun", "--nnodes=$(WORLD_SIZE)", "--node-rank=$(RANK)", f"--nproc-per-node={processes_per_node}",
+            "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+            "-m", "trn_workloads.titan.train", "--config", config_file]
+
+
+titan_trainer = SimpleNamespace(run_config=_titan_run_config, torchrun_command=_titan_torchrun)

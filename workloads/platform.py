@@ -3,7 +3,7 @@ StackReference. Node selection, tolerations, the FSx claim and the ECR repositor
 come from here — never from labels or names written into a workload."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -13,6 +13,8 @@ from workloads.errors import WorkloadConfigError
 REQUIRED_OUTPUTS = ("clusterName", "region", "kubernetesVersion", "kubeconfig", "identityMode", "oidcProviderArn",
                     "oidcIssuer", "nodePools", "sharedStorage", "workloadNamespace", "ecrRepositories",
                     "artifactsBucket", "artifactsBucketArn", "volcanoQueue", "neuronSchedulerName", "neuronSdkVersion")
+
+OPTIONAL_OUTPUTS = ("neuronTracks",)  # platforms from before the two Neuron tracks lack it
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class PoolScheduling:
     vcpu_per_node: int
     memory_gib_per_node: int
     max_nodes: int
+    lnc: int | None = None  # Logical NeuronCore setting (trn2/trn3); neuron_cores_per_node counts logical cores
+    track: str | None = None  # the Neuron software track its hardware runs (images/neuron-sdk.json), None: CPU
 
     @property
     def is_accelerator(self) -> bool:
@@ -60,9 +64,12 @@ class Platform:
     volcano_queue: str
     neuron_scheduler_name: str
     neuron_sdk_version: str
+    neuron_tracks: dict[str, list[str]] = field(default_factory=dict)  # track -> pools whose hardware runs it
+    workload_track: str | None = None  # set for a workload's parse: its accelerator pools must run this track
 
     def pool(self, name: str, *, key: str, accelerator: bool | None = None) -> PoolScheduling:
-        """The named pool, or a config error naming `key` and the pools that exist."""
+        """The named pool, or a config error naming `key` and the pools that exist (or, for an
+        accelerator pool whose hardware does not run the workload's track, the pools that do)."""
         if name not in self.pools:
             raise WorkloadConfigError([f"{key}: pool {name!r} does not exist in platform stack {self.stack}; "
                                        f"allowed values: {', '.join(sorted(self.pools))}"])
@@ -71,6 +78,10 @@ class Platform:
             wanted = [p for p, s in self.pools.items() if s.is_accelerator == accelerator]
             raise WorkloadConfigError([f"{key}: pool {name!r} is {'an accelerator' if pool.is_accelerator else 'a CPU'} "
                                        f"pool; allowed values: {', '.join(sorted(wanted))}"])
+        if pool.is_accelerator and self.workload_track is not None:
+            from workloads.common import check_track
+
+            check_track(self, pool, self.workload_track, key)
         return pool
 
 
@@ -84,7 +95,10 @@ def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulum
         instance_types=list(p["instanceTypes"]), neuron_devices_per_node=int(p["neuronDevicesPerNode"]),
         neuron_cores_per_node=int(p["neuronCoresPerNode"]), efa_per_node=int(p["efaPerNode"]),
         vcpu_per_node=int(p["vcpuPerNode"]), memory_gib_per_node=int(p["memoryGiBPerNode"]),
-        max_nodes=int(p["maxNodes"])) for name, p in values["nodePools"].items()}
+        max_nodes=int(p["maxNodes"]), lnc=None if p.get("lnc") is None else int(p["lnc"]),
+        track=p.get("track") or _track_of(p)) for name, p in values["nodePools"].items()}
+    tracks = values.get("neuronTracks") or {t: sorted(n for n, s in pools.items() if s.track == t)
+                                            for t in sorted({s.track for s in pools.values() if s.track})}
     s = values["sharedStorage"]
     return Platform(
         stack=stack, cluster_name=values["clusterName"], region=values["region"],
@@ -95,7 +109,18 @@ def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulum
         namespace=values["workloadNamespace"], ecr_repositories=dict(values["ecrRepositories"]),
         artifacts_bucket=values["artifactsBucket"], artifacts_bucket_arn=values["artifactsBucketArn"],
         volcano_queue=values["volcanoQueue"], neuron_scheduler_name=values["neuronSchedulerName"],
-        neuron_sdk_version=values["neuronSdkVersion"])
+        neuron_sdk_version=values["neuronSdkVersion"], neuron_tracks={t: list(p) for t, p in tracks.items()})
+
+
+def _track_of(pool: dict) -> str | None:
+    """A platform that predates per-pool `track` outputs: the track of its instance family."""
+    from infra.versions import neuron_track_for_family
+
+    if not int(pool["neuronDevicesPerNode"]):
+        return None
+    families = {t.split(".")[0] for t in pool["instanceTypes"]}
+    found = {neuron_track_for_family(f) for f in families}
+    return found.pop() if len(found) == 1 else None
 
 
 def read_platform(stack: str) -> Platform:
@@ -105,6 +130,7 @@ def read_platform(stack: str) -> Platform:
     from pulumi.runtime.sync_await import _sync_await
 
     ref = pulumi.StackReference(stack)
-    values = {k: _sync_await(ref.get_output_details(k)).value for k in REQUIRED_OUTPUTS if k != "kubeconfig"}
+    values = {k: _sync_await(ref.get_output_details(k)).value for k in (*REQUIRED_OUTPUTS, *OPTIONAL_OUTPUTS)
+              if k != "kubeconfig"}
     values = {k: v for k, v in values.items() if v is not None}
     return parse_platform_outputs(stack, values, ref.require_output("kubeconfig"))

@@ -1,0 +1,117 @@
+"""The TorchTitan workload stack: a Volcano Job gang on a native-track (trn2) pool, sized from
+the pool's logical NeuronCores at its LNC, checked before any resource is created.
+
+The trn2 platform stack (organization/trn-platform/dev-trn2-use2, the trn2 branch) is answered here by a test-local
+fake: the dev-usw2 platform outputs plus trn2/trn3 pools with the per-pool `lnc` and `track`
+outputs and the `neuronTracks` map the trn2 platform exports."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from infra.render import policy_violations, run_program, validate
+from tests.platform_helpers import REPO, project_with_stack, rendered_platform, stack_config, with_setting
+from workloads.errors import WorkloadConfigError
+
+STACK = "titan-pretrain-use2"
+PLATFORM = "organization/trn-platform/dev-trn2-use2"
+BASE = stack_config("workloads", STACK)
+
+
+def fake_trn2_platform() -> dict:
+    """Per-node facts of the fake pools: trn2.48xlarge 16 Trainium2 devices x 8 physical cores,
+    LNC 2 -> 64 logical cores; trn3 with LNC 1. Test values, not the catalog's."""
+    outputs = copy.deepcopy(rendered_platform("dev-usw2").outputs)
+    template = outputs["nodePools"]["trn1-efa"]
+
+    def pool(name, instance, family, *, devices, cores, lnc, efa, max_nodes):
+        return {**copy.deepcopy(template), "instanceTypes": [instance], "neuronDevicesPerNode": devices,
+                "neuronCoresPerNode": cores, "efaPerNode": efa, "vcpuPerNode": 192, "memoryGiBPerNode": 2048,
+                "maxNodes": max_nodes, "lnc": lnc, "track": "native",
+                "nodeSelector": {"karpenter.sh/nodepool": name}}
+
+    outputs["nodePools"]["trn2-efa"] = pool("trn2-efa", "trn2.48xlarge", "trn2", devices=16, cores=64, lnc=2, efa=16,
+                                        max_nodes=4)
+    outputs["nodePools"]["trn3-single"] = pool("trn3-single", "trn3.48xlarge", "trn3", devices=16, cores=128,
+                                               lnc=1, efa=0, max_nodes=1)
+    for name, p in outputs["nodePools"].items():
+        p.setdefault("track", "xla" if p["neuronDevicesPerNode"] else None)
+        p.setdefault("lnc", None)
+    outputs["neuronTracks"] = {"xla": sorted(n for n, p in outputs["nodePools"].items() if p["track"] == "xla"),
+                               "native": ["trn2-efa", "trn3-single"]}
+    outputs["ecrRepositories"] = {**outputs["ecrRepositories"],
+                                  "titan": outputs["ecrRepositories"]["nemo"].rsplit("/", 1)[0] + "/titan"}
+    return outputs
+
+
+def refs() -> dict:
+    platform = rendered_platform("dev-usw2")
+    return {PLATFORM: {"outputs": fake_trn2_platform(), "secret": sorted(platform.secret_outputs)}}
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return run_program(REPO / "workloads", STACK, stack_references=refs())
+
+
+def render_with(tmp_path, config: dict):
+    return run_program(project_with_stack(tmp_path, "workloads", "bad", config), "bad", stack_references=refs())
+
+
+def rejected(tmp_path, config: dict) -> str:
+    with pytest.raises(WorkloadConfigError) as err:
+        render_with(tmp_path, config)
+    assert err.value.registered_resources == 0
+    return str(err.value)
+
+
+def test_gang_job_takes_whole_trn2_nodes(rendered):
+    report = validate(rendered)
+    assert report.issues == [] and report.checked["batch.volcano.sh/v1alpha1/Job"] == 1
+    assert policy_violations(rendered) == []
+    (job,) = rendered.by_type("kubernetes:batch.volcano.sh/v1alpha1:Job")
+    spec = job.inputs["spec"]
+    assert spec["schedulerName"] == "volcano" and spec["minAvailable"] == 4
+    assert spec["plugins"] == {"pytorch": ["--master=master", "--worker=worker", "--port=23456"], "svc": []}
+    assert [(t["name"], t["replicas"]) for t in spec["tasks"]] == [("master", 1), ("worker", 3)]
+    pool = fake_trn2_platform()["nodePools"]["trn2-efa"]
+    for task in spec["tasks"]:
+        pod = task["template"]["spec"]
+        assert pod["nodeSelector"] == pool["nodeSelector"] and pod["tolerations"] == pool["tolerations"]
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["aws.amazon.com/neuron"] == "16"
+        assert c["resources"]["limits"]["vpc.amazonaws.com/efa"] == "16"
+        assert "--nproc-per-node=64" in c["command"] and "--nnodes=$(WORLD_SIZE)" in c["command"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["NEURON_LOGICAL_NC_CONFIG"] == "2" and env["NEURON_SDK_VERSION"] == "2.34.0"
+        assert env["NEURON_COMPILE_CACHE_URL"] == "/shared/neuron-cache"
+        claim = fake_trn2_platform()["sharedStorage"]["pvcName"]
+        assert {"name": "shared", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
+    assert rendered.outputs["worldSize"] == 256
+
+
+def test_run_config_is_sized_from_the_pool(rendered):
+    run = json.loads(rendered.by_type("kubernetes:core/v1:ConfigMap")[0].inputs["data"]["run.json"])
+    assert run["nodes"] == 4 and run["processes_per_node"] == 64 and run["tensor_parallel_size"] == 8
+    assert run["run_dir"] == "/shared/runs/titan-pretrain-use2/v1-0-0"
+    assert run["dataset_prefix"] == "/shared/data/llama3-corpus/corpus_text_document"
+    assert run["compile_cache"] == "/shared/neuron-cache"
+
+
+def titan(key, value) -> dict:
+    return with_setting(BASE, "trn-workloads:titan", key, value)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("nodes", 5, "titan.run.nodes: 5 nodes exceed the pool's limit of 4"),
+    ("run.tensor_parallel_size", 3, "titan.run.tensor_parallel_size: 3 does not divide the 64 NeuronCores of a node"),
+    ("run.fsdp_size", 7, "titan.run.fsdp_size: fsdp_size 7 x tensor_parallel_size 8 must equal the world size 256"),
+    ("run.processes_per_node", 8, "titan.run.processes_per_node: set by the stack"),
+    ("run.model_flavor", "7B", "allowed values: debugmodel, 1B, 3B, 8B, 70B, 405B"),
+    ("pool", "trn3-single", "titan.pool: 'trn3-single' has no EFA; 4 nodes need an EFA pool: trn1-efa, trn2-efa"),
+    ("pool", "nope", "titan.pool: pool 'nope' does not exist"),
+])
+def test_bad_titan_config_fails_before_any_resource(tmp_path, key, value, message):
+    assert message in rejected(tmp_path, titan(key, value))

@@ -1,0 +1,80 @@
+"""Two Neuron software tracks pinned in images/neuron-sdk.json: every image and every workload
+declares one, and a workload stack that puts a track on hardware that does not run it fails
+before any resource, naming the key, the pool and the pools that would work."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from infra import catalog, versions
+from tests.platform_helpers import stack_config, with_setting
+from tests.test_titan import PLATFORM, rejected
+from workloads import registry
+from workloads.common import build_args
+from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WORKLOAD_TRACKS, WORKLOADS
+
+PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
+VERSION = re.compile(r"^\d+\.\d+\.\d+")
+
+
+def test_two_tracks_pin_disjoint_families_and_cover_every_neuron_family():
+    pins = json.loads(PIN_FILE.read_text())
+    assert sorted(pins["tracks"]) == sorted(versions.NEURON_TRACKS) == ["native", "xla"]
+    xla, native = versions.neuron_track("xla"), versions.neuron_track("native")
+    assert versions.neuron_sdk() == xla and xla["neuron_sdk"] == "2.26.1" and xla["uid"] == native["uid"] == 1000
+    assert native["neuron_sdk"] == "2.34.0" and native["torch"] == "2.14.0"
+    assert native["torch_neuronx"].startswith("2.14.") and "+neuron" in native["torchtitan_neuron"]
+    assert not set(xla["families"]) & set(native["families"])
+    neuron_families = {f for f in catalog._instance_data()["families"] if f != "cpu"}
+    assert neuron_families <= set(xla["families"]) | set(native["families"])
+    for name in ("xla", "native"):
+        track = versions.neuron_track(name)
+        for base in track["base_images"].values():
+            assert f"sdk{track['neuron_sdk']}" in base and f"py{track['python'].replace('.', '')}" in base
+            assert ":latest" not in base
+        assert all(VERSION.match(track[k]) for k in ("neuron_sdk", "torch"))
+    assert all(b.endswith("-ubuntu26.04") for b in native["base_images"].values())  # 2.33+ DLCs: 26.04 only
+    with pytest.raises(KeyError, match="allowed values: native, xla"):
+        versions.neuron_track("jax")
+
+
+def test_every_workload_and_every_image_declares_a_track():
+    assert sorted(WORKLOAD_TRACKS) == sorted(WORKLOADS) == sorted(registry.WORKLOADS)
+    assert sorted(IMAGE_TRACKS) == sorted(IMAGE_DIRS)
+    assert {w.track for w in registry.WORKLOADS.values()} == {"xla", "native"}
+    assert build_args("titan") == {"BASE_IMAGE": versions.neuron_track("native")["base_images"]["training"],
+                                   "NEURON_SDK_VERSION": "2.34.0"}
+    assert "LABEL trn-platform/neuron-track=${TRACK}" in (PIN_FILE.parent / "titan" / "Dockerfile").read_text()
+
+
+def on_fake_trn2(stack: str, section: str, key: str, value) -> dict:
+    cfg = with_setting(stack_config("workloads", stack), section, key, value)
+    cfg["trn-workloads:platformStack"] = PLATFORM
+    return cfg
+
+
+XLA_POOLS = "pools of platform stack organization/trn-platform/dev-trn2-use2 that would work: inf2, trn1-efa, trn1-single"
+NATIVE_POOLS = "pools of platform stack organization/trn-platform/dev-trn2-use2 that would work: trn2-efa, trn3-single"
+
+
+@pytest.mark.parametrize("stack,section,key,pool,message", [
+    ("nemo-pretrain-usw2", "trn-workloads:nemo", "pool", "trn2-efa",
+     "nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; this workload needs the xla track "
+     "(trn1, trn1n, inf2); " + XLA_POOLS),
+    ("nemo-pretrain-usw2", "trn-workloads:nemo", "pool", "trn3-single", "nemo.pool: pool 'trn3-single'"),
+    ("ray-pretrain-usw2", "trn-workloads:ray", "pool", "trn2-efa", "ray.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native"),
+    ("lora-finetune-usw2", "trn-workloads:lora", "pool", "trn3-single", "lora.pool: pool 'trn3-single'"),
+    ("compile-usw2", "trn-workloads:compile", "serve.pool", "trn2-efa", "compile.serve.pool: pool 'trn2-efa'"),
+    ("titan-pretrain-use2", "trn-workloads:titan", "pool", "trn1-efa",
+     "titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; this workload needs the native track "
+     "(trn2, trn3); " + NATIVE_POOLS),
+    ("titan-pretrain-use2", "trn-workloads:titan", "pool", "inf2", "titan.pool: pool 'inf2'"),
+])
+def test_a_track_on_hardware_that_does_not_run_it_fails_before_any_resource(tmp_path, stack, section, key, pool,
+                                                                               message):
+    text = rejected(tmp_path, on_fake_trn2(stack, section, key, pool))
+    assert message in text
+    assert (XLA_POOLS if "xla track" in text.split("needs the")[1][:10] else NATIVE_POOLS) in text

@@ -1,0 +1,144 @@
+"""Llama 3 pretraining with TorchTitan Neuron on trn2/trn3 (the native Neuron track), as one
+gang-scheduled Volcano Job.
+
+One pod per node (all its Neuron devices and EFA interfaces), `torchrun` in each with one
+process per logical NeuronCore at the pool's LNC setting. Volcano's `pytorch` plugin gives
+every pod MASTER_ADDR/MASTER_PORT/WORLD_SIZE (pods)/RANK (pod index) and its `svc` plugin the
+headless Service those addresses resolve through; `minAvailable` = nodes makes the scheduler
+start all pods together or none. A failed or evicted pod restarts the whole job, which
+resumes from the newest checkpoint on FSx.
+
+The run config is the trainer's own RunConfig (images/trn_workloads/titan/config.py),
+checked by that code against the pool before anything is created.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import versions
+from infra.config import ConfigReader
+from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
+                              pod_spec, resources_for, wait_for)
+from workloads.config import WORKLOAD_TRACKS, WorkloadStackConfig
+from workloads.entrypoints import titan_trainer
+from workloads.errors import WorkloadConfigError
+from workloads.platform import Platform, PoolScheduling
+
+MASTER_PORT = 23456  # volcano v1.15.1 pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go DefaultPort
+MASTER_TASK, WORKER_TASK = "master", "worker"
+# Room on each node for the kubelet, daemonsets and the EFA/Neuron plugins.
+NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
+
+
+@dataclass(frozen=True)
+class TitanSettings:
+    pool: str
+    nodes: int
+    run: dict  # the trainer's RunConfig as JSON (validated)
+    deadline_seconds: int
+
+
+def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> TitanSettings:
+    problems: list[str] = []
+    r = ConfigReader(section, "titan", problems)
+    pool_name = r.get("pool", str, "trn2-efa")
+    nodes = r.get("nodes", int, 1, check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64")
+    dataset_prefix = r.get("datasetPrefix", str, f"{platform.storage.mount_path}/data/{stack.stack}/corpus_text_document")
+    peak = r.get("peakTflopsPerCore", float, None, check=lambda v: None if v > 0 else "must be positive")
+    run_raw = r.get("run", dict, {})
+    deadline = r.get("deadlineSeconds", int, 14 * 24 * 3600)
+    r.finish()
+    run = None
+    try:
+        pool = platform.pool(pool_name, key="titan.pool", accelerator=True)
+        if nodes > 1 and not pool.efa_per_node:
+            problems.append(f"titan.pool: {pool_name!r} has no EFA; {nodes} nodes need an EFA pool: "
+                            f"{', '.join(sorted(p for p, s in platform.pools.items() if s.efa_per_node)) or 'none'}")
+        mount = platform.storage.mount_path
+        owned = {"nodes": nodes, "processes_per_node": pool.neuron_cores_per_node, "dataset_prefix": dataset_prefix,
+                 "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}", "compile_cache": f"{mount}/neuron-cache",
+                 "peak_tflops_per_process": peak}
+        run = titan_trainer.run_config(run_raw, owned=owned, max_nodes=pool.max_nodes, key="titan.run")
+    except WorkloadConfigError as e:
+        problems += e.problems
+    if problems:
+        raise WorkloadConfigError(problems)
+    return TitanSettings(pool=pool_name, nodes=nodes, run=run, deadline_seconds=deadline)
+
+
+def trainer_env(platform: Platform, base: WorkloadBase, pool: PoolScheduling) -> list[dict]:
+    """The common env with the native track's SDK version, the pool's LNC for the Neuron
+    runtime (NEURON_LOGICAL_NC_CONFIG, Neuron docs "Logical NeuronCore configuration") and
+    EFA for the collectives."""
+    native = versions.neuron_track(WORKLOAD_TRACKS["titan-pretrain"])
+    env = [{**e, "value": native["neuron_sdk"]} if e["name"] == "NEURON_SDK_VERSION" else e
+           for e in common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)]
+    if pool.lnc is not None:
+        env.append({"name": "NEURON_LOGICAL_NC_CONFIG", "value": str(pool.lnc)})
+    if pool.efa_per_node:
+        env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"}]
+    return env
+
+
+def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: str, image) -> dict:
+    cfg, platform = base.config, base.platform
+    pool = platform.pools[s.pool]
+
+    def task(task_name: str, replicas: int) -> dict:
+        train = container(
+            name="trainer", image=image, env=trainer_env(platform, base, pool), mount_path=platform.storage.mount_path,
+            command=titan_trainer.torchrun_command(pool.neuron_cores_per_node, RUN_CONFIG_FILE), efa=True,
+            resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
+                                    cpu=str(pool.vcpu_per_node - NODE_RESERVED_CPU),
+                                    memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi"))
+        return {"name": task_name, "replicas": replicas, "template": {
+            "metadata": {"labels": labels(cfg, "train")},
+            "spec": pod_spec(platform=platform, pool=pool, containers=[train], service_account=base.service_account,
+                             run_config=config_map, restart_policy="Never", shm_size="64Gi")}}
+
+    tasks = [task(MASTER_TASK, 1)] + ([task(WORKER_TASK, s.nodes - 1)] if s.nodes > 1 else [])
+    return {
+        "apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job",
+        "metadata": {"name": name, "namespace": base.namespace, "labels": labels(cfg, "train"),
+                     # Training runs for days: Pulumi records it once every pod runs, not when it ends.
+                     "annotations": wait_for("jsonpath={.status.state.phase}=Running", 3600)},
+        "spec": {
+            "schedulerName": "volcano", "queue": platform.volcano_queue,
+            "minAvailable": s.nodes,  # the gang: every node's pod or none
+            "maxRetry": 3,
+            # volcano v1.15.1 pytorch plugin flags (pytorch.go addFlags); svc gives the pods stable hostnames.
+            "plugins": {"pytorch": [f"--master={MASTER_TASK}", f"--worker={WORKER_TASK}", f"--port={MASTER_PORT}"],
+                        "svc": []},
+            # One lost pod breaks every collective: restart the gang, which resumes from the newest checkpoint.
+            "policies": [{"event": "PodEvicted", "action": "RestartJob"}, {"event": "PodFailed", "action": "RestartJob"}],
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "tasks": tasks,
+        },
+    }
+
+
+class TitanPretrainWorkload(pulumi.ComponentResource):
+    def __init__(self, name: str, *, base: WorkloadBase, settings: TitanSettings,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:workloads:TitanPretrain", name, None, opts)
+        cfg, s = base.config, settings
+        ns = base.namespace
+        run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
+                                     opts=base.run_opts())
+        job_name = f"{cfg.stack}-train"
+        job = volcano_job(job_name, base=base, s=s, config_map=run_config.metadata["name"], image=base.image)
+        self.job = k8s.apiextensions.CustomResource(
+            f"{name}-train", api_version=job["apiVersion"], kind=job["kind"], metadata=job["metadata"],
+            spec=job["spec"], opts=base.run_opts(run_config))
+        run_dir = s.run["run_dir"]
+        self.outputs = {
+            "followTraining": f"kubectl -n {ns} logs -f {job_name}-{MASTER_TASK}-0",
+            "gang": f"kubectl -n {ns} get vcjob {job_name} && kubectl -n {ns} get pods -l volcano.sh/job-name={job_name}",
+            "checkpoints": f"{run_dir}/checkpoints",
+            "tensorboardLogs": f"{run_dir}/tensorboard",
+            "worldSize": s.run["nodes"] * s.run["processes_per_node"],
+        }
+        self.register_outputs(self.outputs)
