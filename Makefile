@@ -10,6 +10,8 @@ TRNCTL := $(VENV)/bin/trnctl
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+TITAN_VENV := .venv-titan
+TITAN_STAMP := $(TITAN_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
@@ -30,7 +32,15 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP)
+# The TorchTitan workload's CPU run (tests/test_titan_train.py): torchtitan's pins clash with
+# the main environment, so it gets its own venv too (torch==2.13.0 pinned in the file).
+$(TITAN_STAMP): requirements-titan.txt
+	$(PYTHON) -m venv $(TITAN_VENV)
+	$(TITAN_VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(TITAN_VENV)/bin/pip install --quiet -r requirements-titan.txt
+	touch $(TITAN_STAMP)
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(TITAN_STAMP)
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)

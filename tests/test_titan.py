@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from infra.render import policy_violations, run_program, validate
+from trnctl.render import policy_violations, run_program, validate
 from tests.platform_helpers import REPO, project_with_stack, rendered_platform, stack_config, with_setting
 from workloads.errors import WorkloadConfigError
 
@@ -26,17 +26,17 @@ def fake_trn2_platform() -> dict:
     outputs = copy.deepcopy(rendered_platform("dev-usw2").outputs)
     template = outputs["nodePools"]["trn1-efa"]
 
-    def pool(name, instance, family, *, devices, cores, lnc, efa, max_nodes):
+    def pool(name, instance, *, devices, cores, lnc, efa, max_nodes):
         return {**copy.deepcopy(template), "instanceTypes": [instance], "neuronDevicesPerNode": devices,
                 "neuronCoresPerNode": cores, "efaPerNode": efa, "vcpuPerNode": 192, "memoryGiBPerNode": 2048,
                 "maxNodes": max_nodes, "lnc": lnc, "track": "native",
-                "nodeSelector": {"karpenter.sh/nodepool": name}}
+                "nodeSelector": {"trn-platform/pool": name}}
 
-    outputs["nodePools"]["trn2-efa"] = pool("trn2-efa", "trn2.48xlarge", "trn2", devices=16, cores=64, lnc=2, efa=16,
+    outputs["nodePools"]["trn2-efa"] = pool("trn2-efa", "trn2.48xlarge", devices=16, cores=64, lnc=2, efa=16,
                                         max_nodes=4)
-    outputs["nodePools"]["trn3-single"] = pool("trn3-single", "trn3.48xlarge", "trn3", devices=16, cores=128,
+    outputs["nodePools"]["trn3-single"] = pool("trn3-single", "trn3.48xlarge", devices=16, cores=128,
                                                lnc=1, efa=0, max_nodes=1)
-    for name, p in outputs["nodePools"].items():
+    for p in outputs["nodePools"].values():
         p.setdefault("track", "xla" if p["neuronDevicesPerNode"] else None)
         p.setdefault("lnc", None)
     outputs["neuronTracks"] = {"xla": sorted(n for n, p in outputs["nodePools"].items() if p["track"] == "xla"),
@@ -90,6 +90,16 @@ def test_gang_job_takes_whole_trn2_nodes(rendered):
         claim = fake_trn2_platform()["sharedStorage"]["pvcName"]
         assert {"name": "shared", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
     assert rendered.outputs["worldSize"] == 256
+
+
+def test_the_cost_estimate_counts_every_pod_of_the_gang(rendered):
+    from trnctl.cost import _replicated_pod_specs
+
+    (job,) = rendered.by_type("kubernetes:batch.volcano.sh/v1alpha1:Job")
+    manifest = {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", **job.inputs}
+    pods = _replicated_pod_specs(manifest)
+    assert [n for n, _ in pods] == [1, 3]
+    assert {spec["nodeSelector"]["trn-platform/pool"] for _, spec in pods} == {"trn2-efa"}
 
 
 def test_run_config_is_sized_from_the_pool(rendered):

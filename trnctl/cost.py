@@ -278,6 +278,8 @@ def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
         return [(1, spec)]
     if kind in ("Deployment", "StatefulSet"):
         return [(int(spec.get("replicas", 1)), spec["template"]["spec"])]
+    if kind == "Job" and str(obj.get("apiVersion", "")).startswith("batch.volcano.sh/"):  # Volcano Job: its tasks
+        return [(int(t.get("replicas", 1)), t["template"]["spec"]) for t in spec.get("tasks") or []]
     if kind == "Job":
         return [(int(spec.get("parallelism", 1)), spec["template"]["spec"])]
     if kind == "MPIJob":
