@@ -78,3 +78,15 @@ def test_a_track_on_hardware_that_does_not_run_it_fails_before_any_resource(tmp_
     text = rejected(tmp_path, on_fake_trn2(stack, section, key, pool))
     assert message in text
     assert (XLA_POOLS if "xla track" in text.split("needs the")[1][:10] else NATIVE_POOLS) in text
+
+
+def test_a_platform_without_track_outputs_gets_them_from_its_instance_families():
+    from tests.platform_helpers import rendered_platform
+    from workloads.platform import parse_platform_outputs
+
+    outputs = rendered_platform("dev-usw2").outputs
+    assert "neuronTracks" not in outputs and all("track" not in p for p in outputs["nodePools"].values())
+    platform = parse_platform_outputs("organization/trn-platform/dev-usw2", outputs, kubeconfig="stand-in")
+    assert {n: p.track for n, p in platform.pools.items()} == {
+        n: (None if p["neuronDevicesPerNode"] == 0 else "xla") for n, p in outputs["nodePools"].items()}
+    assert platform.neuron_tracks == {"xla": sorted(n for n, p in platform.pools.items() if p.track)}
