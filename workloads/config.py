@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import PROJECT as PLATFORM_PROJECT
-from infra.config import ConfigReader, raw_from_bag
+from stackfiles import ConfigReader, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
