@@ -3,6 +3,7 @@ key and what is allowed, before anything renders; none is silently accepted."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from infra.config import ConfigError, load_stack_file
 from tests.platform_helpers import stack_config
 
 BASE = stack_config("platform", "dev-usw2")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def changed(key: str, value, base: dict = BASE) -> dict:
@@ -96,3 +98,38 @@ def test_unknown_region_lists_regions_not_the_data_files_comment(tmp_path):
 def test_good_tags_are_kept_as_strings():
     raw, region = config.raw_from_bag(changed("tags", {"team": "ml", "cost-center": 1234}))
     assert config.parse(raw, stack="t", region=region).tags == {"team": "ml", "cost-center": "1234"}
+
+
+# --------------------------------------------------------------------------- the stack file itself
+
+GOOD_FILE = (ROOT / "Pulumi.dev-usw2.yaml").read_text()
+
+BROKEN_FILES = {
+    "yaml syntax error": (GOOD_FILE.replace("  trn-platform:identity: pod-identity\n",
+                                            "  trn-platform:identity: [pod-identity\n"),
+                          "Pulumi.bad.yaml: YAML syntax error at line"),
+    "config is not a mapping": ("config:\n  - aws:region: us-west-2\n",
+                                "Pulumi.bad.yaml: config: expected a mapping of <namespace>:<name> settings, got list"),
+    "file is not a mapping": ("- config\n", "Pulumi.bad.yaml: expected a mapping with a `config:` section, got list"),
+    "duplicate top-level key": (GOOD_FILE + "  trn-platform:identity: irsa\n",
+                                "Pulumi.bad.yaml: config.trn-platform:identity: duplicate key (lines 10 and "),
+    "duplicate nested key": (GOOD_FILE.replace("    storageCapacityGiB: 1200\n",
+                                               "    storageCapacityGiB: 1200\n    storageCapacityGiB: 2400\n"),
+                             "Pulumi.bad.yaml: config.trn-platform:fsx.storageCapacityGiB: duplicate key (lines"),
+    "misspelled project prefix": (GOOD_FILE.replace("  trn-platform:fsx:", "  trn-platfrom:fsx:"),
+                                  "Pulumi.bad.yaml: config.trn-platfrom:fsx: unknown namespace 'trn-platfrom'; "
+                                  "did you mean trn-platform:fsx?"),
+    "key without namespace": (GOOD_FILE.replace("  trn-platform:fsx:", "  fsx:"),
+                              "Pulumi.bad.yaml: config.fsx: keys are <namespace>:<name>, e.g. trn-platform:fsx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+def test_broken_stack_file_is_one_clear_message_naming_file_and_key(case, tmp_path):
+    text, expected = BROKEN_FILES[case]
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.bad.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_stack_file(tmp_path, "bad")
+    assert expected in str(err.value)
+    assert "Traceback" not in str(err.value)
