@@ -56,3 +56,10 @@ def test_data_to_shared_is_documented_with_the_commands():
 def test_requirements_comment_points_at_files_that_exist():
     for path in re.findall(r"images/[\w./-]+\.\w+", (ROOT / "requirements.txt").read_text()):
         assert (ROOT / path.rstrip(").")).exists(), path
+
+
+def test_render_usage_names_the_stack_variable_and_the_out_default():
+    assert "make render STACK=<name>" in README
+    assert "build/render/dev-usw2" in README and "--out" in README
+    makefile = (ROOT / "Makefile").read_text()
+    assert "STACK ?=" in makefile and "$(STACK)" in makefile
