@@ -118,7 +118,11 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     if name == PLATFORM_PROJECT:
         # The stack file as the offline tools (cost, preflight, sweep) read it: the program only
         # sees strings and would accept what they refuse (an unquoted kubernetesVersion: 1.34).
-        load_stack_file(project_dir, stack)
+        try:
+            load_stack_file(project_dir, stack)
+        except ConfigError as exc:
+            exc.registered_resources = 0  # stopped before the program ran
+            raise
 
     if stack_references is None:
         stack_references = _render_references(project_dir, name, bag)
