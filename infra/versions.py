@@ -20,8 +20,9 @@ NEURON_HELM_CHART_VERSION = "1.10.0"
 NEURON_SCHEDULER_NAME = "my-scheduler"  # the second kube-scheduler the chart runs with the Neuron extender
 
 # The chart's second kube-scheduler defaults to an EKS-D v1.31 image
-# (scheduler.customScheduler.image.tag "v1.31.12-eks-1-31-30" in the chart's values.yaml, e.g.
-# aws-neuron/neuron-helm-charts@b77a6f90, charts/neuron-helm-chart/values.yaml), outside the
+# (scheduler.customScheduler.image.tag "v1.31.12-eks-1-31-30" in charts/neuron-helm-chart/values.yaml of
+# chart 1.9.0, aws-neuron/neuron-helm-charts@b77a6f90; the 1.10.0 package shows the same default in
+# `helm show values oci://public.ecr.aws/neuron/neuron-helm-chart --version 1.10.0`), outside the
 # Kubernetes version-skew policy on a 1.32+ control plane. One EKS-D kube-scheduler per supported
 # minor: aws/eks-distro@17884462, docs/contents/releases/<minor>/<release>/index.md (kube-scheduler row).
 EKS_DISTRO_KUBE_SCHEDULER_IMAGE = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
