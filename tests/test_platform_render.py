@@ -215,3 +215,15 @@ def test_cluster_endpoint_logging_and_secrets_encryption():
     use2 = rendered_platform("dev-use2").one("eks:index:Cluster", "cluster-eks").inputs
     assert use2["endpointPublicAccess"] is False and use2.get("publicAccessCidrs") is None
     assert use2["createOidcProvider"] is True  # irsa stack
+
+
+def test_s3_import_path_reaches_shared_datasets_through_a_data_repository_association():
+    cfg = config.load_stack_file(REPO, "dev-use2")
+    result = rendered_platform("dev-use2")
+    [dra] = result.by_type("aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation")
+    assert dra.inputs["dataRepositoryPath"] == cfg.fsx.s3_import_path
+    assert dra.inputs["fileSystemPath"] == "/datasets"  # <mountPath>/datasets in every pod
+    assert dra.inputs["batchImportMetaDataOnCreate"] is True
+    assert sorted(dra.inputs["s3"]["autoImportPolicy"]["events"]) == ["CHANGED", "DELETED", "NEW"]
+    assert cfg.fsx.deployment_type != "SCRATCH_1"  # DRAs exist on every other deployment type
+    assert not rendered_platform("dev-usw2").by_type("aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation")
