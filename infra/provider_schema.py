@@ -339,11 +339,10 @@ def resource_schema(token: str) -> ObjectNode | None:
     source = inspect.getsource(cls._internal_init)
     args_cls = _module_globals(cls)[_PROPS_CLASS.search(source).group(1)]
     node = _input_type_node(args_cls)
-    params = set(inspect.signature(cls._internal_init).parameters)
     py_names = set(_getters(args_cls))
     assigned = _PROPS_SET.findall(source)
-    # Inputs the SDK sets itself without an args getter go on the wire untranslated.
-    extra = {k for k, v in assigned if k not in py_names and k not in params and v.strip() != "None"}
+    # Inputs set without an args getter (e.g. by the SDK itself) go on the wire untranslated.
+    extra = {k for k, v in assigned if k not in py_names and v.strip() != "None"}
     wire = {py: w for py, (w, _) in _getters(args_cls).items()}
     json_encoded = {wire.get(k, k) for k, v in assigned if "pulumi.runtime.to_json" in v}
     properties = dict(node.properties)
@@ -436,9 +435,8 @@ class _Checker:
                         continue
                 self.check(names[key], item, _join(path, key))
             elif key not in node.extra:
-                close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
                 self.issue(_join(path, key), f"unknown property of {node.name}",
-                           ", ".join(sorted(names)) or "(none)", close[0] if close else None)
+                           ", ".join(sorted(names)) or "(none)", _closest_name(key, names))
         for key in sorted(node.required):
             if value.get(key) is None:
                 self.issue(_join(path, key), f"missing required property of {node.name}",
@@ -458,6 +456,16 @@ class _Checker:
             self.issues += shaped[0]
         else:
             self.issue(path, f"wrong type: {type(value).__name__} {_shown(value)}", node.describe())
+
+
+def _closest_name(key: str, names: Iterable[str]) -> str | None:
+    """The wire name meant: the camelCase of a Python name (a dict that bypassed the SDK's
+    translation), else the closest spelling."""
+    camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)
+    if camel != key and camel in names:
+        return camel
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _is_string(node: Node) -> bool:
