@@ -23,7 +23,7 @@ schema is derived from the generated SDK code, which is generated from that sche
 
 Kubernetes custom resources (`kubernetes:<group>/<version>:<Kind>` with no SDK class) and
 `apiextensions.k8s.io` types are checked as wrappers only (apiVersion, kind, metadata): their
-bodies are validated against CRD schemas by infra/validation.py.
+bodies are validated against CRD schemas by trnctl/validation.py.
 
 Values the mock cannot know (`[unknown]`), assets, archives and resource references pass as
 any value; a secret is checked by its inner value (the engine sees through the envelope), a
@@ -53,6 +53,8 @@ from typing import Any
 import pulumi
 from pulumi.runtime import rpc
 
+from stackfiles.records import SECRET_MASK
+
 # Package name in a type token -> (Python module, distribution). Other packages (trn:
 # components, pulumi:pulumi:StackReference, ...) are not checked.
 PACKAGES = {
@@ -61,9 +63,8 @@ PACKAGES = {
     "kubernetes": ("pulumi_kubernetes", "pulumi-kubernetes"),
     "docker-build": ("pulumi_docker_build", "pulumi-docker-build"),
 }
-UNKNOWN_VALUES = ("[unknown]", rpc.UNKNOWN)   # infra/mocks.py records unknowns as "[unknown]"
-SECRET_MASK = "[secret]"                       # infra/mocks.py SECRET_MASK (resources.json form)
-# Kubernetes groups whose object bodies infra/validation.py checks against their own schemas.
+UNKNOWN_VALUES = ("[unknown]", rpc.UNKNOWN)   # trnctl/mocks.py records unknowns as "[unknown]"
+# Kubernetes groups whose object bodies trnctl/validation.py checks against their own schemas.
 WRAPPER_ONLY_GROUPS = ("apiextensions.k8s.io/",)
 
 
@@ -353,7 +354,7 @@ def resource_schema(token: str) -> ObjectNode | None:
 
 def _custom_resource_schema(token: str) -> ObjectNode:
     """A Kubernetes custom resource: apiVersion and kind as the token says, metadata as
-    ObjectMeta; the body is infra/validation.py's (CRD schemas)."""
+    ObjectMeta; the body is trnctl/validation.py's (CRD schemas)."""
     from pulumi_kubernetes.apiextensions import CustomResourceArgs
     from pulumi_kubernetes.meta.v1 import ObjectMetaArgs
 
@@ -487,7 +488,7 @@ def _fields(resource: Any) -> tuple[str, str, dict]:
 
 
 def check_resources(recorded: Iterable[Any]) -> list[Issue]:
-    """Every provider-schema problem of the recorded resources (infra.mocks.RecordedResource,
+    """Every provider-schema problem of the recorded resources (stackfiles.records.RecordedResource,
     or their resources.json dicts); resources of other packages are not checked."""
     issues: list[Issue] = []
     for resource in recorded:
