@@ -228,3 +228,25 @@ def test_python_name_on_the_wire_suggests_the_wire_name():
     # A Python name that reached the wire untranslated (the SDK only translates names it has types for).
     inputs = {"cidrBlock": "10.0.0.0/16", "enable_dns_support": True}
     assert issues_of(recorded("aws:ec2/vpc:Vpc", inputs))["enable_dns_support"].suggestion == "enableDnsSupport"
+
+
+def test_required_inputs_are_those_the_sdk_itself_insists_on():
+    """The derivation (constructor parameters without a default) agrees with the SDK's own
+    "Missing required property" checks for every provider type the repo's stacks create."""
+    import importlib
+    import inspect
+
+    tokens = {r.type for stack in PLATFORM_STACKS for r in rendered_platform(stack).resources}
+    tokens |= {r.type for stack in WORKLOAD_STACKS for r in rendered_workload(stack).resources}
+    compared = 0
+    for token in sorted(tokens):
+        package = provider_schema._package_of(token)
+        entry = provider_schema.package_types(package).get(token) if package else None
+        if entry is None:
+            continue
+        cls = getattr(importlib.import_module(entry[0]), entry[1])
+        insisted = set(re.findall(r"Missing required property '(\w+)'", inspect.getsource(cls._internal_init)))
+        schema = provider_schema.resource_schema(token)
+        assert {re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), n) for n in insisted} == set(schema.required), token
+        compared += 1
+    assert compared >= 40

@@ -13,17 +13,29 @@ schema is derived from the generated SDK code, which is generated from that sche
   package's `__init__.py` hands to `_utilities.register` (the same map the runtime uses);
 * a resource's inputs are the getters of the args class its `_internal_init` builds
   (`__props__ = VpcArgs.__new__(VpcArgs)`), named on the wire by `pulumi.getter(name=...)`;
-  inputs the SDK sets itself (e.g. the Helm Release's `compat`) are allowed with any value;
+  a value `_internal_init` sets without a getter goes on the wire untranslated and is
+  allowed with any value (none at the pinned versions);
 * nested objects are the `@pulumi.input_type` classes in those getters' annotations,
   required properties are the args constructors' parameters without a default, enums are
   `str` Enum classes or `Literal[...]` (a `Union[str, SomeEnum]` admits any string, as the
-  schema's `oneOf` does);
+  schema's `oneOf` does). Values the SDK fills in itself (the Helm Release's `compat`,
+  Kubernetes `apiVersion`/`kind`) are on the wire, so they are checked, never missing; a
+  schema-required input the SDK defaults (docker-build `CacheFromS3.region` from
+  `$AWS_REGION`) has a default in the constructor and is not required here. At the pinned
+  versions the required parameters are exactly those `_internal_init` raises "Missing
+  required property" for, in every resource of the four packages (one renamed parameter,
+  lightsail's `resource_name_`, aside);
 * provider resources (`pulumi:providers:*`) carry non-string inputs JSON-encoded on the
   wire (the SDK applies `pulumi.runtime.to_json`): they are decoded before checking.
 
 Kubernetes custom resources (`kubernetes:<group>/<version>:<Kind>` with no SDK class) and
 `apiextensions.k8s.io` types are checked as wrappers only (apiVersion, kind, metadata): their
 bodies are validated against CRD schemas by trnctl/validation.py.
+
+Checked against the published schemas: every resource's input names and required inputs
+(and, for docker-build, every object type) agree with pulumi/pulumi-docker-build v0.0.22
+(eb787fa, provider/cmd/pulumi-resource-docker-build/schema.json) except that `region`, and
+with pulumi/pulumi-eks 7bf0c1b (a commit after v4.3.0; provider/cmd/pulumi-resource-eks/schema.json).
 
 Values the mock cannot know (`[unknown]`), assets, archives and resource references pass as
 any value; a secret is checked by its inner value (the engine sees through the envelope), a
