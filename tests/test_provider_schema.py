@@ -250,3 +250,38 @@ def test_required_inputs_are_those_the_sdk_itself_insists_on():
         assert {re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), n) for n in insisted} == set(schema.required), token
         compared += 1
     assert compared >= 40
+
+
+def _key_paths(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key)
+            yield from _key_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _key_paths(item, (*path, i))
+
+
+MAP_FIELDS = {"tags", "labels", "annotations", "matchLabels", "nodeSelector", "requests", "limits", "capacity",
+              "volumeAttributes"}
+
+
+@pytest.mark.parametrize("stack, typ", [("dev-usw2", "aws:ec2/launchTemplate:LaunchTemplate"),
+                                        ("dev-usw2", "eks:index:Cluster"),
+                                        ("dev-usw2", "kubernetes:core/v1:PersistentVolume"),
+                                        ("compile-usw2", "kubernetes:apps/v1:Deployment"),
+                                        ("compile-usw2", "kubernetes:batch/v1:Job")])
+def test_a_misspelling_is_caught_at_every_nesting_level(stack, typ):
+    """Every property name of a real recorded resource, renamed, is reported at its path
+    (map keys such as labels or tags are free by the schema)."""
+    resource = one(stack, typ)
+    paths = [p for p in _key_paths(resource.inputs) if not MAP_FIELDS & {str(k) for k in p[:-1]}]
+    assert len(paths) > 10
+    for path in paths:
+        mutated = copy.deepcopy(resource)
+        parent = mutated.inputs
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[f"{path[-1]}Zz"] = parent.pop(path[-1])
+        assert any(i.path.endswith(f"{path[-1]}Zz") and i.problem.startswith("unknown property")
+                   for i in check_resources([mutated])), path
