@@ -183,6 +183,17 @@ def test_schemas_are_those_of_the_pinned_sdks():
         assert pins[provider_schema.PACKAGES[package][1]] == version
 
 
+def test_no_installed_sdk_ships_a_provider_schema():
+    """A shipped schema.json would be authoritative over the introspected SDK code: if a new
+    pin brings one, derive from it instead (see the module docstring)."""
+    import importlib.util
+    from pathlib import Path
+
+    for module, _ in provider_schema.PACKAGES.values():
+        root = Path(importlib.util.find_spec(module).origin).parent
+        assert not [p for p in root.rglob("*.json") if p.name != "pulumi-plugin.json"], module
+
+
 def test_registry_maps_tokens_of_every_package():
     assert provider_schema.package_types("aws")["aws:ec2/vpc:Vpc"] == ("pulumi_aws.ec2", "Vpc")
     assert provider_schema.package_types("kubernetes")["pulumi:providers:kubernetes"] == ("pulumi_kubernetes", "Provider")
