@@ -1,5 +1,6 @@
 """Render a stack offline: run its Pulumi program under the mock runtime, write what it
-would create, validate every Kubernetes object, run the policy rules, print a summary.
+would create, validate every Kubernetes object and every provider input (against the pinned
+SDKs' schemas, trnctl/provider_schema.py), run the policy rules, print a summary.
 
     python -m trnctl.render <project-dir> <stack> --out <dir>
 
@@ -9,7 +10,8 @@ this repository first, so the two can never disagree offline.
 
 Writes `<dir>/resources.json`, `<dir>/manifests/*.yaml`, `<dir>/helm/*.yaml` (chart,
 version and values of each Helm release), `<dir>/outputs.json`; exits non-zero on an
-invalid config, an invalid manifest or a mandatory policy violation.
+invalid config, an invalid manifest, a provider input the provider would reject or a
+mandatory policy violation.
 """
 from __future__ import annotations
 
@@ -307,6 +309,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         report = validate(result)
         print(report.summary())
         problems += [f"invalid manifest {i.source} ({i.kind} {i.name}) at {i.path}: {i.message}" for i in report.issues]
+        from trnctl import provider_schema
+        schema_issues = provider_schema.check_resources(result.resources)
+        print(provider_schema.summary(result.resources, schema_issues))
+        problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
         if violations:
