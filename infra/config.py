@@ -466,7 +466,9 @@ def raw_from_bag(bag: dict[str, Any], project: str = PROJECT) -> tuple[dict[str,
 
 def from_pulumi(stack: str) -> PlatformConfig:
     """Inside a Pulumi program: read the whole stack config bag once and parse it."""
-    raw, region = raw_from_bag(stackfiles.pulumi_config_bag())
+    bag = stackfiles.pulumi_config_bag()
+    stackfiles.check_namespaces(bag, PROJECT)
+    raw, region = raw_from_bag(bag)
     return parse(raw, stack=stack, region=region)
 
 

@@ -121,6 +121,14 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
     return out
 
 
+def check_namespaces(bag: dict[str, Any], project: str) -> None:
+    """Inside a program: the engine passes every key of the stack file, and a key under a
+    misspelled project prefix would otherwise just be ignored."""
+    problems = _namespace_problems(bag, project)
+    if problems:
+        raise ConfigError([p.removeprefix("config.") for p in problems], "stack config")
+
+
 def _namespace_problems(config: dict, project: str | None) -> list[str]:
     out = []
     allowed = [project, *PROVIDER_NAMESPACES] if project else list(PROVIDER_NAMESPACES)

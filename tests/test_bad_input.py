@@ -133,3 +133,18 @@ def test_broken_stack_file_is_one_clear_message_naming_file_and_key(case, tmp_pa
         load_stack_file(tmp_path, "bad")
     assert expected in str(err.value)
     assert "Traceback" not in str(err.value)
+
+
+def test_the_program_refuses_a_misspelled_project_prefix_too():
+    """`pulumi up` hands the program every key of the stack file: one under a misspelled
+    prefix would be ignored silently, so the program checks the namespaces itself."""
+    import pulumi
+
+    bag = {f"trn-platfrom:{k.split(':', 1)[1]}" if k == "trn-platform:fsx" else k: v for k, v in BASE.items()}
+    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else __import__("json").dumps(v) for k, v in bag.items()})
+    try:
+        with pytest.raises(ConfigError, match="trn-platfrom:fsx: unknown namespace 'trn-platfrom'; did you mean "
+                                              "trn-platform:fsx"):
+            config.from_pulumi("s")
+    finally:
+        pulumi.runtime.set_all_config({})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import PROJECT as PLATFORM_PROJECT
-from stackfiles import ConfigReader, raw_from_bag
+from stackfiles import ConfigReader, check_namespaces, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
@@ -103,5 +103,6 @@ def from_pulumi(stack: str) -> WorkloadStackConfig:
     bag = dict(runtime_config.get_config_env())
     bag.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    check_namespaces(bag, PROJECT)
     raw, region = raw_from_bag(bag, PROJECT)
     return parse(raw, stack=stack, secret_keys=secret_keys, region=region)
