@@ -161,9 +161,10 @@ _ECR_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
-# Mounting FSx over these would hide what the container image needs.
-SYSTEM_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin",
-                "/sys", "/tmp", "/usr", "/var")
+# Mounting FSx on these would hide what the container image needs; below the first group
+# (kernel filesystems, binaries, libraries, configuration) nothing may be mounted either.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+SYSTEM_PATHS = (*SYSTEM_TREES, "/home", "/opt", "/root", "/run", "/tmp", "/var")
 # Tags the platform sets itself (infra/__main__.py), which the sweep and policies rely on.
 RESERVED_TAG_KEYS = ("trn-platform/cluster", "trn-platform/environment", "managed-by")
 
@@ -182,7 +183,7 @@ def mount_path_problem(value: str) -> str | None:
         return f"{value!r} must be an absolute path such as /shared"
     if not _MOUNT_PATH.match(value) or any(part in (".", "..") for part in value.split("/")):
         return f"{value!r} must be a plain absolute directory such as /shared (no '/', '..' or trailing '/')"
-    if any(value == sp or value.startswith(sp + "/") for sp in SYSTEM_PATHS):
+    if value in SYSTEM_PATHS or any(value.startswith(tree + "/") for tree in SYSTEM_TREES):
         return f"{value!r} is inside a system directory of the container; use a path such as /shared"
     return None
 

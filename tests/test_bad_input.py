@@ -53,6 +53,7 @@ ACCEPTED_TODAY_BUT_WRONG = {
                                   "tags.trn-platform/cluster: the platform sets this tag itself"),
     "fsx mount on /": (changed("fsx", {"mountPath": "/"}), "fsx.mountPath: '/' must be a plain absolute directory"),
     "fsx mount on /etc": (changed("fsx", {"mountPath": "/etc/data"}), "fsx.mountPath: '/etc/data' is inside a system directory"),
+    "fsx mount on /opt": (changed("fsx", {"mountPath": "/opt"}), "fsx.mountPath: '/opt' is inside a system directory"),
     "fsx mount with ..": (changed("fsx", {"mountPath": "/shared/../etc"}), "fsx.mountPath: '/shared/../etc' must be a plain"),
     "fsx pvc name": (changed("fsx", {"pvcName": "Shared_Data"}), "fsx.pvcName: 'Shared_Data' is not a Kubernetes object name"),
     "fsx pvc namespace": (changed("fsx", {"pvcNamespace": "ml.shared"}), "fsx.pvcNamespace: 'ml.shared' is not a namespace name"),
@@ -148,3 +149,8 @@ def test_the_program_refuses_a_misspelled_project_prefix_too():
             config.from_pulumi("s")
     finally:
         pulumi.runtime.set_all_config({})
+
+
+@pytest.mark.parametrize("path", ["/shared", "/fsx/shared", "/opt/data", "/mnt/lustre"])
+def test_plain_mount_paths_are_accepted(path):
+    assert config.mount_path_problem(path) is None
