@@ -31,9 +31,10 @@ def neuron_instance_types() -> list[str]:
 
 
 def efa_instance_types() -> list[str]:
-    """Every instance type with EFA interfaces in the catalog (the EFA pools' candidates)."""
-    return sorted(t for f in FAMILIES for t in catalog.instance_types_of(f)
-                  if catalog.instance_type(t).efa_interfaces)
+    """Every instance type with EFA interfaces in the catalog (the EFA pools' candidates) plus
+    the Trainium types of the chart's own list."""
+    with_efa = [t for f in FAMILIES for t in catalog.instance_types_of(f) if catalog.instance_type(t).efa_interfaces]
+    return sorted({*with_efa, *versions.EFA_CHART_TRAINIUM_INSTANCES})
 
 
 def neuron_values(*, kubernetes_version: str, instance_types: list[str]) -> dict:

@@ -47,9 +47,11 @@ EFA_CHART = "aws-efa-k8s-device-plugin"
 # addons.efa_values() points it at the stack region's EKS registry.
 EFA_CHART_VERSION = "v0.5.30"
 EFA_PLUGIN_IMAGE_TAG = "v0.5.20"
-# The chart's supportedInstanceLabels.values (its node affinity) at bfe91c4b lists trn1.32xlarge,
-# trn1n.32xlarge, trn2.3xlarge, trn2.48xlarge, trn2u.48xlarge (and -ac variants) but no trn3:
-# addons.efa_values() sets the list from the catalog's EFA instance types.
+# The chart's supportedInstanceLabels.values (its node affinity) at bfe91c4b lists these Trainium
+# types but no trn3 (and no inf2, which has no EFA): addons.efa_values() sets the list to these
+# plus every type with EFA interfaces in infra/data/instance_types.json.
+EFA_CHART_TRAINIUM_INSTANCES = ("trn1.32xlarge", "trn1n.32xlarge", "trn2-ac.24xlarge", "trn2.3xlarge",
+                                "trn2.48xlarge", "trn2u-ac.24xlarge", "trn2u.48xlarge")
 
 # Amazon EKS image registries by region (EKS user guide, "View Amazon container image registries
 # for Amazon EKS add-ons", add-ons-images.html): 602401143452 in the original commercial regions,

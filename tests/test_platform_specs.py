@@ -337,8 +337,12 @@ def test_efa_plugin_image_is_regional_current_and_its_affinity_lists_our_efa_typ
         assert values["image"]["repository"] == \
             f"602401143452.dkr.ecr.{region}.amazonaws.com/eks/aws-efa-k8s-device-plugin"
         assert values["image"]["tag"] == versions.EFA_PLUGIN_IMAGE_TAG == "v0.5.20"
-        assert {"trn1.32xlarge", "trn1n.32xlarge"} <= set(values["supportedInstanceLabels"]["values"])
-        assert "trn1.2xlarge" not in values["supportedInstanceLabels"]["values"]  # no EFA on it
+        listed = set(values["supportedInstanceLabels"]["values"])
+        efa_in_catalog = {t for f in ("trn1", "trn1n", "inf2") for t in catalog.instance_types_of(f)
+                          if catalog.instance_type(t).efa_interfaces}
+        assert efa_in_catalog <= listed and {"trn1.32xlarge", "trn1n.32xlarge"} <= listed
+        assert {"trn2.48xlarge", "trn2u.48xlarge"} <= listed
+        assert "trn1.2xlarge" not in listed  # no EFA on it
     assert versions.EFA_CHART_VERSION == "v0.5.30"
     trn3 = addons.efa_values(region="us-east-2", instance_types=["trn2.48xlarge", "trn3.48xlarge"])
     assert trn3["supportedInstanceLabels"] == {"keys": ["node.kubernetes.io/instance-type"],
