@@ -23,7 +23,7 @@ BASE = stack_config("workloads", STACK)
 def fake_trn2_platform() -> dict:
     """Per-node facts of the fake pools: trn2.48xlarge 16 Trainium2 devices x 8 physical cores,
     LNC 2 -> 64 logical cores; trn3 with LNC 1. Test values, not the catalog's."""
-    outputs = copy.deepcopy(rendered_platform("dev-usw2").outputs)
+    outputs = {**copy.deepcopy(rendered_platform("dev-usw2").outputs), "region": "us-east-2"}
     template = outputs["nodePools"]["trn1-efa"]
 
     def pool(name, instance, *, devices, cores, lnc, efa, max_nodes):

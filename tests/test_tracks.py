@@ -53,6 +53,7 @@ def test_every_workload_and_every_image_declares_a_track():
 def on_fake_trn2(stack: str, section: str, key: str, value) -> dict:
     cfg = with_setting(stack_config("workloads", stack), section, key, value)
     cfg["trn-workloads:platformStack"] = PLATFORM
+    cfg["aws:region"] = "us-east-2"  # the fake trn2 platform's region
     return cfg
 
 
