@@ -183,7 +183,7 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
     metrics_file = Path(cfg.run_dir) / "metrics.jsonl"
     stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
     global_tokens = cfg.local_batch_size * cfg.seq_len * dp_size
-    step = start
+    step = logged = start
     tick = time.perf_counter()
     while step < stop:
         batch = torch.from_numpy(samples.batch(step, dp_rank=dp_rank, dp_size=dp_size,
@@ -204,9 +204,8 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
             reported = loss.detach().clone()
             dist.all_reduce(reported, op=dist.ReduceOp.SUM, group=batch_mesh.get_group())
             elapsed = time.perf_counter() - tick
-            steps_timed = step - start if step - start < cfg.log_every_n_steps else cfg.log_every_n_steps
-            tokens_per_s = global_tokens * steps_timed / max(elapsed, 1e-9)
-            tick = time.perf_counter()
+            tokens_per_s = global_tokens * (step - logged) / max(elapsed, 1e-9)
+            tick, logged = time.perf_counter(), step
             row = {"step": step, "loss": float(reported) / dp_size, "grad_norm": float(grad_norm.full_tensor()
                    if hasattr(grad_norm, "full_tensor") else grad_norm),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
