@@ -42,7 +42,8 @@ on_system_nodes = [cluster.system_nodes, cluster.pod_identity_agent]
 # -- Karpenter and its pools --------------------------------------------------------------
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cfg.cluster_name, cluster_ready=cluster.identity.cluster_name, region=cfg.region,
-    identity=cluster.identity, provider=cluster.provider, depends_on=on_system_nodes, tags=tags))
+    identity=cluster.identity, provider=cluster.provider, depends_on=on_system_nodes, tags=tags,
+    reserved_capacity=any(p.uses_reservations for p in cfg.node_pools)))
 pools = NodePools("pools", NodePoolsArgs(
     pools=cfg.node_pools, pool_zone_ids=pool_zone_ids, cluster_name=cfg.cluster_name,
     node_role_name=karpenter.node_role.name, cluster_security_group_id=cluster.cluster_security_group_id,
@@ -75,6 +76,7 @@ pulumi.export("oidcProviderArn", cluster.identity.oidc_provider_arn)
 pulumi.export("oidcIssuer", cluster.identity.oidc_issuer)
 pulumi.export("availabilityZoneIds", az_ids)
 pulumi.export("nodePools", pools.scheduling)
+pulumi.export("neuronTracks", pools.tracks)
 pulumi.export("sharedStorage", {"pvcName": storage.pvc_name, "namespace": storage.pvc_namespace,
                                 "mountPath": storage.mount_path, "fileSystemId": storage.file_system.id})
 pulumi.export("workloadNamespace", storage.pvc_namespace)

@@ -22,6 +22,19 @@ INTERRUPTION_EVENTS = {
     "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
     "instance-state-change": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
 }
+# Interruption warnings for instances in capacity reservations (interruptible ODCRs, and
+# Capacity Blocks nearing their end): upstream's CloudFormation CapacityReservationInterruptionRule,
+# aws/karpenter-provider-aws@1d927085 (v1.14.1 docs) website/content/en/v1.14/getting-started/
+# getting-started-with-karpenter/cloudformation.yaml. Wired when a pool uses reservations.
+RESERVATION_INTERRUPTION_EVENTS = {
+    "capacity-reservation-interruption": {
+        "source": ["aws.ec2"], "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
+}
+
+
+def interruption_events(reserved_capacity: bool) -> dict[str, dict]:
+    """EventBridge patterns the interruption queue receives."""
+    return {**INTERRUPTION_EVENTS, **(RESERVATION_INTERRUPTION_EVENTS if reserved_capacity else {})}
 
 
 def interruption_queue_policy(queue_arn: str) -> dict:
@@ -57,6 +70,7 @@ class KarpenterArgs:
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
     tags: dict[str, str]
+    reserved_capacity: bool = False  # some pool launches into ODCRs or Capacity Blocks
 
 
 class Karpenter(pulumi.ComponentResource):
@@ -78,7 +92,7 @@ class Karpenter(pulumi.ComponentResource):
         aws.sqs.QueuePolicy(f"{name}-interruption", queue_url=self.queue.url,
                             policy=self.queue.arn.apply(lambda arn: json.dumps(interruption_queue_policy(arn))),
                             opts=child)
-        for event, pattern in INTERRUPTION_EVENTS.items():
+        for event, pattern in interruption_events(args.reserved_capacity).items():
             rule = aws.cloudwatch.EventRule(f"{name}-{event}", event_pattern=json.dumps(pattern),
                                             description=f"Karpenter interruption: {event}", tags=args.tags, opts=child)
             aws.cloudwatch.EventTarget(f"{name}-{event}", rule=rule.name, arn=self.queue.arn, opts=child)
