@@ -365,8 +365,9 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[N
         r.finish()
         where = f"nodePools[{i}] ({name})"
         if not allowed_types and catalog.family_not_offered(family):
+            usable = [f for f in FAMILIES if catalog.instance_types_of(f)]
             problems.append(f"{where}.family: {family} cannot be used: {catalog.family_not_offered(family)}; "
-                            f"families with instance types: {', '.join(f for f in FAMILIES if catalog.instance_types_of(f))}")
+                            f"families with instance types: {', '.join(usable)}")
             continue
         if not types:
             if "instanceTypes" in (item or {}):
