@@ -122,7 +122,7 @@ def family_in_region(family: str, region: str) -> bool:
 
 def known_regions() -> tuple[str, ...]:
     """Regions this repository has offering data for (offline render and validation)."""
-    return tuple(sorted(_offerings()))
+    return tuple(sorted(r for r in _offerings() if not r.startswith("_")))  # "_comment" is no region
 
 
 def zone_ids(region: str) -> tuple[str, ...]:
