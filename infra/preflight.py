@@ -12,6 +12,8 @@ whose `platformStack` points at it:
   vCPU quotas              Service Quotas GetServiceQuota for the Trn/Inf (and Standard)
                            On-Demand and Spot quotas against the pools' Karpenter limits
   capacity reservations    EC2 DescribeCapacityReservations: exists, active, type, AZ
+  Neuron capacity          EC2 DescribeInstanceTypes: each accelerator type reports NeuronInfo
+                           (Karpenter sizes aws.amazon.com/neuron from it)
   Capacity Blocks          the same call for each capacityBlockIds entry: a Capacity Block,
                            started and not ended (dates printed), instance type, AZ, its
                            prepaid cost at the price file's block rate
@@ -249,6 +251,35 @@ def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, 
     if res.get("EndDate"):
         summary += f", ends {res['EndDate']}"
     return Finding(check, status, "; ".join([summary] + problems), "; ".join(fixes))
+
+
+# --------------------------------------------------------------------------- pure: Neuron capacity
+
+
+def neuron_capacity_findings(cfg: PlatformConfig, neuron_info: dict[str, dict | None]) -> list[Finding]:
+    """`neuron_info` maps each accelerator type to its DescribeInstanceTypes NeuronInfo (None:
+    absent). Karpenter computes a type's aws.amazon.com/neuron and neuroncore capacity from it
+    (karpenter-provider-aws v1.14.1 pkg/providers/instancetype/types.go, awsNeuronDevices):
+    without it no pod asking for Neuron devices makes Karpenter launch that type."""
+    out = []
+    for pool in cfg.accelerator_pools:
+        described = [t for t in pool.instance_types if t in neuron_info]
+        missing = [t for t in described if not neuron_info[t]]
+        check = f"neuron capacity: {pool.name}"
+        if not described:
+            out.append(Finding(check, WARN, f"EC2 could not describe {', '.join(pool.instance_types)} in {cfg.region}",
+                               "see the offerings row of this pool"))
+            continue
+        if not missing:
+            devices = {t: sum(d.get("Count", 0) for d in neuron_info[t].get("NeuronDevices", [])) for t in described}
+            out.append(Finding(check, PASS, "; ".join(f"{t}: {n} Neuron devices" for t, n in devices.items())))
+            continue
+        status = FAIL if len(missing) == len(described) else WARN
+        out.append(Finding(check, status, f"EC2 reports no NeuronInfo for {', '.join(missing)}: Karpenter sees no "
+                                          f"aws.amazon.com/neuron on them and will not launch them for Neuron pods",
+                           f"remove {', '.join(missing)} from nodePools ({pool.name}).instanceTypes, or ask AWS "
+                           f"support whether the type is fully enabled for this account"))
+    return out
 
 
 # --------------------------------------------------------------------------- pure: Capacity Blocks
@@ -540,6 +571,23 @@ def fetch_quotas(quotas: Any, codes: list[str]) -> dict[str, float | str]:
     return out
 
 
+def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
+    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes. A type the region
+    does not know fails a batched call: then each type is asked alone, and one EC2 cannot
+    describe is left out (the offerings rows report it)."""
+    types = sorted(set(instance_types))
+    try:
+        items = list(aws_ops.paginate(ec2, "describe_instance_types", "InstanceTypes", InstanceTypes=types))
+    except ClientError:
+        items = []
+        for t in types:
+            try:
+                items += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
+            except ClientError:
+                continue
+    return {item["InstanceType"]: item.get("NeuronInfo") for item in items}
+
+
 def fetch_reservations(ec2: Any, ids: list[str]) -> dict[str, dict | None]:
     """DescribeCapacityReservations per id (one unknown id fails a batched call); None when absent."""
     out: dict[str, dict | None] = {}
@@ -585,6 +633,10 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     offerings = fetch_offerings(clients.ec2, [t for p in cfg.node_pools for t in p.instance_types])
     offer, chosen = offering_findings(cfg, offerings, set(zone_ids_by_name.values()))
     findings += offer
+
+    accelerator_types = [t for p in cfg.accelerator_pools for t in p.instance_types]
+    if accelerator_types:
+        findings += neuron_capacity_findings(cfg, fetch_neuron_info(clients.ec2, accelerator_types))
 
     needs = quota_needs(cfg)
     codes = sorted({QUOTA_CODES[k][0] for k in needs})

@@ -175,8 +175,8 @@ def test_whole_run_on_the_trn2_stack(aws_env):
     assert rows["offerings: trn2-efa"].detail.startswith("AZ IDs use2-az1, use2-az2: trn2.48xlarge in use2-az1, "
                                                          "use2-az2, use2-az3")
     assert rows[f"capacity block: {rid}"].detail.startswith("Capacity Block active, trn2.48xlarge x4 in use2-az1")
-    assert {"GetCallerIdentity", "DescribeInstanceTypeOfferings", "DescribeCapacityReservations",
-            "GetServiceQuota"} <= set(calls)
+    assert {"GetCallerIdentity", "DescribeInstanceTypeOfferings", "DescribeInstanceTypes",
+            "DescribeCapacityReservations", "GetServiceQuota"} <= set(calls)
     assert all(c.startswith(READ_ONLY) for c in calls)
 
 
@@ -192,3 +192,23 @@ def test_whole_run_blocks_on_a_block_that_has_not_started(aws_env):
     assert preflight.has_blocking(findings)
     (block,) = [f for f in findings if f.status != "PASS"]
     assert block.check == f"capacity block: {rid}" and "2026-12-08 11:30 UTC to 2026-12-22 11:30 UTC" in block.detail
+
+
+def test_neuron_capacity_comes_from_ec2_describe_instance_types(aws_env, tmp_path):
+    """moto serves EC2's recorded DescribeInstanceTypes: trn2u.48xlarge has no NeuronInfo there,
+    so Karpenter would never launch it for a pod asking for aws.amazon.com/neuron."""
+    def edit(config):
+        pools = config["trn-platform:nodePools"]
+        pools[0]["instanceTypes"] = ["trn2.48xlarge", "trn2u.48xlarge"]
+        pools[1].update(instanceTypes=["trn2u.48xlarge"], capacityBlockIds=[block_id("active")])
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "ultra", edit), "ultra")
+    info = preflight.fetch_neuron_info(boto3.client("ec2", region_name="us-east-2"),
+                                       ["trn2.48xlarge", "trn2u.48xlarge", "trn1.32xlarge"])
+    assert info["trn2.48xlarge"]["NeuronDevices"][0]["Count"] == 16 and info["trn2u.48xlarge"] is None
+    rows = {f.check: f for f in preflight.neuron_capacity_findings(cfg, info)}
+    assert rows["neuron capacity: trn2-efa"].status == "WARN"
+    assert "EC2 reports no NeuronInfo for trn2u.48xlarge" in rows["neuron capacity: trn2-efa"].detail
+    assert rows["neuron capacity: trn2-block"].status == "FAIL"
+    assert "remove trn2u.48xlarge from nodePools (trn2-block).instanceTypes" in rows["neuron capacity: trn2-block"].fix
+    ok = preflight.neuron_capacity_findings(load_stack_file(ROOT, STACK), info)
+    assert [(f.status, f.detail) for f in ok] == [("PASS", "trn2.48xlarge: 16 Neuron devices")] * 2
