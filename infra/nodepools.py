@@ -43,7 +43,11 @@ NEURON_TRACKS = ("xla", "native")
 
 # Where the Neuron runtime on an EKS node reads its LNC setting: Neuron docs
 # (aws-neuron/aws-neuron-sdk@81ce03ae deploy/eks/prerequisites.rst, "Trn2 LNC configuration")
-# set it from the node's user data in /opt/aws/neuron/logical_nc_config.
+# set it from the node's user data in /opt/aws/neuron/logical_nc_config (the Neuron device
+# plugin DaemonSet mounts the host's /opt/aws: neuron-helm-chart values.yaml, devicePlugin.volumes
+# "aws-config"). Karpenter itself models aws.amazon.com/neuroncore as the physical count
+# (karpenter-provider-aws v1.14.1 pkg/providers/instancetype/types.go, awsNeuronCores), so
+# workloads size themselves from the exported logical count, not from Karpenter's.
 LNC_CONFIG_FILE = "/opt/aws/neuron/logical_nc_config"
 
 

@@ -15,11 +15,9 @@ import pytest
 
 from infra import catalog, config, cost, karpenter, nodepools
 from infra.config import ConfigError, NodePoolConfig
-from infra.validation import validate_objects
 from tests.platform_helpers import assert_rejected_before_any_resource, rendered_platform, stack_config
-from tests.test_platform_specs import as_object, nodeclass
+from tests.test_platform_specs import assert_valid_karpenter_objects, nodeclass
 
-KUBE = "1.34"
 STACK = "dev-trn2-use2"
 TRN2_TYPES = ("trn2.48xlarge", "trn2u.48xlarge")
 # EC2 DescribeInstanceTypes answers as moto 5.2.5 recorded them from EC2: an independent
@@ -195,12 +193,7 @@ def test_trn2_stack_with_a_bad_lnc_fails_before_any_resource(tmp_path):
 @pytest.mark.parametrize("p", [trn2_pool(), trn2_pool(lnc=1), BLOCK, BLOCK_THEN_ON_DEMAND, ULTRASERVER],
                          ids=lambda p: f"{p.name}-lnc{p.lnc}")
 def test_trn2_specs_are_valid_karpenter_objects_with_cel(p):
-    objs = [("spec", as_object("NodePool", p.name, nodepools.nodepool_spec(p, zone_ids=["use2-az1", "use2-az2"]))),
-            ("spec", as_object("EC2NodeClass", p.name, nodeclass(p)))]
-    report = validate_objects(objs, KUBE)
-    assert report.ok, "\n".join(map(str, report.issues))
-    assert report.checked == {"karpenter.k8s.aws/v1/EC2NodeClass": 1, "karpenter.sh/v1/NodePool": 1}
-    assert report.cel_evaluated > 10
+    assert_valid_karpenter_objects(p, ["use2-az1", "use2-az2"])
 
 
 def test_lnc_is_written_on_the_node_where_the_neuron_runtime_reads_it():
