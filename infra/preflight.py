@@ -358,6 +358,11 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
                         f"{', '.join(pool_zones) or 'none'}")
         fixes.append(f"add {az_id} to network.availabilityZoneIds")
     count = res.get("TotalInstanceCount", 0)
+    if status == PASS and count > pool.max_nodes:
+        status = WARN
+        problems.append(f"the pool's maxNodes {pool.max_nodes} leaves {count - pool.max_nodes} of its {count} "
+                        f"prepaid instances unused")
+        fixes.append(f"set nodePools ({pool.name}).maxNodes to at least {count}")
     summary = f"Capacity Block {state}, {itype} x{count} in {az_id}, {dates}"
     if start and end:
         hours = (end - start).total_seconds() / 3600

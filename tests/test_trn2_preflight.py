@@ -212,3 +212,14 @@ def test_neuron_capacity_comes_from_ec2_describe_instance_types(aws_env, tmp_pat
     assert "remove trn2u.48xlarge from nodePools (trn2-block).instanceTypes" in rows["neuron capacity: trn2-block"].fix
     ok = preflight.neuron_capacity_findings(load_stack_file(ROOT, STACK), info)
     assert [(f.status, f.detail) for f in ok] == [("PASS", "trn2.48xlarge: 16 Neuron devices")] * 2
+
+
+def test_a_block_larger_than_the_pool_warns_about_unused_prepaid_instances(tmp_path):
+    def edit(config):
+        config["trn-platform:nodePools"][BLOCK_POOL].update(maxNodes=2, capacityBlockIds=[block_id("active")])
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "small", edit), "small")
+    res = answer("active")["CapacityReservations"][0]
+    (row,) = preflight.capacity_block_findings(cfg, {res["CapacityReservationId"]: res},
+                                               {"trn2.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
+    assert row.status == "WARN" and "maxNodes 2 leaves 2 of its 4 prepaid instances unused" in row.detail
+    assert "set nodePools (trn2-block).maxNodes to at least 4" in row.fix
