@@ -13,7 +13,8 @@ import botocore.session
 import moto
 import pytest
 
-from infra import catalog, config, cost, karpenter, nodepools
+from infra import catalog, config, karpenter, nodepools
+from trnctl import cost
 from infra.config import ConfigError, NodePoolConfig
 from tests.platform_helpers import assert_rejected_before_any_resource, rendered_platform, stack_config
 from tests.test_platform_specs import assert_valid_karpenter_objects, nodeclass

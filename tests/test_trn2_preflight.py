@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from infra import cost, preflight
+from trnctl import cost, preflight
 from infra.config import load_stack_file
 from tests.test_preflight import READ_ONLY, stack_file, stubbed_quotas
 
