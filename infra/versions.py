@@ -52,8 +52,31 @@ EKS_ADDONS = {
 SUPPORTED_KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34")
 
 _NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
+NEURON_TRACKS = ("xla", "native")
+
+
+def _neuron_pins() -> dict:
+    return json.loads(_NEURON_PIN_FILE.read_text())
+
+
+def neuron_track(name: str) -> dict:
+    """One Neuron software track of images/neuron-sdk.json (SDK, torch, Python, base images,
+    the instance families it runs on), with the images' uid."""
+    pins = _neuron_pins()
+    if name not in pins["tracks"]:
+        raise KeyError(f"Neuron track {name!r} is not in {_NEURON_PIN_FILE.name}; allowed values: "
+                       f"{', '.join(sorted(pins['tracks']))}")
+    return {**pins["tracks"][name], "uid": pins["uid"]}
+
+
+def neuron_track_for_family(family: str) -> str | None:
+    """The track whose images run on an instance family (`trn2`), or None (CPU, unknown)."""
+    for name, track in _neuron_pins()["tracks"].items():
+        if family in track["families"]:
+            return name
+    return None
 
 
 def neuron_sdk() -> dict:
-    """The images' Neuron SDK pin (images/neuron-sdk.json), the one source for every image."""
-    return json.loads(_NEURON_PIN_FILE.read_text())
+    """The xla track's pin (trn1/trn1n/inf2), the one source for the images the existing stacks run."""
+    return neuron_track("xla")
