@@ -37,10 +37,6 @@ RESERVATION_TYPE_KEY = "karpenter.k8s.aws/capacity-reservation-type"
 KARPENTER_CAPACITY_TYPE = {"on-demand": "on-demand", "spot": "spot", "reserved": "reserved",
                            "capacity-block": "reserved"}
 
-# The Neuron software tracks of images/neuron-sdk.json: PyTorch/XLA (trn1/trn1n/inf2) and
-# native PyTorch on Neuron (trn2/trn3). The `neuronTracks` output always names both.
-NEURON_TRACKS = ("xla", "native")
-
 # Where the Neuron runtime on an EKS node reads its LNC setting: Neuron docs
 # (aws-neuron/aws-neuron-sdk@81ce03ae deploy/eks/prerequisites.rst, "Trn2 LNC configuration")
 # set it from the node's user data in /opt/aws/neuron/logical_nc_config (the Neuron device
@@ -183,7 +179,7 @@ def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
 
 def neuron_tracks(pools: tuple[NodePoolConfig, ...]) -> dict[str, list[str]]:
     """{track: the accelerator pools its images run on}, every track named (maybe empty)."""
-    out: dict[str, list[str]] = {name: [] for name in NEURON_TRACKS}
+    out: dict[str, list[str]] = {name: [] for name in versions.NEURON_TRACKS}
     for pool in pools:
         track = pool_track(pool)
         if track:
