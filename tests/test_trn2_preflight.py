@@ -223,3 +223,14 @@ def test_a_block_larger_than_the_pool_warns_about_unused_prepaid_instances(tmp_p
                                                {"trn2.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
     assert row.status == "WARN" and "maxNodes 2 leaves 2 of its 4 prepaid instances unused" in row.detail
     assert "set nodePools (trn2-block).maxNodes to at least 4" in row.fix
+
+
+def test_a_block_listed_as_an_odcr_points_to_capacity_block_ids(tmp_path):
+    from tests.test_preflight import RESERVATIONS, _reserved_config
+
+    res = RESERVATIONS["scheduled_block"]["CapacityReservations"][0]
+    cfg = _reserved_config(tmp_path, [res["CapacityReservationId"]])
+    (row,) = preflight.reservation_findings(cfg, {res["CapacityReservationId"]: res},
+                                            {"trn1.32xlarge": {"usw2-az1"}}, ["usw2-az1"], {})
+    assert row.status == "WARN"
+    assert "list it under nodePools (trn1-efa).capacityBlockIds (capacity type capacity-block)" in row.fix

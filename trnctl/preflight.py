@@ -248,6 +248,9 @@ def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, 
         problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
                         f"{', '.join(pool_zones) or 'none'}")
         fixes.append(f"add {az_id} to network.availabilityZoneIds")
+    if kind == "Capacity Block":
+        fixes.append(f"list it under nodePools ({pool.name}).capacityBlockIds (capacity type capacity-block) "
+                     f"to have its dates and cost checked")
     summary = (f"{kind} {state}, {itype} x{res.get('TotalInstanceCount', '?')} "
                f"({res.get('AvailableInstanceCount', '?')} free) in {az_id}")
     if res.get("EndDate"):
