@@ -42,8 +42,7 @@ on_system_nodes = [cluster.system_nodes, cluster.pod_identity_agent]
 # -- Karpenter and its pools --------------------------------------------------------------
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cfg.cluster_name, cluster_ready=cluster.identity.cluster_name, region=cfg.region,
-    identity=cluster.identity, provider=cluster.provider, depends_on=on_system_nodes, tags=tags,
-    reserved_capacity=any(p.uses_reservations for p in cfg.node_pools)))
+    identity=cluster.identity, provider=cluster.provider, depends_on=on_system_nodes, tags=tags))
 pools = NodePools("pools", NodePoolsArgs(
     pools=cfg.node_pools, pool_zone_ids=pool_zone_ids, cluster_name=cfg.cluster_name,
     node_role_name=karpenter.node_role.name, cluster_security_group_id=cluster.cluster_security_group_id,
@@ -58,8 +57,8 @@ storage = SharedStorage("storage", SharedStorageArgs(
     depends_on=on_system_nodes, tags=tags))
 accel_limits = [p.limits for p in cfg.accelerator_pools]
 addons = Addons("addons", AddonsArgs(
-    provider=cluster.provider, depends_on=on_system_nodes,
-    queue_capability=default_queue_spec(
+    provider=cluster.provider, depends_on=on_system_nodes, region=cfg.region,
+    kubernetes_version=cfg.kubernetes_version, queue_capability=default_queue_spec(
         cpu_limit=sum(int(lim["cpu"]) for lim in accel_limits),
         memory_gib_limit=sum(int(lim["memory"].removesuffix("Gi")) for lim in accel_limits),
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))

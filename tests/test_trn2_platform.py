@@ -13,7 +13,7 @@ import botocore.session
 import moto
 import pytest
 
-from infra import catalog, config, karpenter, nodepools
+from infra import catalog, config, nodepools
 from trnctl import cost
 from infra.config import ConfigError, NodePoolConfig
 from tests.platform_helpers import assert_rejected_before_any_resource, rendered_platform, stack_config
@@ -238,11 +238,6 @@ def test_scheduling_outputs_carry_lnc_logical_cores_and_track():
     assert (facts["lnc"], facts["neuronCoresPerNode"], facts["track"]) == (None, 32, "xla")
 
 
-def test_reservation_interruption_rule_only_with_reservations():
-    assert "EC2 Capacity Reservation Instance Interruption Warning" in json.dumps(karpenter.interruption_events(True))
-    assert karpenter.interruption_events(False) == karpenter.INTERRUPTION_EVENTS
-
-
 # --------------------------------------------------------------------------- the stack
 
 
@@ -270,9 +265,6 @@ def test_trn2_stack_nodeclasses_and_interruption_rule():
         "source": ["aws.ec2"], "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]}
     target = result.one("aws:cloudwatch/eventTarget:EventTarget", "karpenter-capacity-reservation-interruption")
     assert target.inputs["arn"] == result.one("aws:sqs/queue:Queue", "karpenter-interruption").state["arn"]
-    # stacks without reservations keep exactly their four rules
-    assert "karpenter-capacity-reservation-interruption" not in {
-        r.name for r in rendered_platform("dev-usw2").by_type("aws:cloudwatch/eventRule:EventRule")}
 
 
 def test_trn2_stack_cost_prices_the_block_pool_at_the_block_rate():

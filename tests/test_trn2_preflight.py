@@ -161,7 +161,7 @@ def test_whole_run_on_the_trn2_stack(aws_env):
     cfg = load_stack_file(ROOT, STACK)
     (rid,) = cfg.pool("trn2-block").capacity_block_ids
     calls: list[str] = []
-    clients = preflight.Clients.for_region("us-east-2", calls)
+    clients = preflight.Clients.for_region("us-east-2", calls, public_ip=lambda: "203.0.113.9")
     clients.quotas, quota_stub = stubbed_quotas(ENOUGH, calls)
     recorded, block_stub = stubbed_reservations({rid: answer("active", rid)}, calls)
     clients.ec2 = OfferingsFromMotoReservationsFromRecordings(clients.ec2, recorded)
@@ -183,7 +183,7 @@ def test_whole_run_on_the_trn2_stack(aws_env):
 def test_whole_run_blocks_on_a_block_that_has_not_started(aws_env):
     cfg = load_stack_file(ROOT, STACK)
     (rid,) = cfg.pool("trn2-block").capacity_block_ids
-    clients = preflight.Clients.for_region("us-east-2")
+    clients = preflight.Clients.for_region("us-east-2", public_ip=lambda: "203.0.113.9")
     clients.quotas, _ = stubbed_quotas(ENOUGH)
     recorded, _ = stubbed_reservations({rid: answer("scheduled", rid)})
     clients.ec2 = OfferingsFromMotoReservationsFromRecordings(clients.ec2, recorded)
