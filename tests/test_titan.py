@@ -1,70 +1,39 @@
-"""The TorchTitan workload stack: a Volcano Job gang on a native-track (trn2) pool, sized from
-the pool's logical NeuronCores at its LNC, checked before any resource is created.
-
-The trn2 platform stack (organization/trn-platform/dev-trn2-use2, the trn2 branch) is answered here by a test-local
-fake: the dev-usw2 platform outputs plus trn2/trn3 pools with the per-pool `lnc` and `track`
-outputs and the `neuronTracks` map the trn2 platform exports."""
+"""The TorchTitan workload stack: a Volcano Job gang on the trn2 pool of the dev-trn2-use2
+platform stack (native Neuron track), sized from the pool's logical NeuronCores at its LNC,
+checked before any resource is created."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 
 from trnctl.render import policy_violations, run_program, validate
-from tests.platform_helpers import REPO, project_with_stack, rendered_platform, stack_config, with_setting
+from tests.platform_helpers import (platform_refs, project_with_stack, rendered_platform, rendered_workload,
+                                    stack_config, with_setting)
 from workloads.errors import WorkloadConfigError
 
 STACK = "titan-pretrain-use2"
-PLATFORM = "organization/trn-platform/dev-trn2-use2"
+PLATFORM_STACK = "dev-trn2-use2"
 BASE = stack_config("workloads", STACK)
-
-
-def fake_trn2_platform() -> dict:
-    """Per-node facts of the fake pools: trn2.48xlarge 16 Trainium2 devices x 8 physical cores,
-    LNC 2 -> 64 logical cores; trn3 with LNC 1. Test values, not the catalog's."""
-    outputs = {**copy.deepcopy(rendered_platform("dev-usw2").outputs), "region": "us-east-2"}
-    template = outputs["nodePools"]["trn1-efa"]
-
-    def pool(name, instance, *, devices, cores, lnc, efa, max_nodes):
-        return {**copy.deepcopy(template), "instanceTypes": [instance], "neuronDevicesPerNode": devices,
-                "neuronCoresPerNode": cores, "efaPerNode": efa, "vcpuPerNode": 192, "memoryGiBPerNode": 2048,
-                "maxNodes": max_nodes, "lnc": lnc, "track": "native",
-                "nodeSelector": {"trn-platform/pool": name}}
-
-    outputs["nodePools"]["trn2-efa"] = pool("trn2-efa", "trn2.48xlarge", devices=16, cores=64, lnc=2, efa=16,
-                                        max_nodes=4)
-    outputs["nodePools"]["trn3-single"] = pool("trn3-single", "trn3.48xlarge", devices=16, cores=128,
-                                               lnc=1, efa=0, max_nodes=1)
-    for p in outputs["nodePools"].values():
-        p.setdefault("track", "xla" if p["neuronDevicesPerNode"] else None)
-        p.setdefault("lnc", None)
-    outputs["neuronTracks"] = {"xla": sorted(n for n, p in outputs["nodePools"].items() if p["track"] == "xla"),
-                               "native": ["trn2-efa", "trn3-single"]}
-    outputs["ecrRepositories"] = {**outputs["ecrRepositories"],
-                                  "titan": outputs["ecrRepositories"]["nemo"].rsplit("/", 1)[0] + "/titan"}
-    return outputs
-
-
-def refs() -> dict:
-    platform = rendered_platform("dev-usw2")
-    return {PLATFORM: {"outputs": fake_trn2_platform(), "secret": sorted(platform.secret_outputs)}}
 
 
 @pytest.fixture(scope="module")
 def rendered():
-    return run_program(REPO / "workloads", STACK, stack_references=refs())
+    return rendered_workload(STACK)
 
 
-def render_with(tmp_path, config: dict):
-    return run_program(project_with_stack(tmp_path, "workloads", "bad", config), "bad", stack_references=refs())
-
-
-def rejected(tmp_path, config: dict) -> str:
+def rejected(tmp_path, config: dict, refs: dict | None = None) -> str:
+    """The program fails on `config` with a workload config error and registers nothing."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    project = project_with_stack(tmp_path, "workloads", "bad", config)
     with pytest.raises(WorkloadConfigError) as err:
-        render_with(tmp_path, config)
+        run_program(project, "bad", stack_references=refs or platform_refs(PLATFORM_STACK))
     assert err.value.registered_resources == 0
     return str(err.value)
+
+
+def trn2_pool(name: str = "trn2-efa") -> dict:
+    return rendered_platform(PLATFORM_STACK).outputs["nodePools"][name]
 
 
 def test_gang_job_takes_whole_trn2_nodes(rendered):
@@ -76,7 +45,8 @@ def test_gang_job_takes_whole_trn2_nodes(rendered):
     assert spec["schedulerName"] == "volcano" and spec["minAvailable"] == 4
     assert spec["plugins"] == {"pytorch": ["--master=master", "--worker=worker", "--port=23456"], "svc": []}
     assert [(t["name"], t["replicas"]) for t in spec["tasks"]] == [("master", 1), ("worker", 3)]
-    pool = fake_trn2_platform()["nodePools"]["trn2-efa"]
+    pool = trn2_pool()
+    assert pool["lnc"] == 2 and pool["neuronCoresPerNode"] == 64 and pool["track"] == "native"
     for task in spec["tasks"]:
         pod = task["template"]["spec"]
         assert pod["nodeSelector"] == pool["nodeSelector"] and pod["tolerations"] == pool["tolerations"]
@@ -87,7 +57,7 @@ def test_gang_job_takes_whole_trn2_nodes(rendered):
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["NEURON_LOGICAL_NC_CONFIG"] == "2" and env["NEURON_SDK_VERSION"] == "2.34.0"
         assert env["NEURON_COMPILE_CACHE_URL"] == "/shared/neuron-cache"
-        claim = fake_trn2_platform()["sharedStorage"]["pvcName"]
+        claim = rendered_platform(PLATFORM_STACK).outputs["sharedStorage"]["pvcName"]
         assert {"name": "shared", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
     assert rendered.outputs["worldSize"] == 256
 
@@ -120,7 +90,7 @@ def titan(key, value) -> dict:
     ("run.fsdp_size", 7, "titan.run.fsdp_size: fsdp_size 7 x tensor_parallel_size 8 must equal the world size 256"),
     ("run.processes_per_node", 8, "titan.run.processes_per_node: set by the stack"),
     ("run.model_flavor", "7B", "allowed values: debugmodel, 1B, 3B, 8B, 70B, 405B"),
-    ("pool", "trn3-single", "titan.pool: 'trn3-single' has no EFA; 4 nodes need an EFA pool: trn1-efa, trn2-efa"),
+    ("pool", "cpu", "titan.pool: pool 'cpu' is a CPU pool; allowed values: trn2-block, trn2-efa"),
     ("pool", "nope", "titan.pool: pool 'nope' does not exist"),
 ])
 def test_bad_titan_config_fails_before_any_resource(tmp_path, key, value, message):
@@ -135,7 +105,7 @@ def test_the_rendered_job_passes_checkov(rendered, tmp_path):
     import yaml
 
     write_outputs(rendered, tmp_path / STACK)
-    write_outputs(rendered_platform("dev-usw2"), tmp_path / "platform")  # its namespace NetworkPolicy
+    write_outputs(rendered_platform(PLATFORM_STACK), tmp_path / "platform")  # its namespace NetworkPolicy
     for f in tmp_path.glob("*/helm/*"):
         f.unlink()
     # The Job skips the pod checks checkov cannot see through (spec.tasks): each task's pod

@@ -1,8 +1,13 @@
 """Two Neuron software tracks pinned in images/neuron-sdk.json: every image and every workload
 declares one, and a workload stack that puts a track on hardware that does not run it fails
-before any resource, naming the key, the pool and the pools that would work."""
+before any resource, naming the key, the pool and the pools that would work.
+
+The mismatch cases run against a test-local mixed platform (the dev-usw2 outputs plus trn2
+and trn3 pools with `lnc`/`track` and the `neuronTracks` map), so the message lists pools
+of the other track; the real single-track platforms are checked too."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -10,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from infra import catalog, versions
-from tests.platform_helpers import stack_config, with_setting
-from tests.test_titan import PLATFORM, rejected
+from tests.platform_helpers import platform_refs, rendered_platform, stack_config, with_setting
+from tests.test_titan import rejected
 from workloads import registry
 from workloads.common import build_args
 from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WORKLOAD_TRACKS, WORKLOADS
 
+PLATFORM = "organization/trn-platform/mixed-use2"  # the test-local mixed platform below
 PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
 VERSION = re.compile(r"^\d+\.\d+\.\d+")
 
@@ -50,6 +56,37 @@ def test_every_workload_and_every_image_declares_a_track():
     assert "LABEL trn-platform/neuron-track=${TRACK}" in (PIN_FILE.parent / "titan" / "Dockerfile").read_text()
 
 
+def fake_trn2_platform() -> dict:
+    """Per-node facts of the fake pools: trn2.48xlarge 16 Trainium2 devices x 8 physical cores,
+    LNC 2 -> 64 logical cores; trn3 with LNC 1. Test values, not the catalog's."""
+    outputs = {**copy.deepcopy(rendered_platform("dev-usw2").outputs), "region": "us-east-2"}
+    template = outputs["nodePools"]["trn1-efa"]
+
+    def pool(name, instance, *, devices, cores, lnc, efa, max_nodes):
+        return {**copy.deepcopy(template), "instanceTypes": [instance], "neuronDevicesPerNode": devices,
+                "neuronCoresPerNode": cores, "efaPerNode": efa, "vcpuPerNode": 192, "memoryGiBPerNode": 2048,
+                "maxNodes": max_nodes, "lnc": lnc, "track": "native",
+                "nodeSelector": {"trn-platform/pool": name}}
+
+    outputs["nodePools"]["trn2-efa"] = pool("trn2-efa", "trn2.48xlarge", devices=16, cores=64, lnc=2, efa=16,
+                                        max_nodes=4)
+    outputs["nodePools"]["trn3-single"] = pool("trn3-single", "trn3.48xlarge", devices=16, cores=128,
+                                               lnc=1, efa=0, max_nodes=1)
+    for p in outputs["nodePools"].values():
+        p.setdefault("track", "xla" if p["neuronDevicesPerNode"] else None)
+        p.setdefault("lnc", None)
+    outputs["neuronTracks"] = {"xla": sorted(n for n, p in outputs["nodePools"].items() if p["track"] == "xla"),
+                               "native": ["trn2-efa", "trn3-single"]}
+    outputs["ecrRepositories"] = {**outputs["ecrRepositories"],
+                                  "titan": outputs["ecrRepositories"]["nemo"].rsplit("/", 1)[0] + "/titan"}
+    return outputs
+
+
+def mixed_refs() -> dict:
+    platform = rendered_platform("dev-usw2")
+    return {PLATFORM: {"outputs": fake_trn2_platform(), "secret": sorted(platform.secret_outputs)}}
+
+
 def on_fake_trn2(stack: str, section: str, key: str, value) -> dict:
     cfg = with_setting(stack_config("workloads", stack), section, key, value)
     cfg["trn-workloads:platformStack"] = PLATFORM
@@ -57,8 +94,8 @@ def on_fake_trn2(stack: str, section: str, key: str, value) -> dict:
     return cfg
 
 
-XLA_POOLS = "pools of platform stack organization/trn-platform/dev-trn2-use2 that would work: inf2, trn1-efa, trn1-single"
-NATIVE_POOLS = "pools of platform stack organization/trn-platform/dev-trn2-use2 that would work: trn2-efa, trn3-single"
+XLA_POOLS = "pools of platform stack organization/trn-platform/mixed-use2 that would work: inf2, trn1-efa, trn1-single"
+NATIVE_POOLS = "pools of platform stack organization/trn-platform/mixed-use2 that would work: trn2-efa, trn3-single"
 
 
 @pytest.mark.parametrize("stack,section,key,pool,message", [
@@ -76,7 +113,7 @@ NATIVE_POOLS = "pools of platform stack organization/trn-platform/dev-trn2-use2 
 ])
 def test_a_track_on_hardware_that_does_not_run_it_fails_before_any_resource(tmp_path, stack, section, key, pool,
                                                                                message):
-    text = rejected(tmp_path, on_fake_trn2(stack, section, key, pool))
+    text = rejected(tmp_path, on_fake_trn2(stack, section, key, pool), mixed_refs())
     assert message in text
     assert (XLA_POOLS if "xla track" in text.split("needs the")[1][:10] else NATIVE_POOLS) in text
 
@@ -85,9 +122,29 @@ def test_a_platform_without_track_outputs_gets_them_from_its_instance_families()
     from tests.platform_helpers import rendered_platform
     from workloads.platform import parse_platform_outputs
 
-    outputs = rendered_platform("dev-usw2").outputs
-    assert "neuronTracks" not in outputs and all("track" not in p for p in outputs["nodePools"].values())
+    current = rendered_platform("dev-usw2").outputs
+    # A platform rendered before the track outputs existed: no neuronTracks, no per-pool track.
+    outputs = {k: v for k, v in copy.deepcopy(current).items() if k != "neuronTracks"}
+    for p in outputs["nodePools"].values():
+        p.pop("track", None)
     platform = parse_platform_outputs("organization/trn-platform/dev-usw2", outputs, kubeconfig="stand-in")
     assert {n: p.track for n, p in platform.pools.items()} == {
         n: (None if p["neuronDevicesPerNode"] == 0 else "xla") for n, p in outputs["nodePools"].items()}
     assert platform.neuron_tracks == {"xla": sorted(n for n, p in platform.pools.items() if p.track)}
+    assert {n: p["track"] for n, p in current["nodePools"].items()} == {n: p.track for n, p in platform.pools.items()}
+
+
+def test_on_a_single_track_platform_the_message_says_what_pool_to_add(tmp_path):
+    titan_on_trn1 = with_setting(stack_config("workloads", "titan-pretrain-use2"), "trn-workloads:titan", "pool",
+                                 "trn1-efa")
+    titan_on_trn1.update({"trn-workloads:platformStack": "organization/trn-platform/dev-usw2", "aws:region": "us-west-2"})
+    assert ("titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; this workload needs the native "
+            "track (trn2, trn3); pools of platform stack organization/trn-platform/dev-usw2 that would work: none "
+            "(add a trn2, trn3 pool to the platform)") in rejected(tmp_path / "a", titan_on_trn1, platform_refs("dev-usw2"))
+
+    nemo_on_trn2 = with_setting(stack_config("workloads", "nemo-pretrain-usw2"), "trn-workloads:nemo", "pool", "trn2-efa")
+    nemo_on_trn2.update({"trn-workloads:platformStack": "organization/trn-platform/dev-trn2-use2", "aws:region": "us-east-2"})
+    assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; this workload needs the xla "
+            "track (trn1, trn1n, inf2); pools of platform stack organization/trn-platform/dev-trn2-use2 that would "
+            "work: none (add a trn1, trn1n, inf2 pool to the platform)") in rejected(
+        tmp_path / "b", nemo_on_trn2, platform_refs("dev-trn2-use2"))
