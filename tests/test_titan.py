@@ -50,6 +50,7 @@ def test_gang_job_takes_whole_trn2_nodes(rendered):
     for task in spec["tasks"]:
         pod = task["template"]["spec"]
         assert pod["nodeSelector"] == pool["nodeSelector"] and pod["tolerations"] == pool["tolerations"]
+        assert pod["restartPolicy"] == "Never" and pod["activeDeadlineSeconds"] == 14 * 24 * 3600
         (c,) = pod["containers"]
         assert c["resources"]["limits"]["aws.amazon.com/neuron"] == "16"
         assert c["resources"]["limits"]["vpc.amazonaws.com/efa"] == "16"

@@ -102,7 +102,8 @@ def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: 
         return {"name": task_name, "replicas": replicas, "template": {
             "metadata": {"labels": labels(cfg, "train")},
             "spec": pod_spec(platform=platform, pool=pool, containers=[train], service_account=base.service_account,
-                             run_config=config_map, restart_policy="Never", shm_size="64Gi")}}
+                             run_config=config_map, restart_policy="Never", shm_size="64Gi",
+                             activeDeadlineSeconds=s.deadline_seconds)}}
 
     tasks = [task(MASTER_TASK, 1)] + ([task(WORKER_TASK, s.nodes - 1)] if s.nodes > 1 else [])
     return {
