@@ -8,11 +8,13 @@ rank), so a resumed run reads exactly what the uninterrupted run would have read
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trn_workloads.dataprep.indexed import dataset_paths
+from trn_workloads.dataprep.pipeline import manifest_path
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,14 @@ class TokenSamples:
         if samples.num_samples < 1:
             raise ValueError(f"dataset_prefix: {dataset_prefix} holds {total} tokens, fewer than one sample of "
                              f"seq_len + 1 = {seq_len + 1}")
-        top = int(tokens.max())
-        if top >= vocab_size:
-            raise ValueError(f"dataset_prefix: token id {top} does not fit the model's vocabulary of {vocab_size}; "
-                             "tokenize with the model's tokenizer")
+        # Data prep records its tokenizer's vocabulary in the manifest: no scan of the whole stream.
+        manifest = manifest_path(dataset_prefix)
+        if manifest.exists():
+            tokenizer_vocab = int(json.loads(manifest.read_text())["vocab_size"])
+            if tokenizer_vocab > vocab_size:
+                raise ValueError(f"dataset_prefix: {dataset_prefix} was tokenized with a vocabulary of "
+                                 f"{tokenizer_vocab}, larger than the model's {vocab_size}; tokenize with the "
+                                 "model's tokenizer")
         return samples
 
     @property
