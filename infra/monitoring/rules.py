@@ -17,7 +17,6 @@ PRICE_METRIC = "trn_platform:instance_price_usd_per_hour"
 ACCELERATOR_COST_METRIC = "trn_platform:accelerator_cost_usd_per_hour"
 NODE_TYPE_LABEL = "label_node_kubernetes_io_instance_type"
 NODEPOOL_LABEL = "label_karpenter_sh_nodepool"
-README_ALERTS = "https://github.com/trn-platform/trn-platform/blob/main/README.md#alerts"
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Alert:
         return {"alert": self.name, "expr": self.expr, "for": self.for_,
                 "labels": {"severity": self.severity, "platform": "trn-platform"},
                 "annotations": {"summary": self.summary, "description": self.description,
-                                "action": self.action, "runbook_url": f"{README_ALERTS}"}}
+                                "action": self.action}}
 
 
 def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
