@@ -13,7 +13,7 @@ CHECKOV_VERSION := $(shell sed -n 's/^checkov==//p' requirements-checkov.txt 2>/
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup render render-all test bench clean
+.PHONY: setup promtool render render-all test bench clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,16 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP)
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
+# binaries are used: no Prometheus server is started (there is no init system to start it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+setup: $(STAMP) $(CHECKOV_STAMP) promtool
 
 render: $(STAMP)
 	$(PY) -m infra.render . $(STACK) --out $(OUT)/$(STACK)
