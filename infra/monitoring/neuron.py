@@ -61,6 +61,7 @@ def daemonset(*, image: str, accelerator_pools: list[str]) -> dict:
                     "tolerations": [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}],
                     "priorityClassName": "system-node-critical",
                     "automountServiceAccountToken": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                 },
             },
