@@ -230,3 +230,14 @@ def test_monitoring_off_creates_nothing_of_it(tmp_path):
     result = run_program(project, "off")
     assert "monitoring" not in result.outputs
     assert not [r for r in result.resources if "monitoring" in r.type or r.type == "trn:platform:Monitoring"]
+
+
+def test_readme_lists_every_alert_and_dashboard():
+    from infra.monitoring import rules
+    from tests.platform_helpers import REPO
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Monitoring"):readme.index("## Operations")]
+    for alert in rules.alerts(MonitoringConfig(alert_emails=("a@b.c",)), fsx_capacity_gib=1200):
+        assert f"| `{alert.name}`" in section
+    for d in dashboards.definitions():
+        assert f"| {d.title} |" in section
