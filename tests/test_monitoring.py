@@ -11,8 +11,12 @@ from infra import config, versions
 from infra.config import ConfigError, MonitoringConfig
 from infra.monitoring import dashboards, neuron, outputs, scrape, values
 from infra.render import run_program
-from tests.platform_helpers import (assert_rejected_before_any_resource, project_with_stack, rendered_platform,
-                                    stack_config)
+from tests.platform_helpers import (
+    assert_rejected_before_any_resource,
+    project_with_stack,
+    rendered_platform,
+    stack_config,
+)
 
 BASE = stack_config("platform", "dev-usw2")
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -50,8 +54,8 @@ BAD = {
     "volume": ({"prometheusStorageGiB": 2}, "monitoring.prometheusStorageGiB: must be 10 to 16384 (GiB)"),
     "p99": ({"servingP99LatencySeconds": 0}, "monitoring.servingP99LatencySeconds: must be greater than 0"),
     "topic": ({"snsTopicArn": "alerts"}, "monitoring.snsTopicArn: must be an SNS topic ARN"),
-    "workspace": ({"remoteWriteWorkspaceArn": "ws-1"}, "monitoring.remoteWriteWorkspaceArn: must be an Amazon Managed "
-                                                        "Service for Prometheus workspace ARN"),
+    "workspace": ({"remoteWriteWorkspaceArn": "ws-1"},
+                  "monitoring.remoteWriteWorkspaceArn: must be an Amazon Managed Service for Prometheus workspace ARN"),
     "workspace region": ({"remoteWriteWorkspaceArn": WORKSPACE.replace("us-west-2", "eu-west-1")},
                          "monitoring.remoteWriteWorkspaceArn: the workspace is in eu-west-1, the stack in us-west-2"),
     "email": ({"alertEmails": ["not-an-address"]}, "monitoring.alertEmails[0]: 'not-an-address' is not an e-mail"),
@@ -216,7 +220,7 @@ def test_remote_write_role_is_scoped_to_the_workspace(tmp_path):
     project = project_with_stack(tmp_path, "platform", "rw", with_monitoring(remoteWriteWorkspaceArn=WORKSPACE))
     result = run_program(project, "rw")
     spec = release(result, versions.KUBE_PROMETHEUS_STACK_CHART).inputs["values"]["prometheus"]["prometheusSpec"]
-    assert spec["remoteWrite"][0]["url"].endswith("/workspaces/ws-0123abcd-4567-89ef-0123-456789abcdef/api/v1/remote_write")
+    assert spec["remoteWrite"][0]["url"].endswith(f"/workspaces/{WORKSPACE.rsplit('/', 1)[1]}/api/v1/remote_write")
     policies = [json.loads(r.inputs["policy"]) for r in result.resources if r.type == "aws:iam/rolePolicy:RolePolicy"]
     [remote_write] = [s for p in policies for s in p["Statement"] if "aps:RemoteWrite" in s["Action"]]
     assert remote_write["Action"] == ["aps:RemoteWrite"] and remote_write["Resource"] == [WORKSPACE]

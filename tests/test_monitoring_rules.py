@@ -29,8 +29,8 @@ ALERTS = {a.name: a for a in rules.alerts(CFG, fsx_capacity_gib=FSX_GIB)}
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     if PROMTOOL is None:
-        pytest.fail("promtool not found: `make setup` installs Debian's prometheus package (apt-get install prometheus)")
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+        pytest.fail("promtool not found: `make setup` installs it (Debian package prometheus)")
+    return subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def write_rules(tmp_path: Path, groups: list[dict], name: str = "rules.yaml") -> Path:
@@ -134,7 +134,8 @@ NODE_LABELS = {"label_karpenter_sh_nodepool": "trn1-efa", "label_node_kubernetes
 CASES = {
     "NeuronHardwareErrors": {
         "input_series": [
-            {"series": 'hardware_ecc_events_total{node="bad", event_type="mem_ecc_uncorrected"}', "values": "0 0 0 1 1 1"},
+            {"series": 'hardware_ecc_events_total{node="bad", event_type="mem_ecc_uncorrected"}',
+             "values": "0 0 0 1 1 1"},
             {"series": 'hardware_ecc_events_total{node="ok", event_type="mem_ecc_corrected"}', "values": "0 1 2 3 4 5"},
             {"series": 'execution_errors_total{node="hw", error_type="hardware"}', "values": "0 0 2 2 2 2"},
             {"series": 'execution_errors_total{node="ok", error_type="numerical"}', "values": "0 3 6 9 9 9"},
@@ -142,7 +143,8 @@ CASES = {
         "alert_rule_test": [
             {"eval_time": "1m", "alertname": "NeuronHardwareErrors", "exp_alerts": []},
             {"eval_time": "5m", "alertname": "NeuronHardwareErrors",
-             "exp_alerts": [firing("NeuronHardwareErrors", {"node": "bad"}), firing("NeuronHardwareErrors", {"node": "hw"})]},
+             "exp_alerts": [firing("NeuronHardwareErrors", {"node": "bad"}),
+                            firing("NeuronHardwareErrors", {"node": "hw"})]},
         ],
     },
     "NeuronNodeIdle": {
@@ -182,9 +184,11 @@ CASES = {
     },
     "KarpenterLaunchFailing": {
         "input_series": [
-            {"series": 'karpenter_nodeclaims_created_total{nodepool="trn1-efa", reason="provisioning"}', "values": "0+1x60"},
+            {"series": 'karpenter_nodeclaims_created_total{nodepool="trn1-efa", reason="provisioning"}',
+             "values": "0+1x60"},
             {"series": 'karpenter_nodes_created_total{nodepool="trn1-efa", zone="us-west-2d"}', "values": "0x60"},
-            {"series": 'karpenter_nodeclaims_created_total{nodepool="inf2", reason="provisioning"}', "values": "0+1x60"},
+            {"series": 'karpenter_nodeclaims_created_total{nodepool="inf2", reason="provisioning"}',
+             "values": "0+1x60"},
             {"series": 'karpenter_nodes_created_total{nodepool="inf2", zone="us-west-2a"}', "values": "0+1x60"},
         ],
         "alert_rule_test": [
@@ -218,7 +222,8 @@ CASES = {
         "alert_rule_test": [
             {"eval_time": "8m", "alertname": "ServingLatencyHigh", "exp_alerts": []},
             {"eval_time": "30m", "alertname": "ServingLatencyHigh",
-             "exp_alerts": [firing("ServingLatencyHigh", {"namespace": "serve", "workload": "slow", "model_name": "m"})]},
+             "exp_alerts": [firing("ServingLatencyHigh",
+                                   {"namespace": "serve", "workload": "slow", "model_name": "m"})]},
         ],
     },
 }
@@ -259,7 +264,8 @@ def test_price_rules_compute_the_fleet_cost_from_node_counts(tmp_path):
     tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
         "interval": "1m", "input_series": series,
         "promql_expr_test": [{"expr": rules.ACCELERATOR_COST_METRIC, "eval_time": "5m",
-                              "exp_samples": [{"labels": rules.ACCELERATOR_COST_METRIC, "value": 2 * 21.5 + 0.7582}]}]}]}
+                              "exp_samples": [{"labels": rules.ACCELERATOR_COST_METRIC,
+                                               "value": 2 * 21.5 + 0.7582}]}]}]}
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
     proc = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -167,9 +167,10 @@ class Monitoring(pulumi.ComponentResource):
         # Custom resources of the chart's CRDs: created after the release that installs them.
         after_chart = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
             depends_on=[*args.depends_on, self.release]))
-        for m in scrape.monitors(neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace=args.karpenter_namespace,
-                                 kuberay_namespace=args.kuberay_namespace, volcano_namespace=args.volcano_namespace,
-                                 monitoring_namespace=ns):
+        monitors = scrape.monitors(
+            neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace=args.karpenter_namespace,
+            kuberay_namespace=args.kuberay_namespace, volcano_namespace=args.volcano_namespace, monitoring_namespace=ns)
+        for m in monitors:
             k8s.apiextensions.CustomResource(f"{name}-{m.name}", **_custom(m.manifest(monitoring_namespace=ns)),
                                              opts=after_chart)
         self.rule_groups = rules.rule_groups(cfg, fsx_capacity_gib=args.fsx_capacity_gib,

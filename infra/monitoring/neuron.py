@@ -58,7 +58,8 @@ def daemonset(*, image: str, accelerator_pools: list[str]) -> dict:
                         "nodeSelectorTerms": [{"matchExpressions": [
                             {"key": POOL_LABEL, "operator": "In", "values": sorted(accelerator_pools)},
                             {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
-                    "tolerations": [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}],
+                    "tolerations": [{"key": NEURON_TAINT["key"], "operator": "Exists",
+                                     "effect": NEURON_TAINT["effect"]}],
                     "priorityClassName": "system-node-critical",
                     "automountServiceAccountToken": False,
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},

@@ -41,14 +41,16 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
     return [
         Alert(
             "NeuronHardwareErrors",
-            'sum by (node) (increase(hardware_ecc_events_total{event_type=~"mem_ecc_uncorrected|sram_ecc_uncorrected"}[10m])) > 0'
+            'sum by (node) (increase(hardware_ecc_events_total{event_type=~"mem_ecc_uncorrected|sram_ecc_uncorrected"}'
+            "[10m])) > 0"
             ' or sum by (node) (increase(execution_errors_total{error_type="hardware"}[10m])) > 0',
             "0m", "critical",
             "Neuron hardware errors on {{ $labels.node }}",
-            "neuron-monitor counted uncorrected ECC events or executions failed with hardware errors in the last 10 minutes.",
+            "neuron-monitor counted uncorrected ECC events or executions failed with hardware errors in the last "
+            "10 minutes.",
             "Karpenter node repair replaces the node once the EKS node monitoring agent marks it "
-            "AcceleratedHardwareReady=False; if it does not, cordon and drain the node (kubectl drain) and resubmit the job "
-            "from its last checkpoint."),
+            "AcceleratedHardwareReady=False; if it does not, cordon and drain the node (kubectl drain) and resubmit "
+            "the job from its last checkpoint."),
         Alert(
             "NeuronNodeIdle",
             f"((max by (node) ({NEURON_CAPACITY}) > 0)"
@@ -58,9 +60,9 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             "Neuron node {{ $labels.node }} ({{ $labels." + NODE_TYPE_LABEL + " }}) idle for " + cfg.neuron_idle_after,
             f"A node with Neuron devices has run no NeuronCore work for {cfg.neuron_idle_after} while it is billed "
             "(pool {{ $labels." + NODEPOOL_LABEL + " }}).",
-            "Find the pod holding it (kubectl get pods -A -o wide --field-selector spec.nodeName=<node>): a finished job "
-            "whose pods were not cleaned up, a stuck launcher or an interactive pod. Delete it; Karpenter removes the "
-            "empty node after the pool's consolidateAfter."),
+            "Find the pod holding it (kubectl get pods -A -o wide --field-selector spec.nodeName=<node>): a finished "
+            "job whose pods were not cleaned up, a stuck launcher or an interactive pod. Delete it; Karpenter removes "
+            "the empty node after the pool's consolidateAfter."),
         Alert(
             "TrainingJobStalled",
             f"sum by (namespace, workload, stack) (rate(trn_training_steps_total[{cfg.training_stall_after}])) == 0",
@@ -85,7 +87,8 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum) / {fsx_bytes} > 0.85",
             "15m", "warning",
             "FSx for Lustre {{ $labels.file_system_id }} is {{ $value | humanizePercentage }} full",
-            "The shared file system is above 85% of its capacity; writes (checkpoints, tokenized data) fail when it fills.",
+            "The shared file system is above 85% of its capacity; writes (checkpoints, tokenized data) fail when it "
+            "fills.",
             "Delete old checkpoints and runs under /shared, or raise fsx.storageCapacityGiB (in steps of 2400 GiB) "
             "and `pulumi up`."),
         Alert(
@@ -94,10 +97,18 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             " (rate(vllm:e2e_request_latency_seconds_bucket[5m]))) > " + f"{cfg.serving_p99_seconds:g}",
             "10m", "warning",
             "Serving p99 latency of {{ $labels.workload }} above " + f"{cfg.serving_p99_seconds:g}s",
-            f"The 99th percentile end-to-end request latency has been above {cfg.serving_p99_seconds:g}s for 10 minutes.",
+            f"The 99th percentile end-to-end request latency has been above {cfg.serving_p99_seconds:g}s for "
+            "10 minutes.",
             "Look at the serving dashboard: requests waiting (queue) means too few replicas (check the autoscaler's "
             "max and the pool's maxNodes); long time to first token with an empty queue means too long prompts."),
     ]
+
+
+def cost_by_instance_type() -> str:
+    """$/h per instance type of the Karpenter nodes running now: node count x price."""
+    return (f"count by ({NODE_TYPE_LABEL}) (kube_node_labels{{{NODEPOOL_LABEL}!=\"\"}})"
+            f" * on ({NODE_TYPE_LABEL}) group_left ()"
+            f" label_replace({PRICE_METRIC}, \"{NODE_TYPE_LABEL}\", \"$1\", \"instance_type\", \"(.*)\")")
 
 
 def price_rules(prices: dict[str, float]) -> list[dict]:
@@ -105,10 +116,7 @@ def price_rules(prices: dict[str, float]) -> list[dict]:
     infra/data/prices.json) and the fleet's current accelerator $/h from node counts."""
     rules = [{"record": PRICE_METRIC, "expr": f"vector({price:g})", "labels": {"instance_type": itype}}
              for itype, price in sorted(prices.items())]
-    rules.append({"record": ACCELERATOR_COST_METRIC, "expr": (
-        f"sum(count by ({NODE_TYPE_LABEL}) (kube_node_labels{{{NODEPOOL_LABEL}!=\"\"}})"
-        f" * on ({NODE_TYPE_LABEL}) group_left ()"
-        f" label_replace({PRICE_METRIC}, \"{NODE_TYPE_LABEL}\", \"$1\", \"instance_type\", \"(.*)\"))")})
+    rules.append({"record": ACCELERATOR_COST_METRIC, "expr": f"sum({cost_by_instance_type()})"})
     return rules
 
 

@@ -181,3 +181,24 @@ def cloudwatch_exporter_values(*, region: str, file_system_id: str, service_acco
         "serviceMonitor": {"enabled": False},  # ours: infra/monitoring/scrape.py
         "config": yaml.safe_dump(config, sort_keys=False),
     }
+
+
+def volume_gib(cfg: MonitoringConfig) -> dict[str, int]:
+    """The stack's persistent gp3 volumes (always on, billed per GiB-month)."""
+    return {"prometheus": cfg.prometheus_storage_gib, "alertmanager": cfg.alertmanager_storage_gib,
+            "grafana": cfg.grafana_storage_gib}
+
+
+def _cpu_cores(q: str) -> float:
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def _memory_gib(q: str) -> float:
+    units = {"Mi": 1 / 1024, "Gi": 1.0}
+    return float(q[:-2]) * units[q[-2:]]
+
+
+def system_requests(system_nodes: int) -> tuple[float, float]:
+    """(vCPU, GiB) the stack requests on the system nodes: its pods plus node-exporter on each."""
+    pods = list(SYSTEM_REQUESTS.values()) + [NODE_EXPORTER_REQUESTS] * system_nodes
+    return sum(_cpu_cores(r["cpu"]) for r in pods), sum(_memory_gib(r["memory"]) for r in pods)
