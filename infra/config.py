@@ -465,7 +465,8 @@ def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, prob
         namespace=r.get("namespace", str, d.namespace,
                         check=lambda v: None if _K8S_NAMESPACE.match(v) else "must be a DNS-1123 label"),
         retention=r.get("retention", str, d.retention,
-                        check=lambda v: None if _RETENTION.match(v) else "must be a duration in h, d, w or y such as 15d"),
+                        check=lambda v: None if _RETENTION.match(v) else
+                        "must be a duration in h, d, w or y such as 15d"),
         prometheus_storage_gib=r.get("prometheusStorageGiB", int, d.prometheus_storage_gib, check=size(10, 16384)),
         alertmanager_storage_gib=r.get("alertmanagerStorageGiB", int, d.alertmanager_storage_gib, check=size(1, 100)),
         grafana_storage_gib=r.get("grafanaStorageGiB", int, d.grafana_storage_gib, check=size(1, 100)),
@@ -475,7 +476,8 @@ def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, prob
                                   check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
         alert_emails=r.str_list("alertEmails", budget.alert_emails if budget else ()),
         sns_topic_arn=r.get("snsTopicArn", str, None,
-                            check=lambda v: None if _SNS_ARN.match(v) else "must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"),
+                            check=lambda v: None if _SNS_ARN.match(v) else
+                            "must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"),
         remote_write_workspace_arn=r.get("remoteWriteWorkspaceArn", str, None, check=lambda v: (
             None if _APS_ARN.match(v) else "must be an Amazon Managed Service for Prometheus workspace ARN "
                                            "(arn:aws:aps:<region>:<account>:workspace/ws-...)")),
