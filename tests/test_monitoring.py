@@ -245,3 +245,21 @@ def test_readme_lists_every_alert_and_dashboard():
         assert f"| `{alert.name}`" in section
     for d in dashboards.definitions():
         assert f"| {d.title} |" in section
+
+
+def test_monitoring_custom_resources_are_validated_against_their_crd_schemas():
+    from infra.validation import validate_dir
+    from tests.platform_helpers import REPO
+    ok = validate_dir(REPO / "tests/fixtures/k8s/monitoring.yaml", "1.34")
+    assert ok.issues == [] and {"monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
+                                "monitoring.coreos.com/v1/PrometheusRule"} <= set(ok.checked)
+    bad = validate_dir(REPO / "tests/fixtures/k8s/invalid/servicemonitor-typo.yaml", "1.34")
+    assert any("unknown field(s) ['endpoint']" in i.message for i in bad.issues)
+
+
+def test_schemas_are_from_the_pinned_operator_release():
+    from infra.validation import SCHEMA_DIR
+    for path in sorted(SCHEMA_DIR.glob("monitoring.coreos.com_*.json")):
+        source = json.loads(path.read_text())["x-source"]
+        assert f"@ kube-prometheus-stack-{versions.KUBE_PROMETHEUS_STACK_VERSION} " in source
+        assert f"prometheus-operator {versions.PROMETHEUS_OPERATOR_VERSION}" in source
