@@ -195,3 +195,21 @@ def _custom(manifest: dict) -> dict:
     """A custom resource's manifest as CustomResource arguments."""
     return {"api_version": manifest["apiVersion"], "kind": manifest["kind"], "metadata": manifest["metadata"],
             "spec": manifest["spec"]}
+
+
+def summary_lines(resources: list) -> list[str]:
+    """The render summary's monitoring block, from recorded resources (type, inputs)."""
+    releases = [r.inputs for r in resources if r.type == "kubernetes:helm.sh/v3:Release"
+                and r.inputs.get("chart") in (versions.KUBE_PROMETHEUS_STACK_CHART, versions.CLOUDWATCH_EXPORTER_CHART)]
+    if not releases:
+        return []
+    kinds = [r.inputs.get("kind") for r in resources if r.type.startswith("kubernetes:monitoring.coreos.com/")]
+    groups = [g for r in resources if r.type == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+              for g in (r.inputs.get("spec") or {}).get("groups") or []]
+    alerting, recording = rules.rule_counts(groups)
+    dashboards_n = sum(1 for r in resources if r.type == "kubernetes:core/v1:ConfigMap"
+                       and (r.inputs.get("metadata") or {}).get("labels", {}).get("grafana_dashboard") == "1")
+    return ["monitoring:",
+            *(f"  {i['name']:<30} {i['chart']} {i['version']} in {i['namespace']}" for i in releases),
+            f"  rules: {alerting} alerting, {recording} recording; {kinds.count('ServiceMonitor')} ServiceMonitors, "
+            f"{kinds.count('PodMonitor')} PodMonitors; {dashboards_n} dashboards"]
