@@ -66,7 +66,7 @@ addons = Addons("addons", AddonsArgs(
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))
 # -- observability: metrics, Neuron monitor, dashboards, alerts -----------------------------
 if cfg.monitoring.enabled:
-    from infra.cost import load_prices  # the price table the cost estimate uses
+    from trnctl.cost import load_prices  # the price table the cost estimate uses (infra/data/prices.json)
 
     prices = load_prices(cfg.region)
     monitoring = Monitoring("monitoring", MonitoringArgs(

@@ -10,7 +10,7 @@ import pytest
 from infra import config, versions
 from infra.config import ConfigError, MonitoringConfig
 from infra.monitoring import dashboards, neuron, outputs, scrape, values
-from infra.render import run_program
+from trnctl.render import run_program
 from tests.platform_helpers import (
     assert_rejected_before_any_resource,
     project_with_stack,
@@ -248,7 +248,7 @@ def test_readme_lists_every_alert_and_dashboard():
 
 
 def test_monitoring_custom_resources_are_validated_against_their_crd_schemas():
-    from infra.validation import validate_dir
+    from trnctl.validation import validate_dir
     from tests.platform_helpers import REPO
     ok = validate_dir(REPO / "tests/fixtures/k8s/monitoring.yaml", "1.34")
     assert ok.issues == [] and {"monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
@@ -258,7 +258,7 @@ def test_monitoring_custom_resources_are_validated_against_their_crd_schemas():
 
 
 def test_schemas_are_from_the_pinned_operator_release():
-    from infra.validation import SCHEMA_DIR
+    from trnctl.validation import SCHEMA_DIR
     for path in sorted(SCHEMA_DIR.glob("monitoring.coreos.com_*.json")):
         source = json.loads(path.read_text())["x-source"]
         assert f"@ kube-prometheus-stack-{versions.KUBE_PROMETHEUS_STACK_VERSION} " in source

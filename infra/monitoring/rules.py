@@ -81,7 +81,7 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             "Karpenter keeps creating NodeClaims for the pool but no node has joined for 30 minutes: insufficient "
             "capacity for its instance types in its AZs, a vCPU quota, or a capacity reservation that is used up.",
             "kubectl describe nodeclaims -l karpenter.sh/nodepool=<pool> and the Karpenter logs name the EC2 error; "
-            "run `python -m infra.preflight <stack>` for quotas and offerings; add instance types, AZs or capacity."),
+            "run `trnctl preflight <stack>` for quotas and offerings; add instance types, AZs or capacity."),
         Alert(
             "FsxAlmostFull",
             f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum) / {fsx_bytes} > 0.85",
