@@ -263,3 +263,19 @@ def test_schemas_are_from_the_pinned_operator_release():
         source = json.loads(path.read_text())["x-source"]
         assert f"@ kube-prometheus-stack-{versions.KUBE_PROMETHEUS_STACK_VERSION} " in source
         assert f"prometheus-operator {versions.PROMETHEUS_OPERATOR_VERSION}" in source
+
+
+def test_policy_catches_a_public_or_anonymous_grafana_in_the_real_render():
+    from policy.rules import evaluate, resources_from_records
+    result = rendered_platform("dev-usw2")
+    records = json.loads(json.dumps([r.to_json() for r in result.resources]))
+    kps_values = next(r for r in records if r["type"] == RELEASE
+                      and r["inputs"]["chart"] == versions.KUBE_PROMETHEUS_STACK_CHART)["inputs"]["values"]
+    assert [v for v in evaluate(resources_from_records(records), result.masked_outputs())
+            if v.rule == "k8s-monitoring-private"] == []
+    kps_values["grafana"]["service"]["type"] = "LoadBalancer"
+    kps_values["grafana"]["grafana.ini"]["auth.anonymous"]["enabled"] = True
+    found = {v.message for v in evaluate(resources_from_records(records), result.masked_outputs())
+             if v.rule == "k8s-monitoring-private"}
+    assert found == {"grafana.service.type LoadBalancer exposes it outside the cluster",
+                     "grafana.grafana.ini auth.anonymous.enabled: anyone reaching Grafana is logged in"}

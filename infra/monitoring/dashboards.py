@@ -161,7 +161,7 @@ def build(d: Dashboard) -> dict:
     """The dashboard JSON model as Grafana provisions it."""
     board = (dashboard.Dashboard(d.title).uid(d.uid).description(d.description).tags(["trn-platform"])
              .editable().refresh("1m").time("now-6h", "now").timezone("utc"))
-    for i, p in enumerate(d.panels):
+    for p in d.panels:
         builder = (stat.Panel() if p.kind == "stat" else timeseries.Panel()).title(p.title).unit(p.unit)
         builder = builder.datasource(DATASOURCE).description(p.description).height(8).span(12)
         for j, (expr, legend) in enumerate(p.queries):
