@@ -279,3 +279,22 @@ def test_policy_catches_a_public_or_anonymous_grafana_in_the_real_render():
              if v.rule == "k8s-monitoring-private"}
     assert found == {"grafana.service.type LoadBalancer exposes it outside the cluster",
                      "grafana.grafana.ini auth.anonymous.enabled: anyone reaching Grafana is logged in"}
+
+
+def test_cost_estimate_shows_the_monitoring_stack_only_when_enabled():
+    from trnctl import cost
+    on = cost.estimate_platform(parse(with_monitoring()))
+    off = cost.estimate_platform(parse(with_monitoring(enabled=False)))
+    items = {i.name: i for i in on.always_on}
+    assert items["monitoring volumes gp3"].quantity == 65 and "0.95 vCPU" in items["monitoring volumes gp3"].note
+    assert on.always_on_per_hour - off.always_on_per_hour == pytest.approx(65 * 0.08 / 730 + 0.0036)
+    assert not [i for i in off.always_on if "monitoring" in i.name or "CloudWatch" in i.name]
+
+
+def test_render_summary_lists_the_releases_and_rule_counts():
+    from trnctl.render import summary
+    text = summary(rendered_platform("dev-usw2"))
+    block = text[text.index("monitoring:"):]
+    assert f"kube-prometheus-stack {versions.KUBE_PROMETHEUS_STACK_VERSION}" in block
+    assert f"prometheus-cloudwatch-exporter {versions.CLOUDWATCH_EXPORTER_VERSION}" in block
+    assert "rules: 6 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
