@@ -269,3 +269,15 @@ def test_price_rules_compute_the_fleet_cost_from_node_counts(tmp_path):
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
     proc = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("stack", ["dev-usw2", "dev-use2"])
+def test_rendered_prometheus_rule_of_each_stack_passes_promtool_check(tmp_path, stack):
+    from tests.platform_helpers import rendered_platform
+    [rule] = [o for _, o in rendered_platform(stack).manifests if o["kind"] == "PrometheusRule"]
+    write_rules(tmp_path, rule["spec"]["groups"])
+    proc = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    priced = {r["labels"]["instance_type"] for g in rule["spec"]["groups"] for r in g["rules"]
+              if r.get("record") == rules.PRICE_METRIC}
+    assert ("trn1.32xlarge" if stack == "dev-usw2" else "trn1n.32xlarge") in priced
