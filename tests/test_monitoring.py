@@ -298,3 +298,60 @@ def test_render_summary_lists_the_releases_and_rule_counts():
     assert f"kube-prometheus-stack {versions.KUBE_PROMETHEUS_STACK_VERSION}" in block
     assert f"prometheus-cloudwatch-exporter {versions.CLOUDWATCH_EXPORTER_VERSION}" in block
     assert "rules: 6 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
+
+
+# --------------------------------------------------------------------------- values vs the pinned charts
+
+def chart_keys(name: str) -> dict[str, str]:
+    import yaml
+    from tests.platform_helpers import REPO
+    return yaml.safe_load((REPO / "tests/fixtures/charts" / f"{name}.yaml").read_text())["keys"]
+
+
+USER_MAPS = {"nodeSelector", "annotations", "labels", "podLabels", "podAnnotations", "resources"}  # any keys
+
+
+def unknown_value_paths(given: dict, keys: dict[str, str], *, free_form: frozenset = frozenset(), prefix: str = ""):
+    """Paths we set that the chart's values.yaml does not have. Below an empty map, a list or a
+    scalar default the chart takes any content (nodeSelector, resources, storageSpec, ...)."""
+    for key, value in given.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path in free_form or key in USER_MAPS:
+            continue
+        kind = keys.get(path)
+        if kind is None:
+            yield path
+        elif kind == "map" and isinstance(value, dict):
+            yield from unknown_value_paths(value, keys, free_form=free_form, prefix=path)
+
+
+def with_subcharts(parent: str, subcharts: dict[str, str]) -> dict[str, str]:
+    keys = dict(chart_keys(parent))
+    for prefix, chart in subcharts.items():
+        keys.update({f"{prefix}.{k}" if k != "." else prefix: v for k, v in chart_keys(chart).items()})
+        keys[prefix] = "map"
+    return keys
+
+
+KPS_KEYS = with_subcharts("kube-prometheus-stack-88.5.3", {
+    "grafana": "grafana-12.11.1", "kube-state-metrics": "kube-state-metrics-8.4.0",
+    "prometheus-node-exporter": "prometheus-node-exporter-4.56.1"})
+GRAFANA_INI = frozenset({"grafana.grafana.ini"})  # Grafana's own config file, any section
+
+
+def test_chart_values_use_only_keys_of_the_pinned_charts():
+    v = kps(remote_write_workspace_arn=WORKSPACE)
+    assert list(unknown_value_paths(v, KPS_KEYS, free_form=GRAFANA_INI)) == []
+    cw = values.cloudwatch_exporter_values(region="us-west-2", file_system_id="fs-1", service_account_annotations={})
+    assert list(unknown_value_paths(cw, chart_keys("prometheus-cloudwatch-exporter-0.28.1"))) == []
+    from infra import karpenter
+    kv = karpenter.controller_values(cluster_name="c", queue_name="q", service_account_annotations={})
+    assert list(unknown_value_paths(kv, chart_keys("karpenter-1.14.1"))) == []
+
+
+def test_a_misspelt_chart_key_is_caught():
+    v = kps()
+    v["prometheus"]["prometheusSpec"]["retentionTime"] = "15d"
+    v["grafana"]["adminn"] = {}
+    assert sorted(unknown_value_paths(v, KPS_KEYS, free_form=GRAFANA_INI)) == [
+        "grafana.adminn", "prometheus.prometheusSpec.retentionTime"]
