@@ -132,13 +132,15 @@ def test_neuron_monitor_runs_on_accelerator_pools_only_tolerating_the_taint():
     [term] = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert {"key": "trn-platform/pool", "operator": "In", "values": ["inf2", "trn1-efa"]} in term["matchExpressions"]
     assert pod["tolerations"] == [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
-    [c] = pod["containers"]
-    assert c["image"] == "public.ecr.aws/neuron/neuron-monitor:1.3.0"
+    c, efa = pod["containers"]
+    assert c["image"] == efa["image"] == "public.ecr.aws/neuron/neuron-monitor:1.3.0"
     # the PodMonitor scrapes this namespace and port
-    monitor = next(m for m in scrape.monitors(neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace="k",
+    monitor = next(m for m in scrape.monitors(neuron_monitor_ports=neuron.METRICS_PORTS,
+                                              neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace="k",
                                               kuberay_namespace="r", volcano_namespace="v", monitoring_namespace="m")
                    if m.name == "neuron-monitor")
-    assert monitor.namespaces == (ds["metadata"]["namespace"],) and c["ports"][0]["name"] == monitor.port
+    assert monitor.namespaces == (ds["metadata"]["namespace"],)
+    assert monitor.ports == (c["ports"][0]["name"], efa["ports"][0]["name"])
     assert set(monitor.selector["matchLabels"].items()) <= set(ds["spec"]["template"]["metadata"]["labels"].items())
 
 
@@ -149,7 +151,8 @@ def test_neuron_monitor_image_follows_the_sdk_pin():
 
 
 def test_workload_pods_are_scraped_by_label_and_port_name():
-    m = next(m for m in scrape.monitors(neuron_monitor_namespace="a", karpenter_namespace="k", kuberay_namespace="r",
+    m = next(m for m in scrape.monitors(neuron_monitor_ports=("metrics",), neuron_monitor_namespace="a",
+                                        karpenter_namespace="k", kuberay_namespace="r",
                                         volcano_namespace="v", monitoring_namespace="m") if m.name == "trn-workloads")
     spec = m.manifest(monitoring_namespace="m")["spec"]
     assert spec["selector"] == {"matchLabels": {"trn-platform/scrape": "true"}}
@@ -355,3 +358,63 @@ def test_a_misspelt_chart_key_is_caught():
     v["grafana"]["adminn"] = {}
     assert sorted(unknown_value_paths(v, KPS_KEYS, free_form=GRAFANA_INI)) == [
         "grafana.adminn", "prometheus.prometheusSpec.retentionTime"]
+
+
+# --------------------------------------------------------------------------- EFA exporter
+
+
+def fake_sysfs(root, devices: dict[str, dict[str, int]]):
+    for device, counters in devices.items():
+        hw = root / "class" / "infiniband" / device / "ports" / "1" / "hw_counters"
+        hw.mkdir(parents=True)
+        for name, value in counters.items():
+            (hw / name).write_text(f"{value}\n")
+    return root
+
+
+def test_efa_exporter_serves_every_documented_counter_over_http(tmp_path):
+    import urllib.request
+
+    import yaml
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from infra.monitoring import efa_exporter
+    from tests.platform_helpers import REPO
+    sysfs = fake_sysfs(tmp_path, {"rdmap16s27": {name: i * 1000 for i, name in enumerate(efa_exporter.COUNTERS)},
+                                  "rdmap32s27": {"rx_bytes": 7, "tx_bytes": 9}})  # an older driver: fewer files
+    registry = CollectorRegistry()
+    registry.register(efa_exporter.EfaCollector(sysfs))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    samples = {(s.name, s.labels["device"]): s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name.startswith("efa_") and s.name.endswith("_total")}
+    documented = yaml.safe_load((REPO / "tests/fixtures/metrics/efa-exporter.yaml").read_text())["metrics"]
+    assert {name for name, _ in samples} == {f"{m}_total" for m in documented}
+    assert samples[("efa_tx_bytes_total", "rdmap16s27")] == 1000 * list(efa_exporter.COUNTERS).index("tx_bytes")
+    assert samples[("efa_rx_bytes_total", "rdmap32s27")] == 7
+    assert ("efa_rdma_read_bytes_total", "rdmap32s27") not in samples
+
+
+def test_efa_exporter_on_a_node_without_efa_exports_nothing(tmp_path):
+    from infra.monitoring import efa_exporter
+    assert efa_exporter.read_counters(tmp_path) == {}
+    families = list(efa_exporter.EfaCollector(tmp_path).collect())
+    assert families and all(f.samples == [] for f in families)
+
+
+def test_efa_exporter_ships_in_a_configmap_mounted_by_its_container():
+    cm = neuron.efa_exporter_configmap()
+    ds = neuron.daemonset(image=versions.neuron_monitor_image(), accelerator_pools=["trn1-efa"])
+    efa = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "efa-exporter")
+    script = efa["command"][1]
+    mount = next(m for m in efa["volumeMounts"] if script.startswith(m["mountPath"]))
+    volume = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    assert cm["data"][script.rsplit("/", 1)[1]] == neuron.EFA_EXPORTER.read_text()
+    assert all(m["readOnly"] for m in efa["volumeMounts"]) and "privileged" not in efa["securityContext"]

@@ -159,16 +159,19 @@ class Monitoring(pulumi.ComponentResource):
                 depends_on=[*args.depends_on, self.namespace, self.cloudwatch_role])))
 
         if args.accelerator_pools:
+            efa_script = k8s.core.v1.ConfigMap(f"{name}-efa-exporter", **_fields(neuron.efa_exporter_configmap()),
+                                               opts=k8s_opts)
             self.neuron_monitor = k8s.apps.v1.DaemonSet(
                 f"{name}-neuron-monitor", **_fields(neuron.daemonset(image=args.neuron_monitor_image,
                                                                      accelerator_pools=args.accelerator_pools)),
-                opts=k8s_opts)
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                    depends_on=[*args.depends_on, efa_script])))
 
         # Custom resources of the chart's CRDs: created after the release that installs them.
         after_chart = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
             depends_on=[*args.depends_on, self.release]))
         monitors = scrape.monitors(
-            neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace=args.karpenter_namespace,
+            neuron_monitor_ports=neuron.METRICS_PORTS, neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace=args.karpenter_namespace,
             kuberay_namespace=args.kuberay_namespace, volcano_namespace=args.volcano_namespace, monitoring_namespace=ns)
         for m in monitors:
             k8s.apiextensions.CustomResource(f"{name}-{m.name}", **_custom(m.manifest(monitoring_namespace=ns)),

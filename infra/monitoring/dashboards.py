@@ -97,10 +97,15 @@ def neuron() -> Dashboard:
                ("sum by (node, event_type) (increase(hardware_ecc_events_total[1h]))", "{{node}} {{event_type}}")),
         _panel("Execution latency p99", "s", _by_node('execution_latency_seconds{percentile="p99"}', how="max")),
         _panel("EFA traffic per node", "Bps",
-               _by_node("rate(node_infiniband_port_data_received_bytes_total[5m])", "rx {{node}}"),
-               _by_node("rate(node_infiniband_port_data_transmitted_bytes_total[5m])", "tx {{node}}")),
-        _panel("EFA receive errors (1h)", "short",
-               _by_node("increase(node_infiniband_port_errors_received_total[1h])")),
+               _by_node("rate(efa_rx_bytes_total[5m])", "rx {{node}}"),
+               _by_node("rate(efa_tx_bytes_total[5m])", "tx {{node}}")),
+        _panel("EFA RDMA read / write per node", "Bps",
+               _by_node("rate(efa_rdma_read_bytes_total[5m])", "read {{node}}"),
+               _by_node("rate(efa_rdma_write_bytes_total[5m])", "write {{node}}")),
+        _panel("EFA drops, retransmits, unresponsive peers (1h)", "short",
+               _by_node("increase(efa_rx_drops_total[1h])", "rx drops {{node}}"),
+               _by_node("increase(efa_retrans_pkts_total[1h])", "retransmits {{node}}"),
+               _by_node("increase(efa_unresponsive_remote_events_total[1h])", "unresponsive peers {{node}}")),
     ))
 
 

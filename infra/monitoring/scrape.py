@@ -34,19 +34,22 @@ class Monitor:
     name: str
     namespace: str
     selector: dict
-    port: str
+    ports: tuple[str, ...]
     namespaces: tuple[str, ...] | None = None  # None: every namespace
     interval: str = "30s"
     relabelings: tuple[dict, ...] = ()
 
     def manifest(self, *, monitoring_namespace: str) -> dict:
-        endpoint = {"port": self.port, "interval": self.interval, "path": "/metrics"}
-        if self.relabelings:
-            endpoint["relabelings"] = [dict(r) for r in self.relabelings]
+        endpoints = []
+        for port in self.ports:
+            endpoint = {"port": port, "interval": self.interval, "path": "/metrics"}
+            if self.relabelings:
+                endpoint["relabelings"] = [dict(r) for r in self.relabelings]
+            endpoints.append(endpoint)
         spec: dict = {
             "selector": self.selector,
             "namespaceSelector": {"matchNames": list(self.namespaces)} if self.namespaces else {"any": True},
-            ("endpoints" if self.kind == "ServiceMonitor" else "podMetricsEndpoints"): [endpoint],
+            ("endpoints" if self.kind == "ServiceMonitor" else "podMetricsEndpoints"): endpoints,
         }
         return {"apiVersion": "monitoring.coreos.com/v1", "kind": self.kind,
                 "metadata": {"name": self.name, "namespace": monitoring_namespace,
@@ -54,22 +57,22 @@ class Monitor:
                 "spec": spec}
 
 
-def monitors(*, neuron_monitor_namespace: str, karpenter_namespace: str, kuberay_namespace: str,
+def monitors(*, neuron_monitor_ports: tuple[str, ...], neuron_monitor_namespace: str, karpenter_namespace: str, kuberay_namespace: str,
              volcano_namespace: str, monitoring_namespace: str) -> list[Monitor]:
     return [
         Monitor("PodMonitor", "neuron-monitor", monitoring_namespace, {"matchLabels": {"app": "neuron-monitor"}},
-                METRICS_PORT, (neuron_monitor_namespace,), "15s", (NODE_RELABEL,)),
+                neuron_monitor_ports, (neuron_monitor_namespace,), "15s", (NODE_RELABEL,)),
         Monitor("ServiceMonitor", "karpenter", monitoring_namespace,
-                {"matchLabels": {"app.kubernetes.io/name": "karpenter"}}, "http-metrics", (karpenter_namespace,)),
+                {"matchLabels": {"app.kubernetes.io/name": "karpenter"}}, ("http-metrics",), (karpenter_namespace,)),
         Monitor("ServiceMonitor", "kuberay-operator", monitoring_namespace,
-                {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}, "http", (kuberay_namespace,)),
+                {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}, ("http",), (kuberay_namespace,)),
         Monitor("PodMonitor", "ray", monitoring_namespace,
-                {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}, METRICS_PORT,
+                {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}, (METRICS_PORT,),
                 None, "30s", (NODE_RELABEL,)),
         Monitor("ServiceMonitor", "volcano-scheduler", monitoring_namespace,
-                {"matchLabels": {"app": "volcano-scheduler"}}, "metrics", (volcano_namespace,)),
+                {"matchLabels": {"app": "volcano-scheduler"}}, ("metrics",), (volcano_namespace,)),
         Monitor("ServiceMonitor", "fsx-cloudwatch", monitoring_namespace,
-                {"matchLabels": {"app": "prometheus-cloudwatch-exporter"}}, "http", (monitoring_namespace,), "60s"),
+                {"matchLabels": {"app": "prometheus-cloudwatch-exporter"}}, ("http",), (monitoring_namespace,), "60s"),
         Monitor("PodMonitor", "trn-workloads", monitoring_namespace, {"matchLabels": dict(WORKLOAD_SCRAPE_LABEL)},
-                METRICS_PORT, None, "15s", tuple(WORKLOAD_RELABELS)),
+                (METRICS_PORT,), None, "15s", tuple(WORKLOAD_RELABELS)),
     ]
