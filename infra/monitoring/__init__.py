@@ -171,8 +171,9 @@ class Monitoring(pulumi.ComponentResource):
         after_chart = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
             depends_on=[*args.depends_on, self.release]))
         monitors = scrape.monitors(
-            neuron_monitor_ports=neuron.METRICS_PORTS, neuron_monitor_namespace=neuron.NAMESPACE, karpenter_namespace=args.karpenter_namespace,
-            kuberay_namespace=args.kuberay_namespace, volcano_namespace=args.volcano_namespace, monitoring_namespace=ns)
+            neuron_monitor_ports=neuron.METRICS_PORTS, neuron_monitor_namespace=neuron.NAMESPACE,
+            karpenter_namespace=args.karpenter_namespace, kuberay_namespace=args.kuberay_namespace,
+            volcano_namespace=args.volcano_namespace, monitoring_namespace=ns)
         for m in monitors:
             k8s.apiextensions.CustomResource(f"{name}-{m.name}", **_custom(m.manifest(monitoring_namespace=ns)),
                                              opts=after_chart)

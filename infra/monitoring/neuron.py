@@ -60,7 +60,8 @@ def daemonset(*, image: str, accelerator_pools: list[str]) -> dict:
         "name": "efa-exporter",
         "image": image,  # Python 3 + prometheus_client, as neuron-monitor-prometheus.py needs
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", f"/opt/trn-platform/{EFA_EXPORTER.name}", "--port", str(EFA_PORT), "--sysfs", "/host/sys"],
+        "command": ["python3", f"/opt/trn-platform/{EFA_EXPORTER.name}", "--port", str(EFA_PORT),
+                    "--sysfs", "/host/sys"],
         "ports": [{"name": METRICS_PORTS[1], "containerPort": EFA_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"cpu": "100m", "memory": "96Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

@@ -57,8 +57,8 @@ class Monitor:
                 "spec": spec}
 
 
-def monitors(*, neuron_monitor_ports: tuple[str, ...], neuron_monitor_namespace: str, karpenter_namespace: str, kuberay_namespace: str,
-             volcano_namespace: str, monitoring_namespace: str) -> list[Monitor]:
+def monitors(*, neuron_monitor_ports: tuple[str, ...], neuron_monitor_namespace: str, karpenter_namespace: str,
+             kuberay_namespace: str, volcano_namespace: str, monitoring_namespace: str) -> list[Monitor]:
     return [
         Monitor("PodMonitor", "neuron-monitor", monitoring_namespace, {"matchLabels": {"app": "neuron-monitor"}},
                 neuron_monitor_ports, (neuron_monitor_namespace,), "15s", (NODE_RELABEL,)),
