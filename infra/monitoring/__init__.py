@@ -73,10 +73,6 @@ class MonitoringArgs:
     tags: dict[str, str]
 
 
-def _policy(*statements: dict) -> dict:
-    return iam.document(*statements)
-
-
 class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trn:platform:Monitoring", name, None, opts)
@@ -117,21 +113,21 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-alertmanager", identity=args.identity, namespace=ns,
             service_account=values.ALERTMANAGER_SERVICE_ACCOUNT,
             policy=pulumi.Output.from_input(topic_arn).apply(
-                lambda arn: _policy(iam.statement("PublishAlerts", ["sns:Publish"], [arn]))),
+                lambda arn: iam.document(iam.statement("PublishAlerts", ["sns:Publish"], [arn]))),
             opts=role_opts)
         prometheus_annotations: pulumi.Input[dict] = {}
         if cfg.remote_write_workspace_arn:
             self.prometheus_role = iam.ServiceAccountRole(
                 f"{name}-prometheus", identity=args.identity, namespace=ns,
                 service_account=values.PROMETHEUS_SERVICE_ACCOUNT,
-                policy=_policy(iam.statement("RemoteWrite", ["aps:RemoteWrite"], [cfg.remote_write_workspace_arn])),
+                policy=iam.document(iam.statement("RemoteWrite", ["aps:RemoteWrite"], [cfg.remote_write_workspace_arn])),
                 opts=role_opts)
             prometheus_annotations = self.prometheus_role.annotations
         self.cloudwatch_role = iam.ServiceAccountRole(
             f"{name}-cloudwatch-exporter", identity=args.identity, namespace=ns,
             service_account=values.CLOUDWATCH_EXPORTER_SERVICE_ACCOUNT,
             # CloudWatch reads have no resource-level permissions (Resource "*" only).
-            policy=_policy(iam.statement("ReadMetrics", ["cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics",
+            policy=iam.document(iam.statement("ReadMetrics", ["cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics",
                                                          "cloudwatch:ListMetrics"], ["*"],
                                          {"StringEquals": {"aws:RequestedRegion": args.region}})),
             opts=role_opts)
