@@ -59,8 +59,8 @@ storage = SharedStorage("storage", SharedStorageArgs(
     depends_on=on_system_nodes, tags=tags))
 accel_limits = [p.limits for p in cfg.accelerator_pools]
 addons = Addons("addons", AddonsArgs(
-    provider=cluster.provider, depends_on=on_system_nodes,
-    queue_capability=default_queue_spec(
+    provider=cluster.provider, depends_on=on_system_nodes, region=cfg.region,
+    kubernetes_version=cfg.kubernetes_version, queue_capability=default_queue_spec(
         cpu_limit=sum(int(lim["cpu"]) for lim in accel_limits),
         memory_gib_limit=sum(int(lim["memory"].removesuffix("Gi")) for lim in accel_limits),
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))

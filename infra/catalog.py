@@ -80,8 +80,9 @@ def family_in_region(family: str, region: str) -> bool:
 
 
 def known_regions() -> tuple[str, ...]:
-    """Regions this repository has offering data for (offline render and validation)."""
-    return tuple(sorted(_offerings()))
+    """Regions this repository has offering data for (offline render and validation); keys
+    starting with `_` are the data file's notes (`_comment`), not regions."""
+    return tuple(sorted(r for r in _offerings() if not r.startswith("_")))
 
 
 def zone_ids(region: str) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ as one `ConfigError` before any resource is registered.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,47 @@ TOP_LEVEL_KEYS = {
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DURATION = re.compile(r"^([0-9]+(s|m|h))+$|^Never$")
+NAME_MAX = 40  # cluster and pool names: room for the suffixes of the IAM roles, queues and LTs named after them
+# Karpenter NodePool spec.disruption.budgets[].nodes (infra/schemas/karpenter.sh_v1_nodepool.json).
+_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
+# ECR CreateRepository repositoryName (ECR API reference): lowercase path segments, 2-256 characters.
+_ECR_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+# Kubernetes object names: a PVC is a DNS-1123 subdomain, a namespace a DNS-1123 label.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# Mounting FSx on these would hide what the container image needs; below the first group
+# (kernel filesystems, binaries, libraries, configuration) nothing may be mounted either.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+SYSTEM_PATHS = (*SYSTEM_TREES, "/home", "/opt", "/root", "/run", "/tmp", "/var")
+# Tags the platform sets itself (infra/__main__.py), which the sweep and policies rely on.
+RESERVED_TAG_KEYS = ("trn-platform/cluster", "trn-platform/environment", "managed-by")
+
+
+def name_problem(value: str) -> str | None:
+    """Cluster and pool names: the length and the characters are separate problems."""
+    if len(value) > NAME_MAX:
+        return f"{value!r} is {len(value)} characters; at most {NAME_MAX} are allowed"
+    if not _NAME.match(value):
+        return f"{value!r} must be lowercase letters, digits and '-' (starting and ending with a letter or digit)"
+    return None
+
+
+def mount_path_problem(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} must be an absolute path such as /shared"
+    if not _MOUNT_PATH.match(value) or any(part in (".", "..") for part in value.split("/")):
+        return f"{value!r} must be a plain absolute directory such as /shared (no '/', '..' or trailing '/')"
+    if value in SYSTEM_PATHS or any(value.startswith(tree + "/") for tree in SYSTEM_TREES):
+        return f"{value!r} is inside a system directory of the container; use a path such as /shared"
+    return None
+
+
+def s3_path_problem(value: str) -> str | None:
+    bucket = value[len("s3://"):].split("/", 1)[0] if value.startswith("s3://") else ""
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+        return f"{value!r} must be s3://<bucket>[/<prefix>] with a valid bucket name"
+    return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -188,8 +230,14 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     root = ConfigReader(raw, "", problems)
 
     environment = root.get("environment", str, "dev", allowed=ENVIRONMENTS)
-    cluster_name = root.get("clusterName", str, f"trn-{stack}",
-                            check=lambda v: None if _NAME.match(v) else "must be lowercase letters, digits and '-', at most 40 characters")
+    cluster_name = root.get("clusterName", str, f"trn-{stack}", check=name_problem)
+    version_value = root.data.get("kubernetesVersion")
+    if isinstance(version_value, (int, float)) and not isinstance(version_value, bool):
+        # YAML reads an unquoted 1.30 as the number 1.3: a version is never a number.
+        problems.append(f"kubernetesVersion: {version_value!r} is a number in the stack file; quote it "
+                        f"(kubernetesVersion: \"{version_value}\"); allowed values: "
+                        f"{', '.join(versions.SUPPORTED_KUBERNETES_VERSIONS)}")
+        root.data = {**root.data, "kubernetesVersion": None}
     k8s_version = root.get("kubernetesVersion", str, versions.SUPPORTED_KUBERNETES_VERSIONS[-1],
                            allowed=versions.SUPPORTED_KUBERNETES_VERSIONS)
     identity = root.get("identity", str, "pod-identity", allowed=IDENTITY_MODES)
@@ -197,18 +245,20 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     network = _parse_network(root.get("network", dict, {}), problems)
     endpoint = _parse_endpoint(root.get("endpoint", dict, {}), problems)
     system_nodes = _parse_system_nodes(root.get("systemNodes", dict, {}), problems)
-    pools = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
+    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
     fsx = _parse_fsx(root.get("fsx", dict, {}), problems)
     ecr = root.str_list("ecrRepositories", ECR_DEFAULT)
+    _check_ecr_names(ecr, cluster_name, problems)
     presets = root.str_list("workloadPresets", (), allowed=tuple(sorted(catalog.WORKLOAD_CAPACITY)))
     budget = _parse_budget(root.get("budget", dict, None), problems)
-    tags = root.get("tags", dict, {})
+    tags = _parse_tags(root.get("tags", dict, {}), problems)
     monitoring = _parse_monitoring(root.get("monitoring", dict, {}), budget, region, problems)
     root.finish()
 
     if region and region not in catalog.known_regions():
         problems.append(f"aws:region: {region!r} has no offering data here; supported regions: {', '.join(catalog.known_regions())}")
-    _check_presets_fit(presets, pools, problems)
+    if pools_complete:
+        _check_presets_fit(presets, pools, problems)
     _check_azs(network, region, pools, problems)
 
     if problems:
@@ -217,9 +267,38 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
         stack=stack, region=region, environment=environment, cluster_name=cluster_name,
         kubernetes_version=k8s_version, network=network, endpoint=endpoint, identity=identity,
         system_nodes=system_nodes, node_pools=tuple(pools), fsx=fsx, ecr_repositories=ecr,
-        workload_presets=presets, budget=budget, tags={str(k): str(v) for k, v in tags.items()},
-        monitoring=monitoring,
+        workload_presets=presets, budget=budget, tags=tags, monitoring=monitoring,
     )
+
+
+def _check_ecr_names(names: tuple[str, ...], cluster_name: str, problems: list[str]) -> None:
+    for i, name in enumerate(names):
+        full = f"{cluster_name}/{name}"
+        if not _ECR_NAME.match(name) or not 2 <= len(full) <= 256:
+            problems.append(f"ecrRepositories[{i}]: {name!r} is not an ECR repository name; use lowercase letters, "
+                            "digits and . _ - / between them (the repository is <clusterName>/<name>, 2-256 characters)")
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"ecrRepositories: {dup!r} is listed more than once")
+
+
+def _parse_tags(data: dict, problems: list[str]) -> dict[str, str]:
+    """AWS tags: string keys (1-128, not `aws:`, not the platform's own) and scalar values (<= 256)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        where = f"tags.{key}"
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            problems.append(f"{where}: tag keys must be strings of 1 to 128 characters")
+        elif key.lower().startswith("aws:"):
+            problems.append(f"{where}: keys starting with 'aws:' are reserved by AWS")
+        elif key in RESERVED_TAG_KEYS:
+            problems.append(f"{where}: the platform sets this tag itself (reserved: {', '.join(RESERVED_TAG_KEYS)})")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(f"{where}: expected a string value, got {type(value).__name__} {value!r}")
+        elif len(str(value)) > 256:
+            problems.append(f"{where}: tag values are at most 256 characters")
+        else:
+            out[key] = str(value)
+    return out
 
 
 def _parse_network(data: dict, problems: list[str]) -> NetworkConfig:
@@ -269,7 +348,9 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
         min_size=r.get("minSize", int, SystemNodesConfig.min_size),
         desired_size=r.get("desiredSize", int, SystemNodesConfig.desired_size),
         max_size=r.get("maxSize", int, SystemNodesConfig.max_size),
-        disk_size_gib=r.get("diskSizeGiB", int, SystemNodesConfig.disk_size_gib),
+        # gp3 root: the EKS AL2023 AMI needs 20 GiB, gp3 allows at most 16384.
+        disk_size_gib=r.get("diskSizeGiB", int, SystemNodesConfig.disk_size_gib,
+                            check=lambda v: None if 20 <= v <= 16384 else f"{v} is not allowed; must be 20 to 16384"),
     )
     r.finish()
     if not (1 <= cfg.min_size <= cfg.desired_size <= cfg.max_size):
@@ -277,29 +358,35 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
     return cfg
 
 
-def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[NodePoolConfig]:
+def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[list[NodePoolConfig], bool]:
+    """The valid pools, and whether every configured pool is among them (checks across pools
+    would report nonsense about a pool that was left out for its own errors)."""
     pools: list[NodePoolConfig] = []
+    complete = True
     for i, item in enumerate(items or []):
         r = ConfigReader(item, f"nodePools[{i}]", problems)
-        name = r.get("name", str, f"pool-{i}", required=True,
-                     check=lambda v: None if _NAME.match(v) else "must be lowercase letters, digits and '-'")
+        name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
         allowed_types = catalog.instance_types_of(family)
         types = r.str_list("instanceTypes", (), allowed=allowed_types, required=True)
-        max_nodes = r.get("maxNodes", int, 0, required=True,
-                          check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64")
+        # None when missing or invalid (already reported): later checks must not echo a made-up 0.
+        max_nodes = r.get("maxNodes", int, None, required=True,
+                          check=lambda v: None if 1 <= v <= 64 else f"{v} is not allowed; must be 1 to 64")
         capacity = r.str_list("capacityTypes", ("on-demand",), allowed=CAPACITY_TYPES)
         efa = r.get("efa", bool, False)
         reservations = r.str_list("capacityReservationIds")
         root_gib = r.get("rootVolumeGiB", int, 0, check=lambda v: None if v == 0 or 20 <= v <= 16384 else "must be 20 to 16384")
         consolidate_after = r.get("consolidateAfter", str, "10m",
                                   check=lambda v: None if _DURATION.match(v) else "must be a duration such as 30s, 10m, 1h or Never")
-        budget_nodes = r.get("disruptionBudgetNodes", str, "10%")
+        budget_nodes = r.get("disruptionBudgetNodes", str, "10%",
+                             check=lambda v: None if _BUDGET_NODES.match(v) else
+                             f"{v!r} is not allowed; a node count such as 1 or a percentage such as 10%")
         r.finish()
         where = f"nodePools[{i}] ({name})"
-        if not types:
-            if "instanceTypes" in (item or {}):
+        if not types or max_nodes is None:
+            if not types and "instanceTypes" in (item if isinstance(item, dict) else {}):
                 problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
+            complete = False
             continue
         if efa:
             no_efa = [t for t in types if catalog.instance_type(t).efa_interfaces == 0]
@@ -325,9 +412,9 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[N
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"nodePools: name {dup!r} is used more than once")
-    if items is not None and not any(p.family == "cpu" for p in pools):
+    if items is not None and complete and not any(p.family == "cpu" for p in pools):
         problems.append("nodePools: at least one pool with family 'cpu' is required (data preparation, Ray heads)")
-    return pools
+    return pools, complete
 
 
 def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
@@ -335,12 +422,14 @@ def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
     dtype = r.get("deploymentType", str, FsxConfig.deployment_type, allowed=tuple(FSX_RULES))
     capacity = r.get("storageCapacityGiB", int, FsxConfig.storage_capacity_gib)
     throughput = r.get("perUnitStorageThroughput", int, FsxConfig.per_unit_storage_throughput)
-    s3_path = r.get("s3ImportPath", str, None,
-                    check=lambda v: None if v.startswith("s3://") else "must start with s3://")
+    s3_path = r.get("s3ImportPath", str, None, check=s3_path_problem)
     compression = r.get("dataCompression", str, "LZ4", allowed=("LZ4", "NONE"))
-    mount = r.get("mountPath", str, "/shared", check=lambda v: None if v.startswith("/") else "must be an absolute path")
-    pvc = r.get("pvcName", str, FsxConfig.pvc_name)
-    ns = r.get("pvcNamespace", str, FsxConfig.pvc_namespace)
+    mount = r.get("mountPath", str, "/shared", check=mount_path_problem)
+    # The PV is named <pvcName>-pv: both must be DNS-1123 subdomains (<= 253 characters).
+    pvc = r.get("pvcName", str, FsxConfig.pvc_name, check=lambda v: None if _DNS_SUBDOMAIN.match(v) and len(v) <= 250
+                else f"{v!r} is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 250)")
+    ns = r.get("pvcNamespace", str, FsxConfig.pvc_namespace, check=lambda v: None if _DNS_LABEL.match(v) and len(v) <= 63
+               else f"{v!r} is not a namespace name (lowercase letters, digits and '-', at most 63)")
     r.finish()
     rules = FSX_RULES.get(dtype, FSX_RULES["PERSISTENT_2"])
     if capacity != rules["min"] and (capacity < rules["min"] or capacity % rules["step"]):
@@ -359,7 +448,7 @@ def _parse_budget(data: dict | None, problems: list[str]) -> BudgetConfig | None
         return None
     r = ConfigReader(data, "budget", problems)
     limit = r.get("monthlyLimitUsd", float, 0.0, required=True,
-                  check=lambda v: None if v > 0 else "must be greater than 0")
+                  check=lambda v: None if math.isfinite(v) and v > 0 else f"{v!r} is not allowed; must be a positive amount")
     emails = r.str_list("alertEmails", required=True)
     r.finish()
     for i, e in enumerate(emails):
@@ -456,7 +545,9 @@ def raw_from_bag(bag: dict[str, Any], project: str = PROJECT) -> tuple[dict[str,
 
 def from_pulumi(stack: str) -> PlatformConfig:
     """Inside a Pulumi program: read the whole stack config bag once and parse it."""
-    raw, region = raw_from_bag(stackfiles.pulumi_config_bag())
+    bag = stackfiles.pulumi_config_bag()
+    stackfiles.check_namespaces(bag, PROJECT)
+    raw, region = raw_from_bag(bag)
     return parse(raw, stack=stack, region=region)
 
 

@@ -100,6 +100,9 @@ class SharedStorage(pulumi.ComponentResource):
             log_configuration=aws.fsx.LustreFileSystemLogConfigurationArgs(level="WARN_ERROR"),
             tags={**args.tags, "Name": f"{args.cluster_name}-shared"}, opts=child)
         if cfg.s3_import_path:
+            # s3ImportPath -> <mountPath>/datasets in every pod. DRAs work on 2.12/2.15 file systems of every
+            # deployment type but SCRATCH_1 (FSx API reference, CreateDataRepositoryAssociation); metadata is
+            # imported at creation, then new/changed/deleted objects automatically (README, "How data reaches").
             aws.fsx.DataRepositoryAssociation(
                 f"{name}-s3", file_system_id=self.file_system.id, data_repository_path=cfg.s3_import_path,
                 file_system_path="/datasets", batch_import_meta_data_on_create=True,

@@ -19,9 +19,71 @@ NEURON_HELM_CHART = "oci://public.ecr.aws/neuron/neuron-helm-chart"
 NEURON_HELM_CHART_VERSION = "1.10.0"
 NEURON_SCHEDULER_NAME = "my-scheduler"  # the second kube-scheduler the chart runs with the Neuron extender
 
+# The chart's second kube-scheduler defaults to an EKS-D v1.31 image
+# (scheduler.customScheduler.image.tag "v1.31.12-eks-1-31-30" in charts/neuron-helm-chart/values.yaml of
+# chart 1.9.0, aws-neuron/neuron-helm-charts@b77a6f90; the 1.10.0 package shows the same default in
+# `helm show values oci://public.ecr.aws/neuron/neuron-helm-chart --version 1.10.0`), outside the
+# Kubernetes version-skew policy on a 1.32+ control plane. One EKS-D kube-scheduler per supported
+# minor: aws/eks-distro@17884462, docs/contents/releases/<minor>/<release>/index.md (kube-scheduler row).
+EKS_DISTRO_KUBE_SCHEDULER_IMAGE = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
+EKS_DISTRO_KUBE_SCHEDULER_TAGS = {
+    "1.32": "v1.32.13-eks-1-32-41",
+    "1.33": "v1.33.13-eks-1-33-31",
+    "1.34": "v1.34.9-eks-1-34-21",
+}
+# The device plugin's node affinity is built from the chart's top-level `neuronInstances` list
+# (templates/_helpers.tpl, "neuron-device-plugin.affinity"). The chart's default list already has
+# trn2/trn2u/trn3 (values.yaml at aws-neuron/neuron-helm-charts@b77a6f90: trn2.3xlarge,
+# trn2.48xlarge, trn2u.48xlarge, trn3.48xlarge); we still set it from infra/data/instance_types.json
+# plus these, so every type a pool can launch is covered whatever the chart default is.
+NEURON_CHART_INSTANCES = ("trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "trn2.3xlarge", "trn2.48xlarge",
+                          "trn2u.48xlarge", "trn3.48xlarge", "inf2.xlarge", "inf2.8xlarge", "inf2.24xlarge",
+                          "inf2.48xlarge")
+
 EFA_CHART_REPO = "https://aws.github.io/eks-charts"
 EFA_CHART = "aws-efa-k8s-device-plugin"
-EFA_CHART_VERSION = "v0.5.14"
+# aws/eks-charts@bfe91c4b, stable/aws-efa-k8s-device-plugin/Chart.yaml: chart v0.5.30, appVersion
+# (plugin image) v0.5.20. The chart's image.repository is the us-west-2 registry in every region:
+# addons.efa_values() points it at the stack region's EKS registry.
+EFA_CHART_VERSION = "v0.5.30"
+EFA_PLUGIN_IMAGE_TAG = "v0.5.20"
+# The chart's supportedInstanceLabels.values (its node affinity) at bfe91c4b lists these Trainium
+# types but no trn3 (and no inf2, which has no EFA): addons.efa_values() sets the list to these
+# plus every type with EFA interfaces in infra/data/instance_types.json.
+EFA_CHART_TRAINIUM_INSTANCES = ("trn1.32xlarge", "trn1n.32xlarge", "trn2-ac.24xlarge", "trn2.3xlarge",
+                                "trn2.48xlarge", "trn2u-ac.24xlarge", "trn2u.48xlarge")
+
+# Amazon EKS image registries by region (EKS user guide, "View Amazon container image registries
+# for Amazon EKS add-ons", add-ons-images.html): 602401143452 in the original commercial regions,
+# other accounts in the opt-in regions listed here. Only regions checked on that page are here.
+EKS_REGISTRY_DEFAULT_ACCOUNT = "602401143452"
+EKS_REGISTRY_REGIONS = ("us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "eu-west-1",
+                        "eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "ap-northeast-1",
+                        "ap-northeast-2", "ap-northeast-3", "ap-south-1", "ap-southeast-1", "ap-southeast-2",
+                        "sa-east-1")
+EKS_REGISTRY_OPT_IN_ACCOUNTS = {"af-south-1": "877085696533", "ap-east-1": "800184023465",
+                                "ap-southeast-3": "296578399912", "ap-south-2": "900889452093",
+                                "ap-southeast-4": "491585149902", "ap-southeast-5": "151610086707",
+                                "ap-southeast-7": "121268973566"}
+
+
+def eks_image_registry(region: str) -> str:
+    """The EKS image registry host of a region (where EKS add-on images such as the EFA plugin live)."""
+    if region in EKS_REGISTRY_OPT_IN_ACCOUNTS:
+        return f"{EKS_REGISTRY_OPT_IN_ACCOUNTS[region]}.dkr.ecr.{region}.amazonaws.com"
+    if region in EKS_REGISTRY_REGIONS:
+        return f"{EKS_REGISTRY_DEFAULT_ACCOUNT}.dkr.ecr.{region}.amazonaws.com"
+    known = sorted((*EKS_REGISTRY_REGIONS, *EKS_REGISTRY_OPT_IN_ACCOUNTS))
+    raise ValueError(f"no EKS image registry known for region {region!r}; known: {', '.join(known)}")
+
+
+def kube_scheduler_image_tag(kubernetes_version: str) -> str:
+    """The EKS-D kube-scheduler tag matching the cluster's Kubernetes minor version."""
+    try:
+        return EKS_DISTRO_KUBE_SCHEDULER_TAGS[kubernetes_version]
+    except KeyError:
+        raise ValueError(f"no kube-scheduler image pinned for Kubernetes {kubernetes_version!r}; pinned: "
+                         f"{', '.join(EKS_DISTRO_KUBE_SCHEDULER_TAGS)}") from None
 
 FSX_CSI_CHART_REPO = "https://kubernetes-sigs.github.io/aws-fsx-csi-driver/"
 FSX_CSI_CHART = "aws-fsx-csi-driver"

@@ -7,6 +7,8 @@ checks, for the platform stack `<stack>` and every workload stack in `--workload
 whose `platformStack` points at it:
 
   credentials and region   STS GetCallerIdentity, EC2 DescribeRegions
+  api endpoint             this machine's public IP (https://checkip.amazonaws.com) inside
+                           endpoint.publicAccessCidrs, or a warning for a private-only endpoint
   availability zones       EC2 DescribeInstanceTypeOfferings by AZ ID, per node pool, with
                            the same AZ choice as the program (`infra.network.choose_az_ids`)
   vCPU quotas              Service Quotas GetServiceQuota for the Trn/Inf (and Standard)
@@ -24,10 +26,11 @@ functions are the only ones that talk to AWS; `run_preflight` strings them toget
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -92,6 +95,51 @@ def identity_findings(identity: dict | None, region: str, region_info: dict | No
     else:
         out.append(Finding("region", PASS, region))
     return out
+
+
+# --------------------------------------------------------------------------- pure: API endpoint reachability
+
+# The documentation range the example stack files use (RFC 5737 TEST-NET-3): nobody's real address.
+EXAMPLE_CIDR = "203.0.113.0/24"
+CHECKIP_URL = "https://checkip.amazonaws.com"  # AWS's own "what is my IP" service
+
+
+def endpoint_finding(cfg: PlatformConfig, caller_ip: str | None, error: str | None = None) -> Finding:
+    """Can this machine reach the cluster's API endpoint once it exists? `pulumi up` itself
+    needs it (Helm releases, manifests), so does kubectl. `caller_ip` is this machine's public
+    IP as AWS sees it, or None with `error` when the lookup failed."""
+    ep, check = cfg.endpoint, "api endpoint"
+    fix_key = f"endpoint.publicAccessCidrs in Pulumi.{cfg.stack}.yaml"
+    if not ep.public_access:
+        return Finding(check, WARN, "the API endpoint is private only: `pulumi up` (Helm releases, manifests) and "
+                                    "kubectl must run from a network that reaches the VPC",
+                       "run pulumi from inside the VPC (VPN, Direct Connect, a bastion), or set endpoint.publicAccess: "
+                       f"true with your egress CIDR in {fix_key}")
+    if caller_ip is None:
+        return Finding(check, WARN, f"this machine's public IP could not be determined ({error}); allowed: "
+                                    f"{', '.join(ep.public_access_cidrs)}",
+                       f"compare `curl {CHECKIP_URL}` with {fix_key}")
+    ip = ipaddress.ip_address(caller_ip)
+    allowed = [c for c in ep.public_access_cidrs if ip in ipaddress.ip_network(c, strict=False)]
+    if allowed:
+        return Finding(check, PASS, f"this machine ({ip}) is inside {', '.join(allowed)}")
+    placeholder = (f" ({EXAMPLE_CIDR} is the example range of the stack file, not a real network)"
+                   if EXAMPLE_CIDR in ep.public_access_cidrs else "")
+    return Finding(check, FAIL, f"this machine ({ip}) is outside endpoint.publicAccessCidrs "
+                                f"{', '.join(ep.public_access_cidrs)}{placeholder}: `pulumi up` would time out "
+                                "talking to the cluster",
+                   f"add {ip}/32 (or your office/VPN egress range) to {fix_key}, e.g. `pulumi config set --path "
+                   f"'endpoint.publicAccessCidrs[0]' {ip}/32 -s {cfg.stack}`; or run from inside the allowed range")
+
+
+def lookup_public_ip(url: str = CHECKIP_URL, timeout: float = 5.0) -> str:
+    """This machine's public IP as seen from AWS (checkip answers with the bare address)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL or a test server)
+        text = resp.read(64).decode().strip()
+    ipaddress.ip_address(text)  # refuse anything that is not an address
+    return text
 
 
 # --------------------------------------------------------------------------- pure: AZ offerings
@@ -389,13 +437,30 @@ class Clients:
     ec2: Any
     quotas: Any
     ecr: Any
+    # This machine's public IP (the endpoint check); None: not looked up, the check says so.
+    public_ip: Callable[[], str] | None = None
 
     @classmethod
-    def for_region(cls, region: str, log: list[str] | None = None) -> "Clients":
-        """Read-only clients: any non Describe/Get/List call raises before it is sent."""
+    def for_region(cls, region: str, log: list[str] | None = None,
+                   public_ip: Callable[[], str] | None = lookup_public_ip) -> "Clients":
+        """Read-only clients: any non Describe/Get/List call raises before it is sent. The IP
+        lookup defaults to AWS's checkip service; tests pass their own."""
         sess = aws_ops.session(region)
         make = lambda service: aws_ops.guard_read_only(aws_ops.client(sess, service), log)  # noqa: E731
-        return cls(sts=make("sts"), ec2=make("ec2"), quotas=make("service-quotas"), ecr=make("ecr"))
+        return cls(sts=make("sts"), ec2=make("ec2"), quotas=make("service-quotas"), ecr=make("ecr"),
+                   public_ip=public_ip)
+
+
+def fetch_endpoint_finding(cfg: PlatformConfig, public_ip: Callable[[], str] | None) -> Finding:
+    """The endpoint row: looks the IP up only when the endpoint is public."""
+    if not cfg.endpoint.public_access:
+        return endpoint_finding(cfg, None)
+    if public_ip is None:
+        return endpoint_finding(cfg, None, "no IP lookup configured")
+    try:
+        return endpoint_finding(cfg, public_ip())
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors; ValueError: not an address
+        return endpoint_finding(cfg, None, f"{type(err).__name__}: {err}")
 
 
 def fetch_identity(clients: Clients, region: str) -> tuple[dict | None, dict | None, str | None]:
@@ -483,6 +548,7 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     findings = identity_findings(identity, cfg.region, region_info, error)
     if has_blocking(findings):
         return findings  # every later check needs working credentials in a usable region
+    findings.append(fetch_endpoint_finding(cfg, clients.public_ip))
 
     zone_ids_by_name = fetch_zones(clients.ec2)
     offerings = fetch_offerings(clients.ec2, [t for p in cfg.node_pools for t in p.instance_types])

@@ -1,5 +1,6 @@
 """Render a stack offline: run its Pulumi program under the mock runtime, write what it
-would create, validate every Kubernetes object, run the policy rules, print a summary.
+would create, validate every Kubernetes object and every provider input (against the pinned
+SDKs' schemas, trnctl/provider_schema.py), run the policy rules, print a summary.
 
     python -m trnctl.render <project-dir> <stack> --out <dir>
 
@@ -9,7 +10,8 @@ this repository first, so the two can never disagree offline.
 
 Writes `<dir>/resources.json`, `<dir>/manifests/*.yaml`, `<dir>/helm/*.yaml` (chart,
 version and values of each Helm release), `<dir>/outputs.json`; exits non-zero on an
-invalid config, an invalid manifest or a mandatory policy violation.
+invalid config, an invalid manifest, a provider input the provider would reject or a
+mandatory policy violation.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from typing import Any
 
 import yaml
 
+from infra.config import PROJECT as PLATFORM_PROJECT
+from infra.config import load_stack_file
+from stackfiles import ConfigError, stack_file, stacks_in
 from trnctl import exitcodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +117,14 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     main = project_dir / project.get("main", ".") / "__main__.py"
     bag, secret_keys = config_bag(project_dir, stack)
     region = bag.get("aws:region", "us-west-2")
+    if name == PLATFORM_PROJECT:
+        # The stack file as the offline tools (cost, preflight, sweep) read it: the program only
+        # sees strings and would accept what they refuse (an unquoted kubernetesVersion: 1.34).
+        try:
+            load_stack_file(project_dir, stack)
+        except ConfigError as exc:
+            exc.registered_resources = 0  # stopped before the program ran
+            raise
 
     if stack_references is None:
         stack_references = _render_references(project_dir, name, bag)
@@ -169,6 +182,10 @@ def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> 
     if not ref:
         return {}
     platform_stack = ref.split("/")[-1]
+    if not stack_file(REPO_ROOT, platform_stack).exists():
+        raise ConfigError([f"{project}:platformStack: platform stack {platform_stack!r} does not exist (no "
+                           f"{stack_file(REPO_ROOT, platform_stack)}); platform stacks here: "
+                           f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
     platform = run_program(REPO_ROOT, platform_stack, stack_references={})
     return {ref: {"outputs": platform.outputs, "secret": sorted(platform.secret_outputs)}}
 
@@ -219,11 +236,23 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+RENDER_FILES = ("resources.json", "outputs.json")
+RENDER_DIRS = ("manifests", "helm")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier render wrote to `out_dir` (only those files: `--out .` is safe),
+    so a failed render never leaves another render's files looking current."""
+    out_dir = Path(out_dir)
+    for name in RENDER_DIRS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in RENDER_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def write_outputs(result: RenderResult, out_dir: Path) -> None:
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        for sub in ("manifests", "helm"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    clear_outputs(out_dir)
     (out_dir / "manifests").mkdir(parents=True, exist_ok=True)
     (out_dir / "helm").mkdir(parents=True, exist_ok=True)
     (out_dir / "resources.json").write_text(json.dumps([r.to_json() for r in result.resources], indent=2, default=str))
@@ -273,7 +302,9 @@ def summary(result: RenderResult) -> str:
 
 
 def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = True) -> tuple[RenderResult, list[str]]:
-    """Render, write and check a stack. Returns the result and a list of blocking problems."""
+    """Render, write and check a stack. Returns the result and a list of blocking problems.
+    An earlier render in `out_dir` is removed first: on an error nothing stale is left."""
+    clear_outputs(Path(out_dir))
     result = run_program(Path(project_dir), stack)
     write_outputs(result, Path(out_dir))
     problems: list[str] = []
@@ -281,6 +312,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         report = validate(result)
         print(report.summary())
         problems += [f"invalid manifest {i.source} ({i.kind} {i.name}) at {i.path}: {i.message}" for i in report.issues]
+        from trnctl import provider_schema
+        schema_issues = provider_schema.check_resources(result.resources)
+        print(provider_schema.summary(result.resources, schema_issues))
+        problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
         if violations:

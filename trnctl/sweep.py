@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from trnctl import aws_ops, exitcodes
 from infra.config import load_stack_file
@@ -453,7 +453,14 @@ def run(args: argparse.Namespace, timing: Timing = Timing()) -> int:
     except ConfigError as err:
         return exitcodes.bad_input(err)
     clients = Clients.for_region(cfg.region, read_only=not args.yes)
-    account = clients.sts.get_caller_identity()["Account"]
+    try:
+        account = clients.sts.get_caller_identity()["Account"]
+    except (ClientError, BotoCoreError) as err:
+        # The credentials row and fix exactly as preflight prints them.
+        from trnctl import preflight
+        print(f"sweep for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}\n")
+        print(preflight.render(preflight.identity_findings(None, cfg.region, None, aws_ops.describe_error(err))))
+        return exitcodes.FINDINGS
     print(f"sweep for stack {args.stack}: cluster {cfg.cluster_name}, account {account}, {cfg.region}")
     status = _cluster_still_exists(clients.eks, cfg.cluster_name)
     if status:
