@@ -348,7 +348,8 @@ def test_chart_values_use_only_keys_of_the_pinned_charts():
     cw = values.cloudwatch_exporter_values(region="us-west-2", file_system_id="fs-1", service_account_annotations={})
     assert list(unknown_value_paths(cw, chart_keys("prometheus-cloudwatch-exporter-0.28.1"))) == []
     from infra import karpenter
-    kv = karpenter.controller_values(cluster_name="c", region="us-west-2", queue_name="q", service_account_annotations={})
+    kv = karpenter.controller_values(cluster_name="c", region="us-west-2", queue_name="q",
+                                     service_account_annotations={})
     assert list(unknown_value_paths(kv, chart_keys("karpenter-1.14.1"))) == []
 
 
