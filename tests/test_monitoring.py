@@ -419,3 +419,14 @@ def test_efa_exporter_ships_in_a_configmap_mounted_by_its_container():
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     assert cm["data"][script.rsplit("/", 1)[1]] == neuron.EFA_EXPORTER.read_text()
     assert all(m["readOnly"] for m in efa["volumeMounts"]) and "privileged" not in efa["securityContext"]
+
+
+def test_irsa_annotates_the_chart_service_accounts_with_their_roles(tmp_path):
+    cfg = with_monitoring(remoteWriteWorkspaceArn=WORKSPACE)
+    cfg["trn-platform:identity"] = "irsa"
+    result = run_program(project_with_stack(tmp_path, "platform", "irsa", cfg), "irsa")
+    v = release(result, versions.KUBE_PROMETHEUS_STACK_CHART).inputs["values"]
+    cw = release(result, versions.CLOUDWATCH_EXPORTER_CHART).inputs["values"]
+    for annotations in (v["prometheus"]["serviceAccount"]["annotations"],
+                        v["alertmanager"]["serviceAccount"]["annotations"], cw["serviceAccount"]["annotations"]):
+        assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::123456789012:role/")
