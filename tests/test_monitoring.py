@@ -427,6 +427,5 @@ def test_irsa_annotates_the_chart_service_accounts_with_their_roles(tmp_path):
     result = run_program(project_with_stack(tmp_path, "platform", "irsa", cfg), "irsa")
     v = release(result, versions.KUBE_PROMETHEUS_STACK_CHART).inputs["values"]
     cw = release(result, versions.CLOUDWATCH_EXPORTER_CHART).inputs["values"]
-    for annotations in (v["prometheus"]["serviceAccount"]["annotations"],
-                        v["alertmanager"]["serviceAccount"]["annotations"], cw["serviceAccount"]["annotations"]):
-        assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::123456789012:role/")
+    for sa in (v["prometheus"]["serviceAccount"], v["alertmanager"]["serviceAccount"], cw["serviceAccount"]):
+        assert sa["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::123456789012:role/")
