@@ -155,7 +155,8 @@ def test_workload_pods_are_scraped_by_label_and_port_name():
                                         karpenter_namespace="k", kuberay_namespace="r",
                                         volcano_namespace="v", monitoring_namespace="m") if m.name == "trn-workloads")
     spec = m.manifest(monitoring_namespace="m")["spec"]
-    assert spec["selector"] == {"matchLabels": {"trn-platform/scrape": "true"}}
+    assert spec["selector"] == {"matchLabels": {"trn-platform/scrape": "true"},  # Ray pods: the ray PodMonitor
+                                "matchExpressions": [{"key": "ray.io/node-type", "operator": "DoesNotExist"}]}
     assert spec["namespaceSelector"] == {"any": True}
     [endpoint] = spec["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 WORKLOAD_SCRAPE_LABEL = {"trn-platform/scrape": "true"}  # workload pods opt in, port name `metrics`
 METRICS_PORT = "metrics"
+RAY_POD = {"key": "ray.io/node-type", "operator": "Exists"}  # the label KubeRay puts on head and worker pods
 
 # Every sample carries the node it came from (dashboards and alerts join on `node`).
 NODE_RELABEL = {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node", "action": "replace"}
@@ -66,13 +67,16 @@ def monitors(*, neuron_monitor_ports: tuple[str, ...], neuron_monitor_namespace:
                 {"matchLabels": {"app.kubernetes.io/name": "karpenter"}}, ("http-metrics",), (karpenter_namespace,)),
         Monitor("ServiceMonitor", "kuberay-operator", monitoring_namespace,
                 {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}, ("http",), (kuberay_namespace,)),
-        Monitor("PodMonitor", "ray", monitoring_namespace,
-                {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}, (METRICS_PORT,),
-                None, "30s", (NODE_RELABEL,)),
+        # KubeRay gives every Ray container a `metrics` port (Ray's metrics agent): Ray pods are
+        # scraped here, with the workload labels, and left out of trn-workloads below.
+        Monitor("PodMonitor", "ray", monitoring_namespace, {"matchExpressions": [RAY_POD]}, (METRICS_PORT,),
+                None, "30s", tuple(WORKLOAD_RELABELS)),
         Monitor("ServiceMonitor", "volcano-scheduler", monitoring_namespace,
                 {"matchLabels": {"app": "volcano-scheduler"}}, ("metrics",), (volcano_namespace,)),
         Monitor("ServiceMonitor", "fsx-cloudwatch", monitoring_namespace,
                 {"matchLabels": {"app": "prometheus-cloudwatch-exporter"}}, ("http",), (monitoring_namespace,), "60s"),
-        Monitor("PodMonitor", "trn-workloads", monitoring_namespace, {"matchLabels": dict(WORKLOAD_SCRAPE_LABEL)},
+        Monitor("PodMonitor", "trn-workloads", monitoring_namespace,
+                {"matchLabels": dict(WORKLOAD_SCRAPE_LABEL),
+                 "matchExpressions": [{**RAY_POD, "operator": "DoesNotExist"}]},
                 (METRICS_PORT,), None, "15s", tuple(WORKLOAD_RELABELS)),
     ]
