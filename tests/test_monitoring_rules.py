@@ -154,6 +154,11 @@ CASES = {
             {"series": 'kube_node_status_capacity{node="busy", resource="aws_amazon_com_neuron", unit="integer"}',
              "values": "16x100"},
             {"series": 'kube_node_status_capacity{node="cpu", resource="cpu", unit="core"}', "values": "8x100"},
+            # neuron-monitor exports no neuroncore series at all while no Neuron runtime runs
+            {"series": 'kube_node_status_capacity{node="bare", resource="aws_amazon_com_neuron", unit="integer"}',
+             "values": "1x100"},
+            {"series": 'kube_node_labels{node="bare", label_karpenter_sh_nodepool="inf2", '
+                       'label_node_kubernetes_io_instance_type="inf2.xlarge"}', "values": "1x100"},
             {"series": 'kube_node_labels{node="idle", label_karpenter_sh_nodepool="trn1-efa", '
                        'label_node_kubernetes_io_instance_type="trn1.32xlarge"}', "values": "1x100"},
             {"series": 'kube_node_labels{node="busy", label_karpenter_sh_nodepool="trn1-efa", '
@@ -166,7 +171,9 @@ CASES = {
         "alert_rule_test": [
             {"eval_time": "30m", "alertname": "NeuronNodeIdle", "exp_alerts": []},  # not idle long enough yet
             {"eval_time": "80m", "alertname": "NeuronNodeIdle",
-             "exp_alerts": [firing("NeuronNodeIdle", {"node": "idle", **NODE_LABELS})]},
+             "exp_alerts": [firing("NeuronNodeIdle", {"node": "bare", "label_karpenter_sh_nodepool": "inf2",
+                                                      "label_node_kubernetes_io_instance_type": "inf2.xlarge"}),
+                            firing("NeuronNodeIdle", {"node": "idle", **NODE_LABELS})]},
         ],
     },
     "TrainingJobStalled": {
