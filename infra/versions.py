@@ -35,6 +35,14 @@ VOLCANO_CHART_REPO = "https://volcano-sh.github.io/helm-charts"
 VOLCANO_CHART = "volcano"
 VOLCANO_VERSION = "1.15.1"
 
+# KEDA (event-driven autoscaling; llm-serve scales on vLLM's waiting-requests gauge via its
+# Prometheus scaler). Chart keda 2.20.2 = app v2.20.2: kedacore/charts keda/Chart.yaml @
+# cbb9bb8ce0809dc9048f72302f7c09765d66ed56 ("prepare v2.20.2 release"); kedacore/keda tag v2.20.2
+# (68a5b5028f35b22d50597c69819ab32c4e92f21a) is the ScaledObject CRD in infra/schemas/.
+KEDA_CHART_REPO = "https://kedacore.github.io/charts"
+KEDA_CHART = "keda"
+KEDA_VERSION = "2.20.2"
+
 # No chart upstream: our kustomization (infra/manifests/mpi-operator) pins the release
 # tag of the manifests and the operator image.
 MPI_OPERATOR_VERSION = "v0.8.2"
