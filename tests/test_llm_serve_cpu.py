@@ -4,7 +4,9 @@ tokenizer trained here. One server per module; every request loop is bounded."""
 from __future__ import annotations
 
 import json
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -20,8 +22,14 @@ BURST = 32
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm-serve")
+def server():
+    # Its own directory, not tmp_path_factory's: on a machine shared by several pytest runs
+    # another run's basetemp cleanup could remove the model under a live server.
+    with tempfile.TemporaryDirectory(prefix="llm-serve-cpu-") as tmp:
+        yield from _serve(Path(tmp))
+
+
+def _serve(root: Path):
     model_dir = save_tiny_chat_model(root / "model")
     serving = ServingConfig(served_model_name=MODEL, tensor_parallel_size=1, max_model_len=MAX_MODEL_LEN,
                             max_num_seqs=MAX_NUM_SEQS, context_buckets=(MAX_MODEL_LEN,),
@@ -92,9 +100,9 @@ def test_malformed_body_is_a_4xx(server, body):
 
 
 def test_requests_without_the_api_key_are_refused(server):
-    assert post(server, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1}, key=None).status_code == 401
-    assert post(server, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1},
-                key="wrong").status_code == 401
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+    assert post(server, "/v1/completions", body, key=None).status_code == 401
+    assert post(server, "/v1/completions", body, key="wrong").status_code == 401
     assert requests.get(f"{server}/health", timeout=10).status_code == 200  # probes need no key
 
 

@@ -142,7 +142,8 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
     cpu = r.get("cpu", int, 4, check=lambda v: None if v >= 1 else "must be >= 1")
     memory = r.get("memoryGiB", int, 32, check=lambda v: None if v >= 4 else "must be >= 4")
     startup = r.get("startupTimeoutSeconds", int, 3600,
-                    check=lambda v: None if 300 <= v <= 4 * 3600 else "must be 300 to 14400 (compiling can take an hour)")
+                    check=lambda v: None if 300 <= v <= 4 * 3600 else
+                    "must be 300 to 14400 (compiling can take an hour)")
     scaling_raw = r.get("autoscaling", dict, {})
     r.finish()
 
@@ -166,7 +167,8 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
         if model is not None:
             _check_memory(pool, devices, model, max_len, max_seqs, problems)
         if cpu > pool.vcpu_per_node - 1 or memory > pool.memory_gib_per_node - 4:
-            problems.append(f"llmServe.cpu/memoryGiB: {cpu} vCPU / {memory} GiB do not fit a node of pool {pool_name!r} "
+            problems.append(f"llmServe.cpu/memoryGiB: {cpu} vCPU / {memory} GiB do not fit a node of pool "
+                            f"{pool_name!r} "
                             f"(at most {pool.vcpu_per_node - 1} vCPU and {pool.memory_gib_per_node - 4} GiB after "
                             "system reserve)")
     scaling = _autoscaling(scaling_raw, platform, pool, devices, read_stack, problems)
@@ -407,7 +409,8 @@ class LlmServeWorkload(pulumi.ComponentResource):
                                                 enableServiceLinks=False,
                                                 terminationGracePeriodSeconds=60)}},
             # KEDA owns the replica count once the ScaledObject exists.
-            opts=pulumi.ResourceOptions.merge(base.run_opts(), pulumi.ResourceOptions(ignore_changes=["spec.replicas"])))
+            opts=pulumi.ResourceOptions.merge(base.run_opts(),
+                                              pulumi.ResourceOptions(ignore_changes=["spec.replicas"])))
         k8s.core.v1.Service(
             f"{name}-service", metadata={"name": app, "namespace": ns, "labels": labels(cfg, "serve")},
             spec={"type": "ClusterIP", "selector": selector,
