@@ -1,26 +1,29 @@
 # Two commands for a newcomer:
 #   make render   set up, render and validate the dev-usw2 platform stack offline
-#   make test     set up and run the whole test suite
+#   make test     set up, lint and run the whole test suite
 # Both work on a fresh clone with Python 3.11 and PyPI access; nothing touches AWS.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+TRNCTL := $(VENV)/bin/trnctl
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
-CHECKOV_VERSION := $(shell sed -n 's/^checkov==//p' requirements-checkov.txt 2>/dev/null)
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup render render-all test bench clean
+.PHONY: setup render render-all render-compare lint test bench clean
 
-$(STAMP): requirements.txt
+# The pinned requirements first, then this repository as an editable package with no
+# dependencies of its own: that installs the `trnctl` console script (pyproject.toml).
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip==25.3
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # checkov pins dependencies that clash with the main environment: it gets its own venv.
@@ -42,15 +45,22 @@ $(VLLM_STAMP): requirements-vllm.txt
 setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP)
 
 render: $(STAMP)
-	$(PY) -m infra.render . $(STACK) --out $(OUT)/$(STACK)
+	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)
 
+# Every platform and workload stack in the repository.
 render-all: $(STAMP)
-	@set -e; for f in Pulumi.*.yaml; do s=$${f#Pulumi.}; s=$${s%.yaml}; \
-	  $(PY) -m infra.render . $$s --out $(OUT)/$$s; done
-	@set -e; for f in workloads/Pulumi.*.yaml; do s=$${f#workloads/Pulumi.}; s=$${s%.yaml}; \
-	  $(PY) -m infra.render workloads $$s --out $(OUT)/$$s; done
+	@set -e; for f in Pulumi.*.yaml workloads/Pulumi.*.yaml; do s=$${f##*/Pulumi.}; s=$${s#Pulumi.}; s=$${s%.yaml}; \
+	  $(TRNCTL) render $$s --out $(OUT)/$$s; done
 
-test: setup
+# Render every stack at BASE (a git revision) and in the working tree, and diff the files:
+# a refactoring must leave every render byte-identical.  make render-compare BASE=HEAD~1
+render-compare: $(STAMP)
+	scripts/render-compare.sh $(BASE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

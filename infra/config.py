@@ -11,25 +11,16 @@ as one `ConfigError` before any resource is registered.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import yaml
-
+import stackfiles
 from infra import catalog, versions
+from stackfiles import ConfigError, ConfigReader, read_stack_bag
 
 PROJECT = "trn-platform"
-
-
-class ConfigError(ValueError):
-    """One or more invalid stack config keys; the message lists every problem."""
-
-    def __init__(self, problems: list[str], source: str = "stack config"):
-        self.problems = problems
-        super().__init__(f"invalid {source}:\n  - " + "\n  - ".join(problems))
 
 
 # --------------------------------------------------------------------------- typed config
@@ -162,72 +153,6 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DURATION = re.compile(r"^([0-9]+(s|m|h))+$|^Never$")
 
 
-class ConfigReader:
-    """Reads one mapping, recording problems instead of stopping at the first."""
-
-    def __init__(self, data: Any, where: str, problems: list[str]):
-        self.where = where
-        self.problems = problems
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-            data = {}
-        self.data = data
-        self.used: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.where}.{k}" if self.where else k
-
-    def get(self, k: str, typ: type | tuple, default: Any = None, *, required: bool = False,
-            allowed: tuple | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
-        self.used.add(k)
-        if k not in self.data or self.data[k] is None:
-            if required:
-                self.problems.append(f"{self.key(k)}: required key is missing")
-            return default
-        value = self.data[k]
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and typ is not bool:
-            ok = False
-        else:
-            ok = isinstance(value, typ)
-        if not ok:
-            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            self.problems.append(f"{self.key(k)}: expected {want}, got {type(value).__name__} {value!r}")
-            return default
-        if allowed is not None and value not in allowed:
-            self.problems.append(f"{self.key(k)}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
-            return default
-        if check is not None:
-            msg = check(value)
-            if msg:
-                self.problems.append(f"{self.key(k)}: {msg}")
-                return default
-        return value
-
-    def str_list(self, k: str, default: tuple = (), *, allowed: tuple | None = None,
-                 required: bool = False) -> tuple[str, ...]:
-        items = self.get(k, list, None, required=required)
-        if items is None:
-            return tuple(default)
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                self.problems.append(f"{self.key(k)}[{i}]: expected str, got {item!r}")
-            elif allowed is not None and item not in allowed:
-                self.problems.append(f"{self.key(k)}[{i}]: {item!r} is not allowed; allowed values: {', '.join(allowed)}")
-            else:
-                out.append(item)
-        return tuple(out)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        for k in unknown:
-            self.problems.append(f"{self.key(k)}: unknown key; known keys: {', '.join(sorted(self.used))}")
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -355,7 +280,8 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[N
             no_efa = [t for t in types if catalog.instance_type(t).efa_interfaces == 0]
             if no_efa:
                 with_efa = [t for t in allowed_types if catalog.instance_type(t).efa_interfaces > 0]
-                problems.append(f"{where}.efa: {', '.join(no_efa)} have no EFA interfaces; EFA pools allow: {', '.join(with_efa) or 'none for ' + family}")
+                allowed_efa = ", ".join(with_efa) or "none for " + family
+                problems.append(f"{where}.efa: {', '.join(no_efa)} have no EFA interfaces; EFA pools allow: {allowed_efa}")
         if "reserved" in capacity and not reservations:
             problems.append(f"{where}.capacityReservationIds: required when capacityTypes contains 'reserved'")
         if reservations and "reserved" not in capacity:
@@ -444,47 +370,15 @@ def _check_azs(network: NetworkConfig, region: str, pools: list[NodePoolConfig],
 # --------------------------------------------------------------------------- sources
 
 
-def _decode(value: Any) -> Any:
-    """Pulumi hands object/list config values to programs as JSON strings."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, str) and value in ("true", "false"):
-        return value == "true"
-    return value
-
-
 def raw_from_bag(bag: dict[str, Any], project: str = PROJECT) -> tuple[dict[str, Any], str | None]:
-    """Split a flat `project:key` config bag into this project's keys and the AWS region."""
-    prefix = project + ":"
-    raw = {k[len(prefix):]: _decode(v) for k, v in bag.items() if k.startswith(prefix)}
-    return raw, bag.get("aws:region")
+    """This project's keys (prefix removed) and the AWS region of a flat config bag."""
+    return stackfiles.raw_from_bag(bag, project)
 
 
 def from_pulumi(stack: str) -> PlatformConfig:
     """Inside a Pulumi program: read the whole stack config bag once and parse it."""
-    from pulumi.runtime import config as runtime_config
-
-    bag = dict(runtime_config.get_config_env())
-    bag.update(runtime_config.CONFIG.get())
-    raw, region = raw_from_bag(bag)
+    raw, region = raw_from_bag(stackfiles.pulumi_config_bag())
     return parse(raw, stack=stack, region=region)
-
-
-def stack_file(project_dir: Path, stack: str) -> Path:
-    return Path(project_dir) / f"Pulumi.{stack}.yaml"
-
-
-def read_stack_bag(project_dir: Path, stack: str) -> dict[str, Any]:
-    """The flat config bag of `Pulumi.<stack>.yaml` (values as YAML gives them)."""
-    path = stack_file(project_dir, stack)
-    if not path.exists():
-        stacks = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in Path(project_dir).glob("Pulumi.*.yaml"))
-        raise ConfigError([f"{path} does not exist; stacks here: {', '.join(stacks) or 'none'}"], "stack")
-    doc = yaml.safe_load(path.read_text()) or {}
-    return dict(doc.get("config") or {})
 
 
 def load_stack_file(project_dir: Path, stack: str) -> PlatformConfig:

@@ -133,7 +133,8 @@ class SharedStorage(pulumi.ComponentResource):
         self.pv = k8s.core.v1.PersistentVolume(f"{name}-pv", metadata=docs[0]["metadata"], spec=docs[0]["spec"],
                                                opts=pulumi.ResourceOptions.merge(vol_opts, pulumi.ResourceOptions(depends_on=[sc])))
         self.pvc = k8s.core.v1.PersistentVolumeClaim(f"{name}-pvc", metadata=docs[1]["metadata"], spec=docs[1]["spec"],
-                                                     opts=pulumi.ResourceOptions.merge(vol_opts, pulumi.ResourceOptions(depends_on=[self.pv])))
+                                                     opts=pulumi.ResourceOptions.merge(
+                                                         vol_opts, pulumi.ResourceOptions(depends_on=[self.pv])))
         self.pvc_name = cfg.pvc_name
         self.pvc_namespace = cfg.pvc_namespace
         self.mount_path = cfg.mount_path

@@ -1,11 +1,12 @@
-"""Cost estimates (infra/cost.py) against hand computations from infra/data/prices.json."""
+"""Cost estimates (trnctl/cost.py) against hand computations from infra/data/prices.json."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from infra import catalog, config, cost
+from infra import catalog, config
+from trnctl import cost
 from infra.network import INTERFACE_ENDPOINTS
 from policy import rules
 from tests.platform_helpers import REPO, rendered_platform, rendered_workload

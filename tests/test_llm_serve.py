@@ -11,8 +11,8 @@ import json
 import pytest
 
 from infra import versions
-from infra.config import raw_from_bag
-from infra.render import (PLACEHOLDER_SECRET, _referenced_stacks, _render_references, config_bag, policy_violations,
+from stackfiles import raw_from_bag
+from trnctl.render import (PLACEHOLDER_SECRET, _referenced_stacks, _render_references, config_bag, policy_violations,
                           run_program, validate)
 from tests.platform_helpers import REPO, project_with_stack, rendered_platform, stack_config, with_setting
 from workloads import config as workload_config
@@ -88,7 +88,7 @@ def test_stack_renders_validates_strictly_and_passes_policy():
 
 def test_scaled_object_fails_its_crd_schema_when_wrong():
     """The CRD schema (and its CEL rule) really checks the ScaledObject we render."""
-    from infra.validation import validate_objects
+    from trnctl.validation import validate_objects
 
     obj = next(o for _, o in rendered_serve().manifests if o["kind"] == "ScaledObject")
     bad = copy.deepcopy(obj)

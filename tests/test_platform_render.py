@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from infra import catalog, config, versions
-from infra.render import render_stack
+from trnctl.render import render_stack
 from tests.platform_helpers import PLATFORM_STACKS, REPO, rendered_platform
 
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"

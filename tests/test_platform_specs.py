@@ -11,7 +11,7 @@ import pytest
 
 from infra import addons, catalog, cluster, iam, karpenter, nodepools, storage, versions
 from infra.config import FsxConfig, NodePoolConfig, load_stack_file
-from infra.validation import validate_objects
+from trnctl.validation import validate_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = "1.34"

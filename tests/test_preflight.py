@@ -1,4 +1,4 @@
-"""infra.preflight: pure decisions first, then the AWS calls against moto's server.
+"""trnctl.preflight: pure decisions first, then the AWS calls against moto's server.
 
 moto answers STS, DescribeRegions, DescribeAvailabilityZones, DescribeInstanceTypeOfferings
 (from its own offering files: trn1.2xlarge/trn1.32xlarge in usw2-az1/az4, trn1n.32xlarge in
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-from infra import preflight
+from trnctl import preflight
 from infra.config import load_stack_file
 
 ROOT = Path(__file__).resolve().parents[1]

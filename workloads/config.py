@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import ConfigReader, raw_from_bag
+from stackfiles import ConfigReader, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"

@@ -25,7 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import versions
-from infra.config import ConfigReader
+from stackfiles import ConfigReader
 from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError

@@ -1,7 +1,8 @@
 """Render a stack offline: run its Pulumi program under the mock runtime, write what it
-would create, validate every Kubernetes object, run the policy rules, print a summary.
+would create, validate every Kubernetes object and every provider input (against the pinned
+SDKs' schemas, trnctl/provider_schema.py), run the policy rules, print a summary.
 
-    python -m infra.render <project-dir> <stack> --out <dir>
+    python -m trnctl.render <project-dir> <stack> --out <dir>
 
 `<project-dir>` is `.` for the platform and `workloads` for workload stacks. A workload
 stack's StackReference to the platform is answered by rendering that platform stack of
@@ -9,7 +10,8 @@ this repository first, so the two can never disagree offline.
 
 Writes `<dir>/resources.json`, `<dir>/manifests/*.yaml`, `<dir>/helm/*.yaml` (chart,
 version and values of each Helm release), `<dir>/outputs.json`; exits non-zero on an
-invalid config, an invalid manifest or a mandatory policy violation.
+invalid config, an invalid manifest, a provider input the provider would reject or a
+mandatory policy violation.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trnctl import exitcodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +59,7 @@ class RenderResult:
         return matches[0]
 
     def masked_outputs(self) -> dict[str, Any]:
-        from infra.mocks import SECRET_MASK
+        from stackfiles.records import SECRET_MASK
         return {k: (SECRET_MASK if k in self.secret_outputs else v) for k, v in self.outputs.items()}
 
 
@@ -77,7 +81,7 @@ def config_bag(project_dir: Path, stack: str) -> tuple[dict[str, str], list[str]
     """The stack file as Pulumi hands it to a program: JSON strings for objects, and the
     list of secret keys. Encrypted values cannot be decrypted offline: a placeholder
     stands in, marked secret, so secret handling is exercised for real."""
-    from infra.config import read_stack_bag
+    from stackfiles import read_stack_bag
 
     bag: dict[str, str] = {}
     secrets: list[str] = []
@@ -102,7 +106,7 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from infra.mocks import RecordingMocks, RecordingMonitor
+    from trnctl.mocks import RecordingMocks, RecordingMonitor
 
     project_dir = Path(project_dir).resolve()
     project = read_project(project_dir)
@@ -132,10 +136,13 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
 
     root = pulumi_settings.get_root_resource()
     outputs, secret_outputs = _resolve_outputs(getattr(root, "outputs", {}) or {})
-    result = RenderResult(project=name, stack=stack, resources=monitor.recorded, outputs=outputs,
+    # Registrations arrive in whatever order the program's outputs resolve; sorted by URN,
+    # every render of the same program and config writes the same bytes.
+    recorded = sorted(monitor.recorded, key=lambda r: r.urn)
+    result = RenderResult(project=name, stack=stack, resources=recorded, outputs=outputs,
                           secret_outputs=secret_outputs)
     result.kube_version = outputs.get("kubernetesVersion") or _kube_version_from_refs(stack_references)
-    result.manifests = extract_manifests(monitor.recorded)
+    result.manifests = extract_manifests(recorded)
     return result
 
 
@@ -211,7 +218,7 @@ def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
 
 def extract_manifests(resources: list) -> list[tuple[str, dict]]:
     """Every Kubernetes object as (relative file name, object), secrets masked."""
-    from infra.mocks import mask_secrets
+    from stackfiles.records import mask_secrets
 
     out = []
     for r in resources:
@@ -232,7 +239,7 @@ def extract_manifests(resources: list) -> list[tuple[str, dict]]:
 def _mask_secret_data(obj: dict, state: dict) -> dict:
     """Keep a Secret's keys (so it validates and reviews) and mask every value; Pulumi may
     have masked the whole map already, the unmasked state still names the keys."""
-    from infra.mocks import SECRET_MASK
+    from stackfiles.records import SECRET_MASK
     obj = dict(obj)
     for key in ("data", "stringData"):
         if key in obj:
@@ -256,7 +263,7 @@ def write_outputs(result: RenderResult, out_dir: Path) -> None:
     (out_dir / "outputs.json").write_text(json.dumps(result.masked_outputs(), indent=2, default=str))
     for fname, obj in result.manifests:
         (out_dir / "manifests" / fname).write_text(yaml.safe_dump(obj, sort_keys=False))
-    from infra.mocks import mask_secrets
+    from stackfiles.records import mask_secrets
     for r in result.resources:
         if r.type == "kubernetes:helm.sh/v3:Release":
             i = mask_secrets(r.inputs)
@@ -270,7 +277,7 @@ def write_outputs(result: RenderResult, out_dir: Path) -> None:
 
 
 def validate(result: RenderResult):
-    from infra.validation import validate_objects
+    from trnctl.validation import validate_objects
     return validate_objects([(f"manifests/{f}", o) for f, o in result.manifests], result.kube_version or "1.34")
 
 
@@ -304,6 +311,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         report = validate(result)
         print(report.summary())
         problems += [f"invalid manifest {i.source} ({i.kind} {i.name}) at {i.path}: {i.message}" for i in report.issues]
+        from trnctl import provider_schema
+        schema_issues = provider_schema.check_resources(result.resources)
+        print(provider_schema.summary(result.resources, schema_issues))
+        problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
         if violations:
@@ -313,40 +324,56 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
     return result, problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("project_dir", type=Path, help="'.' for the platform, 'workloads' for workload stacks")
-    parser.add_argument("stack", help="stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
-    args = parser.parse_args(argv)
+def find_project_dir(stack: str, root: Path = REPO_ROOT) -> Path:
+    """The project a stack file belongs to: the platform (repository root) or `workloads/`."""
+    candidates = [d for d in (root, root / "workloads") if (d / f"Pulumi.{stack}.yaml").exists()]
+    if len(candidates) == 1:
+        return candidates[0]
+    stacks = sorted(f.name[len("Pulumi."):-len(".yaml")] for d in (root, root / "workloads")
+                    for f in d.glob("Pulumi.*.yaml"))
+    raise RenderError(f"stack {stack!r}: no Pulumi.{stack}.yaml in {root} or {root / 'workloads'}; "
+                      f"stacks here: {', '.join(stacks)}; or pass --project-dir")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stack", help="stack name, e.g. dev-usw2 or compile-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--project-dir", type=Path, default=None,
+                        help="the stack's project: '.' (platform) or 'workloads'; found from the stack name by default")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default build/render/<stack>)")
+    parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
+
+
+def run(args: argparse.Namespace) -> int:
     from infra.config import ConfigError
     try:
-        result, problems = render_stack(args.project_dir, args.stack, args.out, check=not args.no_check)
+        project_dir = args.project_dir or find_project_dir(args.stack)
+        out = args.out or Path("build") / "render" / args.stack
+        result, problems = render_stack(project_dir, args.stack, out, check=not args.no_check)
     except (ConfigError, RenderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.bad_input(exc)
     print(summary(result))
-    estimate = cost_summary(result, args.project_dir)
+    estimate = cost_summary(result, project_dir)
     if estimate:
         print(estimate)
-    print(f"wrote {args.out}/resources.json, {args.out}/outputs.json, {len(result.manifests)} manifests")
+    print(f"wrote {out}/resources.json, {out}/outputs.json, {len(result.manifests)} manifests")
     if problems:
         print(f"\n{len(problems)} blocking problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
-        return 1
-    return 0
+        return exitcodes.FINDINGS
+    return exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl render", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def cost_summary(result: RenderResult, project_dir: Path) -> str | None:
     try:
-        from infra import cost
+        from trnctl import cost
     except ImportError:
         return None
     return cost.summary_for_render(result, Path(project_dir))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Preflight: catch, before `pulumi up`, what would otherwise fail late or leave pools empty.
 
-    python -m infra.preflight <stack> [--project-dir .] [--workloads-dir workloads]
+    trnctl preflight <stack> [--project-dir .] [--workloads-dir workloads]
 
 With the caller's AWS credentials (boto3 default chain; AWS_ENDPOINT_URL honoured) it
 checks, for the platform stack `<stack>` and every workload stack in `--workloads-dir`
@@ -24,7 +24,6 @@ functions are the only ones that talk to AWS; `run_preflight` strings them toget
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra import aws_ops, catalog, network
-from infra.config import ConfigError, NodePoolConfig, PlatformConfig, load_stack_file, raw_from_bag, read_stack_bag
+from trnctl import exitcodes
+from infra import catalog, network
+from trnctl import aws_ops
+from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -514,15 +516,15 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     return findings
 
 
-def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
-    """CLI entry point; `clients` replaces the default read-only clients (tests)."""
-    parser = argparse.ArgumentParser(prog="python -m infra.preflight", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
                         help="workloads project; its stacks that point at <stack> are checked too")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace, clients: Clients | None = None) -> int:
+    """`clients` replaces the default read-only clients (tests)."""
     try:
         cfg = load_stack_file(args.project_dir, args.stack)
         workloads = []
@@ -530,8 +532,7 @@ def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
             workloads = [workload_requirements(args.workloads_dir, s)
                          for s in workload_stacks_for(args.workloads_dir, args.stack)]
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+        return exitcodes.bad_input(err)
     print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
           f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
     findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
@@ -539,8 +540,10 @@ def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
     blocking = [f for f in findings if f.status == FAIL]
     warnings = [f for f in findings if f.status == WARN]
     print(f"\n{len(blocking)} blocking, {len(warnings)} warnings, {len(findings) - len(blocking) - len(warnings)} passed")
-    return 1 if blocking else 0
+    return exitcodes.FINDINGS if blocking else exitcodes.OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl preflight", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv), clients)

@@ -290,3 +290,32 @@ def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
         groups += [(int(g.get("replicas", 1)), g["template"]["spec"]) for g in cluster.get("workerGroupSpecs") or []]
         return groups
     return []
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("stack", help="a platform stack (always-on and per-pool $/h) or a workload stack "
+                                      "(the accelerators it holds while running)")
+    parser.add_argument("--project-dir", type=Path, default=None,
+                        help="'.' (platform) or 'workloads'; found from the stack name by default")
+
+
+def run(args) -> int:
+    """Platform stacks are priced from their config alone; a workload stack is rendered
+    first, since what it costs is what its pods request."""
+    from infra import config
+    from stackfiles import ConfigError
+    from trnctl import exitcodes, render
+
+    try:
+        project_dir = args.project_dir or render.find_project_dir(args.stack)
+        if (Path(project_dir) / "Pulumi.yaml").exists() and render.read_project(project_dir)["name"] == config.PROJECT:
+            print(estimate_platform(config.load_stack_file(project_dir, args.stack)).format())
+            return exitcodes.OK
+        result = render.run_program(Path(project_dir), args.stack)
+    except (ConfigError, render.RenderError) as exc:
+        return exitcodes.bad_input(exc)
+    print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
+    return exitcodes.OK
