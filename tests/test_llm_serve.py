@@ -129,7 +129,8 @@ def test_pods_land_on_the_pool_with_neuron_devices_from_the_platform_outputs():
 def test_vllm_serves_the_merged_finetune_output_with_the_configured_shape():
     finetune = rendered_finetune().outputs
     c = vllm_container(rendered_serve())
-    assert c["image"] == versions.neuron_sdk()["tracks"]["xla"]["vllm"]["image"]
+    assert c["image"] == llm_serve.vllm_pins("xla")["image"]
+    assert f"-sdk{rendered_platform('dev-usw2').outputs['neuronSdkVersion']}-" in c["image"]  # the platform's SDK
     cmd = c["command"]
     assert cmd[:3] == ["vllm", "serve", finetune["mergedModelDir"]]
     assert finetune["mergedModelDir"] == finetune["runDirOnFsx"] + "/merged"
@@ -217,6 +218,22 @@ def test_a_new_finetune_version_rolls_the_deployment(tmp_path):
     assert (old["metadata"]["annotations"]["trn-platform/compile-cache-key"]
             != new["metadata"]["annotations"]["trn-platform/compile-cache-key"])
     assert after.outputs["modelVersion"] == "1.1.0"
+
+
+def test_compile_cache_key_changes_with_everything_compiled_in():
+    s = parse(BASE)
+    key = llm_serve.compile_cache_key(s, "2.26.1")
+    assert key == llm_serve.compile_cache_key(parse(BASE), "2.26.1")  # stable across runs
+    serving = s.serving
+    variants = [
+        dataclasses.replace(s, serving=dataclasses.replace(serving, max_model_len=4096)),
+        dataclasses.replace(s, serving=dataclasses.replace(serving, max_num_seqs=8)),
+        dataclasses.replace(s, serving=dataclasses.replace(serving, context_buckets=(1024, 2048))),
+        dataclasses.replace(s, serving=dataclasses.replace(serving, tensor_parallel_size=1)),
+        dataclasses.replace(s, model=dataclasses.replace(s.model, version="1.0.1")),
+    ]
+    keys = {llm_serve.compile_cache_key(v, "2.26.1") for v in variants} | {llm_serve.compile_cache_key(s, "2.27.0")}
+    assert key not in keys and len(keys) == len(variants) + 1
 
 
 # --------------------------------------------------------------------------- config errors

