@@ -15,7 +15,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup render render-all render-compare lint test bench clean
+.PHONY: setup promtool render render-all render-compare lint test bench clean
 
 # The pinned requirements first, then this repository as an editable package with no
 # dependencies of its own: that installs the `trnctl` console script (pyproject.toml).
@@ -42,7 +42,16 @@ $(VLLM_STAMP): requirements-vllm.txt
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP)
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
+# binaries are used: no Prometheus server is started (there is no init system to start it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) promtool
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)

@@ -36,7 +36,11 @@ def interruption_queue_policy(queue_arn: str) -> dict:
 def controller_values(*, cluster_name: str, queue_name: str, service_account_annotations: dict) -> dict:
     """Helm values for the karpenter chart: on the system nodes, two replicas, PDB."""
     return {
-        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
+        # nodeRepair (alpha, off by default in charts/karpenter/values.yaml @ v1.14.1, commit
+        # c88abbbad455186e69e30296c595e474123e9bc1): replace nodes whose conditions (set by the
+        # EKS node monitoring agent, e.g. AcceleratedHardwareReady=False) stay unhealthy.
+        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name,
+                     "featureGates": {"nodeRepair": True}},
         "serviceAccount": {"name": SERVICE_ACCOUNT, "annotations": service_account_annotations},
         "replicas": 2,
         "podDisruptionBudget": {"name": "karpenter", "maxUnavailable": 1},
