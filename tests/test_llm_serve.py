@@ -24,17 +24,12 @@ STACK = "llm-serve-usw2"
 FINETUNE = "lora-finetune-usw2"
 PLATFORM_REF = "organization/trn-platform/dev-usw2"
 FINETUNE_REF = f"organization/trn-workloads/{FINETUNE}"
-# The platform's monitoring output (kube-prometheus-stack), as the platform exports it when
-# monitoring is on; filled in only where the rendered platform stack does not export it.
-MONITORING = {"prometheusUrl": "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"}
-
-
 def platform_outputs(*, monitoring: bool = True) -> dict:
+    """The rendered dev-usw2 outputs; monitoring=False: as a platform deployed without monitoring."""
     outputs = copy.deepcopy(rendered_platform("dev-usw2").outputs)
-    if monitoring:
-        outputs.setdefault("monitoring", MONITORING)
-    else:
-        outputs.pop("monitoring", None)
+    assert outputs["monitoring"]["prometheusUrl"].startswith("http://")
+    if not monitoring:
+        del outputs["monitoring"]
     return outputs
 
 
@@ -318,7 +313,7 @@ def test_hugging_face_model_needs_the_hf_token():
     cfg["trn-workloads:hfToken"] = {"secure": "v1:x"}
     s = llm_serve.parse(stack_cfg(cfg, {"trn-workloads:apiKey", "trn-workloads:hfToken"}).section,
                         platform=_platform(), stack=stack_cfg(cfg, {"trn-workloads:apiKey", "trn-workloads:hfToken"}),
-                        read_stack=lambda name, keys: {"monitoring": MONITORING})
+                        read_stack=lambda name, keys: {"monitoring": platform_outputs()["monitoring"]})
     assert s.model.path == "meta-llama/Meta-Llama-3-8B-Instruct" and s.model.finetune_stack is None
 
 
