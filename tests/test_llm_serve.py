@@ -198,6 +198,7 @@ def test_scaled_object_scales_on_waiting_requests_from_the_platform_prometheus()
     assert trigger["metadata"]["query"].startswith(f"sum({llm_serve.WAITING_METRIC}{{")
     assert f'namespace="{dep["metadata"]["namespace"]}"' in trigger["metadata"]["query"]
     assert trigger["metadata"]["threshold"] == "4"
+    assert so["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1, "behavior": "currentReplicasIfHigher"}
 
 
 # --------------------------------------------------------------------------- StackReference chain

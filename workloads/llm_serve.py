@@ -345,6 +345,9 @@ def scaled_object_spec(deployment: str, namespace: str, scaling: Autoscaling) ->
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
         "minReplicaCount": scaling.min_replicas, "maxReplicaCount": scaling.max_replicas,
         "pollingInterval": scaling.polling_seconds, "cooldownPeriod": scaling.cooldown_seconds,
+        # Prometheus unreachable for 3 polls: hold the replicas there are (never fewer than
+        # minReplicas) instead of guessing a load (kedacore/keda pkg/fallback/fallback.go @ v2.20.2).
+        "fallback": {"failureThreshold": 3, "replicas": scaling.min_replicas, "behavior": "currentReplicasIfHigher"},
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
             # Scale down one replica at a time after the cooldown; a replica compiles or
             # loads for minutes, so flapping costs more than an idle replica.
