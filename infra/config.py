@@ -54,12 +54,14 @@ class SystemNodesConfig:
 @dataclass(frozen=True)
 class NodePoolConfig:
     name: str
-    family: str  # trn1 | trn1n | inf2 | cpu
+    family: str  # trn1 | trn1n | trn2 | trn3 | inf2 | cpu
     instance_types: tuple[str, ...]
     max_nodes: int
     capacity_types: tuple[str, ...] = ("on-demand",)
     efa: bool = False
     capacity_reservation_ids: tuple[str, ...] = ()
+    capacity_block_ids: tuple[str, ...] = ()  # Capacity Blocks for ML (capacity type capacity-block)
+    lnc: int | None = None  # Logical NeuronCore setting; None where the family has none
     root_volume_gib: int = 0  # 0: family default
     consolidate_after: str = "10m"
     # Accelerator pools never disrupt running pods except when empty; this is how many
@@ -69,6 +71,11 @@ class NodePoolConfig:
     @property
     def is_accelerator(self) -> bool:
         return self.family != "cpu"
+
+    @property
+    def uses_reservations(self) -> bool:
+        """Launches into capacity reservations (ODCRs or Capacity Blocks)."""
+        return bool({"reserved", "capacity-block"} & set(self.capacity_types))
 
     @property
     def largest_instance(self) -> catalog.InstanceType:
@@ -152,8 +159,12 @@ class PlatformConfig:
 
 # --------------------------------------------------------------------------- allowed values
 
-FAMILIES = ("trn1", "trn1n", "inf2", "cpu")
-CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+FAMILIES = catalog.families()
+# `reserved`: On-Demand Capacity Reservations; `capacity-block`: Capacity Blocks for ML. Both
+# are Karpenter's `reserved` capacity type (infra/nodepools.py).
+CAPACITY_TYPES = ("on-demand", "spot", "reserved", "capacity-block")
+# Families whose multi-node pools always get EFA (multi-node training on them runs over it).
+EFA_MULTI_NODE_FAMILIES = ("trn2", "trn3")
 NAT_MODES = ("single", "per-az")
 IDENTITY_MODES = ("pod-identity", "irsa")
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -368,13 +379,19 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
         allowed_types = catalog.instance_types_of(family)
-        types = r.str_list("instanceTypes", (), allowed=allowed_types, required=True)
+        # A family without instance types (trn3) is reported once, below, with the reason.
+        types = r.str_list("instanceTypes", (), allowed=allowed_types or None, required=True)
         # None when missing or invalid (already reported): later checks must not echo a made-up 0.
         max_nodes = r.get("maxNodes", int, None, required=True,
                           check=lambda v: None if 1 <= v <= 64 else f"{v} is not allowed; must be 1 to 64")
         capacity = r.str_list("capacityTypes", ("on-demand",), allowed=CAPACITY_TYPES)
-        efa = r.get("efa", bool, False)
+        efa_default = family in EFA_MULTI_NODE_FAMILIES and (max_nodes or 0) > 1
+        efa = r.get("efa", bool, efa_default)
         reservations = r.str_list("capacityReservationIds")
+        blocks = r.str_list("capacityBlockIds")
+        lnc_setting = catalog.family_lnc(family)
+        lnc = r.get("lnc", int, lnc_setting.default if lnc_setting else None,
+                    check=lambda v, fam=family: _lnc_problem(fam, v))
         root_gib = r.get("rootVolumeGiB", int, 0, check=lambda v: None if v == 0 or 20 <= v <= 16384 else "must be 20 to 16384")
         consolidate_after = r.get("consolidateAfter", str, "10m",
                                   check=lambda v: None if _DURATION.match(v) else "must be a duration such as 30s, 10m, 1h or Never")
@@ -383,31 +400,41 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
                              f"{v!r} is not allowed; a node count such as 1 or a percentage such as 10%")
         r.finish()
         where = f"nodePools[{i}] ({name})"
+        if not allowed_types and catalog.family_not_offered(family):
+            usable = [f for f in FAMILIES if catalog.instance_types_of(f)]
+            problems.append(f"{where}.family: {family} cannot be used: {catalog.family_not_offered(family)}; "
+                            f"families with instance types: {', '.join(usable)}")
+            complete = False
+            continue
         if not types or max_nodes is None:
             if not types and "instanceTypes" in (item if isinstance(item, dict) else {}):
                 problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
             complete = False
             continue
+        if family in EFA_MULTI_NODE_FAMILIES and max_nodes > 1 and not efa:
+            problems.append(f"{where}.efa: false is not allowed for a multi-node {family} pool (maxNodes {max_nodes}): "
+                            f"its nodes train together over EFA; set efa: true or maxNodes: 1")
+        _check_capacity(where, types, capacity, reservations, blocks, problems)
         if efa:
             no_efa = [t for t in types if catalog.instance_type(t).efa_interfaces == 0]
             if no_efa:
                 with_efa = [t for t in allowed_types if catalog.instance_type(t).efa_interfaces > 0]
                 allowed_efa = ", ".join(with_efa) or "none for " + family
                 problems.append(f"{where}.efa: {', '.join(no_efa)} have no EFA interfaces; EFA pools allow: {allowed_efa}")
-        if "reserved" in capacity and not reservations:
-            problems.append(f"{where}.capacityReservationIds: required when capacityTypes contains 'reserved'")
-        if reservations and "reserved" not in capacity:
-            problems.append(f"{where}.capacityTypes: must contain 'reserved' when capacityReservationIds are given")
-        for j, rid in enumerate(reservations):
-            if not re.match(r"^cr-[0-9a-f]{8,17}$", rid):
-                problems.append(f"{where}.capacityReservationIds[{j}]: {rid!r} is not a capacity reservation id (cr-...)")
+        for key, ids in (("capacityReservationIds", reservations), ("capacityBlockIds", blocks)):
+            for j, rid in enumerate(ids):
+                if not re.match(r"^cr-[0-9a-f]{8,17}$", rid):
+                    problems.append(f"{where}.{key}[{j}]: {rid!r} is not a capacity reservation id (cr-...)")
+        for rid in sorted(set(reservations) & set(blocks)):
+            problems.append(f"{where}.capacityBlockIds: {rid} is also in capacityReservationIds; list it once "
+                            f"(capacityBlockIds for Capacity Blocks, capacityReservationIds for other ODCRs)")
         if region and not catalog.family_in_region(family, region):
             problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
                             f"{', '.join(catalog.family_regions(family))}")
         pools.append(NodePoolConfig(
             name=name, family=family, instance_types=types, max_nodes=max_nodes, capacity_types=capacity,
-            efa=efa, capacity_reservation_ids=reservations, root_volume_gib=root_gib,
-            consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
+            efa=efa, capacity_reservation_ids=reservations, capacity_block_ids=blocks, lnc=lnc,
+            root_volume_gib=root_gib, consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
         ))
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -415,6 +442,42 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
     if items is not None and complete and not any(p.family == "cpu" for p in pools):
         problems.append("nodePools: at least one pool with family 'cpu' is required (data preparation, Ray heads)")
     return pools, complete
+
+
+def _lnc_problem(family: str, value: int) -> str | None:
+    setting = catalog.family_lnc(family)
+    if setting is None:
+        with_lnc = [f for f in FAMILIES if catalog.family_lnc(f)]
+        return (f"{family} has no Logical NeuronCore setting (LNC applies to {', '.join(with_lnc)}); "
+                f"remove the key")
+    if value not in setting.allowed:
+        return (f"{value!r} is not allowed for {family}; allowed values: {', '.join(map(str, setting.allowed))} "
+                f"(default {setting.default})")
+    return None
+
+
+def _check_capacity(where: str, types: tuple[str, ...], capacity: tuple[str, ...], reservations: tuple[str, ...],
+                    blocks: tuple[str, ...], problems: list[str]) -> None:
+    """Capacity types the pool's instance types are sold as (EC2 SupportedUsageClasses), and
+    the reservation ids each reserved capacity type needs."""
+    for usage in ("spot", "capacity-block"):
+        if usage not in capacity:
+            continue
+        without = [t for t in types if usage not in catalog.instance_type(t).usage_classes]
+        if without:
+            offering = sorted(t for f in FAMILIES for t in catalog.instance_types_of(f)
+                              if usage in catalog.instance_type(t).usage_classes and f != "cpu")
+            problems.append(f"{where}.capacityTypes: {usage} is not offered for {', '.join(without)}; "
+                            f"accelerator types sold as {usage}: {', '.join(offering)}")
+    if "reserved" in capacity and not reservations:
+        problems.append(f"{where}.capacityReservationIds: required when capacityTypes contains 'reserved'")
+    if reservations and "reserved" not in capacity:
+        problems.append(f"{where}.capacityTypes: must contain 'reserved' when capacityReservationIds are given")
+    if "capacity-block" in capacity and not blocks:
+        problems.append(f"{where}.capacityBlockIds: required when capacityTypes contains 'capacity-block' "
+                        f"(the cr-... ids of your Capacity Blocks for ML)")
+    if blocks and "capacity-block" not in capacity:
+        problems.append(f"{where}.capacityTypes: must contain 'capacity-block' when capacityBlockIds are given")
 
 
 def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:

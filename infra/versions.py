@@ -97,6 +97,14 @@ VOLCANO_CHART_REPO = "https://volcano-sh.github.io/helm-charts"
 VOLCANO_CHART = "volcano"
 VOLCANO_VERSION = "1.15.1"
 
+# KEDA (event-driven autoscaling; llm-serve scales on vLLM's waiting-requests gauge via its
+# Prometheus scaler). Chart keda 2.20.2 = app v2.20.2: kedacore/charts keda/Chart.yaml @
+# cbb9bb8ce0809dc9048f72302f7c09765d66ed56 ("prepare v2.20.2 release"); kedacore/keda tag v2.20.2
+# (68a5b5028f35b22d50597c69819ab32c4e92f21a) is the ScaledObject CRD in infra/schemas/.
+KEDA_CHART_REPO = "https://kedacore.github.io/charts"
+KEDA_CHART = "keda"
+KEDA_VERSION = "2.20.2"
+
 # No chart upstream: our kustomization (infra/manifests/mpi-operator) pins the release
 # tag of the manifests and the operator image.
 MPI_OPERATOR_VERSION = "v0.8.2"
@@ -117,11 +125,34 @@ EKS_ADDONS = {
 SUPPORTED_KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34")
 
 _NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
+NEURON_TRACKS = ("xla", "native")
+
+
+def _neuron_pins() -> dict:
+    return json.loads(_NEURON_PIN_FILE.read_text())
+
+
+def neuron_track(name: str) -> dict:
+    """One Neuron software track of images/neuron-sdk.json (SDK, torch, Python, base images,
+    the instance families it runs on), with the images' uid."""
+    pins = _neuron_pins()
+    if name not in pins["tracks"]:
+        raise KeyError(f"Neuron track {name!r} is not in {_NEURON_PIN_FILE.name}; allowed values: "
+                       f"{', '.join(sorted(pins['tracks']))}")
+    return {**pins["tracks"][name], "uid": pins["uid"]}
+
+
+def neuron_track_for_family(family: str) -> str | None:
+    """The track whose images run on an instance family (`trn2`), or None (CPU, unknown)."""
+    for name, track in _neuron_pins()["tracks"].items():
+        if family in track["families"]:
+            return name
+    return None
 
 
 def neuron_sdk() -> dict:
-    """The images' Neuron SDK pin (images/neuron-sdk.json), the one source for every image."""
-    return json.loads(_NEURON_PIN_FILE.read_text())
+    """The xla track's pin (trn1/trn1n/inf2), the one source for the images the existing stacks run."""
+    return neuron_track("xla")
 
 # -- monitoring (infra/monitoring/) ---------------------------------------------------------
 # prometheus-community/helm-charts charts/kube-prometheus-stack/Chart.yaml @ tag

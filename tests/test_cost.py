@@ -81,7 +81,10 @@ def test_interface_endpoints_come_from_the_network_module():
 def test_every_instance_type_is_priced(region):
     prices = cost.load_prices(region)
     types = json.loads((REPO / "infra" / "data" / "instance_types.json").read_text())["instanceTypes"]
-    assert set(types) <= set(prices.ec2_per_hour)
+    offered = {t for t in types if catalog.snapshot_offerings(region, t)}  # trn2 only in us-east-2
+    assert offered <= set(prices.ec2_per_hour)
+    assert set(prices.ec2_per_hour) <= set(types)
+    assert set(prices.capacity_block_per_hour) <= offered  # block rates only where the type is offered
     assert all(p > 0 for p in prices.ec2_per_hour.values())
     for dtype, rule in config.FSX_RULES.items():
         for throughput in rule["throughput"] or (0,):

@@ -50,7 +50,7 @@ BAD_CONFIGS = {
                                   "nodePools[0] (trn1-single).efa: trn1.2xlarge have no EFA interfaces; EFA pools allow: trn1.32xlarge"),
     "open public endpoint": (with_changes(endpoint={"publicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]}),
                              "endpoint.publicAccessCidrs: a public API endpoint must be limited"),
-    "bad family": (with_changes(nodePools=pools_with(2, family="gpu")), "nodePools[2].family: 'gpu' is not allowed; allowed values: trn1, trn1n, inf2, cpu"),  # noqa: E501 (expected message)
+    "bad family": (with_changes(nodePools=pools_with(2, family="gpu")), "nodePools[2].family: 'gpu' is not allowed; allowed values: trn1, trn1n, inf2, trn2, trn3, cpu"),  # noqa: E501 (expected message)
 }
 
 

@@ -14,11 +14,15 @@ from stackfiles import ConfigReader, check_namespaces, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
-WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune")
+WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune", "llm-serve")
 # The config section each workload reads, and the ECR repository its image goes to.
-SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora"}
+SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora",
+            "llm-serve": "llmServe"}
 DEFAULT_REPOSITORY = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray-train",
-                      "lora-finetune": "finetune"}
+                      "lora-finetune": "finetune",
+                      # llm-serve runs the Neuron vLLM container (images/neuron-sdk.json), not an image
+                      # of ours; the shared base only needs a valid default here.
+                      "llm-serve": "serve"}
 IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune"}
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -57,6 +61,7 @@ class WorkloadStackConfig:
     image: ImageConfig
     hf_token_set: bool
     section: dict[str, Any]  # the workload's own section, parsed by its module
+    api_key_set: bool = False  # apiKey (secret): the key llm-serve requires from clients
 
 
 def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(),
@@ -81,6 +86,9 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     hf_token = r.get("hfToken", str, None)
     if hf_token is not None and f"{PROJECT}:hfToken" not in secret_keys:
         problems.append("hfToken: must be a secret; set it with `pulumi config set --secret hfToken <token>`")
+    api_key = r.get("apiKey", str, None)
+    if api_key is not None and f"{PROJECT}:apiKey" not in secret_keys:
+        problems.append("apiKey: must be a secret; set it with `pulumi config set --secret apiKey <key>`")
     sections = {}
     for name in SECTIONS.values():
         sections[name] = r.get(name, dict, None)
@@ -94,7 +102,8 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, region=region, workload=workload,
                                version=version,
                                run_id=run_id, image=image, hf_token_set=hf_token is not None,
-                               section=sections.get(wanted) or {})
+                               section=sections.get(wanted) or {},
+                               api_key_set=api_key is not None)
 
 
 def from_pulumi(stack: str) -> WorkloadStackConfig:
