@@ -1,30 +1,51 @@
-"""Batch tokenization with the Rust `tokenizers` library, identical to one `encode(text)` per text.
+"""Tokenization engines: gigatoken (fast) checked against the Rust `tokenizers` reference.
 
 Public API (shared with the Ray pretraining workload):
 
     tok = load_tokenizer("/shared/tokenizers/llama2")      # or a Hugging Face id (HF_TOKEN)
-    encoder = BatchEncoder(tok.backend, eod_id=tok.eod_id)
+    encoder = BatchEncoder(tok.backend, eod_id=tok.eod_id)  # reference engine
+    encoder = choose_encoder(tok, sample_texts)             # gigatoken when it gives the same ids
     for batch in encoder.token_batches(documents, batch_size=1000):
         batch.ids        # every document's ids, then EOD, back to back (int64)
         batch.lengths    # tokens per document including its EOD
 
-`encode_batch_fast` tokenizes a whole batch on all threads of rayon's pool with the GIL released,
-so the reader thread can parse the next batch meanwhile. Its output equals calling
-`encode(text, add_special_tokens=...)` on each text with the same flag; truncation and
-padding that a saved tokenizer.json may carry are switched off so no document is cut.
+Engines turn a list of texts into raw ids (no special tokens); `BatchEncoder` adds what the
+tokenizer's post-processor adds (e.g. Llama's BOS) when asked, then EOD, and drops documents
+that give no tokens. Its output always equals the reference: one `encode(text,
+add_special_tokens=...)` per document with the Rust `tokenizers` library.
+
+- `ReferenceEngine`: `tokenizers` `encode_batch_fast` on rayon's threads (the GIL released).
+- `GigatokenEngine`: gigatoken 0.10.0 (byte-level BPE, e.g. GPT-2 / Llama 3, and
+  SentencePiece-style BPE with byte fallback, e.g. Llama 2), built from the same
+  tokenizer.json. It refuses other models (WordPiece, Unigram) when it loads.
+
+`choose_encoder` uses gigatoken only when it loads the tokenizer AND gives exactly the
+reference ids on a sample of the run's own documents; anything else falls back to the
+reference, and says why (`EngineChoice.reason`). `BatchEncoder.verify` repeats the check on
+later samples (the pipeline checks the first batch of every input file).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "gigatoken", "tokenizers")
+DEFAULT_VERIFY_BYTES = 256 * 1024  # text checked against the reference before gigatoken is trusted
+
+
+class EngineError(ValueError):
+    """--engine gigatoken was required but gigatoken cannot be used for this tokenizer or data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +100,106 @@ def load_tokenizer(name_or_dir: str, *, eod_token: str | None = None,
 
 @dataclasses.dataclass(frozen=True)
 class TokenBatch:
-    ids: np.ndarray  # int64, documents back to back, each followed by EOD
+    ids: np.ndarray  # int64 or uint32, documents back to back, each followed by EOD
     lengths: np.ndarray  # int64, tokens per document including EOD
     dropped_empty: int  # documents that produced no tokens (not written, like Megatron's preprocessor)
 
 
+class ReferenceEngine:
+    """The Rust `tokenizers` library: the reference every other engine is checked against."""
+
+    name = "tokenizers"
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we
+        # never use: same ids, about 20% less work.
+        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def encode(self, texts: list[str], add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all texts back to back, ids per text)."""
+        id_lists = [e.ids for e in self._encode_batch(texts, add_special_tokens=add_special_tokens)]
+        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum()))
+        return flat, counts
+
+
+class GigatokenEngine:
+    """gigatoken's Rust encoder (https://github.com/marcelroed/gigatoken, PyPI gigatoken==0.10.0).
+
+    It encodes without special tokens (like `add_special_tokens=False`); `BatchEncoder` adds
+    the post-processor's tokens itself. Raises `EngineError` when gigatoken refuses the model.
+    """
+
+    name = "gigatoken"
+
+    def __init__(self, tokenizer_json: str, *, parallel: bool = True) -> None:
+        try:
+            import gigatoken
+        except ImportError as err:
+            raise EngineError(f"gigatoken is not installed ({err})") from err
+        try:
+            # gigatoken 0.10.0 gigatoken/_tokenizer.py: Tokenizer.from_json(tokenizer.json contents);
+            # load_hf_json raises RuntimeError("Unsupported model type ...") for WordPiece/Unigram.
+            self.tokenizer = gigatoken.Tokenizer.from_json(tokenizer_json)
+        except Exception as err:  # noqa: BLE001 - any refusal means: use the reference
+            raise EngineError(f"gigatoken cannot load this tokenizer: {str(err).splitlines()[0]}") from err
+        # parallel=None lets gigatoken detect forked/multiprocessing children (its _parallel.py);
+        # False keeps everything on this thread (--workers 1).
+        self.parallel = None if parallel else False
+
+    def encode(self, texts: list[str], add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+        if add_special_tokens:
+            raise ValueError("GigatokenEngine encodes without special tokens; BatchEncoder adds them")
+        rows = self.tokenizer.encode_batch(texts, parallel=self.parallel)
+        layout = rows.layout
+        if type(layout).__name__ == "ListOffsetArray":  # what 0.10.0 returns: offsets + one uint32 buffer
+            offsets = np.asarray(layout.offsets.data)
+            flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+            return flat, np.diff(offsets)
+        import awkward as ak
+
+        return ak.to_numpy(ak.flatten(rows)), ak.to_numpy(ak.num(rows))
+
+
+def special_tokens_around(backend: Any) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) a document that `encode(text, add_special_tokens=True)` adds.
+
+    Found by encoding a probe both ways, so it is whatever the post-processor does; raises
+    ValueError when the difference is not a fixed prefix + suffix (then only the reference
+    engine can add them).
+    """
+    probe = "probe text 123"
+    plain = backend.encode(probe, add_special_tokens=False).ids
+    full = backend.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            prefix, suffix = full[:start], full[start + len(plain):]
+            if backend.encode("", add_special_tokens=True).ids == prefix + suffix:
+                return prefix, suffix
+    raise ValueError("the tokenizer's post-processor does more than add fixed tokens around a document")
+
+
 class BatchEncoder:
-    def __init__(self, backend: Any, *, eod_id: int, add_special_tokens: bool = False) -> None:
+    """Documents -> `TokenBatch`es with one engine; equal to the reference's per-document encode + EOD."""
+
+    def __init__(self, backend: Any, *, eod_id: int, add_special_tokens: bool = False,
+                 engine: ReferenceEngine | GigatokenEngine | None = None) -> None:
         self.backend = backend
         self.eod_id = int(eod_id)
         # False matches Megatron's preprocessing (text_to_ids: no BOS); True adds what the
         # tokenizer's post-processor adds (e.g. Llama's BOS) to every document.
         self.add_special_tokens = add_special_tokens
-        # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets, which we
-        # never use: same ids, about 20% less work.
-        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        self.reference = ReferenceEngine(backend)
+        self.engine = engine or self.reference
+        self._prefix: list[int] = []
+        self._suffix: list[int] = []
+        if add_special_tokens and self.engine is not self.reference:
+            self._prefix, self._suffix = special_tokens_around(backend)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
 
     def encode_one(self, text: str) -> list[int]:
         """The reference: one document's ids + EOD ([] when the text gives no tokens)."""
@@ -101,16 +207,29 @@ class BatchEncoder:
         return ids + [self.eod_id] if ids else []
 
     def encode_texts(self, texts: list[str]) -> TokenBatch:
-        encodings = self._encode_batch(texts, add_special_tokens=self.add_special_tokens)
-        id_lists = [e.ids for e in encodings]
-        token_counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        kept = token_counts > 0
-        lengths = token_counts[kept] + 1
-        eod = (self.eod_id,)
-        flat = np.fromiter(itertools.chain.from_iterable(
-            itertools.chain.from_iterable((ids, eod) for ids in id_lists if ids)),
-            dtype=np.int64, count=int(lengths.sum()))
-        return TokenBatch(ids=flat, lengths=lengths, dropped_empty=int((~kept).sum()))
+        if self.engine is self.reference:
+            flat, counts = self.reference.encode(texts, self.add_special_tokens)
+            return _with_eod(flat, counts, [], [], self.eod_id)
+        flat, counts = self.engine.encode(texts, False)
+        return _with_eod(flat, counts, self._prefix, self._suffix, self.eod_id)
+
+    def mismatch(self, texts: Sequence[str]) -> str | None:
+        """None when this encoder gives the reference's ids for every text, else where it differs."""
+        if self.engine is self.reference or not texts:
+            return None
+        batch = self.encode_texts(list(texts))
+        got = np.split(batch.ids, np.cumsum(batch.lengths)[:-1]) if len(batch.lengths) else []
+        want = [self.encode_one(t) for t in texts]
+        want_kept = [w for w in want if w]
+        if len(got) != len(want_kept):
+            return f"{len(got)} non-empty documents instead of {len(want_kept)}"
+        kept = (i for i, w in enumerate(want) if w)
+        for i, g, w in zip(kept, got, want_kept):
+            if g.tolist() != w:
+                diff = next((k for k, (a, b) in enumerate(zip(g.tolist(), w)) if a != b), min(len(g), len(w)))
+                return (f"document {i} of the sample ({len(texts[i])} characters, starting {texts[i][:40]!r}) "
+                        f"differs from token {diff} on")
+        return None
 
     def token_batches(self, documents: Iterable[Any], *, batch_size: int = 1000,
                       prefetch: int = 4) -> Iterator[TokenBatch]:
@@ -121,6 +240,83 @@ class BatchEncoder:
         """
         for texts in prefetched(_text_batches(documents, batch_size), prefetch):
             yield self.encode_texts(texts)
+
+
+def _with_eod(flat: np.ndarray, counts: np.ndarray, prefix: list[int], suffix: list[int],
+              eod_id: int) -> TokenBatch:
+    """Each document's prefix + ids + suffix + EOD back to back; documents without tokens dropped."""
+    extra = len(prefix) + len(suffix)
+    kept = counts + extra > 0
+    lengths = counts[kept] + extra + 1
+    if not extra:
+        ends = np.cumsum(counts)[kept]
+        ids = np.insert(flat, ends, eod_id)  # keeps the engine's dtype (uint32 or int64)
+        return TokenBatch(ids=ids, lengths=lengths, dropped_empty=int((~kept).sum()))
+    # prefix/suffix (add_special_tokens with a non-reference engine): no document is empty,
+    # every part is placed by index.
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    ids = np.empty(int(lengths.sum()), dtype=np.int64)
+    for j, token in enumerate(prefix):
+        ids[starts + j] = token
+    firsts = np.cumsum(counts) - counts  # where each document's ids start in `flat`
+    # every token's slot: its document's start + the prefix + its position within the document
+    ids[np.repeat(starts + len(prefix) - firsts, counts) + np.arange(len(flat))] = flat
+    for j, token in enumerate(suffix):
+        ids[starts + len(prefix) + counts + j] = token
+    ids[starts + lengths - 1] = eod_id
+    return TokenBatch(ids=ids, lengths=lengths, dropped_empty=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChoice:
+    engine: str  # "gigatoken" | "tokenizers"
+    reason: str  # why: the check passed, gigatoken refused, a sample differed, or --engine
+
+
+def choose_encoder(tok: LoadedTokenizer, sample: Sequence[str], *, add_special_tokens: bool = False,
+                   engine: str = "auto", workers: int = 1) -> tuple[BatchEncoder, EngineChoice]:
+    """gigatoken when allowed, it loads, and it gives the reference's ids on `sample`; else the reference.
+
+    engine="tokenizers" always takes the reference; "gigatoken" raises `EngineError` where
+    "auto" falls back (the fallback is logged as a warning).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    reference = BatchEncoder(tok.backend, eod_id=tok.eod_id, add_special_tokens=add_special_tokens)
+    if engine == "tokenizers":
+        return reference, EngineChoice("tokenizers", "--engine tokenizers")
+    try:
+        fast = BatchEncoder(tok.backend, eod_id=tok.eod_id, add_special_tokens=add_special_tokens,
+                            engine=GigatokenEngine(tok.backend.to_str(), parallel=workers > 1))
+        problem = fast.mismatch(sample)
+        if problem is not None:
+            raise EngineError(f"gigatoken differs from the reference on this run's documents: {problem}")
+    except (EngineError, ValueError) as err:
+        if engine == "gigatoken":
+            raise EngineError(f"--engine gigatoken: {err}") from err
+        log.warning("using the reference tokenizers engine: %s", err)
+        return reference, EngineChoice("tokenizers", str(err))
+    sample_bytes = sum(len(t) for t in sample)
+    return fast, EngineChoice("gigatoken", f"same ids as the reference on {len(sample)} sample documents "
+                                           f"({sample_bytes} characters)")
+
+
+def verification_sample(texts: Sequence[str], budget_chars: int = DEFAULT_VERIFY_BYTES) -> list[str]:
+    """Documents spread over `texts` (every k-th, short ones included) up to `budget_chars` in total."""
+    if not texts:
+        return []
+    picked: list[str] = []
+    left = budget_chars
+    step = max(1, len(texts) // 256)
+    for offset in range(step):  # several sweeps, so a small budget still spans the whole batch
+        for text in texts[offset::step]:
+            if len(text) <= left:
+                picked.append(text)
+                left -= len(text)
+        if left <= 0 or len(picked) >= len(texts):
+            break
+    return picked
 
 
 def _text_batches(documents: Iterable[Any], batch_size: int) -> Iterator[list[str]]:
