@@ -319,6 +319,26 @@ def verification_sample(texts: Sequence[str], budget_chars: int = DEFAULT_VERIFY
     return picked
 
 
+def checked_token_batches(tok: LoadedTokenizer, documents: Iterable[Any], *, batch_size: int = 1000,
+                          add_special_tokens: bool = False, engine: str = "auto", workers: int = 1,
+                          verify_bytes: int = DEFAULT_VERIFY_BYTES, choices: list[EngineChoice] | None = None,
+                          prefetch: int = 4) -> Iterator[TokenBatch]:
+    """`BatchEncoder.token_batches` with the engine chosen by `choose_encoder` on the first batch.
+
+    For callers that see only a stream of documents (the Ray data step); the choice made is
+    appended to `choices` when given.
+    """
+    encoder = None
+    for texts in prefetched(_text_batches(documents, batch_size), prefetch):
+        if encoder is None:
+            encoder, choice = choose_encoder(tok, verification_sample(texts, verify_bytes),
+                                             add_special_tokens=add_special_tokens, engine=engine, workers=workers)
+            log.info("engine: %s (%s)", choice.engine, choice.reason)
+            if choices is not None:
+                choices.append(choice)
+        yield encoder.encode_texts(texts)
+
+
 def _text_batches(documents: Iterable[Any], batch_size: int) -> Iterator[list[str]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
