@@ -216,13 +216,16 @@ def _split_lines(chunks: Iterable[bytes], max_line: int | None = None) -> Iterat
             skipping, chunk = 0, chunk[cut + 1:]
         parts = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
         tail = parts.pop()
-        yield from parts
+        if max_line is not None and parts and max(map(len, parts)) > max_line:
+            yield from (OversizeLine(len(part)) if len(part) > max_line else part for part in parts)
+        else:
+            yield from parts
         if max_line is not None and len(tail) > max_line:
             skipping, tail = len(tail), b""
     if skipping:
         yield OversizeLine(skipping)
     elif tail:
-        yield tail
+        yield tail if max_line is None or len(tail) <= max_line else OversizeLine(len(tail))
 
 
 def _gunzip(chunks: Iterable[bytes], where: str = "<stream>") -> Iterator[bytes]:

@@ -111,7 +111,8 @@ def save_tokenizer(tok: LoadedTokenizer, directory: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tok.hf.save_pretrained(str(staging))
+        for f in tok.files:
+            shutil.copyfile(f, staging / f.name)
         old = dest.with_name(f".{dest.name}.old")
         if dest.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import queue
@@ -51,10 +52,15 @@ class EngineError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoadedTokenizer:
     backend: Any  # tokenizers.Tokenizer (Rust), truncation and padding off
-    hf: Any  # transformers PreTrainedTokenizerFast, for save_pretrained
+    files: tuple[Path, ...]  # the tokenizer's files as published (what save_tokenizer copies)
     eod_id: int
     vocab_size: int  # including added tokens: the largest id + 1 that can appear
     source: str
+
+
+# What a Hugging Face tokenizer directory holds (transformers' save_pretrained writes the first three;
+# tokenizer.model is the SentencePiece original some repos ship too).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def set_tokenizer_threads(workers: int) -> None:
@@ -69,33 +75,70 @@ def set_tokenizer_threads(workers: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(workers)
 
 
+def _tokenizer_files(name_or_dir: str, hf_token: str | None) -> list[Path]:
+    """The tokenizer files of a local directory, or of a Hugging Face repo (downloaded to the HF cache)."""
+    directory = Path(name_or_dir)
+    if directory.is_dir():
+        if not (directory / "tokenizer.json").is_file():
+            raise ValueError(f"--tokenizer {name_or_dir!r}: the directory has no tokenizer.json (a fast "
+                             f"tokenizer; convert a slow one with transformers' save_pretrained first)")
+        return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    files = []
+    for name in TOKENIZER_FILES:
+        try:
+            files.append(Path(hf_hub_download(name_or_dir, name, token=hf_token)))
+        except EntryNotFoundError:
+            if name == "tokenizer.json":
+                raise ValueError(f"--tokenizer {name_or_dir!r}: the repo has no tokenizer.json (no fast tokenizer)")
+        except Exception as err:  # noqa: BLE001 - network, auth, no such repo: all end the run the same way
+            raise ValueError(f"--tokenizer {name_or_dir!r}: cannot load a tokenizer from this Hugging Face id "
+                             f"(set HF_TOKEN for gated models): {err}") from err
+    return files
+
+
+def _configured_eos(files: list[Path]) -> str | None:
+    """The EOS token as transformers reads it: tokenizer_config.json, else special_tokens_map.json."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = next((f for f in files if f.name == name), None)
+        if path is None:
+            continue
+        eos = json.loads(path.read_text()).get("eos_token")
+        if isinstance(eos, dict):  # a serialized AddedToken
+            eos = eos.get("content")
+        if eos:
+            return str(eos)
+    return None
+
+
 def load_tokenizer(name_or_dir: str, *, eod_token: str | None = None,
                    hf_token: str | None = None) -> LoadedTokenizer:
     """A fast tokenizer from a local directory or a Hugging Face id (fetched with `hf_token`).
 
-    The end-of-document id is the tokenizer's EOS token unless `eod_token` names another.
+    Read with the Rust `tokenizers` library directly (transformers, and the torch it imports,
+    would add ~300 MB and seconds to every run). The end-of-document id is the configured EOS
+    token unless `eod_token` names another.
     """
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
 
-    is_dir = Path(name_or_dir).is_dir()
+    files = _tokenizer_files(name_or_dir, hf_token)
     try:
-        hf = AutoTokenizer.from_pretrained(name_or_dir, use_fast=True, token=None if is_dir else hf_token)
-    except (OSError, ValueError) as err:
-        where = "directory" if is_dir else "Hugging Face id (set HF_TOKEN for gated models)"
-        raise ValueError(f"--tokenizer {name_or_dir!r}: cannot load a tokenizer from this {where}: {err}") from err
-    if not getattr(hf, "is_fast", False):
-        raise ValueError(f"--tokenizer {name_or_dir!r}: no fast (Rust) tokenizer available for it")
-    eod = eod_token if eod_token is not None else hf.eos_token
+        backend = Tokenizer.from_file(str(files[0]))
+    except Exception as err:  # noqa: BLE001 - the Rust loader's errors are plain Exceptions
+        raise ValueError(f"--tokenizer {name_or_dir!r}: {files[0]} is not a valid tokenizer.json: {err}") from err
+    eod = eod_token if eod_token is not None else _configured_eos(files)
     if eod is None:
         raise ValueError(f"--tokenizer {name_or_dir!r} has no EOS token; name the end-of-document token "
                          f"with --eod-token")
-    eod_id = hf.convert_tokens_to_ids(eod)
-    if eod_id is None or (eod_id == hf.unk_token_id and eod != hf.unk_token):
+    eod_id = backend.token_to_id(eod)
+    if eod_id is None:
         raise ValueError(f"--eod-token {eod!r} is not in the vocabulary of {name_or_dir!r}")
-    backend = hf.backend_tokenizer
     backend.no_truncation()
     backend.no_padding()
-    return LoadedTokenizer(backend=backend, hf=hf, eod_id=int(eod_id), vocab_size=len(hf), source=name_or_dir)
+    return LoadedTokenizer(backend=backend, files=tuple(files), eod_id=int(eod_id),
+                           vocab_size=backend.get_vocab_size(with_added_tokens=True), source=name_or_dir)
 
 
 @dataclasses.dataclass(frozen=True)
