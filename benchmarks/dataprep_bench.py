@@ -1,7 +1,8 @@
 """Corpus tokenization for Megatron: ours end to end vs raw gigatoken vs per-document Hugging Face.
 
 Two generated JSONL corpora (log-normal document lengths; written to a temporary directory at
-run time, never kept): `--megabytes` (default 55 MB) and `--big-gigabytes` (default 1.0 GB),
+run time, never kept): `--megabytes` (default 55 MB) and `--big-gigabytes` (default 1.0 GB;
+30,000 distinct documents drawn again in random order to fill it),
 and one 32k byte-level BPE tokenizer trained here. Three arms, each in its own fresh
 subprocess (so its peak RSS, read from /proc/self/status VmHWM, is its own):
 
@@ -155,20 +156,33 @@ def run_arm(arm: str, corpus: Path, tokenizer: Path, out: Path, workers: int, li
 
 # ----------------------------------------------------------------------- corpus
 
-def write_corpus(path: Path, megabytes: float, seed: int, sample: list[str] | None = None) -> tuple[int, int]:
+def write_corpus(path: Path, megabytes: float, seed: int, sample: list[str] | None = None,
+                 distinct: int = 0) -> tuple[int, int]:
+    """Generated documents up to `megabytes`; with `distinct`, documents after the first
+    `distinct` ones are drawn again (in random order) from those: generating 1 GB of new text
+    in Python takes minutes, and the tokenizer's work per document is the same."""
+    import random
+
     from trn_workloads.dataprep import synthetic
 
+    rng = random.Random(seed)
+    pool: list[str] = []
+    generated = synthetic.generate_documents(10**9, seed=seed)
     written = documents = 0
     with open(path, "w", encoding="utf-8") as f:
-        for i, text in enumerate(synthetic.generate_documents(10**9, seed=seed)):
-            line = json.dumps({"id": i, "text": text}, ensure_ascii=False) + "\n"
+        while written < megabytes * 1e6:
+            if distinct and len(pool) >= distinct:
+                text = pool[rng.randrange(distinct)]
+            else:
+                text = next(generated)
+                if distinct:
+                    pool.append(text)
+            line = json.dumps({"id": documents, "text": text}, ensure_ascii=False) + "\n"
             f.write(line)
             written += len(line.encode())
             documents += 1
             if sample is not None and len(sample) < 4000:
                 sample.append(text)
-            if written >= megabytes * 1e6:
-                break
     return written, documents
 
 
@@ -217,8 +231,9 @@ def main() -> int:
         if args.big_gigabytes > 0:
             t0 = time.perf_counter()
             big = work / "big.jsonl"
-            big_bytes, big_docs = write_corpus(big, args.big_gigabytes * 1000, seed=2)
-            print(f"big corpus: {big_bytes / 1e9:.2f} GB, {big_docs} documents ({time.perf_counter() - t0:.0f}s)")
+            big_bytes, big_docs = write_corpus(big, args.big_gigabytes * 1000, seed=2, distinct=30_000)
+            print(f"big corpus: {big_bytes / 1e9:.2f} GB, {big_docs} documents (30,000 distinct, the rest drawn "
+                  f"again from those; {time.perf_counter() - t0:.0f}s)")
             corpora.append(("big", big, 1, int(args.baseline_megabytes * 1e6)))
 
         summary = []

@@ -20,7 +20,8 @@ from trn_workloads.dataprep.config import (DEFAULT_BATCH_BYTES, DEFAULT_MAX_DOCU
                                            DataPrepConfig, default_workers)
 from trn_workloads.dataprep.documents import BAD_RECORD_POLICIES, BadRecordError, InputError
 from trn_workloads.dataprep.lock import RunLockedError
-from trn_workloads.dataprep.tokenization import DEFAULT_VERIFY_BYTES, ENGINES, EngineError
+from trn_workloads.dataprep.tokenization import (DEFAULT_GIGATOKEN_CACHE_BYTES, DEFAULT_VERIFY_BYTES, ENGINES,
+                                                 EngineError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"used (default {DEFAULT_VERIFY_BYTES})")
     p.add_argument("--max-document-bytes", type=int, default=DEFAULT_MAX_DOCUMENT_BYTES,
                    help=f"a longer JSONL line is a bad record (default {DEFAULT_MAX_DOCUMENT_BYTES}): bounds memory")
+    p.add_argument("--gigatoken-cache-bytes", type=int, default=DEFAULT_GIGATOKEN_CACHE_BYTES,
+                   help=f"rebuild gigatoken's tokenizer, dropping its unbounded pre-token cache, when the process has "
+                        f"grown by this much (default {DEFAULT_GIGATOKEN_CACHE_BYTES}): bounds memory")
     p.add_argument("--on-bad-record", choices=BAD_RECORD_POLICIES, default="fail",
                    help="fail at the first bad record (default) or skip and count bad records")
     p.add_argument("--add-special-tokens", action="store_true",
@@ -63,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> DataPrepConfig:
                           json_key=args.json_key, workers=args.workers, batch_size=args.batch_size,
                           batch_bytes=args.batch_bytes, engine=args.engine, verify_bytes=args.verify_bytes,
                           max_document_bytes=args.max_document_bytes,
+                          gigatoken_cache_bytes=args.gigatoken_cache_bytes,
                           on_bad_record=args.on_bad_record, add_special_tokens=args.add_special_tokens,
                           eod_token=args.eod_token, save_tokenizer=args.save_tokenizer,
                           progress_interval_s=args.progress_interval, force=args.force)

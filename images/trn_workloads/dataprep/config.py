@@ -5,7 +5,7 @@ import dataclasses
 import os
 
 from trn_workloads.dataprep.documents import BAD_RECORD_POLICIES
-from trn_workloads.dataprep.tokenization import DEFAULT_VERIFY_BYTES, ENGINES
+from trn_workloads.dataprep.tokenization import DEFAULT_GIGATOKEN_CACHE_BYTES, DEFAULT_VERIFY_BYTES, ENGINES
 
 # Megatron's convention: a data prefix names `<output_prefix>_text_document.{bin,idx}`.
 DATASET_SUFFIX = "_text_document"
@@ -35,6 +35,7 @@ class DataPrepConfig:
     engine: str = "auto"  # "auto" (gigatoken if it matches the reference), "gigatoken", "tokenizers"
     verify_bytes: int = DEFAULT_VERIFY_BYTES  # sample of the run's text compared with the reference first
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES  # longer lines are bad records
+    gigatoken_cache_bytes: int = DEFAULT_GIGATOKEN_CACHE_BYTES  # growth that makes gigatoken drop its pre-token cache
     on_bad_record: str = "fail"  # "fail" | "skip"
     add_special_tokens: bool = False  # False = Megatron's text_to_ids (no BOS)
     eod_token: str | None = None  # default: the tokenizer's EOS token
@@ -69,6 +70,8 @@ class DataPrepConfig:
         require(self.verify_bytes >= 0, "--verify-bytes", f"must be >= 0, got {self.verify_bytes}")
         require(self.max_document_bytes >= 1024, "--max-document-bytes",
                 f"must be >= 1024, got {self.max_document_bytes}")
+        require(self.gigatoken_cache_bytes >= 1 << 20, "--gigatoken-cache-bytes",
+                f"must be >= {1 << 20}, got {self.gigatoken_cache_bytes}")
         require(self.on_bad_record in BAD_RECORD_POLICIES, "--on-bad-record",
                 f"must be one of {', '.join(BAD_RECORD_POLICIES)}, got {self.on_bad_record!r}")
         require(self.progress_interval_s > 0, "--progress-interval", f"must be > 0, got {self.progress_interval_s}")

@@ -128,9 +128,11 @@ class IndexedDatasetWriter:
         flat_ids = np.asarray(flat_ids)
         if int(np.sum(lengths)) != len(flat_ids):
             raise ValueError(f"lengths sum to {int(np.sum(lengths))} but {len(flat_ids)} ids were given")
-        if len(flat_ids) and (flat_ids.min() < 0 or flat_ids.max() > np.iinfo(self.dtype).max):
-            raise ValueError(f"token ids out of range for {self.dtype}: {flat_ids.min()}..{flat_ids.max()}")
-        self._bin.write(flat_ids.astype(self.dtype, copy=False).tobytes())
+        if len(flat_ids) and flat_ids.dtype != self.dtype:
+            low = 0 if flat_ids.dtype.kind == "u" else flat_ids.min()  # unsigned (gigatoken's uint32): no pass
+            if low < 0 or flat_ids.max() > np.iinfo(self.dtype).max:
+                raise ValueError(f"token ids out of range for {self.dtype}: {flat_ids.min()}..{flat_ids.max()}")
+        self._bin.write(memoryview(np.ascontiguousarray(flat_ids, dtype=self.dtype)))
         self._lengths.extend(lengths)
         self._tokens += len(flat_ids)
 

@@ -79,7 +79,7 @@ def output_fingerprint(files: list[InputFile], tok: LoadedTokenizer, cfg: DataPr
                 "max_document_bytes": cfg.max_document_bytes}
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    digest.update(hashlib.sha256(tok.backend.to_str().encode()).digest())
+    digest.update(hashlib.sha256(tok.json.encode()).digest())
     digest.update(fingerprint_inputs(files).encode())
     return digest.hexdigest()
 
@@ -162,7 +162,8 @@ def _tokenize_into(writer: IndexedDatasetWriter, cfg: DataPrepConfig, tok: Loade
             if encoder is None:
                 encoder, out.choice = choose_encoder(tok, verification_sample(item.texts, cfg.verify_bytes),
                                                      add_special_tokens=cfg.add_special_tokens, engine=engine,
-                                                     workers=cfg.workers)
+                                                     workers=cfg.workers,
+                                                     gigatoken_cache_bytes=cfg.gigatoken_cache_bytes)
                 log.info("engine: %s (%s)", out.choice.engine, out.choice.reason)
             elif item.first_of_file and encoder.engine is not encoder.reference:
                 problem = encoder.mismatch(verification_sample(item.texts, max(cfg.verify_bytes // 8, 1)))

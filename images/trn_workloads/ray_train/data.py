@@ -196,7 +196,7 @@ def prepare_blocks(cfg: BlockPrepConfig, *, s3_client: Any | None = None) -> Blo
         save_tokenizer(tok, cfg.save_tokenizer)
     settings = {"seq_len": cfg.seq_len, "text_key": cfg.text_key, "on_bad_record": cfg.on_bad_record,
                 "add_special_tokens": cfg.add_special_tokens, "eod_id": tok.eod_id, "vocab_size": tok.vocab_size}
-    fingerprint = blocks_fingerprint(files, tok.backend.to_str(), settings)
+    fingerprint = blocks_fingerprint(files, tok.json, settings)
     done = None if cfg.force else _up_to_date(cfg.data_dir, fingerprint)
     if done is not None:
         log.info("%s is up to date (fingerprint %s): nothing to do", cfg.data_dir, fingerprint[:12])
