@@ -399,6 +399,15 @@ def _bad_record_handler(on_bad_record: str, stats: ReadStats) -> Callable[[str],
     return bad
 
 
+def _usable_records(f: InputFile, bad: Callable[[str], None], **kwargs: Any) -> Iterator[tuple[int, str]]:
+    """(line, text) of each usable record of `f`; each bad one goes to `bad` as `file:line: reason`."""
+    for line_no, text, reason in iter_records(f, **kwargs):
+        if reason is None:
+            yield line_no, text
+        else:
+            bad(f"{f.uri}:{line_no}: {reason}")
+
+
 def read_documents(files: Iterable[InputFile], *, json_key: str = "text", on_bad_record: OnBadRecord = "fail",
                    stats: ReadStats | None = None, s3_client: Any | None = None,
                    max_document_bytes: int | None = None) -> Iterator[Document]:
@@ -412,11 +421,8 @@ def read_documents(files: Iterable[InputFile], *, json_key: str = "text", on_bad
     bad = _bad_record_handler(on_bad_record, stats)
     for f in files:
         try:
-            for line_no, text, reason in iter_records(f, json_key=json_key, max_document_bytes=max_document_bytes,
-                                                      stats=stats, s3_client=s3_client):
-                if reason is not None:
-                    bad(f"{f.uri}:{line_no}: {reason}")
-                    continue
+            for line_no, text in _usable_records(f, bad, json_key=json_key, max_document_bytes=max_document_bytes,
+                                                 stats=stats, s3_client=s3_client):
                 stats.documents += 1
                 yield Document(text, f.uri, line_no)
         except CorruptInputError as err:
@@ -457,11 +463,8 @@ def read_text_batches(files: Iterable[InputFile], *, json_key: str = "text", on_
         first = True
         kept = 0
         try:
-            for line_no, text, reason in iter_records(f, json_key=json_key, max_document_bytes=max_document_bytes,
-                                                      stats=stats, s3_client=s3_client):
-                if reason is not None:
-                    bad(f"{f.uri}:{line_no}: {reason}")
-                    continue
+            for _, text in _usable_records(f, bad, json_key=json_key, max_document_bytes=max_document_bytes,
+                                           stats=stats, s3_client=s3_client):
                 texts.append(text)
                 size += len(text)
                 if len(texts) >= batch_size or size >= batch_bytes:
