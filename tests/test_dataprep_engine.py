@@ -180,5 +180,22 @@ def test_verification_sample_spans_the_batch_within_its_budget():
     sample = verification_sample(texts, 5000)
     assert sum(map(len, sample)) <= 5000
     assert texts[0] in sample and any(t.startswith("doc 19") for t in sample)
-    assert verification_sample(["y" * 100], 10) == []
+    assert verification_sample(["y" * 100, "z" * 50], 10) == ["z" * 50]  # over budget: the shortest anyway
     assert verification_sample([], 10) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"engine": "fast"}, "--engine: must be one of auto, gigatoken, tokenizers, got 'fast'"),
+    ({"verify_bytes": 0}, "--verify-bytes: must be >= 1024, got 0 (gigatoken is never used unchecked)"),
+    ({"max_document_bytes": 10}, "--max-document-bytes: must be >= 1024, got 10"),
+    ({"batch_bytes": 1}, "--batch-bytes: must be >= 1024, got 1"),
+    ({"gigatoken_cache_bytes": 5}, "--gigatoken-cache-bytes: must be >= 1048576, got 5"),
+])
+def test_new_settings_are_validated_with_the_option_name(tmp_path, change, message):
+    from trn_workloads.dataprep.config import ConfigError
+
+    cfg = DataPrepConfig(**{**dict(tokenizer="tok", inputs=("a.jsonl",), output_prefix=str(tmp_path / "c")),
+                            **change})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prepare(cfg)
+    assert list(tmp_path.iterdir()) == []

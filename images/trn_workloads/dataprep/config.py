@@ -67,7 +67,8 @@ class DataPrepConfig:
         require(self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}")
         require(self.batch_bytes >= 1024, "--batch-bytes", f"must be >= 1024, got {self.batch_bytes}")
         require(self.engine in ENGINES, "--engine", f"must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        require(self.verify_bytes >= 0, "--verify-bytes", f"must be >= 0, got {self.verify_bytes}")
+        require(self.verify_bytes >= 1024, "--verify-bytes", f"must be >= 1024, got {self.verify_bytes} "
+                "(gigatoken is never used unchecked)")
         require(self.max_document_bytes >= 1024, "--max-document-bytes",
                 f"must be >= 1024, got {self.max_document_bytes}")
         require(self.gigatoken_cache_bytes >= 1 << 20, "--gigatoken-cache-bytes",

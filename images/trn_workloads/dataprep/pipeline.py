@@ -11,7 +11,7 @@ the run with the reference, so no output ever holds ids the reference would not 
 A damaged input file in skip mode is dropped whole: the output is rolled back to the
 checkpoint taken where the file began.
 
-The manifest `<prefix>.manifest.json` records the fingerprint (inputs' bytes or S3 size+ETag,
+The manifest `<prefix>.manifest.json` records the fingerprint (local size+mtime or S3 size+ETag,
 the tokenizer's full serialization, the settings that change the output) and the sizes of
 the two files. A rerun with the same fingerprint and intact files does nothing. The
 manifest is removed before the new files are renamed into place and written after, so a
@@ -27,10 +27,9 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from trn_workloads.dataprep.config import DataPrepConfig
 from trn_workloads.dataprep.documents import (BadRecordError, DroppedFile, InputFile, ReadStats, fingerprint_inputs,

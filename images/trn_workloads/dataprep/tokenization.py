@@ -406,7 +406,8 @@ def choose_encoder(tok: LoadedTokenizer, sample: Sequence[str], *, add_special_t
 def verification_sample(texts: Sequence[str], budget_chars: int = DEFAULT_VERIFY_BYTES) -> list[str]:
     """Documents of `texts` up to `budget_chars` in total, in their order: the shortest ones
     first with half the budget (many documents, and the edge cases: empty, whitespace, odd
-    characters), then with the rest documents spread evenly over the batch."""
+    characters), then with the rest documents spread evenly over the batch. Never empty for
+    a non-empty batch: at least its shortest document."""
     if not texts:
         return []
     picked: set[int] = set()
@@ -424,6 +425,8 @@ def verification_sample(texts: Sequence[str], budget_chars: int = DEFAULT_VERIFY
                 left -= len(texts[i])
         if left <= 0:
             break
+    if not picked:  # every document is longer than the budget: check the shortest one anyway
+        picked.add(min(range(len(texts)), key=lambda i: len(texts[i])))
     return [texts[i] for i in sorted(picked)]
 
 
