@@ -111,6 +111,10 @@ def test_gunzip_reports_the_offset_of_the_damaged_member():
                                                 rf"inside the member starting at byte {len(first)}"):
         list(_gunzip([first + second[:20]], "f.gz"))
     assert b"".join(_gunzip([first, second], "f.gz")).count(b"two") == 50
+    padded = first + b"\0" * 700 + second + b"\0" * 100  # zero padding between and after members is allowed
+    assert b"".join(_gunzip([padded[i:i + 64] for i in range(0, len(padded), 64)], "f.gz")).count(b"two") == 50
+    with pytest.raises(CorruptInputError, match="f.gz: byte 0: not a valid gzip stream"):
+        list(_gunzip([b"\0" * 10 + first], "f.gz"))  # but not before the first member
     assert list(_gunzip([], "empty.gz")) == []
 
 

@@ -241,6 +241,14 @@ def _gunzip(chunks: Iterable[bytes], where: str = "<stream>") -> Iterator[bytes]
     started = False  # the current member has received input
     for chunk in chunks:
         while chunk:
+            if not started and member_start > 0:
+                # zero padding after a member (some writers pad to a block size; Python's gzip allows it)
+                padded = len(chunk)
+                chunk = chunk.lstrip(b"\0")
+                offset += padded - len(chunk)
+                member_start = offset
+                if not chunk:
+                    break
             started = True
             try:
                 out = decomp.decompress(chunk)
