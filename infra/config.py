@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import stackfiles
 from infra import catalog, versions
@@ -110,6 +110,27 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """kube-prometheus-stack, neuron-monitor, dashboards and alerts (infra/monitoring/)."""
+    enabled: bool = True
+    namespace: str = "monitoring"
+    retention: str = "15d"  # Prometheus TSDB retention
+    prometheus_storage_gib: int = 50
+    alertmanager_storage_gib: int = 5
+    grafana_storage_gib: int = 10
+    neuron_idle_after: str = "1h"  # alert: a billed Neuron node with no NeuronCore use this long
+    training_stall_after: str = "30m"  # alert: a training job whose step counter stopped this long
+    serving_p99_seconds: float = 10.0  # alert: serving p99 end-to-end latency above this
+    alert_emails: tuple[str, ...] = ()  # default: budget.alertEmails
+    sns_topic_arn: str | None = None  # an existing topic; else one is created for alert_emails
+    remote_write_workspace_arn: str | None = None  # Amazon Managed Service for Prometheus workspace
+
+    @property
+    def remote_write_workspace_id(self) -> str | None:
+        return self.remote_write_workspace_arn.rsplit("/", 1)[-1] if self.remote_write_workspace_arn else None
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     stack: str
     region: str
@@ -126,6 +147,7 @@ class PlatformConfig:
     workload_presets: tuple[str, ...]
     budget: BudgetConfig | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def pool(self, name: str) -> NodePoolConfig:
         return next(p for p in self.node_pools if p.name == name)
@@ -159,6 +181,7 @@ FSX_RULES: dict[str, dict[str, Any]] = {
 TOP_LEVEL_KEYS = {
     "environment", "clusterName", "kubernetesVersion", "network", "endpoint", "identity",
     "systemNodes", "nodePools", "fsx", "ecrRepositories", "workloadPresets", "budget", "tags",
+    "monitoring",
 }
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -240,6 +263,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     presets = root.str_list("workloadPresets", (), allowed=tuple(sorted(catalog.WORKLOAD_CAPACITY)))
     budget = _parse_budget(root.get("budget", dict, None), problems)
     tags = _parse_tags(root.get("tags", dict, {}), problems)
+    monitoring = _parse_monitoring(root.get("monitoring", dict, {}), budget, region, problems)
     root.finish()
 
     if region and region not in catalog.known_regions():
@@ -254,7 +278,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
         stack=stack, region=region, environment=environment, cluster_name=cluster_name,
         kubernetes_version=k8s_version, network=network, endpoint=endpoint, identity=identity,
         system_nodes=system_nodes, node_pools=tuple(pools), fsx=fsx, ecr_repositories=ecr,
-        workload_presets=presets, budget=budget, tags=tags,
+        workload_presets=presets, budget=budget, tags=tags, monitoring=monitoring,
     )
 
 
@@ -494,6 +518,60 @@ def _parse_budget(data: dict | None, problems: list[str]) -> BudgetConfig | None
         if not _EMAIL.match(e):
             problems.append(f"budget.alertEmails[{i}]: {e!r} is not an e-mail address")
     return BudgetConfig(monthly_limit_usd=limit, alert_emails=emails)
+
+
+_RETENTION = re.compile(r"^[0-9]+(h|d|w|y)$")
+_PROM_DURATION = re.compile(r"^[0-9]+(s|m|h|d)$")
+_SNS_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
+_APS_ARN = re.compile(r"^arn:aws[a-z-]*:aps:(?P<region>[a-z0-9-]+):[0-9]{12}:workspace/ws-[A-Za-z0-9-]+$")
+_K8S_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, problems: list[str]) -> MonitoringConfig:
+    r = ConfigReader(data, "monitoring", problems)
+    d = MonitoringConfig()
+
+    def size(lo: int, hi: int) -> Callable[[int], str | None]:
+        return lambda v: None if lo <= v <= hi else f"must be {lo} to {hi} (GiB)"
+
+    def duration(v: str) -> str | None:
+        return None if _PROM_DURATION.match(v) else "must be a Prometheus duration such as 30m, 2h or 1d"
+
+    enabled = r.get("enabled", bool, d.enabled)
+    cfg = MonitoringConfig(
+        enabled=enabled,
+        namespace=r.get("namespace", str, d.namespace,
+                        check=lambda v: None if _K8S_NAMESPACE.match(v) else "must be a DNS-1123 label"),
+        retention=r.get("retention", str, d.retention,
+                        check=lambda v: None if _RETENTION.match(v) else
+                        "must be a duration in h, d, w or y such as 15d"),
+        prometheus_storage_gib=r.get("prometheusStorageGiB", int, d.prometheus_storage_gib, check=size(10, 16384)),
+        alertmanager_storage_gib=r.get("alertmanagerStorageGiB", int, d.alertmanager_storage_gib, check=size(1, 100)),
+        grafana_storage_gib=r.get("grafanaStorageGiB", int, d.grafana_storage_gib, check=size(1, 100)),
+        neuron_idle_after=r.get("neuronIdleAfter", str, d.neuron_idle_after, check=duration),
+        training_stall_after=r.get("trainingStallAfter", str, d.training_stall_after, check=duration),
+        serving_p99_seconds=r.get("servingP99LatencySeconds", float, d.serving_p99_seconds,
+                                  check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
+        alert_emails=r.str_list("alertEmails", budget.alert_emails if budget else ()),
+        sns_topic_arn=r.get("snsTopicArn", str, None,
+                            check=lambda v: None if _SNS_ARN.match(v) else
+                            "must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"),
+        remote_write_workspace_arn=r.get("remoteWriteWorkspaceArn", str, None, check=lambda v: (
+            None if _APS_ARN.match(v) else "must be an Amazon Managed Service for Prometheus workspace ARN "
+                                           "(arn:aws:aps:<region>:<account>:workspace/ws-...)")),
+    )
+    r.finish()
+    for i, e in enumerate(cfg.alert_emails if "alertEmails" in (data or {}) else ()):
+        if not _EMAIL.match(e):
+            problems.append(f"monitoring.alertEmails[{i}]: {e!r} is not an e-mail address")
+    if cfg.enabled and not cfg.alert_emails and not cfg.sns_topic_arn:
+        problems.append("monitoring: alerts need a destination: set monitoring.alertEmails, monitoring.snsTopicArn "
+                        "or budget.alertEmails (or monitoring.enabled: false)")
+    ws = _APS_ARN.match(cfg.remote_write_workspace_arn or "")
+    if ws and region and ws.group("region") != region:
+        problems.append(f"monitoring.remoteWriteWorkspaceArn: the workspace is in {ws.group('region')}, "
+                        f"the stack in {region}; remote write stays in the stack's region")
+    return cfg
 
 
 def _check_presets_fit(presets: tuple[str, ...], pools: list[NodePoolConfig], problems: list[str]) -> None:

@@ -45,7 +45,11 @@ def controller_values(*, cluster_name: str, region: str, queue_name: str, servic
     (IMDSv2 with hop limit 1), and the controller exits. The chart's `controller.env`
     (charts/karpenter/values.yaml at 1d927085) carries it."""
     return {
-        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
+        # nodeRepair (alpha, off by default in charts/karpenter/values.yaml @ v1.14.1, commit
+        # c88abbbad455186e69e30296c595e474123e9bc1): replace nodes whose conditions (set by the
+        # EKS node monitoring agent, e.g. AcceleratedHardwareReady=False) stay unhealthy.
+        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name,
+                     "featureGates": {"nodeRepair": True}},
         "serviceAccount": {"name": SERVICE_ACCOUNT, "annotations": service_account_annotations},
         "replicas": 2,
         "podDisruptionBudget": {"name": "karpenter", "maxUnavailable": 1},

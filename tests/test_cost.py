@@ -26,10 +26,13 @@ def test_dev_usw2_always_on_matches_hand_computation():
         "NAT public IPv4 addresses": 1 * 0.005,
         "VPC interface endpoints": 3 * 2 * 0.01,
         "FSx Lustre PERSISTENT_2": 1200 * 0.145 / 730,
+        # monitoring: Prometheus 50 + Alertmanager 5 + Grafana 10 GiB gp3, 6 FSx metrics a minute
+        "monitoring volumes gp3": 65 * 0.08 / 730,
+        "CloudWatch GetMetricData (FSx)": 6 * 60 / 1000 * 0.01,
     }
     assert {i.name: round(i.per_hour, 6) for i in report.always_on} == {k: round(v, 6) for k, v in hand.items()}
-    assert report.always_on_per_hour == pytest.approx(0.651315, abs=1e-6)
-    assert report.always_on_per_month == pytest.approx(0.651315 * 730, abs=1e-3)  # about $475
+    assert report.always_on_per_hour == pytest.approx(0.662038, abs=1e-6)
+    assert report.always_on_per_month == pytest.approx(0.662038 * 730, abs=1e-3)  # about $483
 
 
 def test_dev_usw2_pools_per_node_and_at_limit():
@@ -109,7 +112,7 @@ def test_bad_inputs_name_what_is_missing():
 def test_format_prints_a_short_table():
     text = cost.estimate_platform(config.load_stack_file(REPO, "dev-usw2")).format()
     assert "cost estimate dev-usw2 (us-west-2" in text
-    assert "total" in text and "0.651" in text and "$475/month" in text
+    assert "total" in text and "0.662" in text and "$483/month" in text
     assert "trn1-efa" in text and "86.00" in text
     assert "idle accelerators: $0.00/h" in text
     assert len(text.splitlines()) < 20

@@ -179,7 +179,8 @@ def test_karpenter_controller_and_queue_wiring():
     result = rendered_platform("dev-usw2")
     values = release(result, "karpenter").inputs["values"]
     queue = result.one("aws:sqs/queue:Queue", "karpenter-interruption").inputs
-    assert values["settings"] == {"clusterName": "trn-dev-usw2", "interruptionQueue": queue["name"]}
+    assert values["settings"] == {"clusterName": "trn-dev-usw2", "interruptionQueue": queue["name"],
+                                  "featureGates": {"nodeRepair": True}}
     assert queue["sqsManagedSseEnabled"] is True
     rules = [json.loads(r.inputs["eventPattern"])["detail-type"][0] for r in result.by_type("aws:cloudwatch/eventRule:EventRule")]
     assert sorted(rules) == sorted(["AWS Health Event", "EC2 Spot Instance Interruption Warning",

@@ -173,7 +173,8 @@ def test_fsx_csi_node_driver_tolerates_every_taint_so_neuron_pods_can_mount():
 def test_karpenter_values_name_this_cluster_and_its_queue():
     values = karpenter.controller_values(cluster_name="trn-test", region="us-east-2", queue_name="trn-test-interruptions",
                                          service_account_annotations={"a": "b"})
-    assert values["settings"] == {"clusterName": "trn-test", "interruptionQueue": "trn-test-interruptions"}
+    assert values["settings"] == {"clusterName": "trn-test", "interruptionQueue": "trn-test-interruptions",
+                                  "featureGates": {"nodeRepair": True}}
     assert values["replicas"] >= 2 and values["podDisruptionBudget"]["maxUnavailable"] == 1
 
 

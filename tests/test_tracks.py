@@ -50,7 +50,8 @@ def test_two_tracks_pin_disjoint_families_and_cover_every_neuron_family():
 def test_every_workload_and_every_image_declares_a_track():
     assert sorted(WORKLOAD_TRACKS) == sorted(WORKLOADS) == sorted(registry.WORKLOADS)
     assert sorted(IMAGE_TRACKS) == sorted(IMAGE_DIRS)
-    assert {w.track for w in registry.WORKLOADS.values()} == {"xla", "native"}
+    assert {t for w in registry.WORKLOADS.values() for t in w.tracks} == {"xla", "native"}
+    assert all(w.tracks and set(w.tracks) <= set(versions.NEURON_TRACKS) for w in registry.WORKLOADS.values())
     assert build_args("titan") == {"BASE_IMAGE": versions.neuron_track("native")["base_images"]["training"],
                                    "NEURON_SDK_VERSION": "2.34.0"}
     assert "LABEL trn-platform/neuron-track=${TRACK}" in (PIN_FILE.parent / "titan" / "Dockerfile").read_text()
@@ -89,6 +90,8 @@ def mixed_refs() -> dict:
 
 def on_fake_trn2(stack: str, section: str, key: str, value) -> dict:
     cfg = with_setting(stack_config("workloads", stack), section, key, value)
+    if section == "trn-workloads:llmServe":  # a hub model: no second StackReference to answer
+        cfg[section]["model"] = {"huggingFace": "meta-llama/Meta-Llama-3-8B", "parametersBillion": 8.0}
     cfg["trn-workloads:platformStack"] = PLATFORM
     cfg["aws:region"] = "us-east-2"  # the fake trn2 platform's region
     return cfg
@@ -106,6 +109,9 @@ NATIVE_POOLS = "pools of platform stack organization/trn-platform/mixed-use2 tha
     ("ray-pretrain-usw2", "trn-workloads:ray", "pool", "trn2-efa", "ray.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native"),
     ("lora-finetune-usw2", "trn-workloads:lora", "pool", "trn3-single", "lora.pool: pool 'trn3-single'"),
     ("compile-usw2", "trn-workloads:compile", "serve.pool", "trn2-efa", "compile.serve.pool: pool 'trn2-efa'"),
+    ("llm-serve-usw2", "trn-workloads:llmServe", "pool", "trn2-efa",
+     "llmServe.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; this workload needs the xla "
+     "track (trn1, trn1n, inf2); " + XLA_POOLS),
     ("titan-pretrain-use2", "trn-workloads:titan", "pool", "trn1-efa",
      "titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; this workload needs the native track "
      "(trn2, trn3); " + NATIVE_POOLS),

@@ -45,6 +45,7 @@ class Prices:
     public_ipv4: float
     interface_endpoint_per_az: float
     ebs_gp3_gb_month: float
+    cloudwatch_metrics_per_1000: float
     fsx_gb_month: dict[str, dict[str, float]]
     capacity_block_per_hour: dict[str, float] = field(default_factory=dict)
     capacity_block_as_of: str = ""
@@ -89,6 +90,7 @@ def load_prices(region: str) -> Prices:
                   ec2_per_hour=r["ec2OnDemandPerHour"], eks_control_plane=r["eksControlPlanePerHour"],
                   nat_gateway=r["natGatewayPerHour"], public_ipv4=r["publicIpv4PerHour"],
                   interface_endpoint_per_az=r["vpcInterfaceEndpointPerAzHour"], ebs_gp3_gb_month=r["ebsGp3PerGbMonth"],
+                  cloudwatch_metrics_per_1000=r["cloudwatchGetMetricDataPer1000Metrics"],
                   fsx_gb_month=r["fsxLustrePerGbMonth"], capacity_block_per_hour=r.get("capacityBlockPerHour", {}),
                   capacity_block_as_of=r.get("capacityBlockNotes", {}).get("asOf", ""))
 
@@ -206,6 +208,8 @@ def estimate_platform(cfg: PlatformConfig, prices: Prices | None = None) -> Cost
                  prices.fsx(cfg.fsx.deployment_type, cfg.fsx.per_unit_storage_throughput) / hpm,
                  f"{cfg.fsx.per_unit_storage_throughput} MB/s/TiB"),
     ]
+    if cfg.monitoring.enabled:
+        report.always_on += monitoring_items(cfg, prices)
     for pool in cfg.node_pools:
         big = pool.largest_instance
         block_only = set(pool.capacity_types) == {"capacity-block"}
@@ -220,6 +224,23 @@ def capacity_block_cost(instance_type: str, instances: int, hours: float, region
     if instances < 0 or hours < 0:
         raise ValueError(f"instances and hours must be >= 0, got {instances} and {hours}")
     return instances * hours * load_prices(region).capacity_block(instance_type)
+
+
+def monitoring_items(cfg: PlatformConfig, prices: Prices) -> list[LineItem]:
+    """The monitoring stack's own always-on cost: its gp3 volumes and the CloudWatch exporter's
+    GetMetricData calls. Its pods' requests run on the system nodes already counted above."""
+    from infra.monitoring import values as monitoring  # the volumes and requests the stack sets
+
+    volumes = monitoring.volume_gib(cfg.monitoring)
+    cpu, memory = monitoring.system_requests(cfg.system_nodes.desired_size)
+    metrics_per_hour = len(monitoring.FSX_CLOUDWATCH_METRICS) * 3600 / monitoring.CLOUDWATCH_PERIOD_SECONDS
+    return [
+        LineItem("monitoring volumes gp3", sum(volumes.values()), "GiB", prices.ebs_gp3_gb_month / prices.hours_per_month,
+                 ", ".join(f"{k} {v}" for k, v in volumes.items()) + f"; requests {cpu:.2f} vCPU / {memory:.1f} GiB "
+                 "on the system nodes"),
+        LineItem("CloudWatch GetMetricData (FSx)", metrics_per_hour / 1000, "1k metrics", prices.cloudwatch_metrics_per_1000,
+                 f"{len(monitoring.FSX_CLOUDWATCH_METRICS)} metrics every {monitoring.CLOUDWATCH_PERIOD_SECONDS}s"),
+    ]
 
 
 def estimate_workload(instance_type: str, nodes: int, region: str) -> float:

@@ -177,17 +177,52 @@ def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
 
 
 def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> dict[str, dict]:
-    """Workload stacks name their platform stack; render it from this repository."""
-    ref = bag.get(f"{project}:platformStack")
-    if not ref:
-        return {}
-    platform_stack = ref.split("/")[-1]
-    if not stack_file(REPO_ROOT, platform_stack).exists():
-        raise ConfigError([f"{project}:platformStack: platform stack {platform_stack!r} does not exist (no "
-                           f"{stack_file(REPO_ROOT, platform_stack)}); platform stacks here: "
-                           f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
-    platform = run_program(REPO_ROOT, platform_stack, stack_references={})
-    return {ref: {"outputs": platform.outputs, "secret": sorted(platform.secret_outputs)}}
+    """Answer the program's StackReferences by rendering the stacks of this repository they
+    name: the platform stack (`platformStack`) and any workload stack a section names under
+    a key ending in `Stack` (llm-serve's `llmServe.model.finetuneStack`), which in turn
+    renders its own references (platform -> lora-finetune -> llm-serve)."""
+    refs: dict[str, dict] = {}
+    for ref in _referenced_stacks(project, bag):
+        org_project, _, stack = ref.rpartition("/")
+        if org_project.endswith(f"/{project}") or org_project == project:
+            # Another stack of this project: from the same directory when its file is there
+            # (tests copy a project to tmp), else from the repository's workload stacks.
+            source = project_dir if (project_dir / f"Pulumi.{stack}.yaml").exists() else REPO_ROOT / "workloads"
+            if not stack_file(source, stack).exists():
+                raise ConfigError([f"{ref}: workload stack {stack!r} does not exist (no {stack_file(source, stack)}); "
+                                   f"workload stacks here: {', '.join(stacks_in(source)) or 'none'}"],
+                                  "workload stack config")
+            rendered = run_program(source, stack)
+        else:
+            if not stack_file(REPO_ROOT, stack).exists():
+                raise ConfigError([f"{project}:platformStack: platform stack {stack!r} does not exist (no "
+                                   f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
+                                   f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
+            rendered = run_program(REPO_ROOT, stack, stack_references={})
+        refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs)}
+    return refs
+
+
+def _referenced_stacks(project: str, bag: dict[str, str]) -> list[str]:
+    found = [bag[f"{project}:platformStack"]] if bag.get(f"{project}:platformStack") else []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("Stack") and isinstance(value, str) and value.count("/") == 2:
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for key, value in bag.items():
+        if key.startswith(f"{project}:") and value[:1] == "{":
+            try:
+                walk(json.loads(value))
+            except ValueError:
+                continue
+    return list(dict.fromkeys(found))
 
 
 def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
@@ -295,6 +330,9 @@ def summary(result: RenderResult) -> str:
             reqs = {q["key"]: q["values"] for q in spec["template"]["spec"]["requirements"] if "values" in q}
             types = ",".join(reqs.get("node.kubernetes.io/instance-type", []))
             lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} limits {spec.get('limits')}")
+    from infra.monitoring import summary_lines  # releases, rule counts, monitors, dashboards
+
+    lines += summary_lines(result.resources)
     return "\n".join(lines)
 
 

@@ -156,17 +156,18 @@ def check_devices(pool: PoolScheduling, devices: int, key: str, problems: list[s
                         f"({', '.join(pool.instance_types)}: 1 to {pool.neuron_devices_per_node} per node)")
 
 
-def check_track(platform: Platform, pool: PoolScheduling, track: str, key: str) -> None:
-    """A workload of Neuron track `track` (images/neuron-sdk.json) may only land on a pool whose
-    hardware runs that track: the error names the key, the pool and the pools that would work."""
-    if pool.track == track:
+def check_track(platform: Platform, pool: PoolScheduling, tracks: tuple[str, ...], key: str) -> None:
+    """A workload of Neuron tracks `tracks` (images/neuron-sdk.json) may only land on a pool whose
+    hardware runs one of them: the error names the key, the pool and the pools that would work."""
+    if pool.track in tracks:
         return
-    families = ", ".join(versions.neuron_track(track)["families"])
-    would = platform.neuron_tracks.get(track) or []
+    families = ", ".join(f for t in tracks for f in versions.neuron_track(t)["families"])
+    needs = f"the {tracks[0]} track" if len(tracks) == 1 else f"one of the {', '.join(tracks)} tracks"
+    would = sorted({p for t in tracks for p in platform.neuron_tracks.get(t) or []})
     raise WorkloadConfigError([
         f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the {pool.track or 'no'} Neuron track; "
-        f"this workload needs the {track} track ({families}); pools of platform stack {platform.stack} that would "
-        f"work: {', '.join(sorted(would)) or f'none (add a {families} pool to the platform)'}"])
+        f"this workload needs {needs} ({families}); pools of platform stack {platform.stack} that would "
+        f"work: {', '.join(would) or f'none (add a {families} pool to the platform)'}"])
 
 
 # --------------------------------------------------------------------------- component

@@ -10,22 +10,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import PROJECT as PLATFORM_PROJECT
+from infra import versions
 from stackfiles import ConfigReader, check_namespaces, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
-WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune", "titan-pretrain")
+WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune", "llm-serve", "titan-pretrain")
 # The config section each workload reads, and the ECR repository its image goes to.
 SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora",
-            "titan-pretrain": "titan"}
+            "llm-serve": "llmServe", "titan-pretrain": "titan"}
 DEFAULT_REPOSITORY = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray-train",
-                      "lora-finetune": "finetune", "titan-pretrain": "titan"}
+                      "lora-finetune": "finetune",
+                      # llm-serve runs the Neuron vLLM container (images/neuron-sdk.json), not an image
+                      # of ours; the shared base only needs a valid default here.
+                      "llm-serve": "serve", "titan-pretrain": "titan"}
 IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune",
               "titan": "titan"}
-# The Neuron software track (images/neuron-sdk.json) each workload and each image is built for:
-# xla = PyTorch/XLA, NxD Training, optimum-neuron on trn1/trn1n/inf2; native = TorchNeuron on trn2/trn3.
-WORKLOAD_TRACKS = {"compile": "xla", "nemo-pretrain": "xla", "ray-pretrain": "xla", "lora-finetune": "xla",
-                   "titan-pretrain": "native"}
+# The Neuron software tracks (images/neuron-sdk.json) each workload runs on and each image is
+# built for: xla = PyTorch/XLA, NxD Training/Inference, optimum-neuron on trn1/trn1n/inf2;
+# native = TorchNeuron on trn2/trn3. llm-serve runs on every track that pins a vLLM backend.
+WORKLOAD_TRACKS = {"compile": ("xla",), "nemo-pretrain": ("xla",), "ray-pretrain": ("xla",),
+                   "lora-finetune": ("xla",), "titan-pretrain": ("native",),
+                   "llm-serve": tuple(t for t in versions.NEURON_TRACKS if versions.neuron_track(t).get("vllm"))}
 IMAGE_TRACKS = {"compile": "xla", "serve": "xla", "nemo": "xla", "ray-train": "xla", "finetune": "xla",
                 "titan": "native"}
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
@@ -65,6 +71,7 @@ class WorkloadStackConfig:
     image: ImageConfig
     hf_token_set: bool
     section: dict[str, Any]  # the workload's own section, parsed by its module
+    api_key_set: bool = False  # apiKey (secret): the key llm-serve requires from clients
 
 
 def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(),
@@ -89,6 +96,9 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     hf_token = r.get("hfToken", str, None)
     if hf_token is not None and f"{PROJECT}:hfToken" not in secret_keys:
         problems.append("hfToken: must be a secret; set it with `pulumi config set --secret hfToken <token>`")
+    api_key = r.get("apiKey", str, None)
+    if api_key is not None and f"{PROJECT}:apiKey" not in secret_keys:
+        problems.append("apiKey: must be a secret; set it with `pulumi config set --secret apiKey <key>`")
     sections = {}
     for name in SECTIONS.values():
         sections[name] = r.get(name, dict, None)
@@ -102,7 +112,8 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, region=region, workload=workload,
                                version=version,
                                run_id=run_id, image=image, hf_token_set=hf_token is not None,
-                               section=sections.get(wanted) or {})
+                               section=sections.get(wanted) or {},
+                               api_key_set=api_key is not None)
 
 
 def from_pulumi(stack: str) -> WorkloadStackConfig:

@@ -100,6 +100,9 @@ class LoraFinetuneWorkload(pulumi.ComponentResource):
             "artifactsUri": s.run["output"]["s3_uri"],
             "fetchResults": f"aws s3 cp {s.run['output']['s3_uri']}/ ./{cfg.stack}/ --recursive --exclude 'merged/*'",
         }
+        if s.run["output"]["merge"]:
+            # What llm-serve reads through a StackReference (with the exported `version`).
+            self.outputs["mergedModelDir"] = f"{run_dir}/merged"
         if s.inspector_pool:
             self._inspector(name, base, s)
         self.register_outputs(self.outputs)

@@ -65,7 +65,7 @@ class Platform:
     neuron_scheduler_name: str
     neuron_sdk_version: str
     neuron_tracks: dict[str, list[str]] = field(default_factory=dict)  # track -> pools whose hardware runs it
-    workload_track: str | None = None  # set for a workload's parse: its accelerator pools must run this track
+    workload_tracks: tuple[str, ...] | None = None  # set for a workload's parse: the tracks its pools must run
 
     def pool(self, name: str, *, key: str, accelerator: bool | None = None) -> PoolScheduling:
         """The named pool, or a config error naming `key` and the pools that exist (or, for an
@@ -78,10 +78,10 @@ class Platform:
             wanted = [p for p, s in self.pools.items() if s.is_accelerator == accelerator]
             raise WorkloadConfigError([f"{key}: pool {name!r} is {'an accelerator' if pool.is_accelerator else 'a CPU'} "
                                        f"pool; allowed values: {', '.join(sorted(wanted))}"])
-        if pool.is_accelerator and self.workload_track is not None:
+        if pool.is_accelerator and self.workload_tracks is not None:
             from workloads.common import check_track
 
-            check_track(self, pool, self.workload_track, key)
+            check_track(self, pool, self.workload_tracks, key)
         return pool
 
 

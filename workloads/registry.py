@@ -2,9 +2,9 @@
 (pure, raises WorkloadConfigError) and a ComponentResource taking `(name, base, settings)`
 with an `outputs` dict (commands to follow the run, endpoints).
 
-Every workload runs one Neuron track (workloads/config.py WORKLOAD_TRACKS): its parse sees
-the platform with that track set, so each accelerator pool it resolves is checked against
-the track (workloads/common.py check_track) before any resource exists."""
+Every workload declares its Neuron tracks (workloads/config.py WORKLOAD_TRACKS): its parse sees
+the platform with them set, so each accelerator pool it resolves is checked against
+them (workloads/common.py check_track) before any resource exists."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +12,13 @@ from types import SimpleNamespace
 from typing import Callable
 
 from workloads import compile as compile_workload
-from workloads import lora, nemo, ray_pretrain, titan
+from workloads import llm_serve, lora, nemo, ray_pretrain, titan
 from workloads.config import WORKLOAD_TRACKS
 
 
 def _on_track(name: str, parse: Callable) -> Callable:
     def parse_on_track(section, *, platform, stack):
-        return parse(section, platform=dataclasses.replace(platform, workload_track=WORKLOAD_TRACKS[name]), stack=stack)
+        return parse(section, platform=dataclasses.replace(platform, workload_tracks=WORKLOAD_TRACKS[name]), stack=stack)
 
     return parse_on_track
 
@@ -28,7 +28,8 @@ _MODULES = {
     "nemo-pretrain": (nemo.parse, nemo.NemoPretrainWorkload),
     "ray-pretrain": (ray_pretrain.parse, ray_pretrain.RayPretrainWorkload),
     "lora-finetune": (lora.parse, lora.LoraFinetuneWorkload),
+    "llm-serve": (llm_serve.parse, llm_serve.LlmServeWorkload),
     "titan-pretrain": (titan.parse, titan.TitanPretrainWorkload),
 }
-WORKLOADS = {name: SimpleNamespace(parse=_on_track(name, parse), component=component, track=WORKLOAD_TRACKS[name])
+WORKLOADS = {name: SimpleNamespace(parse=_on_track(name, parse), component=component, tracks=WORKLOAD_TRACKS[name])
              for name, (parse, component) in _MODULES.items()}

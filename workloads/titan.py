@@ -78,7 +78,8 @@ def trainer_env(platform: Platform, base: WorkloadBase, pool: PoolScheduling) ->
     """The common env with the native track's SDK version, the pool's LNC for the Neuron
     runtime (NEURON_LOGICAL_NC_CONFIG, Neuron docs "Logical NeuronCore configuration") and
     EFA for the collectives."""
-    native = versions.neuron_track(WORKLOAD_TRACKS["titan-pretrain"])
+    (track,) = WORKLOAD_TRACKS["titan-pretrain"]
+    native = versions.neuron_track(track)
     env = [{**e, "value": native["neuron_sdk"]} if e["name"] == "NEURON_SDK_VERSION" else e
            for e in common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)]
     if pool.lnc is not None:

@@ -17,7 +17,7 @@ from policy.rules.base import (
     stack_rule,
 )
 from policy.rules.exceptions import PrivilegedWorkload, exceptions
-from policy.rules.helpers import containers, is_unknown, kind_of, metadata, pod_specs
+from policy.rules.helpers import containers, is_unknown, kind_of, metadata, pod_specs, truthy
 from stackfiles.records import SECRET_MASK
 
 # An image is pinned by digest, or by a tag carrying at least major.minor.patch (an
@@ -216,6 +216,48 @@ def check_no_exposed_dashboards(r: Resource) -> Iterator[str]:
                       ("rayClusterSpec.headGroupSpec", (spec.get("rayClusterSpec") or {}).get("headGroupSpec"))):
         if isinstance(head, dict) and head.get("serviceType") in EXPOSED_TYPES:
             yield f"spec.{key}.serviceType {head['serviceType']} exposes the Ray dashboard and job API"
+
+
+# kube-prometheus-stack and the Grafana chart: where each UI's values live (chart values keys
+# of prometheus-community kube-prometheus-stack 88.5.3 and grafana-community grafana 12.11.1).
+MONITORING_CHARTS = {"kube-prometheus-stack": ("prometheus", "alertmanager", "grafana"), "grafana": ("",)}
+
+
+def _chart_name(chart: Any) -> str:
+    return str(chart or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+@resource_rule("k8s-monitoring-private", "mandatory", ("kubernetes:helm.sh/*",),
+               what="Prometheus, Alertmanager and Grafana (kube-prometheus-stack, grafana charts) are ClusterIP only "
+                    "with no ingress; Grafana has anonymous access off and its admin login from an existing Secret",
+               why="Prometheus and Alertmanager have no authentication; a chart-default Grafana login "
+                   "(admin/prom-operator) or a literal password in values is readable by anyone who can read the "
+                   "Helm release or the Pulumi state",
+               fix="keep service.type ClusterIP and ingress disabled (reach them with the `monitoring` stack "
+                   "output's port-forward commands); set grafana.admin.existingSecret to a Secret filled from a Pulumi "
+                   "secret and grafana.ini auth.anonymous.enabled false")
+def check_monitoring_private(r: Resource) -> Iterator[str]:
+    components = MONITORING_CHARTS.get(_chart_name(r.props.get("chart")))
+    values = r.props.get("values")
+    if components is None or not isinstance(values, dict):
+        return
+    for component in components:
+        v = values.get(component) if component else values
+        where = f"{component}." if component else ""
+        if not isinstance(v, dict):
+            v = {}
+        service_type = (v.get("service") or {}).get("type")
+        if service_type in EXPOSED_TYPES:
+            yield f"{where}service.type {service_type} exposes it outside the cluster"
+        if truthy((v.get("ingress") or {}).get("enabled")):
+            yield f"{where}ingress.enabled: an ingress exposes it"
+        if component in ("grafana", ""):
+            if v.get("adminPassword") not in (None, ""):
+                yield f"{where}adminPassword is a literal in the chart values"
+            if not (v.get("admin") or {}).get("existingSecret"):
+                yield f"{where}admin.existingSecret is not set: the chart's default or generated login applies"
+            if truthy(((v.get("grafana.ini") or {}).get("auth.anonymous") or {}).get("enabled")):
+                yield f"{where}grafana.ini auth.anonymous.enabled: anyone reaching Grafana is logged in"
 
 
 SECRET_ENV_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|KEY|APIKEY|CREDENTIALS?)(_|$)", re.I)
