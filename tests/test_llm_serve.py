@@ -349,7 +349,7 @@ def test_a_platform_without_monitoring_is_an_autoscaling_error():
 def test_native_track_pool_is_refused_until_its_backend_is_wired():
     inf2 = _platform().pools["inf2"]
     trn2 = dataclasses.replace(inf2, name="trn2", instance_types=["trn2.48xlarge"], neuron_devices_per_node=16,
-                               neuron_cores_per_node=128)
+                               neuron_cores_per_node=128, lnc=1, track="native")  # as the platform exports it
     platform = dataclasses.replace(_platform(), pools={**_platform().pools, "trn2": trn2})
     with pytest.raises(WorkloadConfigError) as err:
         parse(changed("pool", "trn2"), platform=platform)
