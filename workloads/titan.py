@@ -84,8 +84,9 @@ def trainer_env(platform: Platform, base: WorkloadBase, pool: PoolScheduling) ->
            for e in common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)]
     if pool.lnc is not None:
         env.append({"name": "NEURON_LOGICAL_NC_CONFIG", "value": str(pool.lnc)})
-    if pool.efa_per_node:
-        env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"}]
+    if pool.efa_per_node:  # as the NeMo launcher sets them (trn_workloads/nemo/command.py build_env)
+        env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"},
+                {"name": "FI_EFA_FORK_SAFE", "value": "1"}, {"name": "CCOM_SOCKET_IFNAME", "value": "eth0"}]
     return env
 
 
