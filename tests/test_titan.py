@@ -73,6 +73,15 @@ def test_the_cost_estimate_counts_every_pod_of_the_gang(rendered):
     assert {spec["nodeSelector"]["trn-platform/pool"] for _, spec in pods} == {"trn2-efa"}
 
 
+def test_tensorboard_reads_the_run_logs_on_the_cpu_pool(rendered):
+    (board,) = rendered.by_type("kubernetes:apps/v1:Deployment")
+    pod = board.inputs["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == rendered_platform(PLATFORM_STACK).outputs["nodePools"]["cpu"]["nodeSelector"]
+    assert pod["containers"][0]["command"][:3] == ["tensorboard", "--logdir", rendered.outputs["tensorboardLogs"]]
+    assert rendered.by_type("kubernetes:core/v1:Service")[0].inputs["spec"]["type"] == "ClusterIP"
+    assert "port-forward" in rendered.outputs["tensorboard"]
+
+
 def test_run_config_is_sized_from_the_pool(rendered):
     run = json.loads(rendered.by_type("kubernetes:core/v1:ConfigMap")[0].inputs["data"]["run.json"])
     assert run["nodes"] == 4 and run["processes_per_node"] == 64 and run["tensor_parallel_size"] == 8
@@ -93,6 +102,7 @@ def titan(key, value) -> dict:
     ("run.model_flavor", "7B", "allowed values: debugmodel, 1B, 3B, 8B, 70B, 405B"),
     ("pool", "cpu", "titan.pool: pool 'cpu' is a CPU pool; allowed values: trn2-block, trn2-efa"),
     ("pool", "nope", "titan.pool: pool 'nope' does not exist"),
+    ("tensorboardPool", "trn2-efa", "titan.tensorboardPool: pool 'trn2-efa' is an accelerator pool; allowed values: cpu"),
 ])
 def test_bad_titan_config_fails_before_any_resource(tmp_path, key, value, message):
     assert message in rejected(tmp_path, titan(key, value))

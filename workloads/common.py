@@ -28,6 +28,7 @@ RUN_CONFIG_VOLUME = "run-config"
 RUN_CONFIG_DIR = "/etc/run"
 RUN_CONFIG_FILE = f"{RUN_CONFIG_DIR}/run.json"
 HF_TOKEN_KEY = "token"
+TENSORBOARD_PORT = 6006
 NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
@@ -239,6 +240,34 @@ class WorkloadBase(pulumi.ComponentResource):
 
     def run_opts(self, *depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[*self.dependencies, *depends_on])
+
+    def tensorboard(self, name: str, *, logdir: str, pool: PoolScheduling) -> str:
+        """TensorBoard on a CPU pool reading a run's logs on FSx; ClusterIP only. Returns the
+        port-forward command (the workload's `tensorboard` output)."""
+        cfg, platform = self.config, self.platform
+        app = f"{cfg.stack}-tensorboard"
+        selector = {"app.kubernetes.io/instance": cfg.stack, "app.kubernetes.io/component": "tensorboard"}
+        board = container(name="tensorboard", image=self.image, mount_path=platform.storage.mount_path,
+                          command=["tensorboard", "--logdir", logdir, "--host", "0.0.0.0",
+                                   "--port", str(TENSORBOARD_PORT)],
+                          env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                          resources=resources_for(pool, cpu="500m", memory="2Gi", cpu_limit="1"),
+                          ports=[{"name": "http", "containerPort": TENSORBOARD_PORT}],
+                          readinessProbe={"httpGet": {"path": "/", "port": TENSORBOARD_PORT}, "periodSeconds": 10})
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-tensorboard", metadata={"name": app, "namespace": self.namespace, "labels": labels(cfg, "tensorboard")},
+            spec={"replicas": 1, "selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": {**labels(cfg, "tensorboard"), **selector}},
+                               "spec": pod_spec(platform=platform, pool=pool, containers=[board],
+                                                service_account=self.service_account, shm_size="256Mi")}},
+            opts=self.run_opts())
+        k8s.core.v1.Service(
+            f"{name}-tensorboard", metadata={"name": app, "namespace": self.namespace, "labels": labels(cfg, "tensorboard")},
+            spec={"type": "ClusterIP", "selector": selector,
+                  "ports": [{"name": "http", "port": TENSORBOARD_PORT, "targetPort": TENSORBOARD_PORT}]},
+            opts=self.run_opts(deployment))
+        return (f"kubectl -n {self.namespace} port-forward service/{app} "
+                f"{TENSORBOARD_PORT}:{TENSORBOARD_PORT}  # then open http://localhost:{TENSORBOARD_PORT}")
 
 
 def build_args(image_dir: str) -> dict[str, str]:

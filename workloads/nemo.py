@@ -21,7 +21,6 @@ from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import nemo_launcher
 from workloads.platform import Platform, PoolScheduling
 
-TENSORBOARD_PORT = 6006
 # MPIJob workers run sshd as the image's non-root user (images/nemo/Dockerfile); the
 # operator mounts the launcher's SSH key where that sshd looks for it.
 WORKER_SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/trn/.sshd_config"]
@@ -205,32 +204,6 @@ class NemoPretrainWorkload(pulumi.ComponentResource):
             "checkpoints": f"{s.run['run_dir']}/checkpoints",
         }
         if s.tensorboard_pool:
-            self._tensorboard(name, base, s, platform.pools[s.tensorboard_pool])
+            self.outputs["tensorboard"] = base.tensorboard(name, logdir=s.run["run_dir"],
+                                                           pool=platform.pools[s.tensorboard_pool])
         self.register_outputs(self.outputs)
-
-    def _tensorboard(self, name: str, base: WorkloadBase, s: NemoSettings, pool: PoolScheduling) -> None:
-        """TensorBoard on the CPU pool reading the run's logs; ClusterIP only (port-forward)."""
-        cfg, platform = base.config, base.platform
-        app = f"{cfg.stack}-tensorboard"
-        selector = {"app.kubernetes.io/instance": cfg.stack, "app.kubernetes.io/component": "tensorboard"}
-        board = container(name="tensorboard", image=base.image, mount_path=platform.storage.mount_path,
-                          command=["tensorboard", "--logdir", s.run["run_dir"], "--host", "0.0.0.0",
-                                   "--port", str(TENSORBOARD_PORT)],
-                          env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
-                          resources=resources_for(pool, cpu="500m", memory="2Gi", cpu_limit="1"),
-                          ports=[{"name": "http", "containerPort": TENSORBOARD_PORT}],
-                          readinessProbe={"httpGet": {"path": "/", "port": TENSORBOARD_PORT}, "periodSeconds": 10})
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-tensorboard", metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "tensorboard")},
-            spec={"replicas": 1, "selector": {"matchLabels": selector},
-                  "template": {"metadata": {"labels": {**labels(cfg, "tensorboard"), **selector}},
-                               "spec": pod_spec(platform=platform, pool=pool, containers=[board],
-                                                service_account=base.service_account, shm_size="256Mi")}},
-            opts=base.run_opts())
-        k8s.core.v1.Service(
-            f"{name}-tensorboard", metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "tensorboard")},
-            spec={"type": "ClusterIP", "selector": selector,
-                  "ports": [{"name": "http", "port": TENSORBOARD_PORT, "targetPort": TENSORBOARD_PORT}]},
-            opts=base.run_opts(deployment))
-        self.outputs["tensorboard"] = (f"kubectl -n {base.namespace} port-forward service/{app} "
-                                       f"{TENSORBOARD_PORT}:{TENSORBOARD_PORT}  # then open http://localhost:{TENSORBOARD_PORT}")

@@ -44,6 +44,7 @@ class TitanSettings:
     nodes: int
     run: dict  # the trainer's RunConfig as JSON (validated)
     deadline_seconds: int
+    tensorboard_pool: str | None  # a CPU pool for TensorBoard over the run's logs, or None
 
 
 def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> TitanSettings:
@@ -55,6 +56,8 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> T
     peak = r.get("peakTflopsPerCore", float, None, check=lambda v: None if v > 0 else "must be positive")
     run_raw = r.get("run", dict, {})
     deadline = r.get("deadlineSeconds", int, 14 * 24 * 3600)
+    tensorboard = r.get("tensorboard", bool, True)
+    tensorboard_pool = r.get("tensorboardPool", str, "cpu")
     r.finish()
     run = None
     try:
@@ -67,11 +70,14 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> T
                  "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}", "compile_cache": f"{mount}/neuron-cache",
                  "peak_tflops_per_process": peak}
         run = titan_trainer.run_config(run_raw, owned=owned, max_nodes=pool.max_nodes, key="titan.run")
+        if tensorboard:
+            platform.pool(tensorboard_pool, key="titan.tensorboardPool", accelerator=False)
     except WorkloadConfigError as e:
         problems += e.problems
     if problems:
         raise WorkloadConfigError(problems)
-    return TitanSettings(pool=pool_name, nodes=nodes, run=run, deadline_seconds=deadline)
+    return TitanSettings(pool=pool_name, nodes=nodes, run=run, deadline_seconds=deadline,
+                         tensorboard_pool=tensorboard_pool if tensorboard else None)
 
 
 def trainer_env(platform: Platform, base: WorkloadBase, pool: PoolScheduling) -> list[dict]:
@@ -151,4 +157,7 @@ class TitanPretrainWorkload(pulumi.ComponentResource):
             "tensorboardLogs": f"{run_dir}/tensorboard",
             "worldSize": s.run["nodes"] * s.run["processes_per_node"],
         }
+        if s.tensorboard_pool:
+            self.outputs["tensorboard"] = base.tensorboard(name, logdir=f"{run_dir}/tensorboard",
+                                                           pool=base.platform.pools[s.tensorboard_pool])
         self.register_outputs(self.outputs)
