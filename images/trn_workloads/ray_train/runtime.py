@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from trn_workloads import accel
+from trn_workloads.neuron_flags import merge_compiler_flags
 from trn_workloads.ray_train.config import ConfigError, ModelPreset, PretrainConfig
 from trn_workloads.ray_train.model import build_cpu_llama, build_tensor_parallel_llama, llama_config
 
@@ -32,15 +33,10 @@ def neuron_compiler_env(env: Mapping[str, str], compile_cache: str) -> dict[str,
     The cache on FSx is shared by every node, so graphs compiled by the precompile step (or by
     any worker) are never compiled again.
     """
-    flags = env.get("NEURON_CC_FLAGS", "").split()
-    if not any(f.startswith("--cache_dir") for f in flags):
-        flags.append(f"--cache_dir={compile_cache}")
-    if not any(f.startswith("--model-type") for f in flags):
-        flags.append("--model-type=transformer")
-    if not any(f.startswith("--distribution-strategy") for f in flags):
-        flags.append("--distribution-strategy=llm-training")
+    flags = merge_compiler_flags(env.get("NEURON_CC_FLAGS"), [
+        f"--cache_dir={compile_cache}", "--model-type=transformer", "--distribution-strategy=llm-training"])
     return {
-        "NEURON_CC_FLAGS": " ".join(flags),
+        "NEURON_CC_FLAGS": flags,
         "NEURON_COMPILE_CACHE_URL": env.get("NEURON_COMPILE_CACHE_URL", compile_cache),
         # bf16 weights with stochastic rounding keep small updates from rounding away.
         "NEURON_RT_STOCHASTIC_ROUNDING_EN": env.get("NEURON_RT_STOCHASTIC_ROUNDING_EN", "1"),
