@@ -19,7 +19,8 @@ from trn_workloads.nemo.nxdt import COMPILER_FLAGS, PRECISION_ENV, RUNTIME_SETTI
 PATHS = {"tokenizer": "/shared/tokenizers/llama", "dataset_prefix": "/shared/data/llama/corpus_text_document",
          "run_dir": "/shared/runs/llama/run-1", "compile_cache": "/shared/neuron-cache"}
 ORCHESTRATOR = "/opt/nxdt/examples/training_orchestrator.py"
-# Facts of NxD Training 1.6.0 (aws-neuron/neuronx-distributed-training, commit 9169aa03f39efd4eb02da63891a7ed98defb1714):
+# Facts of NxD Training 1.6.0 (aws-neuron/neuronx-distributed-training, commit
+# 9169aa03f39efd4eb02da63891a7ed98defb1714):
 # the precision types examples/training_orchestrator.py (process_config) accepts (any other raises on every rank),
 # the ones for which src/neuronx_distributed_training/lightning_modules/model/base.py turns on FP32 master weights
 # and gradient accumulation, and the steps the orchestrator precompiles with COMPILE=1.
