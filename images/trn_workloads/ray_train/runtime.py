@@ -143,9 +143,15 @@ class NeuronRuntime:
 
     def build_model(self, preset: ModelPreset, vocab_size: int) -> torch.nn.Module:
         # Sequence parallel whenever there is a tensor-parallel group to split the sequence over.
+        from neuronx_distributed.utils.model_utils import move_model_to_device
+
         model = build_tensor_parallel_llama(llama_config(preset, vocab_size=vocab_size),
                                             sequence_parallel=self.sequence_parallel)
-        return model.to(torch.bfloat16).to(self.device)
+        # Not model.to(device): moving to XLA makes new Parameter objects and drops the attributes
+        # NxD reads (tensor_model_parallel for the gradient-norm clip, sequence_parallel_enabled for the
+        # norms' gradient sum); NxD's helper keeps them (neuronx-distributed 0.15 utils/model_utils.py).
+        move_model_to_device(model.to(torch.bfloat16), self.device)
+        return model
 
     @staticmethod
     def unwrap(model: torch.nn.Module) -> torch.nn.Module:
