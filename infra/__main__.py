@@ -18,7 +18,9 @@ import pulumi  # noqa: E402
 from infra import catalog, config, network, versions  # noqa: E402
 from infra.addons import Addons, AddonsArgs, default_queue_spec  # noqa: E402
 from infra.cluster import Cluster, ClusterArgs  # noqa: E402
+from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
+from infra.monitoring import Monitoring, MonitoringArgs  # noqa: E402
 from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
 from infra.registry import Registry, RegistryArgs  # noqa: E402
 from infra.storage import SharedStorage, SharedStorageArgs  # noqa: E402
@@ -57,11 +59,26 @@ storage = SharedStorage("storage", SharedStorageArgs(
     depends_on=on_system_nodes, tags=tags))
 accel_limits = [p.limits for p in cfg.accelerator_pools]
 addons = Addons("addons", AddonsArgs(
-    provider=cluster.provider, depends_on=on_system_nodes,
-    queue_capability=default_queue_spec(
+    provider=cluster.provider, depends_on=on_system_nodes, region=cfg.region,
+    kubernetes_version=cfg.kubernetes_version, queue_capability=default_queue_spec(
         cpu_limit=sum(int(lim["cpu"]) for lim in accel_limits),
         memory_gib_limit=sum(int(lim["memory"].removesuffix("Gi")) for lim in accel_limits),
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))
+# -- observability: metrics, Neuron monitor, dashboards, alerts -----------------------------
+if cfg.monitoring.enabled:
+    from trnctl.cost import load_prices  # the price table the cost estimate uses (infra/data/prices.json)
+
+    prices = load_prices(cfg.region)
+    monitoring = Monitoring("monitoring", MonitoringArgs(
+        config=cfg.monitoring, cluster_name=cfg.cluster_name, region=cfg.region, identity=cluster.identity,
+        provider=cluster.provider, depends_on=[*on_system_nodes, cluster.ebs_csi],
+        accelerator_pools=[p.name for p in cfg.accelerator_pools], fsx_file_system_id=storage.file_system.id,
+        fsx_capacity_gib=cfg.fsx.storage_capacity_gib,
+        accelerator_prices={t: prices.instance(t) for p in cfg.accelerator_pools for t in p.instance_types},
+        neuron_monitor_image=versions.neuron_monitor_image(), karpenter_namespace=karpenter_namespace,
+        kuberay_namespace="kuberay-system", volcano_namespace="volcano-system", tags=tags))
+    pulumi.export("monitoring", monitoring.outputs)
+
 registry = Registry("registry", RegistryArgs(cluster_name=cfg.cluster_name, repositories=cfg.ecr_repositories,
                                              force_destroy=cfg.environment != "prod", budget=cfg.budget, tags=tags))
 
@@ -75,6 +92,7 @@ pulumi.export("oidcProviderArn", cluster.identity.oidc_provider_arn)
 pulumi.export("oidcIssuer", cluster.identity.oidc_issuer)
 pulumi.export("availabilityZoneIds", az_ids)
 pulumi.export("nodePools", pools.scheduling)
+pulumi.export("neuronTracks", pools.tracks)
 pulumi.export("sharedStorage", {"pvcName": storage.pvc_name, "namespace": storage.pvc_namespace,
                                 "mountPath": storage.mount_path, "fileSystemId": storage.file_system.id})
 pulumi.export("workloadNamespace", storage.pvc_namespace)

@@ -1,5 +1,6 @@
 """Cluster add-ons for ML: Neuron device plugin + scheduler extension, EFA device plugin,
-MPI operator, KubeRay (Volcano as batch scheduler) and Volcano with a default Queue.
+MPI operator, KubeRay (Volcano as batch scheduler), Volcano with a default Queue, and KEDA
+(autoscaling on workload metrics such as vLLM's waiting requests).
 
 Every chart and manifest is pinned in infra/versions.py. Helm values are pure functions.
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import versions
+from infra import catalog, versions
+from infra.config import FAMILIES
 from infra.cluster import SYSTEM_POOL_LABEL
 from infra.nodepools import EFA_LABEL, NEURON_TAINT
 
@@ -22,21 +24,46 @@ MPI_OPERATOR_KUSTOMIZATION = Path(__file__).resolve().parent / "manifests" / "mp
 VOLCANO_QUEUE = "ml-default"
 
 
-def neuron_values() -> dict:
-    """Device plugin on Neuron nodes (chart default affinity); the scheduler extension and
-    its second kube-scheduler on the system nodes — the chart's default targets
-    control-plane nodes, which EKS does not expose. No node-problem-detector."""
+def neuron_instance_types() -> list[str]:
+    """Every Neuron instance type a pool can launch (the catalog) plus the chart's own list."""
+    accelerated = [t for f in FAMILIES for t in catalog.instance_types_of(f)
+                   if catalog.instance_type(t).neuron_devices]
+    return sorted({*accelerated, *versions.NEURON_CHART_INSTANCES})
+
+
+def efa_instance_types() -> list[str]:
+    """Every instance type with EFA interfaces in the catalog (the EFA pools' candidates) plus
+    the Trainium types of the chart's own list."""
+    with_efa = [t for f in FAMILIES for t in catalog.instance_types_of(f) if catalog.instance_type(t).efa_interfaces]
+    return sorted({*with_efa, *versions.EFA_CHART_TRAINIUM_INSTANCES})
+
+
+def neuron_values(*, kubernetes_version: str, instance_types: list[str]) -> dict:
+    """Device plugin on Neuron nodes (affinity from `neuronInstances`, see versions.py); the
+    scheduler extension and its second kube-scheduler on the system nodes — the chart's default
+    targets control-plane nodes, which EKS does not expose — with a kube-scheduler of the
+    cluster's own minor version. No node-problem-detector."""
     return {
+        "neuronInstances": list(instance_types),
         "devicePlugin": {"enabled": True},
         "npd": {"enabled": False},
         "scheduler": {"enabled": True, **ON_SYSTEM_NODES,
-                      "customScheduler": {"enabled": True, **ON_SYSTEM_NODES}},
+                      "customScheduler": {"enabled": True, **ON_SYSTEM_NODES, "image": {
+                          "repository": versions.EKS_DISTRO_KUBE_SCHEDULER_IMAGE,
+                          "tag": versions.kube_scheduler_image_tag(kubernetes_version)}}},
     }
 
 
-def efa_values() -> dict:
-    """Only on EFA pools' nodes, tolerating the Neuron taint they carry."""
-    return {"nodeSelector": {EFA_LABEL: "true"}, "tolerations": TOLERATE_NEURON}
+def efa_values(*, region: str, instance_types: list[str]) -> dict:
+    """Only on EFA pools' nodes, tolerating the Neuron taint they carry; the plugin image from
+    the stack region's EKS registry (the chart's default is us-west-2's in every region) and a
+    node affinity listing our EFA instance types (the chart's list lacks trn3)."""
+    return {
+        "image": {"repository": f"{versions.eks_image_registry(region)}/eks/aws-efa-k8s-device-plugin",
+                  "tag": versions.EFA_PLUGIN_IMAGE_TAG},
+        "supportedInstanceLabels": {"keys": ["node.kubernetes.io/instance-type"], "values": list(instance_types)},
+        "nodeSelector": {EFA_LABEL: "true"}, "tolerations": TOLERATE_NEURON,
+    }
 
 
 def kuberay_values() -> dict:
@@ -55,6 +82,12 @@ def volcano_values() -> dict:
     }
 
 
+def keda_values() -> dict:
+    """KEDA operator, metrics API server and webhooks on the system nodes (top-level
+    nodeSelector/tolerations apply to all three: keda/values.yaml at chart 2.20.2)."""
+    return {**ON_SYSTEM_NODES, "crds": {"install": True}}
+
+
 def default_queue_spec(cpu_limit: int, memory_gib_limit: int, neuron_limit: int) -> dict:
     """A Queue whose capability covers every accelerator pool at its limit."""
     capability = {"cpu": str(cpu_limit), "memory": f"{memory_gib_limit}Gi"}
@@ -68,6 +101,8 @@ class AddonsArgs:
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
     queue_capability: dict  # from default_queue_spec
+    region: str
+    kubernetes_version: str
 
 
 class Addons(pulumi.ComponentResource):
@@ -77,11 +112,14 @@ class Addons(pulumi.ComponentResource):
 
         self.neuron = k8s.helm.v3.Release(
             f"{name}-neuron", name="neuron", chart=versions.NEURON_HELM_CHART,
-            version=versions.NEURON_HELM_CHART_VERSION, namespace="kube-system", values=neuron_values(), opts=k8s_opts)
+            version=versions.NEURON_HELM_CHART_VERSION, namespace="kube-system",
+            values=neuron_values(kubernetes_version=args.kubernetes_version, instance_types=neuron_instance_types()),
+            opts=k8s_opts)
         self.efa = k8s.helm.v3.Release(
             f"{name}-efa", name="aws-efa-k8s-device-plugin", chart=versions.EFA_CHART,
             version=versions.EFA_CHART_VERSION, namespace="kube-system",
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.EFA_CHART_REPO), values=efa_values(),
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.EFA_CHART_REPO),
+            values=efa_values(region=args.region, instance_types=efa_instance_types()),
             opts=k8s_opts)
         self.volcano = k8s.helm.v3.Release(
             f"{name}-volcano", name="volcano", chart=versions.VOLCANO_CHART, version=versions.VOLCANO_VERSION,
@@ -93,6 +131,11 @@ class Addons(pulumi.ComponentResource):
             namespace="kuberay-system", create_namespace=True,
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KUBERAY_CHART_REPO), values=kuberay_values(),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[*args.depends_on, self.volcano])))
+        self.keda = k8s.helm.v3.Release(
+            f"{name}-keda", name="keda", chart=versions.KEDA_CHART, version=versions.KEDA_VERSION,
+            namespace="keda", create_namespace=True,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KEDA_CHART_REPO), values=keda_values(),
+            opts=k8s_opts)
         # No chart upstream: our kustomization pins the release's manifests and image.
         self.mpi_operator = k8s.kustomize.v2.Directory(
             f"{name}-mpi-operator", directory=str(MPI_OPERATOR_KUSTOMIZATION), opts=k8s_opts)

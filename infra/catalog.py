@@ -1,6 +1,8 @@
 """Facts about instance types, regions and AZ offerings, read from infra/data/.
 
-`instance_types.json` holds hardware facts (vCPU, memory, Neuron devices, EFA interfaces).
+`instance_types.json` holds hardware facts (vCPU, memory, Neuron devices, physical and
+logical NeuronCores, device memory, EFA interfaces, EC2 usage classes) and, per family,
+its Logical NeuronCore (LNC) settings.
 `offerings-snapshot.json` is a snapshot of DescribeInstanceTypeOfferings for the offline
 render only; live deployments and preflight ask EC2.
 """
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
+# EC2 SupportedUsageClasses of a type whose entry names none (the general-purpose CPU types).
+DEFAULT_USAGE_CLASSES = ("on-demand", "spot")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,16 @@ class InstanceType:
     neuron_cores: int
     efa_interfaces: int
     instance_store_gib: int
+    device_memory_gib: int = 0
+    # NeuronCores the Neuron runtime exposes per LNC setting ({lnc: cores}); empty where the
+    # hardware has no LNC (trn1/inf2: every physical core is one NeuronCore).
+    logical_neuron_cores: dict[int, int] = field(default_factory=dict, hash=False)
+    usage_classes: tuple[str, ...] = DEFAULT_USAGE_CLASSES
+    ultraserver: bool = False
+
+    def neuron_cores_at(self, lnc: int | None) -> int:
+        """NeuronCores a pod sees on this type at Logical NeuronCore setting `lnc`."""
+        return self.logical_neuron_cores[lnc] if lnc else self.neuron_cores
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,34 @@ def instance_type(name: str) -> InstanceType:
     d = _instance_data()["instanceTypes"][name]
     return InstanceType(name=name, family=d["family"], vcpu=d["vcpu"], memory_gib=d["memoryGiB"],
                         neuron_devices=d["neuronDevices"], neuron_cores=d["neuronCores"],
-                        efa_interfaces=d["efaInterfaces"], instance_store_gib=d["instanceStoreGiB"])
+                        efa_interfaces=d["efaInterfaces"], instance_store_gib=d["instanceStoreGiB"],
+                        device_memory_gib=d.get("deviceMemoryGiB", 0),
+                        logical_neuron_cores={int(k): v for k, v in d.get("logicalNeuronCores", {}).items()},
+                        usage_classes=tuple(d.get("usageClasses", DEFAULT_USAGE_CLASSES)),
+                        ultraserver=d.get("ultraServer", False))
+
+
+@dataclass(frozen=True)
+class LncSetting:
+    """A family's Logical NeuronCore configuration: the values the Neuron runtime accepts
+    and the one it uses when none is set."""
+    allowed: tuple[int, ...]
+    default: int
+
+
+def family_lnc(family: str) -> LncSetting | None:
+    """None for families without LNC (trn1, trn1n, inf2, cpu)."""
+    lnc = _instance_data()["families"][family].get("lnc")
+    return LncSetting(tuple(lnc["allowed"]), lnc["default"]) if lnc else None
+
+
+def family_not_offered(family: str) -> str | None:
+    """Why a family has no instance type in the catalog, or None when it has some."""
+    return _instance_data()["families"][family].get("notOffered")
+
+
+def families() -> tuple[str, ...]:
+    return tuple(_instance_data()["families"])
 
 
 def instance_types_of(family: str) -> tuple[str, ...]:
@@ -80,8 +121,9 @@ def family_in_region(family: str, region: str) -> bool:
 
 
 def known_regions() -> tuple[str, ...]:
-    """Regions this repository has offering data for (offline render and validation)."""
-    return tuple(sorted(_offerings()))
+    """Regions this repository has offering data for (offline render and validation); keys
+    starting with `_` are the data file's notes (`_comment`), not regions."""
+    return tuple(sorted(r for r in _offerings() if not r.startswith("_")))
 
 
 def zone_ids(region: str) -> tuple[str, ...]:

@@ -151,10 +151,17 @@ class Cluster(pulumi.ComponentResource):
                                           service_account="ebs-csi-controller-sa",
                                           managed_policy_arns=[iam.managed_policy_arn(partition, "service-role/AmazonEBSCSIDriverPolicy")],
                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.pod_identity_agent]))
-        aws.eks.Addon(f"{name}-ebs-csi", cluster_name=cluster_name, addon_name="aws-ebs-csi-driver",
-                      addon_version=versions.EKS_ADDONS["aws-ebs-csi-driver"], resolve_conflicts_on_update="OVERWRITE",
-                      service_account_role_arn=ebs_role.role.arn if cfg.identity == "irsa" else None,
-                      tags=args.tags, opts=addon_opts)
+        self.ebs_csi = aws.eks.Addon(
+            f"{name}-ebs-csi", cluster_name=cluster_name, addon_name="aws-ebs-csi-driver",
+            addon_version=versions.EKS_ADDONS["aws-ebs-csi-driver"], resolve_conflicts_on_update="OVERWRITE",
+            service_account_role_arn=ebs_role.role.arn if cfg.identity == "irsa" else None,
+            tags=args.tags, opts=addon_opts)
+        # Node health: the agent sets NodeConditions (AcceleratedHardwareReady for Neuron and
+        # EFA faults, ...) that Karpenter's node repair acts on (infra/karpenter.py).
+        self.node_monitoring_agent = aws.eks.Addon(
+            f"{name}-node-monitoring-agent", cluster_name=cluster_name, addon_name="eks-node-monitoring-agent",
+            addon_version=versions.EKS_ADDONS["eks-node-monitoring-agent"], resolve_conflicts_on_update="OVERWRITE",
+            tags=args.tags, opts=addon_opts)
 
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.eks.kubeconfig_json,
                                      enable_server_side_apply=True, opts=child)

@@ -11,25 +11,17 @@ as one `ConfigError` before any resource is registered.
 from __future__ import annotations
 
 import ipaddress
-import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
+import stackfiles
 from infra import catalog, versions
+from stackfiles import ConfigError, ConfigReader, read_stack_bag
 
 PROJECT = "trn-platform"
-
-
-class ConfigError(ValueError):
-    """One or more invalid stack config keys; the message lists every problem."""
-
-    def __init__(self, problems: list[str], source: str = "stack config"):
-        self.problems = problems
-        super().__init__(f"invalid {source}:\n  - " + "\n  - ".join(problems))
 
 
 # --------------------------------------------------------------------------- typed config
@@ -62,12 +54,14 @@ class SystemNodesConfig:
 @dataclass(frozen=True)
 class NodePoolConfig:
     name: str
-    family: str  # trn1 | trn1n | inf2 | cpu
+    family: str  # trn1 | trn1n | trn2 | trn3 | inf2 | cpu
     instance_types: tuple[str, ...]
     max_nodes: int
     capacity_types: tuple[str, ...] = ("on-demand",)
     efa: bool = False
     capacity_reservation_ids: tuple[str, ...] = ()
+    capacity_block_ids: tuple[str, ...] = ()  # Capacity Blocks for ML (capacity type capacity-block)
+    lnc: int | None = None  # Logical NeuronCore setting; None where the family has none
     root_volume_gib: int = 0  # 0: family default
     consolidate_after: str = "10m"
     # Accelerator pools never disrupt running pods except when empty; this is how many
@@ -77,6 +71,11 @@ class NodePoolConfig:
     @property
     def is_accelerator(self) -> bool:
         return self.family != "cpu"
+
+    @property
+    def uses_reservations(self) -> bool:
+        """Launches into capacity reservations (ODCRs or Capacity Blocks)."""
+        return bool({"reserved", "capacity-block"} & set(self.capacity_types))
 
     @property
     def largest_instance(self) -> catalog.InstanceType:
@@ -111,6 +110,27 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """kube-prometheus-stack, neuron-monitor, dashboards and alerts (infra/monitoring/)."""
+    enabled: bool = True
+    namespace: str = "monitoring"
+    retention: str = "15d"  # Prometheus TSDB retention
+    prometheus_storage_gib: int = 50
+    alertmanager_storage_gib: int = 5
+    grafana_storage_gib: int = 10
+    neuron_idle_after: str = "1h"  # alert: a billed Neuron node with no NeuronCore use this long
+    training_stall_after: str = "30m"  # alert: a training job whose step counter stopped this long
+    serving_p99_seconds: float = 10.0  # alert: serving p99 end-to-end latency above this
+    alert_emails: tuple[str, ...] = ()  # default: budget.alertEmails
+    sns_topic_arn: str | None = None  # an existing topic; else one is created for alert_emails
+    remote_write_workspace_arn: str | None = None  # Amazon Managed Service for Prometheus workspace
+
+    @property
+    def remote_write_workspace_id(self) -> str | None:
+        return self.remote_write_workspace_arn.rsplit("/", 1)[-1] if self.remote_write_workspace_arn else None
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     stack: str
     region: str
@@ -127,6 +147,7 @@ class PlatformConfig:
     workload_presets: tuple[str, ...]
     budget: BudgetConfig | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def pool(self, name: str) -> NodePoolConfig:
         return next(p for p in self.node_pools if p.name == name)
@@ -138,8 +159,12 @@ class PlatformConfig:
 
 # --------------------------------------------------------------------------- allowed values
 
-FAMILIES = ("trn1", "trn1n", "inf2", "cpu")
-CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+FAMILIES = catalog.families()
+# `reserved`: On-Demand Capacity Reservations; `capacity-block`: Capacity Blocks for ML. Both
+# are Karpenter's `reserved` capacity type (infra/nodepools.py).
+CAPACITY_TYPES = ("on-demand", "spot", "reserved", "capacity-block")
+# Families whose multi-node pools always get EFA (multi-node training on them runs over it).
+EFA_MULTI_NODE_FAMILIES = ("trn2", "trn3")
 NAT_MODES = ("single", "per-az")
 IDENTITY_MODES = ("pod-identity", "irsa")
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -156,76 +181,52 @@ FSX_RULES: dict[str, dict[str, Any]] = {
 TOP_LEVEL_KEYS = {
     "environment", "clusterName", "kubernetesVersion", "network", "endpoint", "identity",
     "systemNodes", "nodePools", "fsx", "ecrRepositories", "workloadPresets", "budget", "tags",
+    "monitoring",
 }
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DURATION = re.compile(r"^([0-9]+(s|m|h))+$|^Never$")
+NAME_MAX = 40  # cluster and pool names: room for the suffixes of the IAM roles, queues and LTs named after them
+# Karpenter NodePool spec.disruption.budgets[].nodes (infra/schemas/karpenter.sh_v1_nodepool.json).
+_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
+# ECR CreateRepository repositoryName (ECR API reference): lowercase path segments, 2-256 characters.
+_ECR_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+# Kubernetes object names: a PVC is a DNS-1123 subdomain, a namespace a DNS-1123 label.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# Mounting FSx on these would hide what the container image needs; below the first group
+# (kernel filesystems, binaries, libraries, configuration) nothing may be mounted either.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+SYSTEM_PATHS = (*SYSTEM_TREES, "/home", "/opt", "/root", "/run", "/tmp", "/var")
+# Tags the platform sets itself (infra/__main__.py), which the sweep and policies rely on.
+RESERVED_TAG_KEYS = ("trn-platform/cluster", "trn-platform/environment", "managed-by")
 
 
-class ConfigReader:
-    """Reads one mapping, recording problems instead of stopping at the first."""
+def name_problem(value: str) -> str | None:
+    """Cluster and pool names: the length and the characters are separate problems."""
+    if len(value) > NAME_MAX:
+        return f"{value!r} is {len(value)} characters; at most {NAME_MAX} are allowed"
+    if not _NAME.match(value):
+        return f"{value!r} must be lowercase letters, digits and '-' (starting and ending with a letter or digit)"
+    return None
 
-    def __init__(self, data: Any, where: str, problems: list[str]):
-        self.where = where
-        self.problems = problems
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-            data = {}
-        self.data = data
-        self.used: set[str] = set()
 
-    def key(self, k: str) -> str:
-        return f"{self.where}.{k}" if self.where else k
+def mount_path_problem(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} must be an absolute path such as /shared"
+    if not _MOUNT_PATH.match(value) or any(part in (".", "..") for part in value.split("/")):
+        return f"{value!r} must be a plain absolute directory such as /shared (no '/', '..' or trailing '/')"
+    if value in SYSTEM_PATHS or any(value.startswith(tree + "/") for tree in SYSTEM_TREES):
+        return f"{value!r} is inside a system directory of the container; use a path such as /shared"
+    return None
 
-    def get(self, k: str, typ: type | tuple, default: Any = None, *, required: bool = False,
-            allowed: tuple | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
-        self.used.add(k)
-        if k not in self.data or self.data[k] is None:
-            if required:
-                self.problems.append(f"{self.key(k)}: required key is missing")
-            return default
-        value = self.data[k]
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and typ is not bool:
-            ok = False
-        else:
-            ok = isinstance(value, typ)
-        if not ok:
-            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            self.problems.append(f"{self.key(k)}: expected {want}, got {type(value).__name__} {value!r}")
-            return default
-        if allowed is not None and value not in allowed:
-            self.problems.append(f"{self.key(k)}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
-            return default
-        if check is not None:
-            msg = check(value)
-            if msg:
-                self.problems.append(f"{self.key(k)}: {msg}")
-                return default
-        return value
 
-    def str_list(self, k: str, default: tuple = (), *, allowed: tuple | None = None,
-                 required: bool = False) -> tuple[str, ...]:
-        items = self.get(k, list, None, required=required)
-        if items is None:
-            return tuple(default)
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                self.problems.append(f"{self.key(k)}[{i}]: expected str, got {item!r}")
-            elif allowed is not None and item not in allowed:
-                self.problems.append(f"{self.key(k)}[{i}]: {item!r} is not allowed; allowed values: {', '.join(allowed)}")
-            else:
-                out.append(item)
-        return tuple(out)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        for k in unknown:
-            self.problems.append(f"{self.key(k)}: unknown key; known keys: {', '.join(sorted(self.used))}")
+def s3_path_problem(value: str) -> str | None:
+    bucket = value[len("s3://"):].split("/", 1)[0] if value.startswith("s3://") else ""
+    if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+        return f"{value!r} must be s3://<bucket>[/<prefix>] with a valid bucket name"
+    return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -240,8 +241,14 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     root = ConfigReader(raw, "", problems)
 
     environment = root.get("environment", str, "dev", allowed=ENVIRONMENTS)
-    cluster_name = root.get("clusterName", str, f"trn-{stack}",
-                            check=lambda v: None if _NAME.match(v) else "must be lowercase letters, digits and '-', at most 40 characters")
+    cluster_name = root.get("clusterName", str, f"trn-{stack}", check=name_problem)
+    version_value = root.data.get("kubernetesVersion")
+    if isinstance(version_value, (int, float)) and not isinstance(version_value, bool):
+        # YAML reads an unquoted 1.30 as the number 1.3: a version is never a number.
+        problems.append(f"kubernetesVersion: {version_value!r} is a number in the stack file; quote it "
+                        f"(kubernetesVersion: \"{version_value}\"); allowed values: "
+                        f"{', '.join(versions.SUPPORTED_KUBERNETES_VERSIONS)}")
+        root.data = {**root.data, "kubernetesVersion": None}
     k8s_version = root.get("kubernetesVersion", str, versions.SUPPORTED_KUBERNETES_VERSIONS[-1],
                            allowed=versions.SUPPORTED_KUBERNETES_VERSIONS)
     identity = root.get("identity", str, "pod-identity", allowed=IDENTITY_MODES)
@@ -249,17 +256,20 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     network = _parse_network(root.get("network", dict, {}), problems)
     endpoint = _parse_endpoint(root.get("endpoint", dict, {}), problems)
     system_nodes = _parse_system_nodes(root.get("systemNodes", dict, {}), problems)
-    pools = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
+    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
     fsx = _parse_fsx(root.get("fsx", dict, {}), problems)
     ecr = root.str_list("ecrRepositories", ECR_DEFAULT)
+    _check_ecr_names(ecr, cluster_name, problems)
     presets = root.str_list("workloadPresets", (), allowed=tuple(sorted(catalog.WORKLOAD_CAPACITY)))
     budget = _parse_budget(root.get("budget", dict, None), problems)
-    tags = root.get("tags", dict, {})
+    tags = _parse_tags(root.get("tags", dict, {}), problems)
+    monitoring = _parse_monitoring(root.get("monitoring", dict, {}), budget, region, problems)
     root.finish()
 
     if region and region not in catalog.known_regions():
         problems.append(f"aws:region: {region!r} has no offering data here; supported regions: {', '.join(catalog.known_regions())}")
-    _check_presets_fit(presets, pools, problems)
+    if pools_complete:
+        _check_presets_fit(presets, pools, problems)
     _check_azs(network, region, pools, problems)
 
     if problems:
@@ -268,8 +278,38 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
         stack=stack, region=region, environment=environment, cluster_name=cluster_name,
         kubernetes_version=k8s_version, network=network, endpoint=endpoint, identity=identity,
         system_nodes=system_nodes, node_pools=tuple(pools), fsx=fsx, ecr_repositories=ecr,
-        workload_presets=presets, budget=budget, tags={str(k): str(v) for k, v in tags.items()},
+        workload_presets=presets, budget=budget, tags=tags, monitoring=monitoring,
     )
+
+
+def _check_ecr_names(names: tuple[str, ...], cluster_name: str, problems: list[str]) -> None:
+    for i, name in enumerate(names):
+        full = f"{cluster_name}/{name}"
+        if not _ECR_NAME.match(name) or not 2 <= len(full) <= 256:
+            problems.append(f"ecrRepositories[{i}]: {name!r} is not an ECR repository name; use lowercase letters, "
+                            "digits and . _ - / between them (the repository is <clusterName>/<name>, 2-256 characters)")
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"ecrRepositories: {dup!r} is listed more than once")
+
+
+def _parse_tags(data: dict, problems: list[str]) -> dict[str, str]:
+    """AWS tags: string keys (1-128, not `aws:`, not the platform's own) and scalar values (<= 256)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        where = f"tags.{key}"
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            problems.append(f"{where}: tag keys must be strings of 1 to 128 characters")
+        elif key.lower().startswith("aws:"):
+            problems.append(f"{where}: keys starting with 'aws:' are reserved by AWS")
+        elif key in RESERVED_TAG_KEYS:
+            problems.append(f"{where}: the platform sets this tag itself (reserved: {', '.join(RESERVED_TAG_KEYS)})")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(f"{where}: expected a string value, got {type(value).__name__} {value!r}")
+        elif len(str(value)) > 256:
+            problems.append(f"{where}: tag values are at most 256 characters")
+        else:
+            out[key] = str(value)
+    return out
 
 
 def _parse_network(data: dict, problems: list[str]) -> NetworkConfig:
@@ -319,7 +359,9 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
         min_size=r.get("minSize", int, SystemNodesConfig.min_size),
         desired_size=r.get("desiredSize", int, SystemNodesConfig.desired_size),
         max_size=r.get("maxSize", int, SystemNodesConfig.max_size),
-        disk_size_gib=r.get("diskSizeGiB", int, SystemNodesConfig.disk_size_gib),
+        # gp3 root: the EKS AL2023 AMI needs 20 GiB, gp3 allows at most 16384.
+        disk_size_gib=r.get("diskSizeGiB", int, SystemNodesConfig.disk_size_gib,
+                            check=lambda v: None if 20 <= v <= 16384 else f"{v} is not allowed; must be 20 to 16384"),
     )
     r.finish()
     if not (1 <= cfg.min_size <= cfg.desired_size <= cfg.max_size):
@@ -327,56 +369,115 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
     return cfg
 
 
-def _parse_pools(items: list | None, region: str, problems: list[str]) -> list[NodePoolConfig]:
+def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[list[NodePoolConfig], bool]:
+    """The valid pools, and whether every configured pool is among them (checks across pools
+    would report nonsense about a pool that was left out for its own errors)."""
     pools: list[NodePoolConfig] = []
+    complete = True
     for i, item in enumerate(items or []):
         r = ConfigReader(item, f"nodePools[{i}]", problems)
-        name = r.get("name", str, f"pool-{i}", required=True,
-                     check=lambda v: None if _NAME.match(v) else "must be lowercase letters, digits and '-'")
+        name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
         allowed_types = catalog.instance_types_of(family)
-        types = r.str_list("instanceTypes", (), allowed=allowed_types, required=True)
-        max_nodes = r.get("maxNodes", int, 0, required=True,
-                          check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64")
+        # A family without instance types (trn3) is reported once, below, with the reason.
+        types = r.str_list("instanceTypes", (), allowed=allowed_types or None, required=True)
+        # None when missing or invalid (already reported): later checks must not echo a made-up 0.
+        max_nodes = r.get("maxNodes", int, None, required=True,
+                          check=lambda v: None if 1 <= v <= 64 else f"{v} is not allowed; must be 1 to 64")
         capacity = r.str_list("capacityTypes", ("on-demand",), allowed=CAPACITY_TYPES)
-        efa = r.get("efa", bool, False)
+        efa_default = family in EFA_MULTI_NODE_FAMILIES and (max_nodes or 0) > 1
+        efa = r.get("efa", bool, efa_default)
         reservations = r.str_list("capacityReservationIds")
+        blocks = r.str_list("capacityBlockIds")
+        lnc_setting = catalog.family_lnc(family)
+        lnc = r.get("lnc", int, lnc_setting.default if lnc_setting else None,
+                    check=lambda v, fam=family: _lnc_problem(fam, v))
         root_gib = r.get("rootVolumeGiB", int, 0, check=lambda v: None if v == 0 or 20 <= v <= 16384 else "must be 20 to 16384")
         consolidate_after = r.get("consolidateAfter", str, "10m",
                                   check=lambda v: None if _DURATION.match(v) else "must be a duration such as 30s, 10m, 1h or Never")
-        budget_nodes = r.get("disruptionBudgetNodes", str, "10%")
+        budget_nodes = r.get("disruptionBudgetNodes", str, "10%",
+                             check=lambda v: None if _BUDGET_NODES.match(v) else
+                             f"{v!r} is not allowed; a node count such as 1 or a percentage such as 10%")
         r.finish()
         where = f"nodePools[{i}] ({name})"
-        if not types:
-            if "instanceTypes" in (item or {}):
-                problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
+        if not allowed_types and catalog.family_not_offered(family):
+            usable = [f for f in FAMILIES if catalog.instance_types_of(f)]
+            problems.append(f"{where}.family: {family} cannot be used: {catalog.family_not_offered(family)}; "
+                            f"families with instance types: {', '.join(usable)}")
+            complete = False
             continue
+        if not types or max_nodes is None:
+            if not types and "instanceTypes" in (item if isinstance(item, dict) else {}):
+                problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
+            complete = False
+            continue
+        if family in EFA_MULTI_NODE_FAMILIES and max_nodes > 1 and not efa:
+            problems.append(f"{where}.efa: false is not allowed for a multi-node {family} pool (maxNodes {max_nodes}): "
+                            f"its nodes train together over EFA; set efa: true or maxNodes: 1")
+        _check_capacity(where, types, capacity, reservations, blocks, problems)
         if efa:
             no_efa = [t for t in types if catalog.instance_type(t).efa_interfaces == 0]
             if no_efa:
                 with_efa = [t for t in allowed_types if catalog.instance_type(t).efa_interfaces > 0]
-                problems.append(f"{where}.efa: {', '.join(no_efa)} have no EFA interfaces; EFA pools allow: {', '.join(with_efa) or 'none for ' + family}")
-        if "reserved" in capacity and not reservations:
-            problems.append(f"{where}.capacityReservationIds: required when capacityTypes contains 'reserved'")
-        if reservations and "reserved" not in capacity:
-            problems.append(f"{where}.capacityTypes: must contain 'reserved' when capacityReservationIds are given")
-        for j, rid in enumerate(reservations):
-            if not re.match(r"^cr-[0-9a-f]{8,17}$", rid):
-                problems.append(f"{where}.capacityReservationIds[{j}]: {rid!r} is not a capacity reservation id (cr-...)")
+                allowed_efa = ", ".join(with_efa) or "none for " + family
+                problems.append(f"{where}.efa: {', '.join(no_efa)} have no EFA interfaces; EFA pools allow: {allowed_efa}")
+        for key, ids in (("capacityReservationIds", reservations), ("capacityBlockIds", blocks)):
+            for j, rid in enumerate(ids):
+                if not re.match(r"^cr-[0-9a-f]{8,17}$", rid):
+                    problems.append(f"{where}.{key}[{j}]: {rid!r} is not a capacity reservation id (cr-...)")
+        for rid in sorted(set(reservations) & set(blocks)):
+            problems.append(f"{where}.capacityBlockIds: {rid} is also in capacityReservationIds; list it once "
+                            f"(capacityBlockIds for Capacity Blocks, capacityReservationIds for other ODCRs)")
         if region and not catalog.family_in_region(family, region):
             problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
                             f"{', '.join(catalog.family_regions(family))}")
         pools.append(NodePoolConfig(
             name=name, family=family, instance_types=types, max_nodes=max_nodes, capacity_types=capacity,
-            efa=efa, capacity_reservation_ids=reservations, root_volume_gib=root_gib,
-            consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
+            efa=efa, capacity_reservation_ids=reservations, capacity_block_ids=blocks, lnc=lnc,
+            root_volume_gib=root_gib, consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
         ))
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"nodePools: name {dup!r} is used more than once")
-    if items is not None and not any(p.family == "cpu" for p in pools):
+    if items is not None and complete and not any(p.family == "cpu" for p in pools):
         problems.append("nodePools: at least one pool with family 'cpu' is required (data preparation, Ray heads)")
-    return pools
+    return pools, complete
+
+
+def _lnc_problem(family: str, value: int) -> str | None:
+    setting = catalog.family_lnc(family)
+    if setting is None:
+        with_lnc = [f for f in FAMILIES if catalog.family_lnc(f)]
+        return (f"{family} has no Logical NeuronCore setting (LNC applies to {', '.join(with_lnc)}); "
+                f"remove the key")
+    if value not in setting.allowed:
+        return (f"{value!r} is not allowed for {family}; allowed values: {', '.join(map(str, setting.allowed))} "
+                f"(default {setting.default})")
+    return None
+
+
+def _check_capacity(where: str, types: tuple[str, ...], capacity: tuple[str, ...], reservations: tuple[str, ...],
+                    blocks: tuple[str, ...], problems: list[str]) -> None:
+    """Capacity types the pool's instance types are sold as (EC2 SupportedUsageClasses), and
+    the reservation ids each reserved capacity type needs."""
+    for usage in ("spot", "capacity-block"):
+        if usage not in capacity:
+            continue
+        without = [t for t in types if usage not in catalog.instance_type(t).usage_classes]
+        if without:
+            offering = sorted(t for f in FAMILIES for t in catalog.instance_types_of(f)
+                              if usage in catalog.instance_type(t).usage_classes and f != "cpu")
+            problems.append(f"{where}.capacityTypes: {usage} is not offered for {', '.join(without)}; "
+                            f"accelerator types sold as {usage}: {', '.join(offering)}")
+    if "reserved" in capacity and not reservations:
+        problems.append(f"{where}.capacityReservationIds: required when capacityTypes contains 'reserved'")
+    if reservations and "reserved" not in capacity:
+        problems.append(f"{where}.capacityTypes: must contain 'reserved' when capacityReservationIds are given")
+    if "capacity-block" in capacity and not blocks:
+        problems.append(f"{where}.capacityBlockIds: required when capacityTypes contains 'capacity-block' "
+                        f"(the cr-... ids of your Capacity Blocks for ML)")
+    if blocks and "capacity-block" not in capacity:
+        problems.append(f"{where}.capacityTypes: must contain 'capacity-block' when capacityBlockIds are given")
 
 
 def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
@@ -384,12 +485,14 @@ def _parse_fsx(data: dict, problems: list[str]) -> FsxConfig:
     dtype = r.get("deploymentType", str, FsxConfig.deployment_type, allowed=tuple(FSX_RULES))
     capacity = r.get("storageCapacityGiB", int, FsxConfig.storage_capacity_gib)
     throughput = r.get("perUnitStorageThroughput", int, FsxConfig.per_unit_storage_throughput)
-    s3_path = r.get("s3ImportPath", str, None,
-                    check=lambda v: None if v.startswith("s3://") else "must start with s3://")
+    s3_path = r.get("s3ImportPath", str, None, check=s3_path_problem)
     compression = r.get("dataCompression", str, "LZ4", allowed=("LZ4", "NONE"))
-    mount = r.get("mountPath", str, "/shared", check=lambda v: None if v.startswith("/") else "must be an absolute path")
-    pvc = r.get("pvcName", str, FsxConfig.pvc_name)
-    ns = r.get("pvcNamespace", str, FsxConfig.pvc_namespace)
+    mount = r.get("mountPath", str, "/shared", check=mount_path_problem)
+    # The PV is named <pvcName>-pv: both must be DNS-1123 subdomains (<= 253 characters).
+    pvc = r.get("pvcName", str, FsxConfig.pvc_name, check=lambda v: None if _DNS_SUBDOMAIN.match(v) and len(v) <= 250
+                else f"{v!r} is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 250)")
+    ns = r.get("pvcNamespace", str, FsxConfig.pvc_namespace, check=lambda v: None if _DNS_LABEL.match(v) and len(v) <= 63
+               else f"{v!r} is not a namespace name (lowercase letters, digits and '-', at most 63)")
     r.finish()
     rules = FSX_RULES.get(dtype, FSX_RULES["PERSISTENT_2"])
     if capacity != rules["min"] and (capacity < rules["min"] or capacity % rules["step"]):
@@ -408,13 +511,67 @@ def _parse_budget(data: dict | None, problems: list[str]) -> BudgetConfig | None
         return None
     r = ConfigReader(data, "budget", problems)
     limit = r.get("monthlyLimitUsd", float, 0.0, required=True,
-                  check=lambda v: None if v > 0 else "must be greater than 0")
+                  check=lambda v: None if math.isfinite(v) and v > 0 else f"{v!r} is not allowed; must be a positive amount")
     emails = r.str_list("alertEmails", required=True)
     r.finish()
     for i, e in enumerate(emails):
         if not _EMAIL.match(e):
             problems.append(f"budget.alertEmails[{i}]: {e!r} is not an e-mail address")
     return BudgetConfig(monthly_limit_usd=limit, alert_emails=emails)
+
+
+_RETENTION = re.compile(r"^[0-9]+(h|d|w|y)$")
+_PROM_DURATION = re.compile(r"^[0-9]+(s|m|h|d)$")
+_SNS_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
+_APS_ARN = re.compile(r"^arn:aws[a-z-]*:aps:(?P<region>[a-z0-9-]+):[0-9]{12}:workspace/ws-[A-Za-z0-9-]+$")
+_K8S_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, problems: list[str]) -> MonitoringConfig:
+    r = ConfigReader(data, "monitoring", problems)
+    d = MonitoringConfig()
+
+    def size(lo: int, hi: int) -> Callable[[int], str | None]:
+        return lambda v: None if lo <= v <= hi else f"must be {lo} to {hi} (GiB)"
+
+    def duration(v: str) -> str | None:
+        return None if _PROM_DURATION.match(v) else "must be a Prometheus duration such as 30m, 2h or 1d"
+
+    enabled = r.get("enabled", bool, d.enabled)
+    cfg = MonitoringConfig(
+        enabled=enabled,
+        namespace=r.get("namespace", str, d.namespace,
+                        check=lambda v: None if _K8S_NAMESPACE.match(v) else "must be a DNS-1123 label"),
+        retention=r.get("retention", str, d.retention,
+                        check=lambda v: None if _RETENTION.match(v) else
+                        "must be a duration in h, d, w or y such as 15d"),
+        prometheus_storage_gib=r.get("prometheusStorageGiB", int, d.prometheus_storage_gib, check=size(10, 16384)),
+        alertmanager_storage_gib=r.get("alertmanagerStorageGiB", int, d.alertmanager_storage_gib, check=size(1, 100)),
+        grafana_storage_gib=r.get("grafanaStorageGiB", int, d.grafana_storage_gib, check=size(1, 100)),
+        neuron_idle_after=r.get("neuronIdleAfter", str, d.neuron_idle_after, check=duration),
+        training_stall_after=r.get("trainingStallAfter", str, d.training_stall_after, check=duration),
+        serving_p99_seconds=r.get("servingP99LatencySeconds", float, d.serving_p99_seconds,
+                                  check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
+        alert_emails=r.str_list("alertEmails", budget.alert_emails if budget else ()),
+        sns_topic_arn=r.get("snsTopicArn", str, None,
+                            check=lambda v: None if _SNS_ARN.match(v) else
+                            "must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"),
+        remote_write_workspace_arn=r.get("remoteWriteWorkspaceArn", str, None, check=lambda v: (
+            None if _APS_ARN.match(v) else "must be an Amazon Managed Service for Prometheus workspace ARN "
+                                           "(arn:aws:aps:<region>:<account>:workspace/ws-...)")),
+    )
+    r.finish()
+    for i, e in enumerate(cfg.alert_emails if "alertEmails" in (data or {}) else ()):
+        if not _EMAIL.match(e):
+            problems.append(f"monitoring.alertEmails[{i}]: {e!r} is not an e-mail address")
+    if cfg.enabled and not cfg.alert_emails and not cfg.sns_topic_arn:
+        problems.append("monitoring: alerts need a destination: set monitoring.alertEmails, monitoring.snsTopicArn "
+                        "or budget.alertEmails (or monitoring.enabled: false)")
+    ws = _APS_ARN.match(cfg.remote_write_workspace_arn or "")
+    if ws and region and ws.group("region") != region:
+        problems.append(f"monitoring.remoteWriteWorkspaceArn: the workspace is in {ws.group('region')}, "
+                        f"the stack in {region}; remote write stays in the stack's region")
+    return cfg
 
 
 def _check_presets_fit(presets: tuple[str, ...], pools: list[NodePoolConfig], problems: list[str]) -> None:
@@ -444,47 +601,17 @@ def _check_azs(network: NetworkConfig, region: str, pools: list[NodePoolConfig],
 # --------------------------------------------------------------------------- sources
 
 
-def _decode(value: Any) -> Any:
-    """Pulumi hands object/list config values to programs as JSON strings."""
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, str) and value in ("true", "false"):
-        return value == "true"
-    return value
-
-
 def raw_from_bag(bag: dict[str, Any], project: str = PROJECT) -> tuple[dict[str, Any], str | None]:
-    """Split a flat `project:key` config bag into this project's keys and the AWS region."""
-    prefix = project + ":"
-    raw = {k[len(prefix):]: _decode(v) for k, v in bag.items() if k.startswith(prefix)}
-    return raw, bag.get("aws:region")
+    """This project's keys (prefix removed) and the AWS region of a flat config bag."""
+    return stackfiles.raw_from_bag(bag, project)
 
 
 def from_pulumi(stack: str) -> PlatformConfig:
     """Inside a Pulumi program: read the whole stack config bag once and parse it."""
-    from pulumi.runtime import config as runtime_config
-
-    bag = dict(runtime_config.get_config_env())
-    bag.update(runtime_config.CONFIG.get())
+    bag = stackfiles.pulumi_config_bag()
+    stackfiles.check_namespaces(bag, PROJECT)
     raw, region = raw_from_bag(bag)
     return parse(raw, stack=stack, region=region)
-
-
-def stack_file(project_dir: Path, stack: str) -> Path:
-    return Path(project_dir) / f"Pulumi.{stack}.yaml"
-
-
-def read_stack_bag(project_dir: Path, stack: str) -> dict[str, Any]:
-    """The flat config bag of `Pulumi.<stack>.yaml` (values as YAML gives them)."""
-    path = stack_file(project_dir, stack)
-    if not path.exists():
-        stacks = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in Path(project_dir).glob("Pulumi.*.yaml"))
-        raise ConfigError([f"{path} does not exist; stacks here: {', '.join(stacks) or 'none'}"], "stack")
-    doc = yaml.safe_load(path.read_text()) or {}
-    return dict(doc.get("config") or {})
 
 
 def load_stack_file(project_dir: Path, stack: str) -> PlatformConfig:

@@ -29,8 +29,14 @@ def document(*statements: dict) -> dict:
 
 def karpenter_controller_policy(*, cluster_name: str, region: str, account_id: str, partition: str,
                                 node_role_arn: str, interruption_queue_arn: str) -> dict:
-    """The Karpenter v1 controller policy, scoped to this cluster (Karpenter docs,
-    'getting started' CloudFormation, v1.14)."""
+    """The Karpenter v1 controller policy, scoped to this cluster.
+
+    Statement by statement the policies of upstream's CloudFormation for v1.14
+    (aws/karpenter-provider-aws@1d927085, "docs: update for patch release v1.14.1",
+    website/content/en/v1.14/getting-started/getting-started-with-karpenter/cloudformation.yaml),
+    with the differences listed in docs/operations.md ("Karpenter controller policy"): no
+    zonal-shift statement (settings.enableZonalShift stays false) and iam:PassedToService
+    without the China-partition principal."""
     arn = f"arn:{partition}:ec2:{region}"
     owned = {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned",
              "aws:RequestTag/eks:eks-cluster-name": cluster_name}
@@ -38,7 +44,7 @@ def karpenter_controller_policy(*, cluster_name: str, region: str, account_id: s
     return document(
         statement("AllowScopedEC2InstanceAccessActions", ["ec2:RunInstances", "ec2:CreateFleet"], [
             f"{arn}::image/*", f"{arn}::snapshot/*", f"{arn}:*:security-group/*", f"{arn}:*:subnet/*",
-            f"{arn}:*:capacity-reservation/*"]),
+            f"{arn}:*:capacity-reservation/*", f"{arn}:*:placement-group/*"]),
         statement("AllowScopedEC2LaunchTemplateAccessActions", ["ec2:RunInstances", "ec2:CreateFleet"],
                   [f"{arn}:*:launch-template/*"],
                   {"StringEquals": owned_res, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}),
@@ -60,8 +66,9 @@ def karpenter_controller_policy(*, cluster_name: str, region: str, account_id: s
                   [f"{arn}:*:instance/*", f"{arn}:*:launch-template/*"],
                   {"StringEquals": owned_res, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}),
         statement("AllowRegionalReadActions", [
+            # DescribeInstanceStatus: the instance-status controller cordons nodes failing EC2 status checks.
             "ec2:DescribeCapacityReservations", "ec2:DescribeImages", "ec2:DescribeInstances",
-            "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
+            "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
             "ec2:DescribePlacementGroups", "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory",
             "ec2:DescribeSubnets"], ["*"], {"StringEquals": {"aws:RequestedRegion": region}}),
         statement("AllowSSMReadActions", ["ssm:GetParameter"], [f"arn:{partition}:ssm:{region}::parameter/aws/service/*"]),
@@ -85,7 +92,10 @@ def karpenter_controller_policy(*, cluster_name: str, region: str, account_id: s
                   [f"arn:{partition}:iam::{account_id}:instance-profile/*"],
                   {"StringEquals": {**owned_res, "aws:ResourceTag/topology.kubernetes.io/region": region},
                    "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}),
-        statement("AllowInstanceProfileReadActions", ["iam:GetInstanceProfile", "iam:ListInstanceProfiles"],
+        # ListInstanceProfiles on "*" as upstream (AllowUnscopedInstanceProfileListAction): a list call
+        # is authorized against the account, not a profile ARN, so the old instance-profile/* scope denied it.
+        statement("AllowUnscopedInstanceProfileListAction", ["iam:ListInstanceProfiles"], ["*"]),
+        statement("AllowInstanceProfileReadActions", ["iam:GetInstanceProfile"],
                   [f"arn:{partition}:iam::{account_id}:instance-profile/*"]),
         statement("AllowAPIServerEndpointDiscovery", ["eks:DescribeCluster"],
                   [f"arn:{partition}:eks:{region}:{account_id}:cluster/{cluster_name}"]),

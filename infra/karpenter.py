@@ -15,12 +15,16 @@ from infra.cluster import SYSTEM_POOL_LABEL
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "karpenter"
 
-# EventBridge patterns Karpenter handles (Karpenter docs, "Interruption").
+# EventBridge patterns Karpenter handles: the rules of upstream's v1.14 CloudFormation
+# (aws/karpenter-provider-aws@1d927085, website/content/en/v1.14/getting-started/
+# getting-started-with-karpenter/cloudformation.yaml), capacity-reservation interruptions included.
 INTERRUPTION_EVENTS = {
     "scheduled-change": {"source": ["aws.health"], "detail-type": ["AWS Health Event"]},
     "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
     "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
     "instance-state-change": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
+    "capacity-reservation-interruption": {"source": ["aws.ec2"],
+                                          "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
 }
 
 
@@ -33,16 +37,26 @@ def interruption_queue_policy(queue_arn: str) -> dict:
     )
 
 
-def controller_values(*, cluster_name: str, queue_name: str, service_account_annotations: dict) -> dict:
-    """Helm values for the karpenter chart: on the system nodes, two replicas, PDB."""
+def controller_values(*, cluster_name: str, region: str, queue_name: str, service_account_annotations: dict) -> dict:
+    """Helm values for the karpenter chart: on the system nodes, two replicas, PDB.
+
+    AWS_REGION is set explicitly: without it the controller asks IMDS for the region
+    (pkg/operator/operator.go at v1.14.1), which a pod cannot reach on the system nodes
+    (IMDSv2 with hop limit 1), and the controller exits. The chart's `controller.env`
+    (charts/karpenter/values.yaml at 1d927085) carries it."""
     return {
-        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name},
+        # nodeRepair (alpha, off by default in charts/karpenter/values.yaml @ v1.14.1, commit
+        # c88abbbad455186e69e30296c595e474123e9bc1): replace nodes whose conditions (set by the
+        # EKS node monitoring agent, e.g. AcceleratedHardwareReady=False) stay unhealthy.
+        "settings": {"clusterName": cluster_name, "interruptionQueue": queue_name,
+                     "featureGates": {"nodeRepair": True}},
         "serviceAccount": {"name": SERVICE_ACCOUNT, "annotations": service_account_annotations},
         "replicas": 2,
         "podDisruptionBudget": {"name": "karpenter", "maxUnavailable": 1},
         "nodeSelector": SYSTEM_POOL_LABEL,
         "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
-        "controller": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+        "controller": {"env": [{"name": "AWS_REGION", "value": region}],
+                       "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                                      "limits": {"cpu": "1", "memory": "1Gi"}}},
         "logLevel": "info",
     }
@@ -96,8 +110,8 @@ class Karpenter(pulumi.ComponentResource):
             f"{name}-crd", name="karpenter-crd", chart=versions.KARPENTER_CRD_CHART, version=versions.KARPENTER_VERSION,
             namespace=NAMESPACE, skip_await=False, opts=k8s_opts)
         values = pulumi.Output.from_input(self.controller_role.annotations).apply(
-            lambda ann: controller_values(cluster_name=args.cluster_name, queue_name=f"{args.cluster_name}-karpenter",
-                                          service_account_annotations=ann))
+            lambda ann: controller_values(cluster_name=args.cluster_name, region=args.region,
+                                          queue_name=f"{args.cluster_name}-karpenter", service_account_annotations=ann))
         self.release = k8s.helm.v3.Release(
             f"{name}", name="karpenter", chart=versions.KARPENTER_CHART, version=versions.KARPENTER_VERSION,
             namespace=NAMESPACE, skip_crds=True, values=values, atomic=True, timeout=600,

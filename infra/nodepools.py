@@ -1,9 +1,14 @@
-"""Karpenter NodePools and EC2NodeClasses for trn1/trn1n (EFA), inf2 and CPU.
+"""Karpenter NodePools and EC2NodeClasses for trn1/trn1n/trn2 (EFA), inf2 and CPU.
 
 Pure functions build the specs; the scheduling facts a workload needs (node selector,
 tolerations, devices per node) come from `pool_scheduling`, the same function that
 labels and taints the NodePool, and are exported as stack outputs — so workload
 selectors can never drift from the labels nodes carry.
+
+Trn2/Trn3 pools run at one Logical NeuronCore (LNC) setting, written on each node the way
+the Neuron EKS docs show; the cores per node a workload sizes itself from are the logical
+ones at that setting. Capacity Blocks for ML are Karpenter `reserved` capacity restricted
+to reservations of type `capacity-block`.
 """
 from __future__ import annotations
 
@@ -23,11 +28,36 @@ NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
 # Root volume defaults (GiB): Neuron images are large (10-20 GB) and compile caches grow.
-DEFAULT_ROOT_GIB = {"trn1": 200, "trn1n": 200, "inf2": 150, "cpu": 100}
+DEFAULT_ROOT_GIB = {"trn1": 200, "trn1n": 200, "trn2": 500, "trn3": 500, "inf2": 150, "cpu": 100}
+
+# Karpenter's capacity types (karpenter-provider-aws v1.14 website/content/en/v1.14/tasks/odcrs.md):
+# ODCRs and Capacity Blocks are both `reserved`; nodes in a block carry this label.
+CAPACITY_TYPE_KEY = "karpenter.sh/capacity-type"
+RESERVATION_TYPE_KEY = "karpenter.k8s.aws/capacity-reservation-type"
+KARPENTER_CAPACITY_TYPE = {"on-demand": "on-demand", "spot": "spot", "reserved": "reserved",
+                           "capacity-block": "reserved"}
+
+# Where the Neuron runtime on an EKS node reads its LNC setting: Neuron docs
+# (aws-neuron/aws-neuron-sdk@81ce03ae deploy/eks/prerequisites.rst, "Trn2 LNC configuration")
+# set it from the node's user data in /opt/aws/neuron/logical_nc_config (the Neuron device
+# plugin DaemonSet mounts the host's /opt/aws: neuron-helm-chart values.yaml, devicePlugin.volumes
+# "aws-config"). Karpenter itself models aws.amazon.com/neuroncore as the physical count
+# (karpenter-provider-aws v1.14.1 pkg/providers/instancetype/types.go, awsNeuronCores), so
+# workloads size themselves from the exported logical count, not from Karpenter's.
+LNC_CONFIG_FILE = "/opt/aws/neuron/logical_nc_config"
+
+
+def pool_track(pool: NodePoolConfig) -> str | None:
+    """The Neuron software track (images/neuron-sdk.json) whose images run on this pool."""
+    return versions.neuron_track_for_family(pool.family) if pool.is_accelerator else None
 
 
 def pool_scheduling(pool: NodePoolConfig) -> dict:
-    """What a pod needs to land on this pool, and what one node of it offers."""
+    """What a pod needs to land on this pool, and what one node of it offers.
+
+    `neuronCoresPerNode` is what the Neuron runtime exposes at the pool's LNC (64 on a
+    trn2.48xlarge at LNC=2); `physicalNeuronCoresPerNode` is the hardware count.
+    """
     big = pool.largest_instance
     tolerations = [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}] \
         if pool.is_accelerator else []
@@ -36,7 +66,10 @@ def pool_scheduling(pool: NodePoolConfig) -> dict:
         "tolerations": tolerations,
         "instanceTypes": list(pool.instance_types),
         "neuronDevicesPerNode": big.neuron_devices,
-        "neuronCoresPerNode": big.neuron_cores,
+        "neuronCoresPerNode": big.neuron_cores_at(pool.lnc),
+        "physicalNeuronCoresPerNode": big.neuron_cores,
+        "lnc": pool.lnc,
+        "track": pool_track(pool),
         "efaPerNode": big.efa_interfaces if pool.efa else 0,
         "vcpuPerNode": big.vcpu,
         "memoryGiBPerNode": big.memory_gib,
@@ -77,9 +110,33 @@ def ec2_nodeclass_spec(pool: NodePoolConfig, *, cluster_name: str, node_role_nam
     if _uses_instance_store(pool):
         # trn1.32xlarge has 4 x 1.9 TB NVMe: kubelet and containerd state go there.
         spec["instanceStorePolicy"] = "RAID0"
-    if pool.capacity_reservation_ids:
-        spec["capacityReservationSelectorTerms"] = [{"id": rid} for rid in pool.capacity_reservation_ids]
+    reservations = pool.capacity_reservation_ids + pool.capacity_block_ids
+    if reservations:
+        # Capacity Blocks are selected like any ODCR, by id (Karpenter v1.14 odcrs.md).
+        spec["capacityReservationSelectorTerms"] = [{"id": rid} for rid in reservations]
+    if pool.lnc:
+        spec["userData"] = lnc_user_data(pool.lnc)
     return spec
+
+
+def lnc_user_data(lnc: int) -> str:
+    """A shell part Karpenter merges with its AL2023 NodeConfig (Karpenter v1.14
+    concepts/nodeclasses.md, spec.userData, AL2023): the node's Neuron runtime default LNC."""
+    return ("#!/bin/bash\n"
+            "# Logical NeuronCore configuration of this pool, read by the Neuron runtime\n"
+            "set -euo pipefail\n"
+            f"install -d -m 0755 {LNC_CONFIG_FILE.rsplit('/', 1)[0]}\n"
+            f"echo 'NEURON_LOGICAL_NC_CONFIG={lnc}' > {LNC_CONFIG_FILE}\n")
+
+
+def capacity_requirements(pool: NodePoolConfig) -> list[dict]:
+    """Karpenter capacity types of the pool. A Capacity-Block-only pool also requires the
+    block label: only reserved nodes carry it, so a pool with an on-demand fallback must not."""
+    karpenter_types = list(dict.fromkeys(KARPENTER_CAPACITY_TYPE[c] for c in pool.capacity_types))
+    reqs = [{"key": CAPACITY_TYPE_KEY, "operator": "In", "values": karpenter_types}]
+    if set(pool.capacity_types) == {"capacity-block"}:
+        reqs.append({"key": RESERVATION_TYPE_KEY, "operator": "In", "values": ["capacity-block"]})
+    return reqs
 
 
 def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
@@ -90,7 +147,7 @@ def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
     """
     requirements = [
         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(pool.instance_types)},
-        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(pool.capacity_types)},
+        *capacity_requirements(pool),
         {"key": "topology.k8s.aws/zone-id", "operator": "In", "values": list(zone_ids)},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
         {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
@@ -116,8 +173,18 @@ def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
         "disruption": disruption,
         "limits": pool.limits,
         # Prefer reserved capacity pools over on-demand ones for the same pods.
-        "weight": 50 if "reserved" in pool.capacity_types else 10,
+        "weight": 50 if pool.uses_reservations else 10,
     }
+
+
+def neuron_tracks(pools: tuple[NodePoolConfig, ...]) -> dict[str, list[str]]:
+    """{track: the accelerator pools its images run on}, every track named (maybe empty)."""
+    out: dict[str, list[str]] = {name: [] for name in versions.NEURON_TRACKS}
+    for pool in pools:
+        track = pool_track(pool)
+        if track:
+            out[track].append(pool.name)
+    return out
 
 
 @dataclass
@@ -154,4 +221,5 @@ class NodePools(pulumi.ComponentResource):
             self.node_classes[pool.name] = nc
             self.node_pools[pool.name] = np_
         self.scheduling = {p.name: pool_scheduling(p) for p in args.pools}
+        self.tracks = neuron_tracks(args.pools)
         self.register_outputs({"pools": list(self.node_pools)})

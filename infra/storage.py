@@ -100,6 +100,9 @@ class SharedStorage(pulumi.ComponentResource):
             log_configuration=aws.fsx.LustreFileSystemLogConfigurationArgs(level="WARN_ERROR"),
             tags={**args.tags, "Name": f"{args.cluster_name}-shared"}, opts=child)
         if cfg.s3_import_path:
+            # s3ImportPath -> <mountPath>/datasets in every pod. DRAs work on 2.12/2.15 file systems of every
+            # deployment type but SCRATCH_1 (FSx API reference, CreateDataRepositoryAssociation); metadata is
+            # imported at creation, then new/changed/deleted objects automatically (README, "How data reaches").
             aws.fsx.DataRepositoryAssociation(
                 f"{name}-s3", file_system_id=self.file_system.id, data_repository_path=cfg.s3_import_path,
                 file_system_path="/datasets", batch_import_meta_data_on_create=True,
@@ -133,7 +136,8 @@ class SharedStorage(pulumi.ComponentResource):
         self.pv = k8s.core.v1.PersistentVolume(f"{name}-pv", metadata=docs[0]["metadata"], spec=docs[0]["spec"],
                                                opts=pulumi.ResourceOptions.merge(vol_opts, pulumi.ResourceOptions(depends_on=[sc])))
         self.pvc = k8s.core.v1.PersistentVolumeClaim(f"{name}-pvc", metadata=docs[1]["metadata"], spec=docs[1]["spec"],
-                                                     opts=pulumi.ResourceOptions.merge(vol_opts, pulumi.ResourceOptions(depends_on=[self.pv])))
+                                                     opts=pulumi.ResourceOptions.merge(
+                                                         vol_opts, pulumi.ResourceOptions(depends_on=[self.pv])))
         self.pvc_name = cfg.pvc_name
         self.pvc_namespace = cfg.pvc_namespace
         self.mount_path = cfg.mount_path

@@ -1,6 +1,6 @@
 """Policy pack entry point: `pulumi preview --policy-pack policy` runs this file.
 
-The rules are plain functions in policy/rules.py (the offline render runs the same ones);
+The rules are plain functions in policy/rules/ (the offline render runs the same ones);
 policy/pack.py adapts them to pulumi-policy. Constructing the PolicyPack starts the
 analyzer server that the Pulumi CLI talks to, and blocks.
 """

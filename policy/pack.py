@@ -1,4 +1,4 @@
-"""Adapter: each rule of policy/rules.py as a pulumi-policy policy.
+"""Adapter: each rule of policy/rules/ as a pulumi-policy policy.
 
 The Pulumi engine hands policies proxied property bags (values unknown at preview raise
 on access, secrets arrive unwrapped); `plain()` turns them into the same plain dicts the

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.render import RenderResult, run_program
+from trnctl.render import RenderResult, run_program
 
 REPO = Path(__file__).resolve().parent.parent
 PLATFORM_STACKS = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))

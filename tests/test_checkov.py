@@ -2,7 +2,7 @@
 
 checkov lives in its own virtualenv (.venv-checkov; its pins clash with the main one),
 which `make setup` creates. Each skipped check is listed with its reason in
-infra/checkov_skips.yaml.
+policy/checkov_skips.yaml.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import subprocess
 import pytest
 import yaml
 
-from infra.render import render_stack
+from trnctl.render import render_stack
 from tests.platform_helpers import PLATFORM_STACKS, REPO, WORKLOAD_STACKS
 
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
-SKIPS_FILE = REPO / "infra" / "checkov_skips.yaml"
+SKIPS_FILE = REPO / "policy" / "checkov_skips.yaml"
 
 
 def skip_ids() -> list[str]:

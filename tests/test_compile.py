@@ -17,7 +17,7 @@ import torch
 from trn_workloads import artifacts
 from trn_workloads.compile import cli, housing_mlp, manifest as manifest_mod, models
 
-HEADER = "longitude,latitude,housing_median_age,total_rooms,total_bedrooms,population,households,median_income,median_house_value,ocean_proximity"
+HEADER = "longitude,latitude,housing_median_age,total_rooms,total_bedrooms,population,households,median_income,median_house_value,ocean_proximity"  # noqa: E501 (expected message)
 
 
 def _csv(tmp_path, *rows, header=HEADER):
@@ -53,7 +53,7 @@ def test_load_csv_encodes_eleven_features_and_imputes_bedrooms(tmp_path):
     "rows, header, message",
     [
         (["1,2,3,4,5,6,7,8,9,NEAR BAY"], "longitude,latitude,total_rooms", r"missing columns housing_median_age, total_bedrooms"),
-        (["1,2,41,880,129,322,126,8.3,452600,NEAR BAY", "1,2,41,many,129,322,126,8.3,1,INLAND"], HEADER, r"housing.csv:3: column total_rooms is 'many'"),
+        (["1,2,41,880,129,322,126,8.3,452600,NEAR BAY", "1,2,41,many,129,322,126,8.3,1,INLAND"], HEADER, r"housing.csv:3: column total_rooms is 'many'"),  # noqa: E501 (expected message)
         (["1,2,41,880,129,322,126,,452600,NEAR BAY"], HEADER, r":2: column median_income is ''"),
         (["1,2,41,880,129,322,126,8.3,nan,NEAR BAY"], HEADER, r":2: column median_house_value is 'nan'"),
         (["1,2,41,880,129,322,126,8.3,1,MOON"], HEADER, r":2: column ocean_proximity is 'MOON', expected one of <1H OCEAN, INLAND"),

@@ -1,11 +1,12 @@
-"""Cost estimates (infra/cost.py) against hand computations from infra/data/prices.json."""
+"""Cost estimates (trnctl/cost.py) against hand computations from infra/data/prices.json."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from infra import catalog, config, cost
+from infra import catalog, config
+from trnctl import cost
 from infra.network import INTERFACE_ENDPOINTS
 from policy import rules
 from tests.platform_helpers import REPO, rendered_platform, rendered_workload
@@ -25,10 +26,13 @@ def test_dev_usw2_always_on_matches_hand_computation():
         "NAT public IPv4 addresses": 1 * 0.005,
         "VPC interface endpoints": 3 * 2 * 0.01,
         "FSx Lustre PERSISTENT_2": 1200 * 0.145 / 730,
+        # monitoring: Prometheus 50 + Alertmanager 5 + Grafana 10 GiB gp3, 6 FSx metrics a minute
+        "monitoring volumes gp3": 65 * 0.08 / 730,
+        "CloudWatch GetMetricData (FSx)": 6 * 60 / 1000 * 0.01,
     }
     assert {i.name: round(i.per_hour, 6) for i in report.always_on} == {k: round(v, 6) for k, v in hand.items()}
-    assert report.always_on_per_hour == pytest.approx(0.651315, abs=1e-6)
-    assert report.always_on_per_month == pytest.approx(0.651315 * 730, abs=1e-3)  # about $475
+    assert report.always_on_per_hour == pytest.approx(0.662038, abs=1e-6)
+    assert report.always_on_per_month == pytest.approx(0.662038 * 730, abs=1e-3)  # about $483
 
 
 def test_dev_usw2_pools_per_node_and_at_limit():
@@ -77,7 +81,10 @@ def test_interface_endpoints_come_from_the_network_module():
 def test_every_instance_type_is_priced(region):
     prices = cost.load_prices(region)
     types = json.loads((REPO / "infra" / "data" / "instance_types.json").read_text())["instanceTypes"]
-    assert set(types) <= set(prices.ec2_per_hour)
+    offered = {t for t in types if catalog.snapshot_offerings(region, t)}  # trn2 only in us-east-2
+    assert offered <= set(prices.ec2_per_hour)
+    assert set(prices.ec2_per_hour) <= set(types)
+    assert set(prices.capacity_block_per_hour) <= offered  # block rates only where the type is offered
     assert all(p > 0 for p in prices.ec2_per_hour.values())
     for dtype, rule in config.FSX_RULES.items():
         for throughput in rule["throughput"] or (0,):
@@ -105,7 +112,7 @@ def test_bad_inputs_name_what_is_missing():
 def test_format_prints_a_short_table():
     text = cost.estimate_platform(config.load_stack_file(REPO, "dev-usw2")).format()
     assert "cost estimate dev-usw2 (us-west-2" in text
-    assert "total" in text and "0.651" in text and "$475/month" in text
+    assert "total" in text and "0.662" in text and "$483/month" in text
     assert "trn1-efa" in text and "86.00" in text
     assert "idle accelerators: $0.00/h" in text
     assert len(text.splitlines()) < 20

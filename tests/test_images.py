@@ -12,7 +12,8 @@ from workloads.common import build_args
 from workloads.config import IMAGE_DIRS
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
-PIN = json.loads((IMAGES / "neuron-sdk.json").read_text())
+_PINS = json.loads((IMAGES / "neuron-sdk.json").read_text())
+PIN = {**_PINS["tracks"]["xla"], "uid": _PINS["uid"]}  # the track of the images below
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 
 

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from infra import config, network
-from infra.config import ConfigError
+from stackfiles import ConfigError
 from tests.platform_helpers import assert_rejected_before_any_resource, stack_config
 
 BASE = stack_config("platform", "dev-usw2")
@@ -50,7 +50,7 @@ BAD_CONFIGS = {
                                   "nodePools[0] (trn1-single).efa: trn1.2xlarge have no EFA interfaces; EFA pools allow: trn1.32xlarge"),
     "open public endpoint": (with_changes(endpoint={"publicAccess": True, "publicAccessCidrs": ["0.0.0.0/0"]}),
                              "endpoint.publicAccessCidrs: a public API endpoint must be limited"),
-    "bad family": (with_changes(nodePools=pools_with(2, family="gpu")), "nodePools[2].family: 'gpu' is not allowed; allowed values: trn1, trn1n, inf2, cpu"),
+    "bad family": (with_changes(nodePools=pools_with(2, family="gpu")), "nodePools[2].family: 'gpu' is not allowed; allowed values: trn1, trn1n, inf2, trn2, trn3, cpu"),  # noqa: E501 (expected message)
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from infra import catalog, config, versions
-from infra.render import render_stack
+from trnctl.render import render_stack
 from tests.platform_helpers import PLATFORM_STACKS, REPO, rendered_platform
 
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -165,15 +165,28 @@ def test_every_chart_and_manifest_is_pinned():
     assert release(result, "volcano").inputs["values"]["basic"]["image_tag_version"] == f"v{versions.VOLCANO_VERSION}"
 
 
+@pytest.mark.parametrize("stack", PLATFORM_STACKS)
+def test_region_and_version_specific_images_follow_the_stack(stack):
+    cfg = config.load_stack_file(REPO, stack)
+    result = rendered_platform(stack)
+    efa = release(result, "aws-efa-k8s-device-plugin").inputs["values"]
+    assert efa["image"]["repository"].startswith(f"602401143452.dkr.ecr.{cfg.region}.amazonaws.com/")
+    scheduler = release(result, "neuron").inputs["values"]["scheduler"]["customScheduler"]["image"]
+    assert scheduler["tag"].startswith(f"v{cfg.kubernetes_version}.")
+
+
 def test_karpenter_controller_and_queue_wiring():
     result = rendered_platform("dev-usw2")
     values = release(result, "karpenter").inputs["values"]
     queue = result.one("aws:sqs/queue:Queue", "karpenter-interruption").inputs
-    assert values["settings"] == {"clusterName": "trn-dev-usw2", "interruptionQueue": queue["name"]}
+    assert values["settings"] == {"clusterName": "trn-dev-usw2", "interruptionQueue": queue["name"],
+                                  "featureGates": {"nodeRepair": True}}
     assert queue["sqsManagedSseEnabled"] is True
     rules = [json.loads(r.inputs["eventPattern"])["detail-type"][0] for r in result.by_type("aws:cloudwatch/eventRule:EventRule")]
     assert sorted(rules) == sorted(["AWS Health Event", "EC2 Spot Instance Interruption Warning",
-                                    "EC2 Instance Rebalance Recommendation", "EC2 Instance State-change Notification"])
+                                    "EC2 Instance Rebalance Recommendation", "EC2 Instance State-change Notification",
+                                    "EC2 Capacity Reservation Instance Interruption Warning"])
+    assert {"name": "AWS_REGION", "value": "us-west-2"} in values["controller"]["env"]
     entry = result.one("aws:eks/accessEntry:AccessEntry", "karpenter-node").inputs
     assert entry["type"] == "EC2_LINUX"
     role = result.one("aws:iam/role:Role", "karpenter-node")
@@ -203,3 +216,15 @@ def test_cluster_endpoint_logging_and_secrets_encryption():
     use2 = rendered_platform("dev-use2").one("eks:index:Cluster", "cluster-eks").inputs
     assert use2["endpointPublicAccess"] is False and use2.get("publicAccessCidrs") is None
     assert use2["createOidcProvider"] is True  # irsa stack
+
+
+def test_s3_import_path_reaches_shared_datasets_through_a_data_repository_association():
+    cfg = config.load_stack_file(REPO, "dev-use2")
+    result = rendered_platform("dev-use2")
+    [dra] = result.by_type("aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation")
+    assert dra.inputs["dataRepositoryPath"] == cfg.fsx.s3_import_path
+    assert dra.inputs["fileSystemPath"] == "/datasets"  # <mountPath>/datasets in every pod
+    assert dra.inputs["batchImportMetaDataOnCreate"] is True
+    assert sorted(dra.inputs["s3"]["autoImportPolicy"]["events"]) == ["CHANGED", "DELETED", "NEW"]
+    assert cfg.fsx.deployment_type != "SCRATCH_1"  # DRAs exist on every other deployment type
+    assert not rendered_platform("dev-usw2").by_type("aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation")

@@ -11,7 +11,7 @@ import pytest
 
 from infra import addons, catalog, cluster, iam, karpenter, nodepools, storage, versions
 from infra.config import FsxConfig, NodePoolConfig, load_stack_file
-from infra.validation import validate_objects
+from trnctl.validation import validate_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = "1.34"
@@ -51,14 +51,19 @@ def tolerates(tolerations: list[dict], taint: dict) -> bool:
 # --------------------------------------------------------------------------- NodePool / EC2NodeClass
 
 
-@pytest.mark.parametrize("p", [pool(), CPU, INF2_MIXED, RESERVED], ids=lambda p: p.name + "-" + p.capacity_types[0])
-def test_specs_are_valid_karpenter_objects_with_cel(p):
-    objs = [("spec", as_object("NodePool", p.name, nodepools.nodepool_spec(p, zone_ids=["usw2-az1", "usw2-az2"]))),
+def assert_valid_karpenter_objects(p: NodePoolConfig, zone_ids: list[str]) -> None:
+    """The pool's NodePool and EC2NodeClass pass the CRD schemas with their CEL rules."""
+    objs = [("spec", as_object("NodePool", p.name, nodepools.nodepool_spec(p, zone_ids=zone_ids))),
             ("spec", as_object("EC2NodeClass", p.name, nodeclass(p)))]
     report = validate_objects(objs, KUBE)
     assert report.ok, "\n".join(map(str, report.issues))
     assert report.checked == {"karpenter.k8s.aws/v1/EC2NodeClass": 1, "karpenter.sh/v1/NodePool": 1}
     assert report.cel_evaluated > 10  # the CRDs' x-kubernetes-validations really ran
+
+
+@pytest.mark.parametrize("p", [pool(), CPU, INF2_MIXED, RESERVED], ids=lambda p: p.name + "-" + p.capacity_types[0])
+def test_specs_are_valid_karpenter_objects_with_cel(p):
+    assert_valid_karpenter_objects(p, ["usw2-az1", "usw2-az2"])
 
 
 def test_validation_rejects_a_spec_the_builder_must_never_emit():
@@ -140,7 +145,7 @@ def test_scheduling_facts_select_and_tolerate_exactly_what_the_nodepool_sets(sta
 
 
 def test_efa_plugin_runs_exactly_on_efa_pools_and_tolerates_their_taint():
-    values = addons.efa_values()
+    values = addons.efa_values(region="us-west-2", instance_types=addons.efa_instance_types())
     efa_labels = nodepools.node_labels(pool())
     assert values["nodeSelector"].items() <= efa_labels.items()
     assert not values["nodeSelector"].items() <= nodepools.node_labels(pool(name="trn1-single", efa=False,
@@ -149,9 +154,10 @@ def test_efa_plugin_runs_exactly_on_efa_pools_and_tolerates_their_taint():
 
 
 def test_operators_run_on_system_nodes_and_neuron_scheduler_is_not_on_control_plane():
-    neuron = addons.neuron_values()
+    neuron = addons.neuron_values(kubernetes_version=KUBE, instance_types=addons.neuron_instance_types())
     for part in (neuron["scheduler"], neuron["scheduler"]["customScheduler"], addons.kuberay_values(),
-                 karpenter.controller_values(cluster_name="c", queue_name="q", service_account_annotations={})):
+                 karpenter.controller_values(cluster_name="c", region="us-west-2", queue_name="q",
+                                             service_account_annotations={})):
         assert part["nodeSelector"] == cluster.SYSTEM_POOL_LABEL
     assert neuron["npd"] == {"enabled": False}
     assert addons.kuberay_values()["batchScheduler"] == {"name": "volcano"}
@@ -165,9 +171,10 @@ def test_fsx_csi_node_driver_tolerates_every_taint_so_neuron_pods_can_mount():
 
 
 def test_karpenter_values_name_this_cluster_and_its_queue():
-    values = karpenter.controller_values(cluster_name="trn-test", queue_name="trn-test-interruptions",
+    values = karpenter.controller_values(cluster_name="trn-test", region="us-east-2", queue_name="trn-test-interruptions",
                                          service_account_annotations={"a": "b"})
-    assert values["settings"] == {"clusterName": "trn-test", "interruptionQueue": "trn-test-interruptions"}
+    assert values["settings"] == {"clusterName": "trn-test", "interruptionQueue": "trn-test-interruptions",
+                                  "featureGates": {"nodeRepair": True}}
     assert values["replicas"] >= 2 and values["podDisruptionBudget"]["maxUnavailable"] == 1
 
 
@@ -262,3 +269,104 @@ def test_node_security_group_allows_all_traffic_within_itself_both_ways_for_efa(
                    and r["from_port"] == 0 and r["to_port"] == 0 for r in rules), direction
     # Nothing from the internet reaches a node directly.
     assert not any(r["type"] == "ingress" and r.get("cidr_blocks") for r in rules)
+
+
+# --------------------------------------------------------------------------- upstream parity (issue 16)
+
+UPSTREAM_POLICY = ROOT / "tests/fixtures/karpenter-v1.14-controller-policy.json"
+# What we keep different from upstream's v1.14 policy, and why (docs/operations.md says the same):
+# zonal shift stays off (settings.enableZonalShift false), so no arc-zonal-shift read; nodes are only
+# launched in the `aws` partition, so PassRole names ec2.amazonaws.com only.
+KEPT_DIFFERENT = {"AllowZonalShiftStatusReadOnly": None,
+                  "AllowPassingInstanceRole": {"iam:PassedToService": ["ec2.amazonaws.com"]}}
+
+
+def _normalized(statement: dict) -> dict:
+    def as_list(v):
+        return sorted(v) if isinstance(v, list) else [v]
+    condition = {op: {k: as_list(v) for k, v in kv.items()} for op, kv in statement.get("Condition", {}).items()}
+    return {"Effect": statement["Effect"], "Action": as_list(statement["Action"]),
+            "Resource": as_list(statement["Resource"]), "Condition": condition}
+
+
+def our_karpenter_policy() -> dict:
+    return iam.karpenter_controller_policy(
+        cluster_name="trn-test", region="us-west-2", account_id="111122223333", partition="aws",
+        node_role_arn="arn:aws:iam::111122223333:role/KarpenterNode-trn-test",
+        interruption_queue_arn="arn:aws:sqs:us-west-2:111122223333:trn-test-karpenter")
+
+
+def test_karpenter_policy_matches_upstream_v1_14_statement_by_statement():
+    import json
+    upstream = {s["Sid"]: _normalized(s) for s in json.loads(UPSTREAM_POLICY.read_text())["Statement"]}
+    ours = {s["Sid"]: _normalized(s) for s in our_karpenter_policy()["Statement"]}
+    assert set(ours) == set(upstream) - {sid for sid, v in KEPT_DIFFERENT.items() if v is None}
+    for sid, statement in ours.items():
+        expected = upstream[sid]
+        if KEPT_DIFFERENT.get(sid):
+            expected["Condition"]["StringEquals"].update(KEPT_DIFFERENT[sid])
+        assert statement == expected, sid
+    reads = ours["AllowRegionalReadActions"]
+    assert "ec2:DescribeInstanceStatus" in reads["Action"]
+    assert reads["Condition"] == {"StringEquals": {"aws:RequestedRegion": ["us-west-2"]}}
+
+
+def test_karpenter_controller_gets_its_region_without_imds_and_every_interruption_rule():
+    values = karpenter.controller_values(cluster_name="c", region="us-east-2", queue_name="q",
+                                         service_account_annotations={})
+    assert {"name": "AWS_REGION", "value": "us-east-2"} in values["controller"]["env"]
+    assert "EC2 Capacity Reservation Instance Interruption Warning" in [
+        p["detail-type"][0] for p in karpenter.INTERRUPTION_EVENTS.values()]
+
+
+@pytest.mark.parametrize("minor", versions.SUPPORTED_KUBERNETES_VERSIONS)
+def test_neuron_second_scheduler_runs_the_clusters_own_kube_scheduler_minor(minor):
+    image = addons.neuron_values(kubernetes_version=minor, instance_types=[])["scheduler"]["customScheduler"]["image"]
+    assert image["repository"] == "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
+    assert image["tag"].startswith(f"v{minor}.") and f"-eks-{minor.replace('.', '-')}-" in image["tag"]
+    with pytest.raises(ValueError, match="no kube-scheduler image pinned for Kubernetes '1.31'"):
+        addons.neuron_values(kubernetes_version="1.31", instance_types=[])
+
+
+def test_neuron_device_plugin_affinity_covers_every_trainium_and_inferentia_generation():
+    instances = addons.neuron_values(kubernetes_version=KUBE, instance_types=addons.neuron_instance_types())[
+        "neuronInstances"]
+    for family in ("trn1", "trn1n", "inf2"):
+        assert set(catalog.instance_types_of(family)) <= set(instances), family
+    assert {"trn2.48xlarge", "trn2u.48xlarge", "trn3.48xlarge"} <= set(instances)
+    assert all(t.split(".")[0].startswith(("trn", "inf")) for t in instances)
+
+
+def test_efa_plugin_image_is_regional_current_and_its_affinity_lists_our_efa_types():
+    for region in catalog.known_regions():
+        values = addons.efa_values(region=region, instance_types=addons.efa_instance_types())
+        assert values["image"]["repository"] == \
+            f"602401143452.dkr.ecr.{region}.amazonaws.com/eks/aws-efa-k8s-device-plugin"
+        assert values["image"]["tag"] == versions.EFA_PLUGIN_IMAGE_TAG == "v0.5.20"
+        listed = set(values["supportedInstanceLabels"]["values"])
+        efa_in_catalog = {t for f in ("trn1", "trn1n", "inf2") for t in catalog.instance_types_of(f)
+                          if catalog.instance_type(t).efa_interfaces}
+        assert efa_in_catalog <= listed and {"trn1.32xlarge", "trn1n.32xlarge"} <= listed
+        assert {"trn2.48xlarge", "trn2u.48xlarge"} <= listed
+        assert "trn1.2xlarge" not in listed  # no EFA on it
+    assert versions.EFA_CHART_VERSION == "v0.5.30"
+    trn3 = addons.efa_values(region="us-east-2", instance_types=["trn2.48xlarge", "trn3.48xlarge"])
+    assert trn3["supportedInstanceLabels"] == {"keys": ["node.kubernetes.io/instance-type"],
+                                               "values": ["trn2.48xlarge", "trn3.48xlarge"]}
+    assert versions.eks_image_registry("ap-southeast-4") == "491585149902.dkr.ecr.ap-southeast-4.amazonaws.com"
+    with pytest.raises(ValueError, match="no EKS image registry known for region 'xx-east-9'"):
+        versions.eks_image_registry("xx-east-9")
+
+
+def test_mpi_operator_patch_places_it_on_the_system_nodes_like_the_other_operators():
+    import yaml
+    kustomization = yaml.safe_load((ROOT / "infra/manifests/mpi-operator/kustomization.yaml").read_text())
+    [patch] = [p for p in kustomization["patches"] if p["target"].get("kind") == "Deployment"]
+    assert patch["target"] == {"group": "apps", "version": "v1", "kind": "Deployment", "name": "mpi-operator"}
+    pod = yaml.safe_load(patch["patch"])["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == addons.ON_SYSTEM_NODES["nodeSelector"] == cluster.SYSTEM_POOL_LABEL
+    assert pod["tolerations"] == addons.ON_SYSTEM_NODES["tolerations"]
+    assert tolerates(pod["tolerations"], {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"})
+    [container] = pod["containers"]
+    assert container["name"] == "mpi-operator"  # upstream's container name: the strategic merge key
+    assert set(container["resources"]) == {"requests", "limits"}

@@ -1,4 +1,4 @@
-"""Guardrail rules (policy/rules.py): each rule against its passing and failing fixture,
+"""Guardrail rules (policy/rules/): each rule against its passing and failing fixture,
 a deliberately weakened real render, and every stack file of the repository."""
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_mandatory_violations_come_first():
 @pytest.fixture(scope="module")
 def platform_render(tmp_path_factory):
     """dev-usw2 rendered to disk by the render command, read back as the policy sees it."""
-    from infra.render import render_stack
+    from trnctl.render import render_stack
     out = tmp_path_factory.mktemp("dev-usw2")
     _, problems = render_stack(REPO, "dev-usw2", out)
     assert problems == []
@@ -208,14 +208,14 @@ def test_every_platform_stack_passes(stack):
 
 @pytest.mark.parametrize("stack", WORKLOAD_STACKS)
 def test_every_workload_stack_renders_and_passes(stack, tmp_path):
-    from infra.render import render_stack
+    from trnctl.render import render_stack
     _, problems = render_stack(REPO / "workloads", stack, tmp_path)
     assert problems == []
     records = json.loads((tmp_path / "resources.json").read_text())
     violations = evaluate(resources_from_records(records), json.loads((tmp_path / "outputs.json").read_text()))
     assert violations == [], format_report(violations)
     # A secure config value (rendered as a placeholder) must never reach a file in the clear.
-    from infra.render import PLACEHOLDER_SECRET
+    from trnctl.render import PLACEHOLDER_SECRET
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert PLACEHOLDER_SECRET not in path.read_text(), f"{path} leaks a secret config value"

@@ -1,4 +1,4 @@
-"""infra.preflight: pure decisions first, then the AWS calls against moto's server.
+"""trnctl.preflight: pure decisions first, then the AWS calls against moto's server.
 
 moto answers STS, DescribeRegions, DescribeAvailabilityZones, DescribeInstanceTypeOfferings
 (from its own offering files: trn1.2xlarge/trn1.32xlarge in usw2-az1/az4, trn1n.32xlarge in
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 
-from infra import preflight
+from trnctl import preflight
 from infra.config import load_stack_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def test_passing_config_passes_and_only_reads(aws_env):
         _push_image(ecr, f"trn-dev-usw2/{repo}", "1.0.0")
     cfg = load_stack_file(ROOT, "dev-usw2")
     calls: list[str] = []
-    clients = preflight.Clients.for_region("us-west-2", calls)
+    clients = preflight.Clients.for_region("us-west-2", calls, public_ip=lambda: "203.0.113.9")
     clients.quotas, stub = stubbed_quotas(ENOUGH, calls)
     workloads = [preflight.workload_requirements(ROOT / "workloads", "compile-usw2")]
 
@@ -289,7 +289,7 @@ def _workloads_dir(tmp_path: Path) -> Path:
 def test_cli_prints_one_table_and_fails_on_blocking_findings(aws_env, tmp_path, capsys):
     ecr = boto3.client("ecr", region_name="us-west-2")
     ecr.create_repository(repositoryName="trn-dev-usw2/compile")  # repository exists, tag 1.0.0 not pushed
-    clients = preflight.Clients.for_region("us-west-2")
+    clients = preflight.Clients.for_region("us-west-2", public_ip=lambda: "192.0.2.50")  # outside 203.0.113.0/24
     clients.quotas, _ = stubbed_quotas({**ENOUGH, "L-2C3B7624": 256.0})
     rc = preflight.main(["dev-usw2", "--project-dir", str(ROOT), "--workloads-dir", str(_workloads_dir(tmp_path))],
                         clients=clients)
@@ -301,9 +301,75 @@ def test_cli_prints_one_table_and_fails_on_blocking_findings(aws_env, tmp_path, 
     assert "FAIL" in next(line for line in lines if line.startswith("image: compile-usw2 (compile)"))
     assert "WARN" in next(line for line in lines if line.startswith("image: compile-usw2 (serve)"))
     assert "FAIL" in next(line for line in lines if line.startswith("hf token: lora-finetune-usw2"))
-    assert "3 blocking" in out
+    assert "FAIL" in next(line for line in lines if line.startswith("api endpoint"))
+    assert "add 192.0.2.50/32" in out
+    assert "4 blocking" in out
 
 
 def test_cli_bad_stack_is_a_clear_error(capsys):
     assert preflight.main(["nope", "--project-dir", str(ROOT)]) == 2
     assert "Pulumi.nope.yaml does not exist; stacks here:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- API endpoint vs this machine's IP
+
+
+@pytest.fixture
+def checkip_server():
+    """A loopback stand-in for checkip.amazonaws.com: answers every GET with one address."""
+    import http.server
+    import threading
+
+    answer = {"body": b"198.51.100.7\n"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_public_ip_lookup_reads_the_address_and_refuses_anything_else(checkip_server):
+    url, answer = checkip_server
+    assert preflight.lookup_public_ip(url) == "198.51.100.7"
+    answer["body"] = b"<html>captive portal</html>"
+    with pytest.raises(ValueError):
+        preflight.lookup_public_ip(url)
+    # Real runs ask AWS's own service; tests never do.
+    assert preflight.lookup_public_ip.__defaults__[0] == "https://checkip.amazonaws.com"
+
+
+def test_caller_outside_the_public_cidrs_fails_with_the_fix(checkip_server):
+    url, _ = checkip_server
+    cfg = load_stack_file(ROOT, "dev-usw2")  # the example 203.0.113.0/24
+    finding = preflight.fetch_endpoint_finding(cfg, lambda: preflight.lookup_public_ip(url))
+    assert finding.status == "FAIL"
+    assert "198.51.100.7 is outside" in finding.detail.replace("(", "").replace(")", "")
+    assert "203.0.113.0/24 is the example range" in finding.detail
+    assert "add 198.51.100.7/32" in finding.fix and "endpoint.publicAccessCidrs" in finding.fix
+    assert "pulumi config set --path 'endpoint.publicAccessCidrs[0]' 198.51.100.7/32 -s dev-usw2" in finding.fix
+
+
+def test_caller_inside_passes_private_endpoint_warns_and_a_failed_lookup_warns():
+    cfg = load_stack_file(ROOT, "dev-usw2")
+    assert preflight.fetch_endpoint_finding(cfg, lambda: "203.0.113.77").status == "PASS"
+
+    def offline():
+        raise OSError("no route to host")
+    unknown = preflight.fetch_endpoint_finding(cfg, offline)
+    assert unknown.status == "WARN" and "no route to host" in unknown.detail and "checkip.amazonaws.com" in unknown.fix
+    private = load_stack_file(ROOT, "dev-use2")  # endpoint.publicAccess: false
+    finding = preflight.fetch_endpoint_finding(private, lambda: pytest.fail("no lookup for a private endpoint"))
+    assert finding.status == "WARN" and "private only" in finding.detail and "inside the VPC" in finding.fix

@@ -1,4 +1,4 @@
-"""infra.sweep: pure ownership rules first, then a real sweep against moto's server.
+"""trnctl.sweep: pure ownership rules first, then a real sweep against moto's server.
 
 moto holds resources of this cluster, of other clusters (names sharing a prefix, to catch
 any prefix/substring matching) and untagged ones; only this cluster's may go.
@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from infra import sweep
+from trnctl import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = "trn-dev-usw2"  # clusterName of Pulumi.dev-usw2.yaml

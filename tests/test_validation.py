@@ -1,4 +1,4 @@
-"""Offline validation of rendered Kubernetes objects (infra/validation.py).
+"""Offline validation of rendered Kubernetes objects (trnctl/validation.py).
 
 The fixtures under tests/fixtures/k8s/ are the project's shared examples: every file at the top
 passes, every file in invalid/ fails with the messages asserted here.
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import validation, versions
-from infra.validation import (KubeVersionError, ValidationIssue, kube_minor, load_manifests,
+from infra import versions
+from trnctl import validation
+from trnctl.validation import (KubeVersionError, ValidationIssue, kube_minor, load_manifests,
                               prune_nulls_and_default, rule_outcome, validate_dir, validate_objects)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
@@ -349,7 +350,7 @@ def test_cli_exit_codes(capsys):
 
 def test_cli_runs_as_a_module(tmp_path):
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(WIDGET))
-    cmd = [sys.executable, "-m", "infra.validation", str(tmp_path)]
+    cmd = [sys.executable, "-m", "trnctl", "validate", str(tmp_path)]
     strict = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
     assert strict.returncode == 1 and "no schema for example.com/v1/Widget" in strict.stdout
     relaxed = subprocess.run(cmd + ["--allow-unknown-kinds"], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import pytest
 
 from infra.config import load_stack_file
 from infra.nodepools import NEURON_TAINT, pool_scheduling
-from infra.validation import validate_objects
+from trnctl.validation import validate_objects
 from workloads import common
 from workloads.errors import WorkloadConfigError
 from workloads.platform import REQUIRED_OUTPUTS, parse_platform_outputs

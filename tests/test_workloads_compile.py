@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from infra.render import PLACEHOLDER_SECRET, render_stack, run_program
-from tests.platform_helpers import (assert_rejected_before_any_resource, platform_refs, project_with_stack, rendered_platform, rendered_workload, REPO, stack_config, WORKLOAD_STACKS, with_setting)
+from trnctl.render import PLACEHOLDER_SECRET, render_stack, run_program
+from tests.platform_helpers import (REPO, WORKLOAD_STACKS, assert_rejected_before_any_resource, platform_refs, project_with_stack,
+                                    rendered_platform, rendered_workload, stack_config, with_setting)
 from workloads.errors import WorkloadConfigError
 
 

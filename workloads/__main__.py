@@ -17,7 +17,7 @@ from workloads.common import WorkloadBase, WorkloadBaseArgs  # noqa: E402
 from workloads.platform import read_platform  # noqa: E402
 
 cfg = config.from_pulumi(pulumi.get_stack())
-platform = read_platform(cfg.platform_stack)
+platform = read_platform(cfg.platform_stack, region=cfg.region)
 workload = registry.WORKLOADS[cfg.workload]
 settings = workload.parse(cfg.section, platform=platform, stack=cfg)
 

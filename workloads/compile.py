@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import ConfigReader
+from stackfiles import ConfigReader
 from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
@@ -82,7 +82,8 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> C
     if serve_raw is not None:
         s = ConfigReader(serve_raw, "compile.serve", problems)
         serve = ServeSettings(
-            pool=s.get("pool", str, "inf2"), replicas=s.get("replicas", int, 1, check=lambda v: None if 1 <= v <= 32 else "must be 1 to 32"),
+            pool=s.get("pool", str, "inf2"),
+            replicas=s.get("replicas", int, 1, check=lambda v: None if 1 <= v <= 32 else "must be 1 to 32"),
             neuron_devices=s.get("neuronDevices", int, 1), max_batch=s.get("maxBatch", int, 8),
             max_wait_ms=s.get("maxWaitMs", int, 5),
             hpa_max_replicas=s.get("hpaMaxReplicas", int, 0), hpa_cpu_percent=s.get("hpaCpuPercent", int, 70))

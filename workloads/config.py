@@ -9,19 +9,37 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from infra.config import ConfigReader, raw_from_bag
+from infra.config import PROJECT as PLATFORM_PROJECT
+from stackfiles import ConfigReader, check_namespaces, raw_from_bag
 from workloads.errors import WorkloadConfigError
 
 PROJECT = "trn-workloads"
-WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune")
+WORKLOADS = ("compile", "nemo-pretrain", "ray-pretrain", "lora-finetune", "llm-serve")
 # The config section each workload reads, and the ECR repository its image goes to.
-SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora"}
+SECTIONS = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray", "lora-finetune": "lora",
+            "llm-serve": "llmServe"}
 DEFAULT_REPOSITORY = {"compile": "compile", "nemo-pretrain": "nemo", "ray-pretrain": "ray-train",
-                      "lora-finetune": "finetune"}
+                      "lora-finetune": "finetune",
+                      # llm-serve runs the Neuron vLLM container (images/neuron-sdk.json), not an image
+                      # of ours; the shared base only needs a valid default here.
+                      "llm-serve": "serve"}
 IMAGE_DIRS = {"compile": "compile", "serve": "serve", "nemo": "nemo", "ray-train": "ray-train", "finetune": "finetune"}
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+# A fully qualified StackReference: <organization>/<project>/<stack> ("organization" on a self-managed backend).
+_STACK_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)$")
+
+
+def platform_stack_problem(value: str) -> str | None:
+    m = _STACK_REF.match(value)
+    if not m:
+        return (f"{value!r} is not a stack reference; use <organization>/{PLATFORM_PROJECT}/<stack>, "
+                f"e.g. organization/{PLATFORM_PROJECT}/dev-usw2")
+    if m.group(2) != PLATFORM_PROJECT:
+        return (f"{value!r} names project {m.group(2)!r}; the platform project is {PLATFORM_PROJECT!r} "
+                f"(<organization>/{PLATFORM_PROJECT}/<stack>)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,18 +54,21 @@ class ImageConfig:
 class WorkloadStackConfig:
     stack: str
     platform_stack: str
+    region: str | None  # aws:region of this stack: must be the platform's
     workload: str
     version: str
     run_id: str
     image: ImageConfig
     hf_token_set: bool
     section: dict[str, Any]  # the workload's own section, parsed by its module
+    api_key_set: bool = False  # apiKey (secret): the key llm-serve requires from clients
 
 
-def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset()) -> WorkloadStackConfig:
+def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(),
+          region: str | None = None) -> WorkloadStackConfig:
     problems: list[str] = []
     r = ConfigReader(raw, "", problems)
-    platform_stack = r.get("platformStack", str, "", required=True)
+    platform_stack = r.get("platformStack", str, "", required=True, check=platform_stack_problem)
     workload = r.get("workload", str, "compile", required=True, allowed=WORKLOADS)
     version = r.get("version", str, "0.0.0", required=True,
                     check=lambda v: None if _VERSION.match(v) else "must be a semantic version such as 1.2.0 (it tags the image)")
@@ -65,6 +86,9 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     hf_token = r.get("hfToken", str, None)
     if hf_token is not None and f"{PROJECT}:hfToken" not in secret_keys:
         problems.append("hfToken: must be a secret; set it with `pulumi config set --secret hfToken <token>`")
+    api_key = r.get("apiKey", str, None)
+    if api_key is not None and f"{PROJECT}:apiKey" not in secret_keys:
+        problems.append("apiKey: must be a secret; set it with `pulumi config set --secret apiKey <key>`")
     sections = {}
     for name in SECTIONS.values():
         sections[name] = r.get(name, dict, None)
@@ -75,9 +99,11 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
             problems.append(f"{name}: section of another workload; workload {workload!r} reads section {wanted!r}")
     if problems:
         raise WorkloadConfigError(problems)
-    return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, workload=workload, version=version,
+    return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, region=region, workload=workload,
+                               version=version,
                                run_id=run_id, image=image, hf_token_set=hf_token is not None,
-                               section=sections.get(wanted) or {})
+                               section=sections.get(wanted) or {},
+                               api_key_set=api_key is not None)
 
 
 def from_pulumi(stack: str) -> WorkloadStackConfig:
@@ -86,5 +112,6 @@ def from_pulumi(stack: str) -> WorkloadStackConfig:
     bag = dict(runtime_config.get_config_env())
     bag.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
-    raw, _ = raw_from_bag(bag, PROJECT)
-    return parse(raw, stack=stack, secret_keys=secret_keys)
+    check_namespaces(bag, PROJECT)
+    raw, region = raw_from_bag(bag, PROJECT)
+    return parse(raw, stack=stack, secret_keys=secret_keys, region=region)

@@ -1,6 +1,6 @@
 """Workload config errors share the platform's error type: one message listing every bad
 key with its allowed values, raised before any resource is registered."""
-from infra.config import ConfigError
+from stackfiles import ConfigError
 
 
 class WorkloadConfigError(ConfigError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import ConfigReader
+from stackfiles import ConfigReader
 from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, check_devices, common_env, container, json_config_map,
                               labels, pod_spec, resources_for)
 from workloads.config import WorkloadStackConfig
@@ -100,6 +100,9 @@ class LoraFinetuneWorkload(pulumi.ComponentResource):
             "artifactsUri": s.run["output"]["s3_uri"],
             "fetchResults": f"aws s3 cp {s.run['output']['s3_uri']}/ ./{cfg.stack}/ --recursive --exclude 'merged/*'",
         }
+        if s.run["output"]["merge"]:
+            # What llm-serve reads through a StackReference (with the exported `version`).
+            self.outputs["mergedModelDir"] = f"{run_dir}/merged"
         if s.inspector_pool:
             self._inspector(name, base, s)
         self.register_outputs(self.outputs)

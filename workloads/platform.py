@@ -74,6 +74,15 @@ class Platform:
         return pool
 
 
+def check_region(platform: Platform, region: str | None) -> None:
+    """The workload stack's aws:region must be its platform's: one cluster, one region (ECR,
+    the artifacts bucket and the IAM roles of the workload all live there)."""
+    if region != platform.region:
+        got = f"{region!r} differs from" if region else "is not set; it must be"
+        raise WorkloadConfigError([f"aws:region: {got} the region of platform stack {platform.stack} "
+                                   f"({platform.region}); set aws:region: {platform.region}"])
+
+
 def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulumi.Output[str]) -> Platform:
     missing = [k for k in REQUIRED_OUTPUTS if k != "kubeconfig" and k not in values]
     if missing:
@@ -98,13 +107,15 @@ def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulum
         neuron_sdk_version=values["neuronSdkVersion"])
 
 
-def read_platform(stack: str) -> Platform:
+def read_platform(stack: str, *, region: str | None) -> Platform:
     """Read the platform outputs once, as plain values, so configs are checked against
-    them before any workload resource is registered."""
+    them before any workload resource is registered; `region` is the workload stack's."""
     # get_output_details is a coroutine; the SDK's own synchronous invokes wait the same way.
     from pulumi.runtime.sync_await import _sync_await
 
     ref = pulumi.StackReference(stack)
     values = {k: _sync_await(ref.get_output_details(k)).value for k in REQUIRED_OUTPUTS if k != "kubeconfig"}
     values = {k: v for k, v in values.items() if v is not None}
-    return parse_platform_outputs(stack, values, ref.require_output("kubeconfig"))
+    platform = parse_platform_outputs(stack, values, ref.require_output("kubeconfig"))
+    check_region(platform, region)
+    return platform

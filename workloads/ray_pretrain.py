@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import ConfigReader
+from stackfiles import ConfigReader
 from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
                               pod_spec, resources_for, wait_for)
 from workloads.config import WorkloadStackConfig

@@ -6,8 +6,8 @@ Example (the data Job of the NeMo workload):
         --save-tokenizer /shared/tokenizers/llama2 --input s3://bucket/corpus/ \\
         --output-prefix /shared/data/run1/corpus --workers 16
 
-Exit status: 0 done or already up to date; 2 bad settings, inputs or records (no output
-files were created or replaced); 1 anything else.
+Exit status: 0 done or already up to date; 2 bad settings, inputs or records, or another
+run holds the output prefix (no output files were created or replaced); 1 anything else.
 """
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ import json
 import logging
 import sys
 
-from trn_workloads.dataprep.config import ConfigError, DataPrepConfig, default_workers
+from trn_workloads.dataprep.config import (DEFAULT_BATCH_BYTES, DEFAULT_MAX_DOCUMENT_BYTES, ConfigError,
+                                           DataPrepConfig, default_workers)
 from trn_workloads.dataprep.documents import BAD_RECORD_POLICIES, BadRecordError, InputError
+from trn_workloads.dataprep.lock import RunLockedError
+from trn_workloads.dataprep.tokenization import (DEFAULT_GIGATOKEN_CACHE_BYTES, DEFAULT_VERIFY_BYTES, ENGINES,
+                                                 EngineError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-key", default="text", help="record field holding the document text (default: text)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="tokenizer threads (default: the CPUs this process may use)")
-    p.add_argument("--batch-size", type=int, default=1000, help="documents per encode_batch call (default 1000)")
+    p.add_argument("--batch-size", type=int, default=4096, help="at most this many documents per encode call "
+                                                                 "(default 4096)")
+    p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES,
+                   help=f"about this much text per encode call (default {DEFAULT_BATCH_BYTES})")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto (default): gigatoken when it gives the reference's ids on a sample of this run's "
+                        "documents, else the Rust tokenizers library; gigatoken: fail instead of falling back")
+    p.add_argument("--verify-bytes", type=int, default=DEFAULT_VERIFY_BYTES,
+                   help=f"characters of the run's documents compared with the reference before gigatoken is "
+                        f"used (default {DEFAULT_VERIFY_BYTES})")
+    p.add_argument("--max-document-bytes", type=int, default=DEFAULT_MAX_DOCUMENT_BYTES,
+                   help=f"a longer JSONL line is a bad record (default {DEFAULT_MAX_DOCUMENT_BYTES}): bounds memory")
+    p.add_argument("--gigatoken-cache-bytes", type=int, default=DEFAULT_GIGATOKEN_CACHE_BYTES,
+                   help=f"rebuild gigatoken's tokenizer, dropping its unbounded pre-token cache, when the process has "
+                        f"grown by this much (default {DEFAULT_GIGATOKEN_CACHE_BYTES}): bounds memory")
     p.add_argument("--on-bad-record", choices=BAD_RECORD_POLICIES, default="fail",
                    help="fail at the first bad record (default) or skip and count bad records")
     p.add_argument("--add-special-tokens", action="store_true",
@@ -47,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> DataPrepConfig:
     return DataPrepConfig(tokenizer=args.tokenizer, inputs=tuple(args.inputs), output_prefix=args.output_prefix,
                           json_key=args.json_key, workers=args.workers, batch_size=args.batch_size,
+                          batch_bytes=args.batch_bytes, engine=args.engine, verify_bytes=args.verify_bytes,
+                          max_document_bytes=args.max_document_bytes,
+                          gigatoken_cache_bytes=args.gigatoken_cache_bytes,
                           on_bad_record=args.on_bad_record, add_special_tokens=args.add_special_tokens,
                           eod_token=args.eod_token, save_tokenizer=args.save_tokenizer,
                           progress_interval_s=args.progress_interval, force=args.force)
@@ -61,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         from trn_workloads.dataprep.pipeline import prepare
 
         result = prepare(cfg)
-    except (ConfigError, InputError, BadRecordError, ValueError) as err:
+    except (ConfigError, InputError, BadRecordError, RunLockedError, EngineError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"dataset_prefix": result.dataset_prefix, "skipped": result.skipped,
                       "documents": result.documents, "tokens": result.tokens, "bad_records": result.bad_records,
-                      "dropped_empty": result.dropped_empty, "seconds": round(result.seconds, 2)}))
+                      "dropped_empty": result.dropped_empty, "engine": result.engine,
+                      "seconds": round(result.seconds, 2)}))
     return 0

@@ -85,6 +85,9 @@ class _GrowableInt32:
     def view(self) -> np.ndarray:
         return self._data[: self._size]
 
+    def truncate(self, size: int) -> None:
+        self._size = min(self._size, size)
+
 
 class IndexedDatasetWriter:
     """Streams documents into `<prefix>.bin.partial`; `finish()` writes the index and renames.
@@ -125,11 +128,28 @@ class IndexedDatasetWriter:
         flat_ids = np.asarray(flat_ids)
         if int(np.sum(lengths)) != len(flat_ids):
             raise ValueError(f"lengths sum to {int(np.sum(lengths))} but {len(flat_ids)} ids were given")
-        if len(flat_ids) and (flat_ids.min() < 0 or flat_ids.max() > np.iinfo(self.dtype).max):
-            raise ValueError(f"token ids out of range for {self.dtype}: {flat_ids.min()}..{flat_ids.max()}")
-        self._bin.write(flat_ids.astype(self.dtype, copy=False).tobytes())
+        if len(flat_ids) and flat_ids.dtype != self.dtype:
+            low = 0 if flat_ids.dtype.kind == "u" else flat_ids.min()  # unsigned (gigatoken's uint32): no pass
+            if low < 0 or flat_ids.max() > np.iinfo(self.dtype).max:
+                raise ValueError(f"token ids out of range for {self.dtype}: {flat_ids.min()}..{flat_ids.max()}")
+        self._bin.write(memoryview(np.ascontiguousarray(flat_ids, dtype=self.dtype)))
         self._lengths.extend(lengths)
         self._tokens += len(flat_ids)
+
+    def checkpoint(self) -> tuple[int, int]:
+        """(documents, tokens) written so far: a point `rollback` can return to."""
+        return self.documents, self._tokens
+
+    def rollback(self, point: tuple[int, int]) -> None:
+        """Forget every document added after `checkpoint()` returned `point` (a dropped input file)."""
+        if self._bin is None or self._finished:
+            raise RuntimeError("rollback() outside an open, unfinished writer")
+        documents, tokens = point
+        self._bin.flush()
+        self._bin.truncate(tokens * self.dtype.itemsize)
+        self._bin.seek(tokens * self.dtype.itemsize)
+        self._lengths.truncate(documents)
+        self._tokens = tokens
 
     def finish(self) -> None:
         """Write the index, flush both files to disk, then rename .bin and .idx into place."""

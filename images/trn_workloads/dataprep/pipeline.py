@@ -1,9 +1,17 @@
 """One data-preparation run: JSONL documents -> tokens + EOD -> Megatron .bin/.idx.
 
-    resolve inputs -> load tokenizer -> fingerprint -> (up to date? skip)
-    -> read (thread) | encode_batch (rayon threads) | write .partial -> index -> rename -> manifest
+    resolve inputs -> load tokenizer -> lock the prefix -> fingerprint -> (up to date? skip)
+    -> read + parse (thread) | encode (gigatoken or tokenizers, rayon threads) | write .partial (thread)
+    -> index -> rename -> manifest
 
-The manifest `<prefix>.manifest.json` records the fingerprint (inputs' bytes or S3 size+ETag,
+The engine is chosen on the first batch: gigatoken when it gives the reference's ids on a
+sample of it, else the Rust `tokenizers` reference (see `tokenization.choose_encoder`). The
+first batch of every later input file is checked the same way; a difference there restarts
+the run with the reference, so no output ever holds ids the reference would not give.
+A damaged input file in skip mode is dropped whole: the output is rolled back to the
+checkpoint taken where the file began.
+
+The manifest `<prefix>.manifest.json` records the fingerprint (local size+mtime or S3 size+ETag,
 the tokenizer's full serialization, the settings that change the output) and the sizes of
 the two files. A rerun with the same fingerprint and intact files does nothing. The
 manifest is removed before the new files are renamed into place and written after, so a
@@ -19,14 +27,19 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from trn_workloads.dataprep.config import DataPrepConfig
-from trn_workloads.dataprep.documents import (BadRecordError, InputFile, ReadStats, fingerprint_inputs,
-                                              read_documents, resolve_inputs)
+from trn_workloads.dataprep.documents import (BadRecordError, DroppedFile, InputFile, ReadStats, fingerprint_inputs,
+                                              read_text_batches, resolve_inputs)
 from trn_workloads.dataprep.indexed import IndexedDatasetWriter, dataset_paths, token_dtype
-from trn_workloads.dataprep.tokenization import BatchEncoder, LoadedTokenizer, load_tokenizer, set_tokenizer_threads
+from trn_workloads.dataprep.lock import run_lock
+from trn_workloads.dataprep.progress import Progress
+from trn_workloads.dataprep.tokenization import (EngineChoice, EngineError, LoadedTokenizer, choose_encoder,
+                                                 load_tokenizer, prefetched, set_tokenizer_threads,
+                                                 verification_sample)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +60,7 @@ class PrepResult:
     dropped_empty: int
     seconds: float
     problems: tuple[str, ...] = ()
+    engine: str = ""  # "gigatoken" | "tokenizers" (what the manifest records, also when skipped)
 
     @property
     def tokens_per_second(self) -> float:
@@ -60,10 +74,11 @@ def manifest_path(dataset_prefix: str) -> Path:
 def output_fingerprint(files: list[InputFile], tok: LoadedTokenizer, cfg: DataPrepConfig) -> str:
     """sha256 of everything the output depends on (and nothing else, e.g. not workers)."""
     settings = {"format": OUTPUT_FORMAT_VERSION, "json_key": cfg.json_key, "on_bad_record": cfg.on_bad_record,
-                "add_special_tokens": cfg.add_special_tokens, "eod_id": tok.eod_id, "vocab_size": tok.vocab_size}
+                "add_special_tokens": cfg.add_special_tokens, "eod_id": tok.eod_id, "vocab_size": tok.vocab_size,
+                "max_document_bytes": cfg.max_document_bytes}
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    digest.update(hashlib.sha256(tok.backend.to_str().encode()).digest())
+    digest.update(hashlib.sha256(tok.json.encode()).digest())
     digest.update(fingerprint_inputs(files).encode())
     return digest.hexdigest()
 
@@ -95,7 +110,8 @@ def save_tokenizer(tok: LoadedTokenizer, directory: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tok.hf.save_pretrained(str(staging))
+        for f in tok.files:
+            shutil.copyfile(f, staging / f.name)
         old = dest.with_name(f".{dest.name}.old")
         if dest.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -107,20 +123,62 @@ def save_tokenizer(tok: LoadedTokenizer, directory: str) -> None:
     log.info("tokenizer saved to %s", dest)
 
 
-class _Progress:
-    def __init__(self, interval_s: float) -> None:
-        self.start = self.last = time.monotonic()
-        self.interval_s = interval_s
+class _EngineMismatch(Exception):
+    """gigatoken passed the first check but differs on a later file's sample: restart with the reference."""
 
-    def maybe_report(self, writer: IndexedDatasetWriter, stats: ReadStats, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < self.interval_s:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        log.info("%s documents=%d tokens=%d tokens/s=%.0f MB/s=%.1f bad_records=%d",
-                 "done:" if final else "progress:", writer.documents, writer.tokens, writer.tokens / elapsed,
-                 stats.bytes_read / elapsed / 1e6, stats.bad_records)
+
+# Batches read ahead of the encoder: memory ~ READ_AHEAD x batch_bytes of text.
+READ_AHEAD = 3
+
+
+@dataclasses.dataclass
+class _Written:
+    dropped_empty: int = 0
+    choice: EngineChoice | None = None
+
+
+def _tokenize_into(writer: IndexedDatasetWriter, cfg: DataPrepConfig, tok: LoadedTokenizer, files: list[InputFile],
+                   engine: str, stats: ReadStats, progress: Progress, s3_client: Any | None) -> _Written:
+    """Read, encode and write every document; the three stages overlap (reader and writer threads)."""
+    out = _Written()
+    encoder = None
+    file_start: tuple[str, tuple[int, int], int] | None = None  # source, writer checkpoint, dropped_empty
+    pending: Future | None = None  # the previous batch's write, running while this one encodes
+    batches = read_text_batches(files, json_key=cfg.json_key, on_bad_record=cfg.on_bad_record, stats=stats,
+                                s3_client=s3_client, max_document_bytes=cfg.max_document_bytes,
+                                batch_size=cfg.batch_size, batch_bytes=cfg.batch_bytes)
+    with ThreadPoolExecutor(1, thread_name_prefix="dataprep-writer") as pool:
+        for item in prefetched(batches, READ_AHEAD):
+            if isinstance(item, DroppedFile):
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if file_start is not None and file_start[0] == item.source:
+                    writer.rollback(file_start[1])
+                    out.dropped_empty = file_start[2]
+                log.warning("dropped %s: %s", item.source, item.message)
+                continue
+            if encoder is None:
+                encoder, out.choice = choose_encoder(tok, verification_sample(item.texts, cfg.verify_bytes),
+                                                     add_special_tokens=cfg.add_special_tokens, engine=engine,
+                                                     workers=cfg.workers,
+                                                     gigatoken_cache_bytes=cfg.gigatoken_cache_bytes)
+                log.info("engine: %s (%s)", out.choice.engine, out.choice.reason)
+            elif item.first_of_file and encoder.engine is not encoder.reference:
+                problem = encoder.mismatch(verification_sample(item.texts, max(cfg.verify_bytes // 8, 1)))
+                if problem is not None:
+                    raise _EngineMismatch(f"{item.source}: {problem}")
+            batch = encoder.encode_texts(item.texts)
+            if pending is not None:
+                pending.result()
+            if item.first_of_file:
+                file_start = (item.source, writer.checkpoint(), out.dropped_empty)
+            pending = pool.submit(writer.add_batch, batch.ids, batch.lengths)
+            out.dropped_empty += batch.dropped_empty
+            progress.update(writer.documents, writer.tokens, stats.input_bytes, stats.bad_records)
+        if pending is not None:
+            pending.result()
+    return out
 
 
 def prepare(cfg: DataPrepConfig, *, s3_client: Any | None = None) -> PrepResult:
@@ -129,8 +187,15 @@ def prepare(cfg: DataPrepConfig, *, s3_client: Any | None = None) -> PrepResult:
     started = time.monotonic()
     files = resolve_inputs(cfg.inputs, s3_client=s3_client)
     tok = load_tokenizer(cfg.tokenizer, eod_token=cfg.eod_token, hf_token=os.environ.get("HF_TOKEN") or None)
-    if cfg.save_tokenizer:
-        save_tokenizer(tok, cfg.save_tokenizer)
+    prefix = cfg.dataset_prefix
+    with run_lock(prefix):
+        if cfg.save_tokenizer:
+            save_tokenizer(tok, cfg.save_tokenizer)
+        return _prepare_locked(cfg, files, tok, started, s3_client)
+
+
+def _prepare_locked(cfg: DataPrepConfig, files: list[InputFile], tok: LoadedTokenizer, started: float,
+                    s3_client: Any | None) -> PrepResult:
     prefix = cfg.dataset_prefix
     bin_path, idx_path = dataset_paths(prefix)
     fingerprint = output_fingerprint(files, tok, cfg)
@@ -139,44 +204,51 @@ def prepare(cfg: DataPrepConfig, *, s3_client: Any | None = None) -> PrepResult:
         log.info("%s is up to date (fingerprint %s): nothing to do", prefix, fingerprint[:12])
         return PrepResult(prefix, bin_path, idx_path, manifest_path(prefix), True, manifest["documents"],
                           manifest["tokens"], manifest["bad_records"], manifest["dropped_empty"],
-                          time.monotonic() - started)
+                          time.monotonic() - started, engine=manifest.get("engine", ""))
 
-    log.info("tokenizing %d input file(s) with %s (vocab %d, EOD id %d) on %d thread(s) into %s",
-             len(files), cfg.tokenizer, tok.vocab_size, tok.eod_id, cfg.workers, prefix)
+    total_bytes = sum(f.size for f in files)
+    log.info("tokenizing %d input file(s) (%d bytes) with %s (vocab %d, EOD id %d) on %d thread(s) into %s",
+             len(files), total_bytes, cfg.tokenizer, tok.vocab_size, tok.eod_id, cfg.workers, prefix)
     set_tokenizer_threads(cfg.workers)
-    encoder = BatchEncoder(tok.backend, eod_id=tok.eod_id, add_special_tokens=cfg.add_special_tokens)
-    stats = ReadStats()
-    dropped_empty = 0
-    progress = _Progress(cfg.progress_interval_s)
-    documents = read_documents(files, json_key=cfg.json_key, on_bad_record=cfg.on_bad_record, stats=stats,
-                               s3_client=s3_client)
     dtype = token_dtype(tok.vocab_size)
-    with IndexedDatasetWriter(prefix, dtype) as writer:
-        for batch in encoder.token_batches(documents, batch_size=cfg.batch_size):
-            writer.add_batch(batch.ids, batch.lengths)
-            dropped_empty += batch.dropped_empty
-            progress.maybe_report(writer, stats)
-        if writer.documents == 0:
-            raise BadRecordError(f"no usable documents in {len(files)} input file(s) "
-                                 f"({stats.bad_records} bad records, {dropped_empty} empty documents)")
-        manifest_path(prefix).unlink(missing_ok=True)
-        writer.finish()
-    progress.maybe_report(writer, stats, final=True)
+    engine = cfg.engine
+    while True:
+        stats = ReadStats()
+        progress = Progress(total_bytes, cfg.progress_interval_s)
+        try:
+            with IndexedDatasetWriter(prefix, dtype) as writer:
+                written = _tokenize_into(writer, cfg, tok, files, engine, stats, progress, s3_client)
+                if writer.documents == 0:
+                    raise BadRecordError(f"no usable documents in {len(files)} input file(s) "
+                                         f"({stats.bad_records} bad records, {written.dropped_empty} empty documents)")
+                manifest_path(prefix).unlink(missing_ok=True)
+                writer.finish()
+            break
+        except _EngineMismatch as err:
+            if engine == "gigatoken":
+                raise EngineError(f"--engine gigatoken: it differs from the reference on {err}") from err
+            log.warning("gigatoken differs from the reference on %s: starting again with the tokenizers engine", err)
+            engine = "tokenizers"
+    progress.done(writer.documents, writer.tokens, stats.input_bytes, stats.bad_records)
     for problem in stats.problems:
         log.warning("skipped bad record: %s", problem)
     if stats.bad_records > len(stats.problems):
         log.warning("... and %d more bad records", stats.bad_records - len(stats.problems))
 
+    choice = written.choice
+    assert choice is not None  # writer.documents > 0: at least one batch was encoded
     manifest = {
         "fingerprint": fingerprint, "format": OUTPUT_FORMAT_VERSION, "dataset_prefix": prefix,
         "files": {bin_path.name: bin_path.stat().st_size, idx_path.name: idx_path.stat().st_size},
         "documents": writer.documents, "tokens": writer.tokens, "dtype": dtype.name, "eod_id": tok.eod_id,
         "vocab_size": tok.vocab_size, "tokenizer": cfg.tokenizer, "json_key": cfg.json_key,
         "add_special_tokens": cfg.add_special_tokens, "on_bad_record": cfg.on_bad_record,
-        "bad_records": stats.bad_records, "dropped_empty": dropped_empty,
+        "bad_records": stats.bad_records, "dropped_empty": written.dropped_empty,
+        "engine": choice.engine, "engine_reason": choice.reason,
         "inputs": [dataclasses.asdict(f) for f in files],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomically(manifest_path(prefix), manifest)
     return PrepResult(prefix, bin_path, idx_path, manifest_path(prefix), False, writer.documents, writer.tokens,
-                      stats.bad_records, dropped_empty, time.monotonic() - started, tuple(stats.problems))
+                      stats.bad_records, written.dropped_empty, time.monotonic() - started, tuple(stats.problems),
+                      choice.engine)

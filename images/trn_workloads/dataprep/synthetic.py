@@ -89,3 +89,52 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     hf.save_pretrained(str(out_dir))
     return Path(out_dir)
+
+
+def train_sentencepiece_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 600) -> Path:
+    """A SentencePiece-style BPE with byte fallback (the Llama 2 layout) saved as a fast tokenizer.
+
+    As Llama 2's tokenizer.json: normalizer Prepend("▁") + Replace(" ", "▁"), no
+    pre-tokenizer, a BPE model with byte_fallback and the 256 byte tokens <0x00>..<0xFF>
+    right after <unk>=0, <s>=1, </s>=2; characters outside the vocabulary become byte tokens.
+    Merges are learned on Metaspace-split words (fast to train, never spanning a "▁").
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    learner = Tokenizer(models.BPE(unk_token="<unk>"))
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    learner.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                           limit_alphabet=60, show_progress=False))
+    spec = json.loads(learner.to_str())
+    vocab = {token: i for i, token in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
+    for token, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(token, len(vocab))
+    spec["model"].update(vocab=vocab, byte_fallback=True, fuse_unk=True)
+    spec["pre_tokenizer"] = None
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    for added in spec["added_tokens"]:
+        added["id"] = vocab[added["content"]]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    hf.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 400) -> Path:
+    """A BERT-style WordPiece tokenizer (lowercasing normalizer), EOS [SEP]: one gigatoken does not support."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
+                                                             special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[SEP]").save_pretrained(str(out_dir))
+    return Path(out_dir)

@@ -8,7 +8,8 @@ Example (the data RayJob; data_dir, seq_len and the tokenizer come from the run 
 Inputs: JSONL / JSONL.gz files, globs, directories and s3:// prefixes (read by the shared
 `trn_workloads.dataprep.documents` reader), and local Parquet files, globs and directories (a
 Hugging Face dataset's parquet files), read here with pyarrow. Tokenization is dataprep's
-batch encoder (Rust tokenizers, every document's ids + EOD); `blocks` describes the output.
+engine (gigatoken when it gives the Rust tokenizers reference's ids on a sample of the run's
+documents, else the reference; every document's ids + EOD); `blocks` describes the output.
 Same inputs, tokenizer and settings give the same blocks; a rerun whose fingerprint matches
 the finished output does nothing.
 
@@ -28,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from trn_workloads.dataprep.config import default_workers
+from trn_workloads.dataprep.config import DEFAULT_MAX_DOCUMENT_BYTES, default_workers
 from trn_workloads.dataprep.documents import (BAD_RECORD_POLICIES, BadRecordError, InputError, InputFile, ReadStats,
-                                              fingerprint_inputs, read_documents, resolve_inputs)
+                                              fingerprint_inputs, local_input, read_documents, resolve_inputs)
 from trn_workloads.dataprep.indexed import token_dtype
 from trn_workloads.dataprep.pipeline import save_tokenizer
-from trn_workloads.dataprep.tokenization import BatchEncoder, load_tokenizer, set_tokenizer_threads
+from trn_workloads.dataprep.tokenization import (ENGINES, EngineChoice, EngineError, checked_token_batches,
+                                                 load_tokenizer, set_tokenizer_threads)
 from trn_workloads.ray_train.blocks import (FORMAT_VERSION, BlockFormatError, BlockPacker, BlockWriter, read_index)
 from trn_workloads.ray_train.config import ConfigError, load_config
 
@@ -54,6 +56,7 @@ class BlockPrepConfig:
     batch_size: int = 1000  # documents per encode_batch call
     on_bad_record: str = "fail"  # "fail" | "skip"
     add_special_tokens: bool = False  # True adds e.g. Llama's BOS to every document
+    engine: str = "auto"  # as dataprep's --engine: "auto" | "gigatoken" | "tokenizers"
     save_tokenizer: str | None = None  # also save the tokenizer here, next to the data
     force: bool = False  # rebuild even when the output is up to date
 
@@ -74,6 +77,7 @@ class BlockPrepConfig:
         require(self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}")
         require(self.on_bad_record in BAD_RECORD_POLICIES, "--on-bad-record",
                 f"must be one of {', '.join(BAD_RECORD_POLICIES)}, got {self.on_bad_record!r}")
+        require(self.engine in ENGINES, "--engine", f"must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         return self
 
 
@@ -113,7 +117,7 @@ def _parquet_inputs(spec: str) -> list[InputFile]:
         names = [path]
     else:
         raise InputError(f"input {spec!r}: no such file")
-    return [InputFile(str(p.resolve()), p.stat().st_size) for p in names]
+    return [local_input(p) for p in names]
 
 
 def resolve_sources(specs: Iterable[str], *, s3_client: Any | None = None) -> list[InputFile]:
@@ -158,7 +162,7 @@ def read_texts(files: list[InputFile], *, text_key: str, on_bad_record: str, sta
             yield from _parquet_texts(f, text_key, on_bad_record, stats)
         else:
             for doc in read_documents([f], json_key=text_key, on_bad_record=on_bad_record, stats=stats,
-                                      s3_client=s3_client):
+                                      s3_client=s3_client, max_document_bytes=DEFAULT_MAX_DOCUMENT_BYTES):
                 yield doc.text
 
 
@@ -192,7 +196,7 @@ def prepare_blocks(cfg: BlockPrepConfig, *, s3_client: Any | None = None) -> Blo
         save_tokenizer(tok, cfg.save_tokenizer)
     settings = {"seq_len": cfg.seq_len, "text_key": cfg.text_key, "on_bad_record": cfg.on_bad_record,
                 "add_special_tokens": cfg.add_special_tokens, "eod_id": tok.eod_id, "vocab_size": tok.vocab_size}
-    fingerprint = blocks_fingerprint(files, tok.backend.to_str(), settings)
+    fingerprint = blocks_fingerprint(files, tok.json, settings)
     done = None if cfg.force else _up_to_date(cfg.data_dir, fingerprint)
     if done is not None:
         log.info("%s is up to date (fingerprint %s): nothing to do", cfg.data_dir, fingerprint[:12])
@@ -202,13 +206,15 @@ def prepare_blocks(cfg: BlockPrepConfig, *, s3_client: Any | None = None) -> Blo
     log.info("tokenizing %d input file(s) with %s (vocab %d, EOD id %d) into blocks of %d tokens in %s",
              len(files), cfg.tokenizer, tok.vocab_size, tok.eod_id, cfg.seq_len + 1, cfg.data_dir)
     set_tokenizer_threads(cfg.workers)
-    encoder = BatchEncoder(tok.backend, eod_id=tok.eod_id, add_special_tokens=cfg.add_special_tokens)
     stats = ReadStats()
+    choices: list[EngineChoice] = []
     packer = BlockPacker(cfg.seq_len + 1)
     texts = read_texts(files, text_key=cfg.text_key, on_bad_record=cfg.on_bad_record, stats=stats,
                        s3_client=s3_client)
     with BlockWriter(cfg.data_dir, cfg.seq_len + 1, token_dtype(tok.vocab_size)) as writer:
-        for batch in encoder.token_batches(texts, batch_size=cfg.batch_size):
+        for batch in checked_token_batches(tok, texts, batch_size=cfg.batch_size, engine=cfg.engine,
+                                           add_special_tokens=cfg.add_special_tokens, workers=cfg.workers,
+                                           choices=choices):
             writer.add(packer.add(batch.ids))
         if writer.n_blocks == 0:
             raise BadRecordError(f"{stats.documents} document(s) in {len(files)} input file(s) give "
@@ -217,7 +223,7 @@ def prepare_blocks(cfg: BlockPrepConfig, *, s3_client: Any | None = None) -> Blo
         writer.finish({"seq_len": cfg.seq_len, "vocab_size": tok.vocab_size, "eod_id": tok.eod_id,
                        "tokenizer": cfg.tokenizer, "fingerprint": fingerprint, "tokens": tokens,
                        "dropped_tail_tokens": packer.leftover, "documents": stats.documents,
-                       "bad_records": stats.bad_records, "settings": settings,
+                       "bad_records": stats.bad_records, "settings": settings, "engine": choices[0].engine,
                        "inputs": [dataclasses.asdict(f) for f in files],
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     for problem in stats.problems:
@@ -253,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="documents per encode_batch call")
     p.add_argument("--on-bad-record", choices=BAD_RECORD_POLICIES, default="fail")
     p.add_argument("--add-special-tokens", action="store_true", help="add e.g. BOS to every document")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="tokenization engine, as for trn_workloads.dataprep (default auto: gigatoken when it "
+                        "matches the reference on a sample of the documents)")
     p.add_argument("--force", action="store_true", help="rebuild even when the output is up to date")
     p.add_argument("--ray-cpus", type=int, default=0, metavar="N",
                    help="run as a Ray task with N CPUs on the cluster (default 0: in this process)")
@@ -268,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                               data_dir=run.data_dir, seq_len=run.seq_len, text_key=args.text_key,
                               workers=args.workers or default_workers(), batch_size=args.batch_size,
                               on_bad_record=args.on_bad_record, add_special_tokens=args.add_special_tokens,
-                              save_tokenizer=args.save_tokenizer, force=args.force).validate()
+                              engine=args.engine, save_tokenizer=args.save_tokenizer, force=args.force).validate()
         if args.ray_cpus < 0:
             raise ConfigError(f"--ray-cpus: must be >= 0, got {args.ray_cpus}")
         result = prepare_blocks_on_ray(cfg, args.ray_cpus) if args.ray_cpus else prepare_blocks(cfg)
-    except (ConfigError, InputError, BadRecordError, ValueError) as err:
+    except (ConfigError, InputError, BadRecordError, EngineError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(dataclasses.asdict(result)))

@@ -1,6 +1,6 @@
 """Sweep: remove what a failed or interrupted `pulumi destroy` left behind for ONE cluster.
 
-    python -m infra.sweep <stack> [--project-dir .] [--yes]
+    trnctl sweep <stack> [--project-dir .] [--yes]
 
 Controllers running inside the cluster create AWS resources that Pulumi never knew about:
 Karpenter's instances and launch templates, the VPC CNI's network interfaces, the load
@@ -30,16 +30,16 @@ aws:eks:cluster-name) are left to EKS.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from infra import aws_ops
-from infra.config import ConfigError, load_stack_file
+from trnctl import aws_ops, exitcodes
+from infra.config import load_stack_file
+from stackfiles import ConfigError
 
 KARPENTER_NODEPOOL_TAG = "karpenter.sh/nodepool"
 EKS_MANAGED_TAG = "aws:eks:cluster-name"  # EKS's own groups and interfaces: deleted with the cluster
@@ -441,20 +441,26 @@ def _cluster_still_exists(eks: Any, cluster: str) -> str | None:
         return None
 
 
-def main(argv: list[str] | None = None, timing: Timing = Timing()) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.sweep", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--yes", action="store_true", help="delete what is listed (default: list only)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, timing: Timing = Timing()) -> int:
     try:
         cfg = load_stack_file(args.project_dir, args.stack)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-
+        return exitcodes.bad_input(err)
     clients = Clients.for_region(cfg.region, read_only=not args.yes)
-    account = clients.sts.get_caller_identity()["Account"]
+    try:
+        account = clients.sts.get_caller_identity()["Account"]
+    except (ClientError, BotoCoreError) as err:
+        # The credentials row and fix exactly as preflight prints them.
+        from trnctl import preflight
+        print(f"sweep for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}\n")
+        print(preflight.render(preflight.identity_findings(None, cfg.region, None, aws_ops.describe_error(err))))
+        return exitcodes.FINDINGS
     print(f"sweep for stack {args.stack}: cluster {cfg.cluster_name}, account {account}, {cfg.region}")
     status = _cluster_still_exists(clients.eks, cfg.cluster_name)
     if status:
@@ -463,21 +469,24 @@ def main(argv: list[str] | None = None, timing: Timing = Timing()) -> int:
     plan = find_leftovers(clients, cfg.cluster_name)
     if plan.empty:
         print("nothing left behind for this cluster")
-        return 0
+        return exitcodes.OK
     print(render_plan(plan))
     if not args.yes:
         print(f"\ndry run: {len(plan.leftovers())} resources listed, nothing deleted; rerun with --yes to delete them")
-        return 0
+        return exitcodes.OK  # listing is what a dry run is for; only leftovers a deletion could not remove are findings
 
     outcomes = delete_leftovers(clients, plan, timing)
     print("\n" + render_outcomes(outcomes))
     remaining = find_leftovers(clients, cfg.cluster_name)
     if remaining.empty:
         print("\nswept: nothing left behind for this cluster")
-        return 0
+        return exitcodes.OK
     print("\nstill present (rerun the sweep later, or see the errors above):\n" + render_plan(remaining))
-    return 1
+    return exitcodes.FINDINGS
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def main(argv: list[str] | None = None, timing: Timing = Timing()) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl sweep", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv), timing)

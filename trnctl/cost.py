@@ -7,9 +7,11 @@ Always-on items are the hourly charges that run whether or not anyone trains: th
 control plane, the system node group, NAT gateways (and their public IPv4 addresses),
 VPC interface endpoints (one ENI per endpoint per AZ), FSx for Lustre storage. Karpenter
 pools have no minimum size, so their idle cost is zero; each pool is listed with its
-per-node price and the price at its `maxNodes` limit. Prices come from
-infra/data/prices.json (region, date, source inside); usage charges (data processed,
-transfer, S3, logs) are not estimated.
+per-node price and the price at its `maxNodes` limit. A pool that launches only from
+Capacity Blocks for ML is priced at the block rate: blocks are paid up front for their whole
+duration, whether nodes run or not (`capacity_block_cost` prices one block; preflight prints
+it for each configured block). Prices come from infra/data/prices.json (region, date, source
+inside); usage charges (data processed, transfer, S3, logs) are not estimated.
 """
 from __future__ import annotations
 
@@ -43,13 +45,23 @@ class Prices:
     public_ipv4: float
     interface_endpoint_per_az: float
     ebs_gp3_gb_month: float
+    cloudwatch_metrics_per_1000: float
     fsx_gb_month: dict[str, dict[str, float]]
+    capacity_block_per_hour: dict[str, float] = field(default_factory=dict)
+    capacity_block_as_of: str = ""
 
     def instance(self, instance_type: str) -> float:
         if instance_type not in self.ec2_per_hour:
             raise PriceError(f"{PRICES_FILE}: no on-demand price for {instance_type} in {self.region}; "
                              f"priced types: {', '.join(sorted(self.ec2_per_hour))}")
         return self.ec2_per_hour[instance_type]
+
+    def capacity_block(self, instance_type: str) -> float:
+        """Effective hourly rate of one instance in a Capacity Block for ML."""
+        if instance_type not in self.capacity_block_per_hour:
+            raise PriceError(f"{PRICES_FILE}: no Capacity Block price for {instance_type} in {self.region}; "
+                             f"priced types: {', '.join(sorted(self.capacity_block_per_hour)) or 'none'}")
+        return self.capacity_block_per_hour[instance_type]
 
     def fsx(self, deployment_type: str, throughput: int) -> float:
         tiers = self.fsx_gb_month.get(deployment_type)
@@ -78,7 +90,9 @@ def load_prices(region: str) -> Prices:
                   ec2_per_hour=r["ec2OnDemandPerHour"], eks_control_plane=r["eksControlPlanePerHour"],
                   nat_gateway=r["natGatewayPerHour"], public_ipv4=r["publicIpv4PerHour"],
                   interface_endpoint_per_az=r["vpcInterfaceEndpointPerAzHour"], ebs_gp3_gb_month=r["ebsGp3PerGbMonth"],
-                  fsx_gb_month=r["fsxLustrePerGbMonth"])
+                  cloudwatch_metrics_per_1000=r["cloudwatchGetMetricDataPer1000Metrics"],
+                  fsx_gb_month=r["fsxLustrePerGbMonth"], capacity_block_per_hour=r.get("capacityBlockPerHour", {}),
+                  capacity_block_as_of=r.get("capacityBlockNotes", {}).get("asOf", ""))
 
 
 # --------------------------------------------------------------------------- report
@@ -105,6 +119,7 @@ class PoolCost:
     max_nodes: int
     accelerator: bool
     idle_nodes: int = 0  # Karpenter pools have no minimum: nothing runs without pods
+    capacity_block: bool = False  # priced at the Capacity Block rate (prepaid per block)
 
     @property
     def at_limit_hour(self) -> float:
@@ -151,7 +166,8 @@ class CostReport:
         lines.append("  node pools (scale to zero)        largest type     $/node-h  max  $/h at limit  $/h idle")
         for p in self.pools:
             lines.append(f"    {p.name:<30} {p.instance_type:<16} {p.per_node_hour:>8.3f} {p.max_nodes:>4} "
-                         f"{p.at_limit_hour:>13.2f} {p.idle_hour:>9.2f}")
+                         f"{p.at_limit_hour:>13.2f} {p.idle_hour:>9.2f}"
+                         + ("  (Capacity Block rate: paid up front for the whole block)" if p.capacity_block else ""))
         lines.append(f"  idle accelerators: ${self.idle_accelerator_per_hour:.2f}/h; every pool at its limit: "
                      f"${self.all_pools_at_limit_hour:,.2f}/h on top of the always-on total")
         return "\n".join(lines)
@@ -192,10 +208,39 @@ def estimate_platform(cfg: PlatformConfig, prices: Prices | None = None) -> Cost
                  prices.fsx(cfg.fsx.deployment_type, cfg.fsx.per_unit_storage_throughput) / hpm,
                  f"{cfg.fsx.per_unit_storage_throughput} MB/s/TiB"),
     ]
+    if cfg.monitoring.enabled:
+        report.always_on += monitoring_items(cfg, prices)
     for pool in cfg.node_pools:
         big = pool.largest_instance
-        report.pools.append(PoolCost(pool.name, big.name, prices.instance(big.name), pool.max_nodes, pool.is_accelerator))
+        block_only = set(pool.capacity_types) == {"capacity-block"}
+        rate = prices.capacity_block(big.name) if block_only else prices.instance(big.name)
+        report.pools.append(PoolCost(pool.name, big.name, rate, pool.max_nodes, pool.is_accelerator,
+                                     capacity_block=block_only))
     return report
+
+
+def capacity_block_cost(instance_type: str, instances: int, hours: float, region: str) -> float:
+    """What one Capacity Block costs: instances x hours at the block rate of the price file."""
+    if instances < 0 or hours < 0:
+        raise ValueError(f"instances and hours must be >= 0, got {instances} and {hours}")
+    return instances * hours * load_prices(region).capacity_block(instance_type)
+
+
+def monitoring_items(cfg: PlatformConfig, prices: Prices) -> list[LineItem]:
+    """The monitoring stack's own always-on cost: its gp3 volumes and the CloudWatch exporter's
+    GetMetricData calls. Its pods' requests run on the system nodes already counted above."""
+    from infra.monitoring import values as monitoring  # the volumes and requests the stack sets
+
+    volumes = monitoring.volume_gib(cfg.monitoring)
+    cpu, memory = monitoring.system_requests(cfg.system_nodes.desired_size)
+    metrics_per_hour = len(monitoring.FSX_CLOUDWATCH_METRICS) * 3600 / monitoring.CLOUDWATCH_PERIOD_SECONDS
+    return [
+        LineItem("monitoring volumes gp3", sum(volumes.values()), "GiB", prices.ebs_gp3_gb_month / prices.hours_per_month,
+                 ", ".join(f"{k} {v}" for k, v in volumes.items()) + f"; requests {cpu:.2f} vCPU / {memory:.1f} GiB "
+                 "on the system nodes"),
+        LineItem("CloudWatch GetMetricData (FSx)", metrics_per_hour / 1000, "1k metrics", prices.cloudwatch_metrics_per_1000,
+                 f"{len(monitoring.FSX_CLOUDWATCH_METRICS)} metrics every {monitoring.CLOUDWATCH_PERIOD_SECONDS}s"),
+    ]
 
 
 def estimate_workload(instance_type: str, nodes: int, region: str) -> float:
@@ -290,3 +335,32 @@ def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
         groups += [(int(g.get("replicas", 1)), g["template"]["spec"]) for g in cluster.get("workerGroupSpecs") or []]
         return groups
     return []
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("stack", help="a platform stack (always-on and per-pool $/h) or a workload stack "
+                                      "(the accelerators it holds while running)")
+    parser.add_argument("--project-dir", type=Path, default=None,
+                        help="'.' (platform) or 'workloads'; found from the stack name by default")
+
+
+def run(args) -> int:
+    """Platform stacks are priced from their config alone; a workload stack is rendered
+    first, since what it costs is what its pods request."""
+    from infra import config
+    from stackfiles import ConfigError
+    from trnctl import exitcodes, render
+
+    try:
+        project_dir = args.project_dir or render.find_project_dir(args.stack)
+        if (Path(project_dir) / "Pulumi.yaml").exists() and render.read_project(project_dir)["name"] == config.PROJECT:
+            print(estimate_platform(config.load_stack_file(project_dir, args.stack)).format())
+            return exitcodes.OK
+        result = render.run_program(Path(project_dir), args.stack)
+    except (ConfigError, render.RenderError) as exc:
+        return exitcodes.bad_input(exc)
+    print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
+    return exitcodes.OK

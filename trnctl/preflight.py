@@ -1,17 +1,24 @@
 """Preflight: catch, before `pulumi up`, what would otherwise fail late or leave pools empty.
 
-    python -m infra.preflight <stack> [--project-dir .] [--workloads-dir workloads]
+    trnctl preflight <stack> [--project-dir .] [--workloads-dir workloads]
 
 With the caller's AWS credentials (boto3 default chain; AWS_ENDPOINT_URL honoured) it
 checks, for the platform stack `<stack>` and every workload stack in `--workloads-dir`
 whose `platformStack` points at it:
 
   credentials and region   STS GetCallerIdentity, EC2 DescribeRegions
+  api endpoint             this machine's public IP (https://checkip.amazonaws.com) inside
+                           endpoint.publicAccessCidrs, or a warning for a private-only endpoint
   availability zones       EC2 DescribeInstanceTypeOfferings by AZ ID, per node pool, with
                            the same AZ choice as the program (`infra.network.choose_az_ids`)
   vCPU quotas              Service Quotas GetServiceQuota for the Trn/Inf (and Standard)
                            On-Demand and Spot quotas against the pools' Karpenter limits
   capacity reservations    EC2 DescribeCapacityReservations: exists, active, type, AZ
+  Neuron capacity          EC2 DescribeInstanceTypes: each accelerator type reports NeuronInfo
+                           (Karpenter sizes aws.amazon.com/neuron from it)
+  Capacity Blocks          the same call for each capacityBlockIds entry: a Capacity Block,
+                           started and not ended (dates printed), instance type, AZ, its
+                           prepaid cost at the price file's block rate
   workload images          ECR DescribeImages: the repository and the tag/digest exist
   Hugging Face token       set as a secret where the workload downloads from the Hub
 
@@ -24,16 +31,20 @@ functions are the only ones that talk to AWS; `run_preflight` strings them toget
 from __future__ import annotations
 
 import argparse
-import sys
+import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra import aws_ops, catalog, network
-from infra.config import ConfigError, NodePoolConfig, PlatformConfig, load_stack_file, raw_from_bag, read_stack_bag
+from trnctl import exitcodes
+from infra import catalog, network
+from trnctl import aws_ops, cost
+from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -58,7 +69,13 @@ QUOTA_CODES: dict[tuple[str, str], tuple[str, str]] = {
     ("Standard", "on-demand"): ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
     ("Standard", "spot"): ("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
 }
-QUOTA_GROUP = {"trn1": "Trn", "trn1n": "Trn", "inf2": "Inf", "cpu": "Standard"}
+QUOTA_GROUP = {"trn1": "Trn", "trn1n": "Trn", "trn2": "Trn", "trn3": "Trn", "inf2": "Inf", "cpu": "Standard"}
+# Capacity types that launch into reservations, not against the On-Demand/Spot vCPU quotas.
+RESERVATION_CAPACITY_TYPES = ("reserved", "capacity-block")
+# A block ending this soon still passes, with a warning: EC2 starts terminating its instances
+# 30 min (60 for UltraServers) before the end, Karpenter drains them 10 min before that
+# (karpenter-provider-aws v1.14 website/content/en/v1.14/tasks/odcrs.md, "Capacity Blocks").
+BLOCK_ENDING_SOON = timedelta(hours=24)
 # A short Standard quota slows CPU pools down but leaves the accelerators usable: warn only.
 BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
 
@@ -90,6 +107,51 @@ def identity_findings(identity: dict | None, region: str, region_info: dict | No
     else:
         out.append(Finding("region", PASS, region))
     return out
+
+
+# --------------------------------------------------------------------------- pure: API endpoint reachability
+
+# The documentation range the example stack files use (RFC 5737 TEST-NET-3): nobody's real address.
+EXAMPLE_CIDR = "203.0.113.0/24"
+CHECKIP_URL = "https://checkip.amazonaws.com"  # AWS's own "what is my IP" service
+
+
+def endpoint_finding(cfg: PlatformConfig, caller_ip: str | None, error: str | None = None) -> Finding:
+    """Can this machine reach the cluster's API endpoint once it exists? `pulumi up` itself
+    needs it (Helm releases, manifests), so does kubectl. `caller_ip` is this machine's public
+    IP as AWS sees it, or None with `error` when the lookup failed."""
+    ep, check = cfg.endpoint, "api endpoint"
+    fix_key = f"endpoint.publicAccessCidrs in Pulumi.{cfg.stack}.yaml"
+    if not ep.public_access:
+        return Finding(check, WARN, "the API endpoint is private only: `pulumi up` (Helm releases, manifests) and "
+                                    "kubectl must run from a network that reaches the VPC",
+                       "run pulumi from inside the VPC (VPN, Direct Connect, a bastion), or set endpoint.publicAccess: "
+                       f"true with your egress CIDR in {fix_key}")
+    if caller_ip is None:
+        return Finding(check, WARN, f"this machine's public IP could not be determined ({error}); allowed: "
+                                    f"{', '.join(ep.public_access_cidrs)}",
+                       f"compare `curl {CHECKIP_URL}` with {fix_key}")
+    ip = ipaddress.ip_address(caller_ip)
+    allowed = [c for c in ep.public_access_cidrs if ip in ipaddress.ip_network(c, strict=False)]
+    if allowed:
+        return Finding(check, PASS, f"this machine ({ip}) is inside {', '.join(allowed)}")
+    placeholder = (f" ({EXAMPLE_CIDR} is the example range of the stack file, not a real network)"
+                   if EXAMPLE_CIDR in ep.public_access_cidrs else "")
+    return Finding(check, FAIL, f"this machine ({ip}) is outside endpoint.publicAccessCidrs "
+                                f"{', '.join(ep.public_access_cidrs)}{placeholder}: `pulumi up` would time out "
+                                "talking to the cluster",
+                   f"add {ip}/32 (or your office/VPN egress range) to {fix_key}, e.g. `pulumi config set --path "
+                   f"'endpoint.publicAccessCidrs[0]' {ip}/32 -s {cfg.stack}`; or run from inside the allowed range")
+
+
+def lookup_public_ip(url: str = CHECKIP_URL, timeout: float = 5.0) -> str:
+    """This machine's public IP as seen from AWS (checkip answers with the bare address)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL or a test server)
+        text = resp.read(64).decode().strip()
+    ipaddress.ip_address(text)  # refuse anything that is not an address
+    return text
 
 
 # --------------------------------------------------------------------------- pure: AZ offerings
@@ -158,7 +220,7 @@ def quota_needs(cfg: PlatformConfig) -> dict[tuple[str, str], list[tuple[str, in
     needs: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     for pool in cfg.node_pools:
         for capacity in pool.capacity_types:
-            if capacity != "reserved":
+            if capacity not in RESERVATION_CAPACITY_TYPES:
                 needs[(QUOTA_GROUP[pool.family], capacity)].append((pool.name, int(pool.limits["cpu"])))
     system_vcpu = max(catalog.instance_type(t).vcpu for t in cfg.system_nodes.instance_types)
     needs[("Standard", "on-demand")].append(("system nodes", system_vcpu * cfg.system_nodes.max_size))
@@ -234,10 +296,134 @@ def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, 
         problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
                         f"{', '.join(pool_zones) or 'none'}")
         fixes.append(f"add {az_id} to network.availabilityZoneIds")
+    if kind == "Capacity Block":
+        fixes.append(f"list it under nodePools ({pool.name}).capacityBlockIds (capacity type capacity-block) "
+                     f"to have its dates and cost checked")
     summary = (f"{kind} {state}, {itype} x{res.get('TotalInstanceCount', '?')} "
                f"({res.get('AvailableInstanceCount', '?')} free) in {az_id}")
     if res.get("EndDate"):
         summary += f", ends {res['EndDate']}"
+    return Finding(check, status, "; ".join([summary] + problems), "; ".join(fixes))
+
+
+# --------------------------------------------------------------------------- pure: Neuron capacity
+
+
+def neuron_capacity_findings(cfg: PlatformConfig, neuron_info: dict[str, dict | None]) -> list[Finding]:
+    """`neuron_info` maps each accelerator type to its DescribeInstanceTypes NeuronInfo (None:
+    absent). Karpenter computes a type's aws.amazon.com/neuron and neuroncore capacity from it
+    (karpenter-provider-aws v1.14.1 pkg/providers/instancetype/types.go, awsNeuronDevices):
+    without it no pod asking for Neuron devices makes Karpenter launch that type."""
+    out = []
+    for pool in cfg.accelerator_pools:
+        described = [t for t in pool.instance_types if t in neuron_info]
+        missing = [t for t in described if not neuron_info[t]]
+        check = f"neuron capacity: {pool.name}"
+        if not described:
+            out.append(Finding(check, WARN, f"EC2 could not describe {', '.join(pool.instance_types)} in {cfg.region}",
+                               "see the offerings row of this pool"))
+            continue
+        if not missing:
+            devices = {t: sum(d.get("Count", 0) for d in neuron_info[t].get("NeuronDevices", [])) for t in described}
+            out.append(Finding(check, PASS, "; ".join(f"{t}: {n} Neuron devices" for t, n in devices.items())))
+            continue
+        status = FAIL if len(missing) == len(described) else WARN
+        out.append(Finding(check, status, f"EC2 reports no NeuronInfo for {', '.join(missing)}: Karpenter sees no "
+                                          f"aws.amazon.com/neuron on them and will not launch them for Neuron pods",
+                           f"remove {', '.join(missing)} from nodePools ({pool.name}).instanceTypes, or ask AWS "
+                           f"support whether the type is fully enabled for this account"))
+    return out
+
+
+# --------------------------------------------------------------------------- pure: Capacity Blocks
+
+
+def _when(value: Any) -> datetime | None:
+    """A DescribeCapacityReservations date: a datetime from boto3, an ISO 8601 text in recordings."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _date_text(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if value else "?"
+
+
+def capacity_block_findings(cfg: PlatformConfig, reservations: dict[str, dict | None], offerings: dict[str, set[str]],
+                            chosen: list[str], zone_ids_by_name: dict[str, str], now: datetime) -> list[Finding]:
+    """One finding per `capacityBlockIds` entry; `reservations` maps each id to its
+    DescribeCapacityReservations entry (None: not found). A block that has not started or
+    has ended blocks `pulumi up`: its pool could launch nothing."""
+    out = []
+    for i, pool in enumerate(cfg.node_pools):
+        pool_zones = network.pool_zone_ids(pool, offerings, chosen)
+        for j, rid in enumerate(pool.capacity_block_ids):
+            key = f"nodePools[{i}] ({pool.name}).capacityBlockIds[{j}]"
+            res = reservations.get(rid)
+            if res is None:
+                out.append(Finding(f"capacity block: {rid}", FAIL,
+                                   f"{key}: {rid} not found in {cfg.region} for this account",
+                                   f"check the id and region (`aws ec2 describe-capacity-reservations "
+                                   f"--capacity-reservation-ids {rid} --region {cfg.region}`) or remove it from {key}"))
+                continue
+            out.append(_capacity_block_finding(rid, key, pool, res, pool_zones, zone_ids_by_name, now, cfg.region))
+    return out
+
+
+def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict, pool_zones: list[str],
+                            zone_ids_by_name: dict[str, str], now: datetime, region: str) -> Finding:
+    check = f"capacity block: {rid}"
+    if res.get("ReservationType") != "capacity-block":
+        return Finding(check, FAIL, f"{key}: {rid} is a {res.get('ReservationType', 'default')} capacity reservation, "
+                                    f"not a Capacity Block",
+                       f"move it to nodePools ({pool.name}).capacityReservationIds with capacity type 'reserved'")
+    state, itype = res.get("State", "?"), res.get("InstanceType", "?")
+    start, end = _when(res.get("StartDate")), _when(res.get("EndDate"))
+    az_id = res.get("AvailabilityZoneId") or zone_ids_by_name.get(res.get("AvailabilityZone", ""), "?")
+    dates = f"{_date_text(start)} to {_date_text(end)}"
+    problems, fixes, status = [], [], PASS
+    if start and now < start:
+        status = FAIL
+        problems.append(f"not started: it runs {dates} (state {state!r})")
+        fixes.append(f"run `pulumi up` from {_date_text(start)}, or remove it from {key} until then")
+    elif end and now >= end:
+        status = FAIL
+        problems.append(f"ended: it ran {dates} (state {state!r})")
+        fixes.append(f"buy a new block (`aws ec2 describe-capacity-block-offerings --instance-type {itype}`) "
+                     f"and replace {rid} in {key}")
+    elif state != "active":
+        status = FAIL
+        problems.append(f"state is {state!r}, not 'active' ({dates})")
+        fixes.append(f"check the block's payment and state, or remove it from {key}")
+    elif end and end - now < BLOCK_ENDING_SOON:
+        status = WARN
+        problems.append(f"ends {_date_text(end)}: EC2 terminates its instances from 30 minutes before the end "
+                        f"(60 for UltraServers), Karpenter drains them 10 minutes earlier")
+        fixes.append("checkpoint before then, or buy an extension")
+    if itype not in pool.instance_types:
+        status = FAIL
+        problems.append(f"it is for {itype}; the pool launches {', '.join(pool.instance_types)}")
+        fixes.append(f"use a block of {'/'.join(pool.instance_types)} or add {itype} to "
+                     f"nodePools ({pool.name}).instanceTypes")
+    if az_id not in pool_zones:
+        status = FAIL
+        problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
+                        f"{', '.join(pool_zones) or 'none'}")
+        fixes.append(f"add {az_id} to network.availabilityZoneIds")
+    count = res.get("TotalInstanceCount", 0)
+    if status == PASS and count > pool.max_nodes:
+        status = WARN
+        problems.append(f"the pool's maxNodes {pool.max_nodes} leaves {count - pool.max_nodes} of its {count} "
+                        f"prepaid instances unused")
+        fixes.append(f"set nodePools ({pool.name}).maxNodes to at least {count}")
+    summary = f"Capacity Block {state}, {itype} x{count} in {az_id}, {dates}"
+    if start and end:
+        hours = (end - start).total_seconds() / 3600
+        try:
+            summary += (f", prepaid ${cost.capacity_block_cost(itype, count, hours, region):,.0f} "
+                        f"({count} x {hours:g} h at the block rate of {cost.PRICES_FILE.name})")
+        except cost.PriceError as err:
+            summary += f" (not priced: {err})"
     return Finding(check, status, "; ".join([summary] + problems), "; ".join(fixes))
 
 
@@ -387,13 +573,30 @@ class Clients:
     ec2: Any
     quotas: Any
     ecr: Any
+    # This machine's public IP (the endpoint check); None: not looked up, the check says so.
+    public_ip: Callable[[], str] | None = None
 
     @classmethod
-    def for_region(cls, region: str, log: list[str] | None = None) -> "Clients":
-        """Read-only clients: any non Describe/Get/List call raises before it is sent."""
+    def for_region(cls, region: str, log: list[str] | None = None,
+                   public_ip: Callable[[], str] | None = lookup_public_ip) -> "Clients":
+        """Read-only clients: any non Describe/Get/List call raises before it is sent. The IP
+        lookup defaults to AWS's checkip service; tests pass their own."""
         sess = aws_ops.session(region)
         make = lambda service: aws_ops.guard_read_only(aws_ops.client(sess, service), log)  # noqa: E731
-        return cls(sts=make("sts"), ec2=make("ec2"), quotas=make("service-quotas"), ecr=make("ecr"))
+        return cls(sts=make("sts"), ec2=make("ec2"), quotas=make("service-quotas"), ecr=make("ecr"),
+                   public_ip=public_ip)
+
+
+def fetch_endpoint_finding(cfg: PlatformConfig, public_ip: Callable[[], str] | None) -> Finding:
+    """The endpoint row: looks the IP up only when the endpoint is public."""
+    if not cfg.endpoint.public_access:
+        return endpoint_finding(cfg, None)
+    if public_ip is None:
+        return endpoint_finding(cfg, None, "no IP lookup configured")
+    try:
+        return endpoint_finding(cfg, public_ip())
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors; ValueError: not an address
+        return endpoint_finding(cfg, None, f"{type(err).__name__}: {err}")
 
 
 def fetch_identity(clients: Clients, region: str) -> tuple[dict | None, dict | None, str | None]:
@@ -443,6 +646,23 @@ def fetch_quotas(quotas: Any, codes: list[str]) -> dict[str, float | str]:
     return out
 
 
+def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
+    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes. A type the region
+    does not know fails a batched call: then each type is asked alone, and one EC2 cannot
+    describe is left out (the offerings rows report it)."""
+    types = sorted(set(instance_types))
+    try:
+        items = list(aws_ops.paginate(ec2, "describe_instance_types", "InstanceTypes", InstanceTypes=types))
+    except ClientError:
+        items = []
+        for t in types:
+            try:
+                items += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
+            except ClientError:
+                continue
+    return {item["InstanceType"]: item.get("NeuronInfo") for item in items}
+
+
 def fetch_reservations(ec2: Any, ids: list[str]) -> dict[str, dict | None]:
     """DescribeCapacityReservations per id (one unknown id fails a batched call); None when absent."""
     out: dict[str, dict | None] = {}
@@ -476,16 +696,23 @@ def fetch_image(ecr: Any, repository_name: str, image: ImageRef) -> tuple[str, s
     return "found", f"pushed {pushed:%Y-%m-%d %H:%M}" if pushed else ""
 
 
-def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[WorkloadRequirements] = ()) -> list[Finding]:
+def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[WorkloadRequirements] = (),
+                  now: datetime | None = None) -> list[Finding]:
+    """`now` (UTC) is when Capacity Block dates are judged; the current time unless given."""
     identity, region_info, error = fetch_identity(clients, cfg.region)
     findings = identity_findings(identity, cfg.region, region_info, error)
     if has_blocking(findings):
         return findings  # every later check needs working credentials in a usable region
+    findings.append(fetch_endpoint_finding(cfg, clients.public_ip))
 
     zone_ids_by_name = fetch_zones(clients.ec2)
     offerings = fetch_offerings(clients.ec2, [t for p in cfg.node_pools for t in p.instance_types])
     offer, chosen = offering_findings(cfg, offerings, set(zone_ids_by_name.values()))
     findings += offer
+
+    accelerator_types = [t for p in cfg.accelerator_pools for t in p.instance_types]
+    if accelerator_types:
+        findings += neuron_capacity_findings(cfg, fetch_neuron_info(clients.ec2, accelerator_types))
 
     needs = quota_needs(cfg)
     codes = sorted({QUOTA_CODES[k][0] for k in needs})
@@ -495,6 +722,10 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     if reservation_ids:
         findings += reservation_findings(cfg, fetch_reservations(clients.ec2, reservation_ids), offerings, chosen,
                                          zone_ids_by_name)
+    block_ids = [rid for p in cfg.node_pools for rid in p.capacity_block_ids]
+    if block_ids:
+        findings += capacity_block_findings(cfg, fetch_reservations(clients.ec2, block_ids), offerings, chosen,
+                                            zone_ids_by_name, now or datetime.now(timezone.utc))
 
     for req in workloads:
         if req.problems:
@@ -514,15 +745,15 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     return findings
 
 
-def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
-    """CLI entry point; `clients` replaces the default read-only clients (tests)."""
-    parser = argparse.ArgumentParser(prog="python -m infra.preflight", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
                         help="workloads project; its stacks that point at <stack> are checked too")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace, clients: Clients | None = None) -> int:
+    """`clients` replaces the default read-only clients (tests)."""
     try:
         cfg = load_stack_file(args.project_dir, args.stack)
         workloads = []
@@ -530,8 +761,7 @@ def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
             workloads = [workload_requirements(args.workloads_dir, s)
                          for s in workload_stacks_for(args.workloads_dir, args.stack)]
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+        return exitcodes.bad_input(err)
     print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
           f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
     findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
@@ -539,8 +769,10 @@ def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
     blocking = [f for f in findings if f.status == FAIL]
     warnings = [f for f in findings if f.status == WARN]
     print(f"\n{len(blocking)} blocking, {len(warnings)} warnings, {len(findings) - len(blocking) - len(warnings)} passed")
-    return 1 if blocking else 0
+    return exitcodes.FINDINGS if blocking else exitcodes.OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None, clients: Clients | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl preflight", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv), clients)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -16,46 +15,9 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
 from infra import catalog
+from stackfiles.records import RecordedResource, unwrap_secrets
 
 ACCOUNT_ID = "123456789012"
-SECRET_MASK = "[secret]"
-
-
-@dataclass
-class RecordedResource:
-    type: str
-    name: str
-    urn: str
-    inputs: dict[str, Any]
-    parent: str | None
-    depends_on: list[str]
-    custom: bool
-    state: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "name": self.name, "urn": self.urn, "inputs": mask_secrets(self.inputs),
-                "parent": self.parent or None, "dependsOn": self.depends_on, "custom": self.custom}
-
-
-def mask_secrets(value: Any) -> Any:
-    """Replace Pulumi secret envelopes (as the monitor deserializes them) with a mask."""
-    if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
-            return SECRET_MASK
-        return {k: mask_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    return value
-
-
-def unwrap_secrets(value: Any) -> Any:
-    if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
-            return unwrap_secrets(value.get("value"))
-        return {k: unwrap_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap_secrets(v) for v in value]
-    return value
 
 
 def _short_hash(*parts: str) -> str:
@@ -116,6 +78,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             rid = f"fs-{h}"
             state.update(dnsName=f"{rid}.fsx.{self.region}.amazonaws.com", mountName=h[:8],
                          arn=f"arn:aws:fsx:{self.region}:{ACCOUNT_ID}:file-system/{rid}")
+        elif typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = "render-placeholder-" + h  # the provider generates it at `pulumi up`
         elif typ == "docker-build:index:Image":
             state["digest"] = "sha256:" + hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         elif typ == "eks:index:Cluster":
@@ -161,7 +125,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             rows = [(az, t) for t in types for az in catalog.snapshot_offerings(self.region, t)]
             return {"instanceTypes": [t for _, t in rows], "locations": [az for az, _ in rows],
                     "locationTypes": ["availability-zone-id"] * len(rows), "id": self.region}
-        raise NotImplementedError(f"the offline render has no answer for invoke {token}; add one in infra/mocks.py")
+        raise NotImplementedError(f"the offline render has no answer for invoke {token}; add one in trnctl/mocks.py")
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

@@ -1,6 +1,6 @@
 """Offline validation of every Kubernetes object the Pulumi programs create.
 
-    python -m infra.validation DIR [--kube-version 1.34] [--allow-unknown-kinds]
+    trnctl validate DIR [--kube-version 1.34] [--allow-unknown-kinds]
 
 Two sources of truth, both bundled so that a clone validates with no cluster:
 
@@ -26,7 +26,6 @@ import copy
 import difflib
 import json
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "infra" / "schemas"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
@@ -603,28 +602,31 @@ def validate_dir(path: Path, kube_version: str, *, allow_unknown_kinds: bool = F
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from infra import versions
     default_version = versions.SUPPORTED_KUBERNETES_VERSIONS[-1]
-    parser = argparse.ArgumentParser(prog="python -m infra.validation", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="folder (searched recursively) or file of YAML manifests")
     parser.add_argument("--kube-version", default=default_version,
                         help=f"Kubernetes version of the built-in kinds (default {default_version})")
     parser.add_argument("--allow-unknown-kinds", action="store_true",
                         help="list kinds with no schema instead of failing on them")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trnctl import exitcodes
     try:
         report = validate_dir(args.path, args.kube_version, allow_unknown_kinds=args.allow_unknown_kinds)
     except (FileNotFoundError, KubeVersionError, SchemaSetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.bad_input(exc)
     for issue in report.issues:
         print(issue)
     for kind, count in report.checked.items():
         print(f"  {count:4d}  {kind}")
     print(report.summary())
-    return 0 if report.ok else 1
+    return exitcodes.OK if report.ok else exitcodes.FINDINGS
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl validate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

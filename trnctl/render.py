@@ -1,7 +1,8 @@
 """Render a stack offline: run its Pulumi program under the mock runtime, write what it
-would create, validate every Kubernetes object, run the policy rules, print a summary.
+would create, validate every Kubernetes object and every provider input (against the pinned
+SDKs' schemas, trnctl/provider_schema.py), run the policy rules, print a summary.
 
-    python -m infra.render <project-dir> <stack> --out <dir>
+    python -m trnctl.render <project-dir> <stack> --out <dir>
 
 `<project-dir>` is `.` for the platform and `workloads` for workload stacks. A workload
 stack's StackReference to the platform is answered by rendering that platform stack of
@@ -9,7 +10,8 @@ this repository first, so the two can never disagree offline.
 
 Writes `<dir>/resources.json`, `<dir>/manifests/*.yaml`, `<dir>/helm/*.yaml` (chart,
 version and values of each Helm release), `<dir>/outputs.json`; exits non-zero on an
-invalid config, an invalid manifest or a mandatory policy violation.
+invalid config, an invalid manifest, a provider input the provider would reject or a
+mandatory policy violation.
 """
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from infra.config import PROJECT as PLATFORM_PROJECT
+from infra.config import load_stack_file
+from stackfiles import ConfigError, stack_file, stacks_in
+from trnctl import exitcodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +62,7 @@ class RenderResult:
         return matches[0]
 
     def masked_outputs(self) -> dict[str, Any]:
-        from infra.mocks import SECRET_MASK
+        from stackfiles.records import SECRET_MASK
         return {k: (SECRET_MASK if k in self.secret_outputs else v) for k, v in self.outputs.items()}
 
 
@@ -77,7 +84,7 @@ def config_bag(project_dir: Path, stack: str) -> tuple[dict[str, str], list[str]
     """The stack file as Pulumi hands it to a program: JSON strings for objects, and the
     list of secret keys. Encrypted values cannot be decrypted offline: a placeholder
     stands in, marked secret, so secret handling is exercised for real."""
-    from infra.config import read_stack_bag
+    from stackfiles import read_stack_bag
 
     bag: dict[str, str] = {}
     secrets: list[str] = []
@@ -102,7 +109,7 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from infra.mocks import RecordingMocks, RecordingMonitor
+    from trnctl.mocks import RecordingMocks, RecordingMonitor
 
     project_dir = Path(project_dir).resolve()
     project = read_project(project_dir)
@@ -110,6 +117,14 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
     main = project_dir / project.get("main", ".") / "__main__.py"
     bag, secret_keys = config_bag(project_dir, stack)
     region = bag.get("aws:region", "us-west-2")
+    if name == PLATFORM_PROJECT:
+        # The stack file as the offline tools (cost, preflight, sweep) read it: the program only
+        # sees strings and would accept what they refuse (an unquoted kubernetesVersion: 1.34).
+        try:
+            load_stack_file(project_dir, stack)
+        except ConfigError as exc:
+            exc.registered_resources = 0  # stopped before the program ran
+            raise
 
     if stack_references is None:
         stack_references = _render_references(project_dir, name, bag)
@@ -132,10 +147,13 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
 
     root = pulumi_settings.get_root_resource()
     outputs, secret_outputs = _resolve_outputs(getattr(root, "outputs", {}) or {})
-    result = RenderResult(project=name, stack=stack, resources=monitor.recorded, outputs=outputs,
+    # Registrations arrive in whatever order the program's outputs resolve; sorted by URN,
+    # every render of the same program and config writes the same bytes.
+    recorded = sorted(monitor.recorded, key=lambda r: r.urn)
+    result = RenderResult(project=name, stack=stack, resources=recorded, outputs=outputs,
                           secret_outputs=secret_outputs)
     result.kube_version = outputs.get("kubernetesVersion") or _kube_version_from_refs(stack_references)
-    result.manifests = extract_manifests(monitor.recorded)
+    result.manifests = extract_manifests(recorded)
     return result
 
 
@@ -159,13 +177,52 @@ def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
 
 
 def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> dict[str, dict]:
-    """Workload stacks name their platform stack; render it from this repository."""
-    ref = bag.get(f"{project}:platformStack")
-    if not ref:
-        return {}
-    platform_stack = ref.split("/")[-1]
-    platform = run_program(REPO_ROOT, platform_stack, stack_references={})
-    return {ref: {"outputs": platform.outputs, "secret": sorted(platform.secret_outputs)}}
+    """Answer the program's StackReferences by rendering the stacks of this repository they
+    name: the platform stack (`platformStack`) and any workload stack a section names under
+    a key ending in `Stack` (llm-serve's `llmServe.model.finetuneStack`), which in turn
+    renders its own references (platform -> lora-finetune -> llm-serve)."""
+    refs: dict[str, dict] = {}
+    for ref in _referenced_stacks(project, bag):
+        org_project, _, stack = ref.rpartition("/")
+        if org_project.endswith(f"/{project}") or org_project == project:
+            # Another stack of this project: from the same directory when its file is there
+            # (tests copy a project to tmp), else from the repository's workload stacks.
+            source = project_dir if (project_dir / f"Pulumi.{stack}.yaml").exists() else REPO_ROOT / "workloads"
+            if not stack_file(source, stack).exists():
+                raise ConfigError([f"{ref}: workload stack {stack!r} does not exist (no {stack_file(source, stack)}); "
+                                   f"workload stacks here: {', '.join(stacks_in(source)) or 'none'}"],
+                                  "workload stack config")
+            rendered = run_program(source, stack)
+        else:
+            if not stack_file(REPO_ROOT, stack).exists():
+                raise ConfigError([f"{project}:platformStack: platform stack {stack!r} does not exist (no "
+                                   f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
+                                   f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
+            rendered = run_program(REPO_ROOT, stack, stack_references={})
+        refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs)}
+    return refs
+
+
+def _referenced_stacks(project: str, bag: dict[str, str]) -> list[str]:
+    found = [bag[f"{project}:platformStack"]] if bag.get(f"{project}:platformStack") else []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("Stack") and isinstance(value, str) and value.count("/") == 2:
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for key, value in bag.items():
+        if key.startswith(f"{project}:") and value[:1] == "{":
+            try:
+                walk(json.loads(value))
+            except ValueError:
+                continue
+    return list(dict.fromkeys(found))
 
 
 def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
@@ -180,7 +237,7 @@ def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
 
 def extract_manifests(resources: list) -> list[tuple[str, dict]]:
     """Every Kubernetes object as (relative file name, object), secrets masked."""
-    from infra.mocks import mask_secrets
+    from stackfiles.records import mask_secrets
 
     out = []
     for r in resources:
@@ -201,7 +258,7 @@ def extract_manifests(resources: list) -> list[tuple[str, dict]]:
 def _mask_secret_data(obj: dict, state: dict) -> dict:
     """Keep a Secret's keys (so it validates and reviews) and mask every value; Pulumi may
     have masked the whole map already, the unmasked state still names the keys."""
-    from infra.mocks import SECRET_MASK
+    from stackfiles.records import SECRET_MASK
     obj = dict(obj)
     for key in ("data", "stringData"):
         if key in obj:
@@ -214,18 +271,30 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+RENDER_FILES = ("resources.json", "outputs.json")
+RENDER_DIRS = ("manifests", "helm")
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier render wrote to `out_dir` (only those files: `--out .` is safe),
+    so a failed render never leaves another render's files looking current."""
+    out_dir = Path(out_dir)
+    for name in RENDER_DIRS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in RENDER_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def write_outputs(result: RenderResult, out_dir: Path) -> None:
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        for sub in ("manifests", "helm"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    clear_outputs(out_dir)
     (out_dir / "manifests").mkdir(parents=True, exist_ok=True)
     (out_dir / "helm").mkdir(parents=True, exist_ok=True)
     (out_dir / "resources.json").write_text(json.dumps([r.to_json() for r in result.resources], indent=2, default=str))
     (out_dir / "outputs.json").write_text(json.dumps(result.masked_outputs(), indent=2, default=str))
     for fname, obj in result.manifests:
         (out_dir / "manifests" / fname).write_text(yaml.safe_dump(obj, sort_keys=False))
-    from infra.mocks import mask_secrets
+    from stackfiles.records import mask_secrets
     for r in result.resources:
         if r.type == "kubernetes:helm.sh/v3:Release":
             i = mask_secrets(r.inputs)
@@ -239,7 +308,7 @@ def write_outputs(result: RenderResult, out_dir: Path) -> None:
 
 
 def validate(result: RenderResult):
-    from infra.validation import validate_objects
+    from trnctl.validation import validate_objects
     return validate_objects([(f"manifests/{f}", o) for f, o in result.manifests], result.kube_version or "1.34")
 
 
@@ -261,11 +330,16 @@ def summary(result: RenderResult) -> str:
             reqs = {q["key"]: q["values"] for q in spec["template"]["spec"]["requirements"] if "values" in q}
             types = ",".join(reqs.get("node.kubernetes.io/instance-type", []))
             lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} limits {spec.get('limits')}")
+    from infra.monitoring import summary_lines  # releases, rule counts, monitors, dashboards
+
+    lines += summary_lines(result.resources)
     return "\n".join(lines)
 
 
 def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = True) -> tuple[RenderResult, list[str]]:
-    """Render, write and check a stack. Returns the result and a list of blocking problems."""
+    """Render, write and check a stack. Returns the result and a list of blocking problems.
+    An earlier render in `out_dir` is removed first: on an error nothing stale is left."""
+    clear_outputs(Path(out_dir))
     result = run_program(Path(project_dir), stack)
     write_outputs(result, Path(out_dir))
     problems: list[str] = []
@@ -273,6 +347,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         report = validate(result)
         print(report.summary())
         problems += [f"invalid manifest {i.source} ({i.kind} {i.name}) at {i.path}: {i.message}" for i in report.issues]
+        from trnctl import provider_schema
+        schema_issues = provider_schema.check_resources(result.resources)
+        print(provider_schema.summary(result.resources, schema_issues))
+        problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
         if violations:
@@ -282,40 +360,56 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
     return result, problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("project_dir", type=Path, help="'.' for the platform, 'workloads' for workload stacks")
-    parser.add_argument("stack", help="stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
-    args = parser.parse_args(argv)
+def find_project_dir(stack: str, root: Path = REPO_ROOT) -> Path:
+    """The project a stack file belongs to: the platform (repository root) or `workloads/`."""
+    candidates = [d for d in (root, root / "workloads") if (d / f"Pulumi.{stack}.yaml").exists()]
+    if len(candidates) == 1:
+        return candidates[0]
+    stacks = sorted(f.name[len("Pulumi."):-len(".yaml")] for d in (root, root / "workloads")
+                    for f in d.glob("Pulumi.*.yaml"))
+    raise RenderError(f"stack {stack!r}: no Pulumi.{stack}.yaml in {root} or {root / 'workloads'}; "
+                      f"stacks here: {', '.join(stacks)}; or pass --project-dir")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stack", help="stack name, e.g. dev-usw2 or compile-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--project-dir", type=Path, default=None,
+                        help="the stack's project: '.' (platform) or 'workloads'; found from the stack name by default")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default build/render/<stack>)")
+    parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
+
+
+def run(args: argparse.Namespace) -> int:
     from infra.config import ConfigError
     try:
-        result, problems = render_stack(args.project_dir, args.stack, args.out, check=not args.no_check)
+        project_dir = args.project_dir or find_project_dir(args.stack)
+        out = args.out or Path("build") / "render" / args.stack
+        result, problems = render_stack(project_dir, args.stack, out, check=not args.no_check)
     except (ConfigError, RenderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.bad_input(exc)
     print(summary(result))
-    estimate = cost_summary(result, args.project_dir)
+    estimate = cost_summary(result, project_dir)
     if estimate:
         print(estimate)
-    print(f"wrote {args.out}/resources.json, {args.out}/outputs.json, {len(result.manifests)} manifests")
+    print(f"wrote {out}/resources.json, {out}/outputs.json, {len(result.manifests)} manifests")
     if problems:
         print(f"\n{len(problems)} blocking problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
-        return 1
-    return 0
+        return exitcodes.FINDINGS
+    return exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trnctl render", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def cost_summary(result: RenderResult, project_dir: Path) -> str | None:
     try:
-        from infra import cost
+        from trnctl import cost
     except ImportError:
         return None
     return cost.summary_for_render(result, Path(project_dir))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Small boto3 helpers shared by `infra.preflight` and `infra.sweep`.
+"""Small boto3 helpers shared by `trnctl.preflight` and `trnctl.sweep`.
 
 Clients come from boto3's default credential chain; botocore itself honours
 AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), which is how the tests reach moto's

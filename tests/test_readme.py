@@ -1,0 +1,65 @@
+"""What a new user copies from the README and the requirements file works as written."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_architecture_diagram_is_mermaid_with_stacks_components_and_data_flow():
+    blocks = re.findall(r"```mermaid\n(.*?)```", README, re.S)
+    assert len(blocks) == 1
+    diagram = blocks[0]
+    assert diagram.startswith("flowchart ")
+    for part in ("platform stack", "workload stacks", "StackReference", "Karpenter", "NodePools", "SharedStorage",
+                 "Addons", "Registry", "fsx.s3ImportPath", "/shared", "artifacts bucket"):
+        assert part in diagram, part
+    assert "<" not in diagram.replace("<br/>", ""), "angle brackets break Mermaid labels"
+
+
+def test_inspect_commands_expand_run_dir_in_the_pod_not_on_the_laptop():
+    lines = [ln for ln in README.splitlines() if "kubectl" in ln and "exec" in ln and "$RUN_DIR" in ln]
+    assert lines
+    for line in lines:
+        command = line.split("  #")[0]
+        # The local shell expands $RUN_DIR (empty on a laptop) unless it sits inside single quotes.
+        assert all(_single_quoted(command, m.start()) for m in re.finditer(r"\$RUN_DIR", command)), line
+        assert "bash -c" in shlex.join(shlex.split(command)), line  # a shell in the pod does the expansion
+
+
+def _single_quoted(command: str, index: int) -> bool:
+    quoted = False
+    for ch in command[:index]:
+        if ch == "'":
+            quoted = not quoted
+    return quoted
+
+
+def test_prerequisites_name_git_and_github_for_the_mpi_operator_kustomization():
+    prerequisites = README.split("Prerequisites:", 1)[1].split("```", 1)[0]
+    assert "git" in prerequisites and "github.com" in prerequisites
+    assert "mpi-operator" in prerequisites
+
+
+def test_data_to_shared_is_documented_with_the_commands():
+    section = README.split("## How data reaches `/shared`", 1)[1].split("\n## ", 1)[0]
+    for needed in ("fsx.s3ImportPath", "aws s3 sync", "pulumi config set --path fsx.s3ImportPath",
+                   "describe-data-repository-associations", "/shared/datasets/"):
+        assert needed in section, needed
+    storage = (ROOT / "infra/storage.py").read_text()
+    assert 'file_system_path="/datasets"' in storage  # what the section promises
+
+
+def test_requirements_comment_points_at_files_that_exist():
+    for path in re.findall(r"images/[\w./-]+\.\w+", (ROOT / "requirements.txt").read_text()):
+        assert (ROOT / path.rstrip(").")).exists(), path
+
+
+def test_render_usage_names_the_stack_variable_and_the_out_default():
+    assert "make render STACK=<name>" in README
+    assert "build/render/dev-usw2" in README and "--out" in README
+    makefile = (ROOT / "Makefile").read_text()
+    assert "STACK ?=" in makefile and "$(STACK)" in makefile

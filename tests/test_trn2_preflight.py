@@ -1,0 +1,236 @@
+"""Capacity Blocks for ML in preflight: every `capacityBlockIds` entry is looked up with
+DescribeCapacityReservations and judged on its type, state, start/end dates, instance type
+and AZ, and priced from infra/data/prices.json.
+
+moto 5.2.5 implements neither DescribeCapacityReservations nor DescribeCapacityBlockOfferings,
+so the reservation answers come from botocore's Stubber, fed with the recorded shapes in
+tests/fixtures/aws/ec2-capacity-blocks.json (Stubber validates them against botocore's EC2
+model); everything else in the whole run (STS, regions, AZs, instance type offerings) is
+moto's server over HTTP.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from trnctl import cost, preflight
+from infra.config import load_stack_file
+from tests.test_preflight import READ_ONLY, stack_file, stubbed_quotas
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = json.loads((ROOT / "tests" / "fixtures" / "aws" / "ec2-capacity-blocks.json").read_text())
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)  # when the recorded blocks are judged
+STACK = "dev-trn2-use2"
+BLOCK_POOL = 1  # nodePools[1] (trn2-block) of Pulumi.dev-trn2-use2.yaml
+# dev-trn2-use2 needs: Trn on-demand 4 x 192 (trn2-efa; the block pool uses no quota),
+# Standard on-demand 6 x 16 + system 3 x 2, Standard spot 6 x 16.
+ENOUGH = {"L-2C3B7624": 768.0, "L-1216C47A": 102.0, "L-34B43A08": 96.0}
+
+
+def block_id(scenario: str) -> str:
+    return BLOCKS[scenario]["CapacityReservations"][0]["CapacityReservationId"]
+
+
+def answer(scenario: str, rid: str | None = None) -> dict:
+    """The recorded answer of `scenario`, for reservation `rid` if given."""
+    doc = copy.deepcopy(BLOCKS[scenario])
+    if rid:
+        doc["CapacityReservations"][0]["CapacityReservationId"] = rid
+    return doc
+
+
+def blocks_config(tmp_path: Path, ids: list[str]):
+    def edit(config):
+        config["trn-platform:nodePools"][BLOCK_POOL]["capacityBlockIds"] = ids
+    return load_stack_file(stack_file(tmp_path, STACK, "blocks", edit), "blocks")
+
+
+def stubbed_reservations(answers: dict[str, dict | None], log: list[str] | None = None):
+    """An EC2 client answering DescribeCapacityReservations per id, in order; None: not found."""
+    ec2 = boto3.client("ec2", region_name="us-east-2")
+    if log is not None:
+        preflight.aws_ops.guard_read_only(ec2, log)
+    stub = Stubber(ec2)
+    for rid, doc in answers.items():
+        if doc is None:
+            stub.add_client_error("describe_capacity_reservations", BLOCKS["not_found"]["Code"],
+                                  BLOCKS["not_found"]["Message"], expected_params={"CapacityReservationIds": [rid]})
+        else:
+            stub.add_response("describe_capacity_reservations", doc, {"CapacityReservationIds": [rid]})
+    stub.activate()
+    return ec2, stub
+
+
+def test_moto_still_lacks_the_capacity_reservation_apis():
+    """If this fails, moto has learned the calls: move these tests onto its server."""
+    from moto.ec2.responses import EC2Response
+
+    for action in ("describe_capacity_reservations", "describe_capacity_block_offerings"):
+        assert not hasattr(EC2Response, action), action
+
+
+def test_each_block_is_judged_on_type_state_dates_instance_type_and_zone(tmp_path):
+    scenarios = ["active", "scheduled", "expired", "ending_soon", "wrong_type_and_zone", "default_odcr"]
+    ids = [block_id(s) for s in scenarios]
+    missing = "cr-0b10c0000000a0009"
+    cfg = blocks_config(tmp_path, ids + [missing])
+    ec2, stub = stubbed_reservations({**{rid: answer(s) for s, rid in zip(scenarios, ids)}, missing: None})
+    found = preflight.fetch_reservations(ec2, ids + [missing])
+    stub.assert_no_pending_responses()
+
+    offerings = {"trn2.48xlarge": {"use2-az1", "use2-az2", "use2-az3"}}
+    rows = {f.check: f for f in preflight.capacity_block_findings(cfg, found, offerings, ["use2-az1", "use2-az2"],
+                                                                  {}, NOW)}
+    active, scheduled, expired, soon, wrong, odcr, absent = (rows[f"capacity block: {rid}"] for rid in ids + [missing])
+
+    assert active.status == "PASS"
+    assert ("Capacity Block active, trn2.48xlarge x4 in use2-az1, 2026-11-28 11:30 UTC to 2026-12-05 11:30 UTC"
+            in active.detail)
+    # 4 instances x 168 h at the recorded us-east-2 block rate
+    assert f"prepaid ${4 * 168 * 35.7632:,.0f} (4 x 168 h" in active.detail
+
+    assert scheduled.status == "FAIL"
+    assert "not started: it runs 2026-12-08 11:30 UTC to 2026-12-22 11:30 UTC (state 'scheduled')" in scheduled.detail
+    assert "run `pulumi up` from 2026-12-08 11:30 UTC" in scheduled.fix
+    assert "nodePools[1] (trn2-block).capacityBlockIds[1]" in scheduled.fix
+
+    assert expired.status == "FAIL"
+    assert "ended: it ran 2026-11-10 11:30 UTC to 2026-11-24 11:30 UTC (state 'expired')" in expired.detail
+    assert "describe-capacity-block-offerings --instance-type trn2.48xlarge" in expired.fix
+
+    assert soon.status == "WARN" and "ends 2026-12-02 11:30 UTC" in soon.detail
+
+    assert wrong.status == "FAIL"
+    assert "it is for trn1.32xlarge; the pool launches trn2.48xlarge" in wrong.detail
+    assert "it is in use2-az3 (us-east-2c); the pool's AZ IDs are use2-az1, use2-az2" in wrong.detail
+    assert "add use2-az3 to network.availabilityZoneIds" in wrong.fix
+    assert "(not priced: " in wrong.detail and "no Capacity Block price for trn1.32xlarge in us-east-2" in wrong.detail
+
+    assert odcr.status == "FAIL" and "is a default capacity reservation, not a Capacity Block" in odcr.detail
+    assert "move it to nodePools (trn2-block).capacityReservationIds" in odcr.fix
+
+    assert absent.status == "FAIL" and f"{missing} not found in us-east-2" in absent.detail
+    assert f"--capacity-reservation-ids {missing}" in absent.fix
+
+
+def test_block_dates_are_read_from_boto3_datetimes_too(tmp_path):
+    """Live boto3 answers carry datetimes, the recordings ISO 8601 text: both are judged alike."""
+    res = answer("scheduled")["CapacityReservations"][0]
+    for field in ("StartDate", "EndDate", "CreateDate"):
+        res[field] = datetime.fromisoformat(res[field].replace("Z", "+00:00"))
+    cfg = blocks_config(tmp_path, [res["CapacityReservationId"]])
+    (row,) = preflight.capacity_block_findings(cfg, {res["CapacityReservationId"]: res},
+                                               {"trn2.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
+    assert row.status == "FAIL" and "not started: it runs 2026-12-08 11:30 UTC to 2026-12-22 11:30 UTC" in row.detail
+
+
+def test_block_pools_use_no_on_demand_quota():
+    needs = preflight.quota_needs(load_stack_file(ROOT, STACK))
+    assert needs[("Trn", "on-demand")] == [("trn2-efa", 768)]  # trn2-block launches into its block only
+    assert ("Trn", "spot") not in needs
+
+
+def test_capacity_block_cost_is_instances_times_hours_at_the_block_rate():
+    assert cost.capacity_block_cost("trn2.48xlarge", 4, 24, "us-east-2") == pytest.approx(4 * 24 * 35.7632)
+    with pytest.raises(cost.PriceError, match="no Capacity Block price for trn2u.48xlarge in us-east-2; "
+                                              "priced types: trn2.48xlarge"):
+        cost.capacity_block_cost("trn2u.48xlarge", 4, 24, "us-east-2")
+
+
+class OfferingsFromMotoReservationsFromRecordings:
+    """The preflight EC2 client: moto's server for everything it implements, the stubbed
+    client for the one call it lacks."""
+
+    def __init__(self, moto_ec2, recorded_ec2):
+        self._moto, self._recorded = moto_ec2, recorded_ec2
+
+    def describe_capacity_reservations(self, **kwargs):
+        return self._recorded.describe_capacity_reservations(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._moto, name)
+
+
+def test_whole_run_on_the_trn2_stack(aws_env):
+    cfg = load_stack_file(ROOT, STACK)
+    (rid,) = cfg.pool("trn2-block").capacity_block_ids
+    calls: list[str] = []
+    clients = preflight.Clients.for_region("us-east-2", calls, public_ip=lambda: "203.0.113.9")
+    clients.quotas, quota_stub = stubbed_quotas(ENOUGH, calls)
+    recorded, block_stub = stubbed_reservations({rid: answer("active", rid)}, calls)
+    clients.ec2 = OfferingsFromMotoReservationsFromRecordings(clients.ec2, recorded)
+
+    findings = preflight.run_preflight(cfg, clients, now=NOW)
+    quota_stub.assert_no_pending_responses()
+    block_stub.assert_no_pending_responses()
+    rows = {f.check: f for f in findings}
+    assert [(f.check, f.status, f.detail) for f in findings if f.status != "PASS"] == []
+    # moto's offerings (recorded from EC2) put trn2.48xlarge in all three use2 AZ IDs
+    assert rows["offerings: trn2-efa"].detail.startswith("AZ IDs use2-az1, use2-az2: trn2.48xlarge in use2-az1, "
+                                                         "use2-az2, use2-az3")
+    assert rows[f"capacity block: {rid}"].detail.startswith("Capacity Block active, trn2.48xlarge x4 in use2-az1")
+    assert {"GetCallerIdentity", "DescribeInstanceTypeOfferings", "DescribeInstanceTypes",
+            "DescribeCapacityReservations", "GetServiceQuota"} <= set(calls)
+    assert all(c.startswith(READ_ONLY) for c in calls)
+
+
+def test_whole_run_blocks_on_a_block_that_has_not_started(aws_env):
+    cfg = load_stack_file(ROOT, STACK)
+    (rid,) = cfg.pool("trn2-block").capacity_block_ids
+    clients = preflight.Clients.for_region("us-east-2", public_ip=lambda: "203.0.113.9")
+    clients.quotas, _ = stubbed_quotas(ENOUGH)
+    recorded, _ = stubbed_reservations({rid: answer("scheduled", rid)})
+    clients.ec2 = OfferingsFromMotoReservationsFromRecordings(clients.ec2, recorded)
+
+    findings = preflight.run_preflight(cfg, clients, now=NOW)
+    assert preflight.has_blocking(findings)
+    (block,) = [f for f in findings if f.status != "PASS"]
+    assert block.check == f"capacity block: {rid}" and "2026-12-08 11:30 UTC to 2026-12-22 11:30 UTC" in block.detail
+
+
+def test_neuron_capacity_comes_from_ec2_describe_instance_types(aws_env, tmp_path):
+    """moto serves EC2's recorded DescribeInstanceTypes: trn2u.48xlarge has no NeuronInfo there,
+    so Karpenter would never launch it for a pod asking for aws.amazon.com/neuron."""
+    def edit(config):
+        pools = config["trn-platform:nodePools"]
+        pools[0]["instanceTypes"] = ["trn2.48xlarge", "trn2u.48xlarge"]
+        pools[1].update(instanceTypes=["trn2u.48xlarge"], capacityBlockIds=[block_id("active")])
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "ultra", edit), "ultra")
+    info = preflight.fetch_neuron_info(boto3.client("ec2", region_name="us-east-2"),
+                                       ["trn2.48xlarge", "trn2u.48xlarge", "trn1.32xlarge"])
+    assert info["trn2.48xlarge"]["NeuronDevices"][0]["Count"] == 16 and info["trn2u.48xlarge"] is None
+    rows = {f.check: f for f in preflight.neuron_capacity_findings(cfg, info)}
+    assert rows["neuron capacity: trn2-efa"].status == "WARN"
+    assert "EC2 reports no NeuronInfo for trn2u.48xlarge" in rows["neuron capacity: trn2-efa"].detail
+    assert rows["neuron capacity: trn2-block"].status == "FAIL"
+    assert "remove trn2u.48xlarge from nodePools (trn2-block).instanceTypes" in rows["neuron capacity: trn2-block"].fix
+    ok = preflight.neuron_capacity_findings(load_stack_file(ROOT, STACK), info)
+    assert [(f.status, f.detail) for f in ok] == [("PASS", "trn2.48xlarge: 16 Neuron devices")] * 2
+
+
+def test_a_block_larger_than_the_pool_warns_about_unused_prepaid_instances(tmp_path):
+    def edit(config):
+        config["trn-platform:nodePools"][BLOCK_POOL].update(maxNodes=2, capacityBlockIds=[block_id("active")])
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "small", edit), "small")
+    res = answer("active")["CapacityReservations"][0]
+    (row,) = preflight.capacity_block_findings(cfg, {res["CapacityReservationId"]: res},
+                                               {"trn2.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
+    assert row.status == "WARN" and "maxNodes 2 leaves 2 of its 4 prepaid instances unused" in row.detail
+    assert "set nodePools (trn2-block).maxNodes to at least 4" in row.fix
+
+
+def test_a_block_listed_as_an_odcr_points_to_capacity_block_ids(tmp_path):
+    from tests.test_preflight import RESERVATIONS, _reserved_config
+
+    res = RESERVATIONS["scheduled_block"]["CapacityReservations"][0]
+    cfg = _reserved_config(tmp_path, [res["CapacityReservationId"]])
+    (row,) = preflight.reservation_findings(cfg, {res["CapacityReservationId"]: res},
+                                            {"trn1.32xlarge": {"usw2-az1"}}, ["usw2-az1"], {})
+    assert row.status == "WARN"
+    assert "list it under nodePools (trn1-efa).capacityBlockIds (capacity type capacity-block)" in row.fix

@@ -1,0 +1,60 @@
+"""The one command-line entry point: subcommands, --help, exit codes, deterministic renders."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trnctl import cli, exitcodes, render
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_subcommand_has_help(capsys):
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            cli.main([name, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: trnctl {name}") and "exit codes: 0 ok, 1 findings, 2 bad input" in out
+
+
+def test_console_script_entry_point_is_the_cli():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'trnctl = "trnctl.cli:main"' in pyproject
+    done = subprocess.run([sys.executable, "-m", "trnctl", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0 and "render" in done.stdout and "preflight" in done.stdout
+
+
+def test_the_project_is_found_from_the_stack_name():
+    assert render.find_project_dir("dev-usw2") == REPO
+    assert render.find_project_dir("compile-usw2") == REPO / "workloads"
+    with pytest.raises(render.RenderError, match="no Pulumi.nope.yaml .* stacks here: .*compile-usw2.*dev-usw2"):
+        render.find_project_dir("nope")
+
+
+@pytest.mark.parametrize("argv", [["render", "nope"], ["cost", "nope"], ["preflight", "nope"], ["sweep", "nope"],
+                                  ["validate", "/does/not/exist"]])
+def test_bad_input_exits_2_with_one_error_line_style(argv, capsys):
+    assert cli.main(argv) == exitcodes.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_render_defaults_out_and_is_deterministic(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["render", "dev-use2", "--no-check"]) == exitcodes.OK
+    first = (tmp_path / "build" / "render" / "dev-use2" / "resources.json").read_text()
+    assert cli.main(["render", "dev-use2", "--no-check", "--out", str(tmp_path / "again")]) == exitcodes.OK
+    assert (tmp_path / "again" / "resources.json").read_text() == first
+    capsys.readouterr()
+
+
+def test_cost_prices_platform_and_workload_stacks(capsys):
+    assert cli.main(["cost", "dev-usw2"]) == exitcodes.OK
+    assert "always on" in capsys.readouterr().out
+    assert cli.main(["cost", "lora-finetune-usw2"]) == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "trn1-efa" in out and "total $21.50/h" in out

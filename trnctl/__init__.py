@@ -1,0 +1,1 @@
+"""The tools around the platform and workload programs: render, validate, preflight, sweep, cost."""

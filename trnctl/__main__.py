@@ -1,0 +1,5 @@
+import sys
+
+from trnctl.cli import main
+
+sys.exit(main())
