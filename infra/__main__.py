@@ -22,6 +22,7 @@ from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
 from infra.monitoring import Monitoring, MonitoringArgs  # noqa: E402
 from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
+from infra.prices import load_prices  # noqa: E402
 from infra.registry import Registry, RegistryArgs  # noqa: E402
 from infra.storage import SharedStorage, SharedStorageArgs  # noqa: E402
 
@@ -66,8 +67,6 @@ addons = Addons("addons", AddonsArgs(
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))
 # -- observability: metrics, Neuron monitor, dashboards, alerts -----------------------------
 if cfg.monitoring.enabled:
-    from trnctl.cost import load_prices  # the price table the cost estimate uses (infra/data/prices.json)
-
     prices = load_prices(cfg.region)
     monitoring = Monitoring("monitoring", MonitoringArgs(
         config=cfg.monitoring, cluster_name=cfg.cluster_name, region=cfg.region, identity=cluster.identity,

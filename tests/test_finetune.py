@@ -175,6 +175,100 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer, sql_records):
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
 
 
+def packed_loss(model, batch) -> torch.Tensor:
+    return model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"]).loss
+
+
+def test_neuron_collator_trains_the_cpu_objective_on_packed_blocks(tokenizer, sql_records):
+    """The explicit 4D mask the Neuron path passes (optimum-neuron reads no position restarts) gives the
+    same loss as the CPU path's position_ids-derived mask, and differs from the plain causal mask that
+    optimum-neuron's default recompute_causal_mask would apply (packed examples attending to each other)."""
+    from trn_workloads.finetune.packing import block_causal_mask
+
+    model = synthetic.tiny_llama(tokenizer).eval()
+    model.config.use_cache = False
+    model.config._attn_implementation = "eager"  # what the Neuron path uses (finetune/neuron.py)
+    examples = [tokenize_example(tokenizer, DEFAULT_PROMPT_TEMPLATE.format(**r), r["answer"]) for r in sql_records[:9]]
+    seq_len = sum(len(ex) for ex in examples) // 3  # blocks start and end inside examples
+    rows = pack_examples(examples, seq_len).to_dataset()
+    cpu_batch, neuron_batch = PackedBlockCollator()(rows), PackedBlockCollator(torch.float32)(rows)
+    assert "attention_mask" not in cpu_batch and neuron_batch["attention_mask"].shape == (3, 1, seq_len, seq_len)
+    with torch.no_grad():
+        cpu, neuron = packed_loss(model, cpu_batch), packed_loss(model, neuron_batch)
+        causal_only = packed_loss(model, {k: v for k, v in cpu_batch.items() if k != "position_ids"} |
+                                  {"position_ids": torch.arange(seq_len).expand(3, -1)})
+    torch.testing.assert_close(neuron, cpu, rtol=1e-5, atol=1e-5)
+    assert abs(causal_only.item() - cpu.item()) > 1e-3
+    # The mask itself: causal inside an example, closed across examples (also for a block starting mid-example).
+    positions = torch.tensor([[5, 6, 0, 1, 2, 0]])
+    allowed = block_causal_mask(positions)[0, 0] == 0
+    assert allowed.tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
+                                [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]]
+    assert block_causal_mask(positions, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_neuron_trainer_uses_the_batch_mask_and_eager_attention():
+    from trn_workloads.finetune import neuron
+
+    options = neuron.neuron_trainer_options(config_from_dict(minimal_config()))
+    assert options["recompute_causal_mask"] is False  # optimum-neuron's default (True) drops the batch's mask
+    assert (options["bf16"], options["tensor_parallel_size"]) == (True, 8)
+
+
+# --- Neuron worker environment and evaluation compile ------------------------------------
+
+
+def test_neuron_workers_keep_the_pods_compiler_flags_and_add_their_own():
+    from trn_workloads.finetune import neuron
+    from trn_workloads.ray_train import runtime
+
+    pod = {"NEURON_CC_FLAGS": "--cache_dir=/shared/neuron-cache", "MALLOC_ARENA_MAX": "8", "PATH": "/usr/bin"}
+    env = neuron.worker_env(pod)
+    assert env["NEURON_CC_FLAGS"].split() == ["--cache_dir=/shared/neuron-cache", "--model-type=transformer",
+                                              "--retry_failed_compilation"]
+    assert (env["MALLOC_ARENA_MAX"], env["NEURON_FUSE_SOFTMAX"], env["PATH"]) == ("8", "1", "/usr/bin")
+    # A flag the pod sets itself (either spelling) is kept as the pod has it, not repeated.
+    env = neuron.worker_env({"NEURON_CC_FLAGS": "--model-type transformer -O1"})
+    assert env["NEURON_CC_FLAGS"] == "--model-type transformer -O1 --retry_failed_compilation"
+    assert neuron.worker_env({})["NEURON_CC_FLAGS"] == "--model-type=transformer --retry_failed_compilation"
+    # One merger for the LoRA and the Ray Train workers.
+    assert neuron.merge_compiler_flags is runtime.merge_compiler_flags
+
+
+def test_neuron_eval_compile_takes_the_models_revision_and_token(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from trn_workloads.finetune import model_io, neuron
+
+    calls = []
+
+    class FakeNeuronModel:  # records what optimum-neuron's get_neuron_config/export receive
+        @classmethod
+        def get_neuron_config(cls, **kwargs):
+            calls.append(("get_neuron_config", kwargs))
+            return "neuron-config"
+
+        @classmethod
+        def export(cls, **kwargs):
+            calls.append(("export", kwargs))
+            return cls()
+
+    monkeypatch.setitem(sys.modules, "optimum.neuron", types.SimpleNamespace(NeuronModelForCausalLM=FakeNeuronModel))
+    monkeypatch.setattr(model_io, "merge_adapter", lambda *a, **k: pytest.fail("merged_dir was given"))
+    cfg = config_from_dict(minimal_config(model={"base": "meta-llama/Llama-3.1-8B", "revision": "0e9e39f",
+                                                 "hf_token_env": "MY_HUB_TOKEN"}, eval={"compare_base": True}))
+    neuron.neuron_generators(cfg, tmp_path / "adapter", tmp_path / "merged", tokenizer=None, token="hf_secret")
+    by_model = {}
+    for name, kwargs in calls:
+        model_id = kwargs.get("model_name_or_path") or kwargs.get("model_id")
+        by_model.setdefault(model_id, {})[name] = kwargs
+    base, merged = by_model["meta-llama/Llama-3.1-8B"], by_model[str(tmp_path / "merged")]
+    for step in ("get_neuron_config", "export"):
+        assert (base[step]["revision"], base[step]["token"]) == ("0e9e39f", "hf_secret"), step
+        assert (merged[step]["revision"], merged[step]["token"]) == (None, "hf_secret"), step
+
+
 # --- SQL evaluation ------------------------------------------------------------------------
 
 SCHEMA = "CREATE TABLE player (name VARCHAR, team VARCHAR, goals INTEGER)"

@@ -52,3 +52,60 @@ def test_build_args_come_from_the_pin():
     for base in PIN["base_images"].values():
         assert f"sdk{PIN['neuron_sdk']}" in base and f"py{PIN['python'].replace('.', '')}" in base
     assert versions.neuron_sdk() == PIN
+
+
+# --- what pip must not move: the `pip freeze | grep -iE '<pattern>'` holds --------------------------------------
+
+# pip freeze prints a distribution's name as its metadata spells it (neuronx_distributed, Torch-Neuronx, ...);
+# PEP 503 makes names equal across case and runs of "-", "_", ".".
+HELD_BY_EVERY_TRAINING_IMAGE = ("torch", "torch-neuronx", "torch-xla", "neuronx-cc", "neuronx-distributed",
+                                "libneuronxla")
+HELD = {
+    # optimum-neuron 0.4.5's [neuronx] extra needs numpy<=1.26.4, the base image's (huggingface/optimum-neuron
+    # v0.4.5 pyproject.toml): pip would otherwise upgrade it for datasets/pyarrow.
+    "finetune": HELD_BY_EVERY_TRAINING_IMAGE + ("numpy",),
+    "ray-train": HELD_BY_EVERY_TRAINING_IMAGE + ("numpy",),
+    "nemo": HELD_BY_EVERY_TRAINING_IMAGE + ("neuronx-distributed-training", "nemo-toolkit", "megatron-core"),
+}
+
+
+def freeze_hold_pattern(image: str) -> str:
+    text = (IMAGES / image / "Dockerfile").read_text()
+    found = re.findall(r"pip freeze\s*\\?\s*\|\s*grep -iE '([^']+)'", text)
+    assert len(found) == 1, f"{image}: expected one `pip freeze | grep -iE '...'` hold"
+    return found[0]
+
+
+def spellings(name: str) -> set[str]:
+    parts = re.split(r"[-_.]+", name)
+    return {"-".join(parts), "_".join(parts), ".".join(parts), "_".join(parts).upper(),
+            "-".join(p.capitalize() for p in parts), "__".join(parts), "-_".join(parts)}
+
+
+@pytest.mark.parametrize("image", sorted(HELD))
+def test_freeze_holds_match_every_spelling_pip_may_print(image: str):
+    def canonicalize_name(name: str) -> str:  # PEP 503's normalisation, as the spec writes it
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pattern = re.compile(freeze_hold_pattern(image), re.IGNORECASE)  # grep -iE: same syntax for this subset
+    for name in HELD[image]:
+        for spelling in spellings(name):
+            assert canonicalize_name(spelling) == name
+            assert pattern.match(f"{spelling}==1.2.3"), f"{image}: {spelling!r} is not held"
+    for other in ("torchaudio", "numpy-financial", "neuronx-cc-stubs", "xtorch"):
+        assert not pattern.match(f"{other}==1.0"), f"{image}: {other!r} must not be held"
+
+
+def test_nemo_image_imports_nxd_training_before_nemo_collections():
+    """neuronx_distributed_training's package __init__ installs the import patches NeMo needs
+    (src/neuronx_distributed_training/patches/import_override.py at NxD Training 1.6.0), and its
+    examples/training.py reaches nemo.collections only through it: every build step that imports
+    nemo.collections imports neuronx_distributed_training first."""
+    text = (IMAGES / "nemo" / "Dockerfile").read_text()
+    instructions = re.split(r"^(?=[A-Z]+ )", text, flags=re.M)
+    using_nemo = [step for step in instructions if step.startswith("RUN ") and "nemo.collections" in step]
+    assert len(using_nemo) >= 2  # the helper compile and the fit check
+    for step in using_nemo:
+        nxdt = re.search(r"\bimport neuronx_distributed_training\b", step)
+        nemo = re.search(r"\bnemo\.collections\b", step)
+        assert nxdt and nxdt.start() < nemo.start(), step.splitlines()[0]

@@ -19,6 +19,14 @@ from trn_workloads.nemo.nxdt import COMPILER_FLAGS, PRECISION_ENV, RUNTIME_SETTI
 PATHS = {"tokenizer": "/shared/tokenizers/llama", "dataset_prefix": "/shared/data/llama/corpus_text_document",
          "run_dir": "/shared/runs/llama/run-1", "compile_cache": "/shared/neuron-cache"}
 ORCHESTRATOR = "/opt/nxdt/examples/training_orchestrator.py"
+# Facts of NxD Training 1.6.0 (aws-neuron/neuronx-distributed-training, commit
+# 9169aa03f39efd4eb02da63891a7ed98defb1714):
+# the precision types examples/training_orchestrator.py (process_config) accepts (any other raises on every rank),
+# the ones for which src/neuronx_distributed_training/lightning_modules/model/base.py turns on FP32 master weights
+# and gradient accumulation, and the steps the orchestrator precompiles with COMPILE=1.
+UPSTREAM_ORCHESTRATOR_PRECISIONS = {"bf16SR", "mixed_precision", "mixed_precision_SR", "fp32", "manual", "autocast"}
+UPSTREAM_MASTER_WEIGHT_PRECISIONS = {"mixed_precision", "mixed_precisionSR", "autocast"}
+UPSTREAM_PRECOMPILE_STEPS = 10
 
 
 def cfg(**overrides) -> RunConfig:
@@ -92,7 +100,8 @@ def test_precompile_wraps_few_steps_in_neuron_parallel_compile_with_the_training
     assert command[0] == "neuron_parallel_compile" and command[1:8] == build_command(run, "train")[:7]
     assert command[-1] == "--config-name=precompile"
     pre, train = flatten(nxdt_config(run, "precompile")), flatten(nxdt_config(run, "train"))
-    assert pre["trainer.max_steps"] == 3
+    # NxD Training's own precompile runs 10 steps (training_orchestrator.py: COMPILE=1 -> max_steps = 10).
+    assert pre["trainer.max_steps"] == UPSTREAM_PRECOMPILE_STEPS == 10
     assert pre["exp_manager.explicit_log_dir"] == "/shared/runs/llama/run-1/precompile"
     assert not (pre["exp_manager.create_checkpoint_callback"] or pre["exp_manager.create_tensorboard_logger"]
                 or pre["exp_manager.resume_if_exists"])
@@ -154,7 +163,7 @@ def test_environment_for_neuron_efa_and_xla(mode):
 
 
 @pytest.mark.parametrize("precision, expected", [
-    ("mixed_precision", ("0", "1", "0")), ("mixed_precisionSR", ("0", "1", "1")),
+    ("mixed_precision", ("0", "1", "0")),
     ("bf16SR", ("1", "0", "1")), ("fp32", ("0", "0", "0"))])
 def test_precision_sets_yaml_type_and_xla_environment(precision, expected):
     assert set(PRECISION_ENV) == set(PRECISIONS)
@@ -163,6 +172,19 @@ def test_precision_sets_yaml_type_and_xla_environment(precision, expected):
     assert (env["XLA_USE_BF16"], env["XLA_DOWNCAST_BF16"], env["NEURON_RT_STOCHASTIC_ROUNDING_EN"]) == expected
     assert nxdt_config(run, "train")["precision"] == {"type": precision}
     assert COMPILER_FLAGS not in env["NEURON_CC_FLAGS"]  # added once, by the orchestrator
+
+
+def test_every_offered_precision_runs_in_the_orchestrator_with_what_its_environment_implies():
+    """Each precision passes NxD Training's orchestrator, and the ones that keep BF16 compute over FP32
+    weights (XLA_DOWNCAST_BF16=1) also get the library's FP32 master weights."""
+    for precision in PRECISIONS:
+        assert precision in UPSTREAM_ORCHESTRATOR_PRECISIONS, precision
+        if PRECISION_ENV[precision]["XLA_DOWNCAST_BF16"] == "1":
+            assert precision in UPSTREAM_MASTER_WEIGHT_PRECISIONS, precision
+
+
+def test_precompile_defaults_to_the_steps_upstream_precompiles():
+    assert cfg().precompile_steps == UPSTREAM_PRECOMPILE_STEPS
 
 
 def test_overrides_replace_preset_values():
@@ -210,11 +232,16 @@ def test_bad_mode_and_node_rank_are_refused():
                                  "data-parallel degree = 1 \\* 16 = 16"),
     ({"micro_batch_size": 0}, "run.micro_batch_size: must be an integer >= 1"),
     ({"precision": "megatron_amp_O2"},
-     "run.precision: must be one of mixed_precision, mixed_precisionSR, bf16SR, fp32, got 'megatron_amp_O2'"),
+     "run.precision: must be one of mixed_precision, bf16SR, fp32, got 'megatron_amp_O2'"),
+    # Neither spelling of mixed precision with stochastic rounding works end to end in NxD Training 1.6.0.
+    ({"precision": "mixed_precisionSR"}, "run.precision: must be one of mixed_precision, bf16SR, fp32, got "),
+    ({"precision": "mixed_precision_SR"}, "run.precision: must be one of mixed_precision, bf16SR, fp32, got "),
     ({"lr": 0}, "run.lr: must be a number > 0"),
     ({"min_lr": 1.0}, r"run.min_lr: must be <= lr \(0.0003\), got 1.0"),
     ({"steps": 100, "checkpoint_every_n_steps": 500}, "run.checkpoint_every_n_steps: 500 is more than steps"),
-    ({"steps": 2, "checkpoint_every_n_steps": 1}, r"run.precompile_steps: 3 is more than steps \(2\)"),
+    ({"steps": 2, "checkpoint_every_n_steps": 1, "precompile_steps": 3},
+     r"run.precompile_steps: 3 is more than steps \(2\)"),
+    ({"steps": 5, "checkpoint_every_n_steps": 1}, r"run.precompile_steps: 10 is more than steps \(5\)"),
     ({"run_dir": "runs/x"}, "run.run_dir: must be an absolute path"),
     ({"nxdt_examples_dir": "examples"}, "run.nxdt_examples_dir: must be an absolute path"),
     ({"dataset_prefix": "/shared/data/a,b"}, "run.dataset_prefix: must not contain spaces, commas"),

@@ -24,7 +24,7 @@ from trn_workloads.compile import cli, housing_mlp
 from trn_workloads.compile.manifest import Manifest, TensorSpec
 from trn_workloads.serve import model as serve_model
 from trn_workloads.serve.app import create_app
-from trn_workloads.serve.batching import DynamicBatcher
+from trn_workloads.serve.batching import DynamicBatcher, QueueFull
 from trn_workloads.serve.config import ServeConfig, load_config
 from trn_workloads.serve.requests import RequestError, parse_predict_body
 
@@ -100,6 +100,7 @@ def test_config_env_then_cli_overrides():
         ({"TRN_SERVE_MODEL_URI": "x"}, ["--port", "0"], r"port must be 1..65535"),
         ({"TRN_SERVE_MODEL_URI": "x", "TRN_SERVE_MAX_BATCH_SIZE": "0"}, [], r"max_batch_size must be >= 1"),
         ({"TRN_SERVE_MODEL_URI": "x", "TRN_SERVE_MAX_WAIT_MS": "-1"}, [], r"max_wait_ms must be 0..10000"),
+        ({"TRN_SERVE_MODEL_URI": "x", "TRN_SERVE_MAX_QUEUED_REQUESTS": "0"}, [], r"max_queued_requests must be >= 1"),
     ],
 )
 def test_config_errors(env, argv, message):
@@ -134,6 +135,8 @@ def test_parse_named_multi_input():
         parse_predict_body(b'{"inputs": {"ids": [[1, 2]], "dense": [[0.5], [1]]}}', manifest, 4)
     with pytest.raises(RequestError, match=r"'ids' expects shape \[n, 2\] of int64 .*got non-integer numbers"):
         parse_predict_body(b'{"inputs": {"ids": [[1, 2.5]], "dense": [[0.5]]}}', manifest, 4)
+    with pytest.raises(RequestError, match=r"'ids' expects shape \[n, 2\] of int64 .*true/false at ids\[0\]\[0\]"):
+        parse_predict_body(b'{"inputs": {"ids": [[true, 2]], "dense": [[0.5]]}}', manifest, 4)
 
 
 @pytest.mark.parametrize(
@@ -150,6 +153,10 @@ def test_parse_named_multi_input():
         (b'{"inputs": [[1, 2], [3, 4, 5]]}', 422, r"ragged"),
         (b'{"inputs": [["a", "b", "c"]]}', 422, r"of float32 .*got strings"),
         (b'{"inputs": [[true, false, true]]}', 422, r"got booleans"),
+        # Mixed with numbers, numpy would read them as 1.0/0.0: refused too, naming the input and where.
+        (b'{"inputs": [[1.5, true, 3]]}', 422,
+         r"input 'features' expects .*got booleans \(true/false at features\[0\]\[1\]\)"),
+        (b'{"inputs": [[1, 2, 3], [4, 5, false]]}', 422, r"got booleans \(true/false at features\[1\]\[2\]\)"),
         (b'{"inputs": [[1, null, 3]]}', 422, r"non-numeric"),
         (b'{"inputs": [[1, NaN, 3]]}', 422, r"NaN/Infinity"),
         (b'{"inputs": [[1, 1e39, 3]]}', 422, r"out of float32 range"),
@@ -329,6 +336,88 @@ def test_http_health_predict_batching_and_bad_requests(housing):
         assert client.get("/healthz").status_code == 200
         again = client.post("/predict", json={"inputs": rows[5:6].tolist()})
         np.testing.assert_allclose(again.json()["outputs"], _eager(eager, rows[5:6]), rtol=1e-5, atol=1e-6)
+
+
+def test_batcher_refuses_requests_beyond_its_queue_bound():
+    entered, release = threading.Event(), threading.Event()
+
+    def gated(inputs):
+        entered.set()
+        release.wait(timeout=30)
+        return [inputs[0]]
+
+    async def scenario():
+        batcher = DynamicBatcher(gated, max_batch_size=1, max_wait_ms=0, max_queued=2)
+        batcher.start()
+        running_one = asyncio.ensure_future(batcher.submit([np.zeros((1, 1))]))
+        for _ in range(2000):  # the worker takes it and blocks in the model call
+            if entered.is_set():
+                break
+            await asyncio.sleep(0.005)
+        waiting = [asyncio.ensure_future(batcher.submit([np.full((1, 1), i)])) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="2 requests are already waiting"):
+            await batcher.submit([np.zeros((1, 1))])
+        release.set()
+        results = await asyncio.gather(running_one, *waiting)
+        await batcher.stop()
+        return results, batcher
+
+    results, batcher = asyncio.run(scenario())
+    assert [r[0].item() for r in results] == [0, 0, 1]
+    assert (batcher.requests, batcher.rejected) == (3, 1)
+
+
+def test_http_burst_beyond_the_queue_gets_503_with_retry_after(housing):
+    """A bounded burst on 127.0.0.1 against a model call that is held: max_queued_requests wait, the
+    rest are answered at once with 503 + Retry-After; once the model runs again the queued ones succeed."""
+    artifact, eager, rows = housing
+    release = threading.Event()
+
+    def load_gated():
+        loaded = serve_model.load_model(str(artifact), cache_dir="unused")
+        module = loaded.module
+
+        def held(*chunk):
+            release.wait(timeout=30)
+            return module(*chunk)
+
+        loaded.module = held
+        return loaded
+
+    burst, queued = 10, 3
+    config = ServeConfig(model_uri=str(artifact), max_batch_size=1, max_wait_ms=0, max_queued_requests=queued)
+    with running(create_app(config, load=load_gated)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert _wait_ready(client).status_code == 200
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as aclient:
+                tasks = [asyncio.ensure_future(aclient.post("/predict", json={"inputs": [rows[i].tolist()]}))
+                         for i in range(burst)]
+                # At most 1 running + `queued` waiting can be held; the others must come back before the release.
+                done: set = set()
+                for _ in range(200):
+                    if len(done) >= burst - 1 - queued:
+                        break
+                    finished, _pending = await asyncio.wait(tasks, timeout=0.05)
+                    done = finished
+                release.set()
+                return await asyncio.gather(*tasks)
+
+        responses = asyncio.run(scenario())
+        statuses = [r.status_code for r in responses]
+        busy = [r for r in responses if r.status_code == 503]
+        assert set(statuses) == {200, 503} and queued <= statuses.count(200) <= queued + 1, statuses
+        for response in busy:
+            assert response.headers["retry-after"] == "1"
+            assert "server busy" in response.json()["error"] and "max_queued_requests" in response.json()["error"]
+        for i, response in enumerate(responses):
+            if response.status_code == 200:
+                np.testing.assert_allclose(response.json()["outputs"], _eager(eager, rows[i:i + 1]), rtol=1e-5,
+                                           atol=1e-6)
+        assert client.get("/stats").json()["rejected"] == len(busy)
+        again = client.post("/predict", json={"inputs": [rows[0].tolist()]})
+        assert again.status_code == 200
 
 
 def test_http_failed_load_reports_unhealthy(tmp_path):

@@ -113,7 +113,8 @@ POOLS = "trn-platform:nodePools"
 
 def parse_pools(*pools: dict, region: str = "us-east-2"):
     raw = {"nodePools": [*pools, {"name": "cpu", "family": "cpu", "instanceTypes": ["m7i.2xlarge"], "maxNodes": 1}],
-           "endpoint": {"publicAccess": False}}
+           "endpoint": {"publicAccess": False},
+           "monitoring": {"enabled": False}}  # pools only: no alert destination needed
     return config.parse(raw, stack="t", region=region).node_pools
 
 

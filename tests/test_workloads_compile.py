@@ -59,6 +59,8 @@ def test_serving_deployment_on_inf2_waits_for_the_compile_job():
     server = pod["containers"][0]
     assert server["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert server["resources"]["requests"]["aws.amazon.com/neuron"] == "1"
+    flags = server["command"]
+    assert flags[flags.index("--max-queued-requests") + 1] == "64"  # the server sheds load beyond this (503)
     assert result.by_type("kubernetes:batch/v1:Job")[0].urn in deployment.depends_on
     service = result.by_type("kubernetes:core/v1:Service")[0].inputs
     assert service["spec"]["type"] == "ClusterIP"
@@ -85,6 +87,7 @@ BAD = {
     "too many devices": (changed("neuronDevices", 4), "compile.neuronDevices: 4 Neuron devices do not fit pool 'trn1-single'"),
     "bad model": (changed("model", "resnet"), "compile.model: allowed values: resnet50, housing-mlp or <module>:<attr>"),
     "too many replicas": (changed("serve", {"pool": "inf2", "replicas": 9}), "compile.serve.replicas: 9 replicas do not fit pool 'inf2'"),
+    "queue bound": (changed("serve", {"pool": "inf2", "maxQueuedRequests": 0}), "compile.serve.maxQueuedRequests: must be 1 to 10000"),
 }
 
 

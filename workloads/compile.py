@@ -28,6 +28,7 @@ class ServeSettings:
     neuron_devices: int
     max_batch: int
     max_wait_ms: int
+    max_queued_requests: int  # the server answers 503 + Retry-After beyond this many waiting requests
     hpa_max_replicas: int  # 0: no HPA
     hpa_cpu_percent: int
 
@@ -86,6 +87,8 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> C
             replicas=s.get("replicas", int, 1, check=lambda v: None if 1 <= v <= 32 else "must be 1 to 32"),
             neuron_devices=s.get("neuronDevices", int, 1), max_batch=s.get("maxBatch", int, 8),
             max_wait_ms=s.get("maxWaitMs", int, 5),
+            max_queued_requests=s.get("maxQueuedRequests", int, 64,
+                                      check=lambda v: None if 1 <= v <= 10_000 else "must be 1 to 10000"),
             hpa_max_replicas=s.get("hpaMaxReplicas", int, 0), hpa_cpu_percent=s.get("hpaCpuPercent", int, 70))
         s.finish()
         try:
@@ -131,7 +134,8 @@ def compile_command(s: CompileSettings, output_dir: str, train_dir: str) -> list
 def serve_command(s: CompileSettings) -> list[str]:
     assert s.serve is not None
     return ["python", "-m", "trn_workloads.serve", "--model-uri", f"{s.s3_prefix}/", "--port", str(SERVE_PORT),
-            "--max-batch-size", str(s.serve.max_batch), "--max-wait-ms", str(s.serve.max_wait_ms)]
+            "--max-batch-size", str(s.serve.max_batch), "--max-wait-ms", str(s.serve.max_wait_ms),
+            "--max-queued-requests", str(s.serve.max_queued_requests)]
 
 
 class CompileWorkload(pulumi.ComponentResource):

@@ -12,11 +12,17 @@ Choices, and why:
   exactly `seq_len` tokens, so every step has one input shape (one Neuron graph) and no
   compute goes to padding. The tail shorter than `seq_len` is dropped and counted.
 - Example boundaries: `position_ids` restart at 0 for every example (an example cut by a
-  block boundary continues its positions in the next block). Given `position_ids` and no
-  `attention_mask`, transformers' Llama (4.57) turns position restarts into a
-  block-diagonal causal mask, so on the CPU path an example never attends to its
-  neighbours. The Neuron model receives the same `position_ids`; whether its attention
-  kernel also blocks cross-example attention depends on optimum-neuron's implementation.
+  block boundary continues its positions in the next block), and an example never attends
+  to its neighbours, on either path:
+  - CPU: given `position_ids` and no `attention_mask`, transformers' Llama (4.57) turns
+    position restarts into a block-diagonal causal mask (masking_utils.find_packed_sequence_indices).
+  - Neuron: optimum-neuron's Llama ignores that: with `recompute_causal_mask` (its default)
+    it uses a plain causal mask, and its own create_causal_mask never reads position_ids
+    (optimum-neuron v0.4.5, optimum/neuron/models/training/llama/modeling_llama.py and
+    masking_utils.py). It does take a ready 4D `attention_mask` as-is and adds it to the
+    eager attention scores, so the Neuron path turns `recompute_causal_mask` off, keeps eager
+    attention (its flash-attention kernel is causal only) and gets the same block-diagonal
+    mask, built here from the same position restarts (`block_causal_mask`).
 """
 from __future__ import annotations
 
@@ -106,14 +112,41 @@ def pack_examples(examples: Sequence[TokenizedExample], seq_len: int) -> PackedB
     )
 
 
+def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[batch, seq] positions -> the additive [batch, 1, seq, seq] mask of per-example causal attention.
+
+    0 where query i may see key j (j <= i, same example), the dtype's minimum elsewhere. An
+    example starts wherever the position does not follow the previous one by 1, the rule
+    transformers applies to position_ids on the CPU path (find_packed_sequence_indices).
+    """
+    first = position_ids[:, :1] - 1
+    example = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)  # [batch, seq]
+    seq = position_ids.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = causal[None] & (example[:, :, None] == example[:, None, :])
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 class PackedBlockCollator:
-    """Stacks packed blocks into a batch. No attention_mask on purpose: with position_ids
-    alone, transformers builds the per-example (block-diagonal) causal mask."""
+    """Stacks packed blocks into a batch.
+
+    CPU (default): no attention_mask on purpose: with position_ids alone, transformers builds
+    the per-example (block-diagonal) causal mask. `mask_dtype` set (the Neuron path): the same
+    mask is passed explicitly as a 4D `attention_mask` of that dtype (optimum-neuron reads no
+    position restarts; see the module docstring).
+    """
+
+    def __init__(self, mask_dtype: torch.dtype | None = None) -> None:
+        self.mask_dtype = mask_dtype
 
     def __call__(self, rows: Iterable[dict]) -> dict[str, torch.Tensor]:
         rows = list(rows)
-        return {key: torch.tensor([row[key] for row in rows], dtype=torch.long)
-                for key in ("input_ids", "labels", "position_ids")}
+        batch = {key: torch.tensor([row[key] for row in rows], dtype=torch.long)
+                 for key in ("input_ids", "labels", "position_ids")}
+        if self.mask_dtype is not None:
+            batch["attention_mask"] = block_causal_mask(batch["position_ids"], self.mask_dtype)
+        return batch
 
 
 def unpacked_dataset(examples: Sequence[TokenizedExample]):

@@ -54,14 +54,16 @@ def trainer_arguments(cfg: FinetuneConfig, output_dir: Path) -> dict:
     )
 
 
-def data_collator(cfg: FinetuneConfig, tokenizer):
-    return PackedBlockCollator() if cfg.train.packing else padding_collator(tokenizer)
+def data_collator(cfg: FinetuneConfig, tokenizer, *, mask_dtype: torch.dtype | None = None):
+    """Packed blocks (with an explicit per-example mask of `mask_dtype` when given: the Neuron
+    path) or padded batches."""
+    return PackedBlockCollator(mask_dtype) if cfg.train.packing else padding_collator(tokenizer)
 
 
-def trainer_inputs(cfg: FinetuneConfig, train_dataset, tokenizer) -> dict:
+def trainer_inputs(cfg: FinetuneConfig, train_dataset, tokenizer, *, mask_dtype: torch.dtype | None = None) -> dict:
     """Keyword arguments shared by trl's SFTTrainer and optimum-neuron's NeuronSFTTrainer,
     besides the model and the arguments object."""
-    return dict(train_dataset=train_dataset, data_collator=data_collator(cfg, tokenizer),
+    return dict(train_dataset=train_dataset, data_collator=data_collator(cfg, tokenizer, mask_dtype=mask_dtype),
                 processing_class=tokenizer, peft_config=peft_lora_config(cfg.lora, cfg.model.base))
 
 

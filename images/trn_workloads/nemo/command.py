@@ -58,6 +58,8 @@ def build_env(cfg: RunConfig, mode: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     }
     if mode == "precompile":
+        # COMPILE=1 is not exported: the orchestrator would then force trainer.max_steps = 10 over the
+        # YAML's precompile_steps (whose default is that same 10) and nothing else changes for us.
         # neuron_parallel_compile runs the graphs' compilations in parallel workers; one retry.
         env["NEURON_PARALLEL_COMPILE_MAX_RETRIES"] = "1"
     return env

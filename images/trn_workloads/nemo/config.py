@@ -23,11 +23,17 @@ from typing import Any
 
 from trn_workloads.nemo.presets import PRESETS, ModelPreset
 
-# NxD Training's `precision.type` values that apply to its Megatron model (`autocast` is for
-# its HF models, `manual` is left out on purpose). mixed_precision (BF16 compute, FP32
-# master weights and gradient accumulation in the ZeRO-1 optimizer) is what NxD Training's
-# Llama-7B example uses and recommends; bf16SR is all-BF16 with stochastic rounding.
-PRECISIONS = ("mixed_precision", "mixed_precisionSR", "bf16SR", "fp32")
+# NxD Training's `precision.type` values that apply to its Megatron model and work end to end
+# (`autocast` is for its HF models, `manual` is left out on purpose). mixed_precision (BF16
+# compute, FP32 master weights and gradient accumulation in the ZeRO-1 optimizer) is what NxD
+# Training's Llama-7B example uses and recommends; bf16SR is all-BF16 with stochastic rounding.
+# Mixed precision with stochastic rounding is NOT offered: in NxD Training 1.6.0 the orchestrator
+# accepts only the spelling `mixed_precision_SR` (anything else raises on every rank:
+# examples/training_orchestrator.py, process_config) while the library enables FP32 master weights
+# and gradient accumulation only for `mixed_precisionSR`
+# (src/neuronx_distributed_training/lightning_modules/model/base.py, _initialize_nxd_config), both at
+# commit 9169aa03f39efd4eb02da63891a7ed98defb1714: neither spelling gets both.
+PRECISIONS = ("mixed_precision", "bf16SR", "fp32")
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8, 16, 32)
 # Paths end up in Hydra's command line and in OmegaConf YAML, where these characters are
 # split, quoted or interpolated (`${...}`).
@@ -61,7 +67,11 @@ class RunConfig:
     steps: int = 20000
     checkpoint_every_n_steps: int = 200
     keep_checkpoints: int = 2
-    precompile_steps: int = 3  # neuron_parallel_compile traces this many steps to fill the cache
+    # Steps neuron_parallel_compile traces to fill the cache: 10, what NxD Training's own precompile
+    # runs (examples/training_orchestrator.py sets trainer.max_steps = 10 when COMPILE=1, commit
+    # 9169aa03f39efd4eb02da63891a7ed98defb1714), so the graphs of the first steps (optimizer-state
+    # creation, warm-up) are all in the cache and none compiles during training.
+    precompile_steps: int = 10
     precision: str = "mixed_precision"
     neuron_cores_per_node: int | None = None
     efa_per_node: int | None = None

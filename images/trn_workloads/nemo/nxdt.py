@@ -41,12 +41,12 @@ RUNTIME_SETTINGS = {
     "neuron_rt_exec_timeout": ("NEURON_RT_EXEC_TIMEOUT", 100),
 }
 
-# precision.type -> the XLA / runtime environment NxD Training documents for it (config_overview.rst,
-# "Precision"): mixed_precision keeps FP32 master weights and gradients (ZeRO-1) and downcasts
+# precision.type -> the XLA / runtime environment NxD Training's orchestrator sets for it
+# (examples/training_orchestrator.py, process_config; config_overview.rst, "Precision"):
+# mixed_precision keeps FP32 master weights and gradients (ZeRO-1) and downcasts
 # compute to BF16; bf16SR runs everything in BF16 with stochastic rounding.
 PRECISION_ENV = {
     "mixed_precision": {"XLA_USE_BF16": "0", "XLA_DOWNCAST_BF16": "1", "NEURON_RT_STOCHASTIC_ROUNDING_EN": "0"},
-    "mixed_precisionSR": {"XLA_USE_BF16": "0", "XLA_DOWNCAST_BF16": "1", "NEURON_RT_STOCHASTIC_ROUNDING_EN": "1"},
     "bf16SR": {"XLA_USE_BF16": "1", "XLA_DOWNCAST_BF16": "0", "NEURON_RT_STOCHASTIC_ROUNDING_EN": "1"},
     "fp32": {"XLA_USE_BF16": "0", "XLA_DOWNCAST_BF16": "0", "NEURON_RT_STOCHASTIC_ROUNDING_EN": "0"},
 }

@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from trn_workloads.ray_train.memory import NEURONCORE_HBM_BYTES, estimate_per_core
 from trn_workloads.typed_config import ConfigError, build
 
 # NeuronCores one Ray Train worker drives on Neuron (one process per core, as torch-xla wants);
@@ -135,11 +136,28 @@ class PretrainConfig:
             _require(getattr(p, name) % tp == 0, "tensor_parallel_size",
                      f"{tp} must divide {name} ({getattr(p, name)}) of model {self.model!r}; allowed: "
                      f"{[t for t in TENSOR_PARALLEL_CHOICES if all(getattr(p, n) % t == 0 for n in _TP_SPLIT)]}")
+        if tp > 1:  # the Neuron path (CPU runs are data parallel): sequence parallel + selective recompute
+            _require(self.seq_len % tp == 0, "seq_len",
+                     f"{self.seq_len} must be a multiple of tensor_parallel_size ({tp}): sequence parallelism "
+                     f"splits the sequence across the tensor-parallel ranks")
+            need = self.memory_per_core()
+            gib = 2**30
+            _require(need.total <= NEURONCORE_HBM_BYTES, "micro_batch_size",
+                     f"{self.micro_batch_size} x seq_len {self.seq_len} needs about {need.total / gib:.1f} GiB per "
+                     f"NeuronCore (activations {need.activations / gib:.1f}, weights/gradients/optimizer "
+                     f"{need.model_state / gib:.1f}), more than its {NEURONCORE_HBM_BYTES / gib:.0f} GiB: lower "
+                     f"micro_batch_size or seq_len, or raise tensor_parallel_size")
         per_step = self.micro_batch_size * self.data_parallel_size
         _require(self.global_batch_size % per_step == 0, "global_batch_size",
                  f"{self.global_batch_size} must be a multiple of micro_batch_size x data parallel size "
                  f"({self.micro_batch_size} x {self.data_parallel_size} = {per_step}; data parallel size = "
                  f"num_workers / tensor_parallel_size)")
+
+    def memory_per_core(self):
+        """Estimated NeuronCore memory of one worker as the Neuron path trains (memory.py)."""
+        return estimate_per_core(self.preset, seq_len=self.seq_len, micro_batch_size=self.micro_batch_size,
+                                 tensor_parallel_size=self.tensor_parallel_size, sequence_parallel=True,
+                                 recompute_core_attention=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

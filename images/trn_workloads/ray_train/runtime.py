@@ -3,7 +3,7 @@
 `worker_runtime(cfg)` is the only place a training worker chooses (through
 `trn_workloads.accel`). Both runtimes offer the same operations, in the order a step uses them:
 
-    build_model   -> the model on this rank's device (CPU: DDP-wrapped; Neuron: TP shards, bf16)
+    build_model   -> the model on this rank's device (CPU: DDP-wrapped; Neuron: TP + sequence-parallel shards, bf16)
     no_sync       -> context for non-final micro-batches (skip the gradient all-reduce)
     loss          -> mean next-token cross entropy of logits vs targets
     optimizer_step-> reduce gradients over data parallel ranks, clip, step; returns the grad norm
@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from trn_workloads import accel
+from trn_workloads.neuron_flags import merge_compiler_flags
 from trn_workloads.ray_train.config import ConfigError, ModelPreset, PretrainConfig
 from trn_workloads.ray_train.model import build_cpu_llama, build_tensor_parallel_llama, llama_config
 
@@ -32,15 +33,10 @@ def neuron_compiler_env(env: Mapping[str, str], compile_cache: str) -> dict[str,
     The cache on FSx is shared by every node, so graphs compiled by the precompile step (or by
     any worker) are never compiled again.
     """
-    flags = env.get("NEURON_CC_FLAGS", "").split()
-    if not any(f.startswith("--cache_dir") for f in flags):
-        flags.append(f"--cache_dir={compile_cache}")
-    if not any(f.startswith("--model-type") for f in flags):
-        flags.append("--model-type=transformer")
-    if not any(f.startswith("--distribution-strategy") for f in flags):
-        flags.append("--distribution-strategy=llm-training")
+    flags = merge_compiler_flags(env.get("NEURON_CC_FLAGS"), [
+        f"--cache_dir={compile_cache}", "--model-type=transformer", "--distribution-strategy=llm-training"])
     return {
-        "NEURON_CC_FLAGS": " ".join(flags),
+        "NEURON_CC_FLAGS": flags,
         "NEURON_COMPILE_CACHE_URL": env.get("NEURON_COMPILE_CACHE_URL", compile_cache),
         # bf16 weights with stochastic rounding keep small updates from rounding away.
         "NEURON_RT_STOCHASTIC_ROUNDING_EN": env.get("NEURON_RT_STOCHASTIC_ROUNDING_EN", "1"),
@@ -79,7 +75,7 @@ class CpuRuntime:
         self.tp_rank = 0
 
     def build_model(self, preset: ModelPreset, vocab_size: int) -> torch.nn.Module:
-        model = build_cpu_llama(llama_config(preset, vocab_size=vocab_size, attn_implementation="sdpa"))
+        model = build_cpu_llama(llama_config(preset, vocab_size=vocab_size))
         if self.dp_size == 1:
             return model
         # DDP broadcasts rank 0's weights, so every replica starts identical.
@@ -143,11 +139,19 @@ class NeuronRuntime:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_size()
         self._dp_groups = parallel_state.get_data_parallel_group(as_list=True)
+        self.sequence_parallel = cfg.tensor_parallel_size > 1
 
     def build_model(self, preset: ModelPreset, vocab_size: int) -> torch.nn.Module:
-        # Eager attention: plain matmul/softmax ops that the Neuron compiler fuses well.
-        model = build_tensor_parallel_llama(llama_config(preset, vocab_size=vocab_size, attn_implementation="eager"))
-        return model.to(torch.bfloat16).to(self.device)
+        # Sequence parallel whenever there is a tensor-parallel group to split the sequence over.
+        from neuronx_distributed.utils.model_utils import move_model_to_device
+
+        model = build_tensor_parallel_llama(llama_config(preset, vocab_size=vocab_size),
+                                            sequence_parallel=self.sequence_parallel)
+        # Not model.to(device): moving to XLA makes new Parameter objects and drops the attributes
+        # NxD reads (tensor_model_parallel for the gradient-norm clip, sequence_parallel_enabled for the
+        # norms' gradient sum); NxD's helper keeps them (neuronx-distributed 0.15 utils/model_utils.py).
+        move_model_to_device(model.to(torch.bfloat16), self.device)
+        return model
 
     @staticmethod
     def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -164,8 +168,12 @@ class NeuronRuntime:
         return parallel_cross_entropy(logits.float(), targets).mean()  # logits are vocabulary-parallel
 
     def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
-        from neuronx_distributed.parallel_layers.grads import clip_grad_norm
+        from neuronx_distributed.parallel_layers.grads import allreduce_sequence_parallel_gradients, clip_grad_norm
 
+        # Sequence parallel: each TP rank saw 1/tp of the sequence, so the norms' weight gradients
+        # are partial sums over the group (NxD marks and sums them: neuronx-distributed 0.15 grads.py).
+        if self.sequence_parallel:
+            allreduce_sequence_parallel_gradients(optimizer)
         # Not xm.optimizer_step: it averages over the whole world (1/world size), but with tensor
         # parallelism only the data parallel replicas hold the same parameters, and the clip
         # must see the averaged gradients, across the TP shards (NxD's clip_grad_norm does that).

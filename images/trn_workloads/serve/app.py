@@ -7,7 +7,8 @@
 
 The model loads in a background thread after start-up, so probes get answers meanwhile.
 Errors: 400 bad JSON, 413 body over max_body_bytes, 422 wrong structure/shape/dtype,
-503 not loaded yet, 500 model failure; the body is {"error": message, "expected": layout}.
+503 not loaded yet or max_queued_requests already waiting (with Retry-After), 500 model
+failure; the body is {"error": message, "expected": layout}.
 """
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from typing import Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from trn_workloads.serve.batching import DynamicBatcher
+from trn_workloads.serve.batching import DynamicBatcher, QueueFull
 from trn_workloads.serve.config import ServeConfig
 from trn_workloads.serve.model import LoadedModel, load_model
 from trn_workloads.serve.requests import RequestError, expected_layout, parse_predict_body
 
 log = logging.getLogger(__name__)
+
+# Seconds a client told "queue full" should wait: a full queue drains in a few model calls.
+RETRY_AFTER_S = 1
 
 
 class _State:
@@ -47,7 +51,8 @@ def create_app(config: ServeConfig, load: Callable[[], LoadedModel] | None = Non
             state.load_error = f"{type(err).__name__}: {err}"
             return
         max_batch = config.max_batch_size or model.manifest.batch_size
-        state.batcher = DynamicBatcher(model.predict, max_batch_size=max_batch, max_wait_ms=config.max_wait_ms)
+        state.batcher = DynamicBatcher(model.predict, max_batch_size=max_batch, max_wait_ms=config.max_wait_ms,
+                                       max_queued=config.max_queued_requests)
         state.batcher.start()
         state.model = model
         log.info("ready: %s, max batch %d rows, max wait %.1f ms", model.manifest.model_name, max_batch, config.max_wait_ms)
@@ -82,7 +87,7 @@ def create_app(config: ServeConfig, load: Callable[[], LoadedModel] | None = Non
     async def stats():
         batcher = state.batcher
         return {"requests": batcher.requests if batcher else 0, "batches": batcher.batches if batcher else 0,
-                "model_calls": state.model.calls if state.model else 0}
+                "rejected": batcher.rejected if batcher else 0, "model_calls": state.model.calls if state.model else 0}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -97,6 +102,9 @@ def create_app(config: ServeConfig, load: Callable[[], LoadedModel] | None = Non
             return JSONResponse({"error": err.message, "expected": layout}, status_code=err.status)
         try:
             outputs = await batcher.submit(inputs)
+        except QueueFull as err:
+            return JSONResponse({"error": f"server busy: {err} (max_queued_requests); retry later",
+                                 "expected": layout}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         except Exception as err:
             return JSONResponse({"error": f"model call failed: {type(err).__name__}: {err}"}, status_code=500)
         named = {spec.name: out.tolist() for spec, out in zip(model.manifest.outputs, outputs)}

@@ -4,6 +4,9 @@ One worker task takes the first waiting request, then gathers more until the bat
 `max_batch_size` rows or `max_wait_ms` has passed since that first request, runs the model
 once in a worker thread (so the event loop keeps accepting requests meanwhile), and hands
 each request its own rows of the result.
+
+At most `max_queued` requests wait for a model call (the batch being run is not counted);
+`submit` refuses one more with `QueueFull` at once instead of letting latency grow.
 """
 from __future__ import annotations
 
@@ -29,17 +32,25 @@ class _Pending:
         return self.inputs[0].shape[0]
 
 
+class QueueFull(Exception):
+    """The batcher already holds max_queued waiting requests."""
+
+
 class DynamicBatcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_ms: float):
+    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_ms: float, max_queued: int = 64):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
         self._max_wait_s = max_wait_ms / 1000
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queued)
         self._worker: asyncio.Task | None = None
         self.batches = 0
         self.requests = 0
+        self.rejected = 0  # refused with QueueFull
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run_forever())
@@ -54,11 +65,15 @@ class DynamicBatcher:
                 pending.future.set_exception(RuntimeError("server is shutting down"))
 
     async def submit(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Queue rows (at most max_batch_size) and wait for their outputs."""
+        """Queue rows (at most max_batch_size) and wait for their outputs; QueueFull if max_queued wait already."""
         if inputs[0].shape[0] > self.max_batch_size:
             raise ValueError(f"{inputs[0].shape[0]} rows exceed max_batch_size {self.max_batch_size}")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(inputs, future))
+        try:
+            self._queue.put_nowait(_Pending(inputs, future))
+        except asyncio.QueueFull:
+            self.rejected += 1
+            raise QueueFull(f"{self.max_queued} requests are already waiting for the model") from None
         return await future
 
     async def _run_forever(self) -> None:

@@ -21,6 +21,9 @@ class ServeConfig:
     max_batch_size: int | None = None  # rows per model call; None: the compiled batch size
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_body_bytes: int = 1024 * 1024
+    # Requests waiting for a model call; one more is answered 503 with Retry-After at once, so a
+    # burst sheds load (and a load balancer retries elsewhere) instead of queueing into seconds of latency.
+    max_queued_requests: int = 64
     cache_dir: str = "/tmp/model-cache"  # where an s3:// artifact is downloaded
 
     def __post_init__(self):
@@ -34,6 +37,8 @@ class ServeConfig:
             raise ValueError(f"max_wait_ms must be 0..10000, got {self.max_wait_ms}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.max_queued_requests < 1:
+            raise ValueError(f"max_queued_requests must be >= 1, got {self.max_queued_requests}")
 
 
 def _env(field: str, convert: Callable[[str], T], environ) -> T | None:
@@ -51,7 +56,7 @@ def load_config(argv: list[str] | None = None, environ=None) -> ServeConfig:
     """ServeConfig from TRN_SERVE_* environment variables, then CLI flags on top."""
     environ = os.environ if environ is None else environ
     converters = {"model_uri": str, "host": str, "port": int, "max_batch_size": int,
-                  "max_wait_ms": float, "max_body_bytes": int, "cache_dir": str}
+                  "max_wait_ms": float, "max_body_bytes": int, "max_queued_requests": int, "cache_dir": str}
     values = {f: v for f, c in converters.items() if (v := _env(f, c, environ)) is not None}
 
     parser = argparse.ArgumentParser(prog="python -m trn_workloads.serve",

@@ -56,6 +56,9 @@ def _array(value: Any, spec: TensorSpec, max_rows: int) -> np.ndarray:
     what = f"input {spec.name!r} expects shape {expected} of {spec.dtype} with n from 1 to {max_rows}"
     if not isinstance(value, list):
         raise RequestError(422, f"{what}, got a JSON {type(value).__name__}")
+    boolean = _first_boolean(value)
+    if boolean is not None:  # numpy would read true/false among numbers as 1/0
+        raise RequestError(422, f"{what}, got booleans (true/false at {spec.name}{boolean})")
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
@@ -80,3 +83,16 @@ def _array(value: Any, spec: TensorSpec, max_rows: int) -> np.ndarray:
     if array.min() < info.min or array.max() > info.max:
         raise RequestError(422, f"{what}, got values out of {spec.dtype} range")
     return array.astype(spec.dtype)
+
+
+def _first_boolean(value: Any) -> str | None:
+    """Index path (e.g. "[0][2]") of the first JSON true/false in nested lists, None if there is none.
+    Iterative: a body nested as deep as the JSON parser allows must not overflow the stack here."""
+    stack = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, bool):
+            return path
+        if isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
