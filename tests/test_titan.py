@@ -61,6 +61,10 @@ def test_gang_job_takes_whole_trn2_nodes(rendered):
         claim = rendered_platform(PLATFORM_STACK).outputs["sharedStorage"]["pvcName"]
         assert {"name": "shared", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
     assert rendered.outputs["worldSize"] == 256
+    master, worker = (t["template"] for t in spec["tasks"])
+    assert master["metadata"]["labels"]["trn-platform/scrape"] == "true"  # rank 0 serves the training metrics
+    assert master["spec"]["containers"][0]["ports"] == [{"name": "metrics", "containerPort": 9400}]
+    assert "trn-platform/scrape" not in worker["metadata"]["labels"] and "ports" not in worker["spec"]["containers"][0]
 
 
 def test_the_cost_estimate_counts_every_pod_of_the_gang(rendered):
@@ -88,6 +92,9 @@ def test_run_config_is_sized_from_the_pool(rendered):
     assert run["run_dir"] == "/shared/runs/titan-pretrain-use2/v1-0-0"
     assert run["dataset_prefix"] == "/shared/data/llama3-corpus/corpus_text_document"
     assert run["compile_cache"] == "/shared/neuron-cache"
+    from trn_workloads.training_metrics import METRICS_PORT
+
+    assert run["metrics_port"] == METRICS_PORT
 
 
 def titan(key, value) -> dict:

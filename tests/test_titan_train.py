@@ -34,7 +34,7 @@ def run_config(run_dir, dataset_prefix, **overrides) -> dict:
     cfg = {"dataset_prefix": dataset_prefix, "run_dir": str(run_dir), "nodes": 1, "processes_per_node": 2,
            "model_flavor": "debugmodel", "seq_len": 32, "local_batch_size": 2, "steps": STEPS, "lr": 3e-3,
            "warmup_steps": 2, "checkpoint_every_n_steps": 6, "log_every_n_steps": 1, "compile": False,
-           "peak_tflops_per_process": 1.0}
+           "peak_tflops_per_process": 1.0, "metrics_addr": "127.0.0.1"}
     cfg.update(overrides)
     return cfg
 
@@ -50,6 +50,14 @@ def torchrun(tmp_path, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def losses(run_dir) -> list[dict]:
@@ -68,7 +76,7 @@ def final_weights(run_dir, step: int) -> dict:
 @pytest.mark.slow
 def test_loss_falls_and_a_stopped_run_resumes_to_the_same_weights(tmp_path, dataset):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    torchrun(tmp_path, run_config(whole, dataset))
+    torchrun(tmp_path, run_config(whole, dataset, metrics_port=free_port()))  # rank 0 serves training metrics
     rows = losses(whole)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     first, last = sum(r["loss"] for r in rows[:3]) / 3, sum(r["loss"] for r in rows[-3:]) / 3

@@ -19,6 +19,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import versions
+from infra.monitoring.scrape import METRICS_PORT as METRICS_PORT_NAME
+from infra.monitoring.scrape import WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
 from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
                               pod_spec, resources_for, wait_for)
@@ -27,6 +29,7 @@ from workloads.entrypoints import titan_trainer
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
 
+TRAINING_METRICS_PORT = 9400  # images/trn_workloads/training_metrics.py METRICS_PORT (rank 0 serves it)
 MASTER_PORT = 23456  # volcano v1.15.1 pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go DefaultPort
 MASTER_TASK, WORKER_TASK = "master", "worker"
 # Room on each node for the kubelet, daemonsets and the EFA/Neuron plugins.
@@ -68,7 +71,7 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> T
         mount = platform.storage.mount_path
         owned = {"nodes": nodes, "processes_per_node": pool.neuron_cores_per_node, "dataset_prefix": dataset_prefix,
                  "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}", "compile_cache": f"{mount}/neuron-cache",
-                 "peak_tflops_per_process": peak}
+                 "peak_tflops_per_process": peak, "metrics_port": TRAINING_METRICS_PORT}
         run = titan_trainer.run_config(run_raw, owned=owned, max_nodes=pool.max_nodes, key="titan.run")
         if tensorboard:
             platform.pool(tensorboard_pool, key="titan.tensorboardPool", accelerator=False)
@@ -101,14 +104,17 @@ def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: 
     pool = platform.pools[s.pool]
 
     def task(task_name: str, replicas: int) -> dict:
+        # Global rank 0 runs in the master pod: only it serves the training metrics, so only it is scraped.
+        serves_metrics = task_name == MASTER_TASK
         train = container(
             name="trainer", image=image, env=trainer_env(platform, base, pool), mount_path=platform.storage.mount_path,
             command=titan_trainer.torchrun_command(pool.neuron_cores_per_node, RUN_CONFIG_FILE), efa=True,
             resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
                                     cpu=str(pool.vcpu_per_node - NODE_RESERVED_CPU),
-                                    memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi"))
+                                    memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi"),
+            ports=[{"name": METRICS_PORT_NAME, "containerPort": TRAINING_METRICS_PORT}] if serves_metrics else None)
         return {"name": task_name, "replicas": replicas, "template": {
-            "metadata": {"labels": labels(cfg, "train")},
+            "metadata": {"labels": {**labels(cfg, "train"), **(WORKLOAD_SCRAPE_LABEL if serves_metrics else {})}},
             "spec": pod_spec(platform=platform, pool=pool, containers=[train], service_account=base.service_account,
                              run_config=config_map, restart_policy="Never", shm_size="64Gi",
                              activeDeadlineSeconds=s.deadline_seconds)}}

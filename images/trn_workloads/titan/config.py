@@ -18,7 +18,6 @@ __all__ = ["ConfigError", "RunConfig", "config_from_dict", "load"]
 # TorchTitan's Llama 3 flavors (torchtitan 0.3.0 torchtitan/models/llama3/__init__.py
 # `llama3_configs`); vocabulary of every flavor but debugmodel: the Llama 3 tokenizer's 128256.
 FLAVOR_VOCAB = {"debugmodel": 2048, "1B": 128256, "3B": 128256, "8B": 128256, "70B": 128256, "405B": 128256}
-STACK_OWNED = ("nodes", "processes_per_node", "dataset_prefix", "run_dir", "compile_cache", "peak_tflops_per_process")
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,8 @@ class RunConfig:
     compile: bool = True  # torch.compile with the Neuron backend (Neuron path only)
     compile_cache: str | None = None
     peak_tflops_per_process: float | None = None  # for the MFU estimate (bf16 dense, per NeuronCore)
+    metrics_port: int | None = None  # rank 0 serves trn_workloads.training_metrics here (None: off)
+    metrics_addr: str = "0.0.0.0"
 
     @property
     def world_size(self) -> int:

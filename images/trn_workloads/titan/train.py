@@ -175,6 +175,10 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
         if rank == 0:
             log.info("resumed from %s (step %d)", path, start)
 
+    from trn_workloads.training_metrics import TrainingMetrics
+
+    metrics = (TrainingMetrics.serve(cfg.metrics_port, addr=cfg.metrics_addr) if rank == 0 and cfg.metrics_port
+               else TrainingMetrics.disabled())
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -205,6 +209,8 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
             dist.all_reduce(reported, op=dist.ReduceOp.SUM, group=batch_mesh.get_group())
             elapsed = time.perf_counter() - tick
             tokens_per_s = global_tokens * (step - logged) / max(elapsed, 1e-9)
+            for _ in range(step - logged):  # the loss is read at log steps only (a device sync)
+                metrics.record_step(tokens=global_tokens, loss=float(reported) / dp_size, seconds=elapsed / (step - logged))
             tick, logged = time.perf_counter(), step
             row = {"step": step, "loss": float(reported) / dp_size, "grad_norm": float(grad_norm.full_tensor()
                    if hasattr(grad_norm, "full_tensor") else grad_norm),
