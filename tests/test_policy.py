@@ -219,3 +219,11 @@ def test_every_workload_stack_renders_and_passes(stack, tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert PLACEHOLDER_SECRET not in path.read_text(), f"{path} leaks a secret config value"
+
+
+def test_rules_are_registered_domain_by_domain_in_a_fixed_order():
+    """Reports list violations in registration order (within a severity): the package imports
+    the domain modules nodes, iam, data, kubernetes in that order, whatever sorts imports."""
+    domains = ["policy.rules.nodes", "policy.rules.iam", "policy.rules.data", "policy.rules.kubernetes"]
+    order = [domains.index(rule.check.__module__) for rule in rules.RULES]
+    assert order == sorted(order) and set(order) == {0, 1, 2, 3}

@@ -24,9 +24,9 @@ Layout: `base` (records, registration, evaluation), `exceptions` (policy/excepti
 # The domain modules register their rules on import; their public names are re-exported
 # so callers keep using `rules.<name>`.
 from policy.rules.base import *  # noqa: F401,F403
-from policy.rules.data import *  # noqa: F401,F403
 from policy.rules.exceptions import *  # noqa: F401,F403
 from policy.rules.helpers import *  # noqa: F401,F403
-from policy.rules.iam import *  # noqa: F401,F403
-from policy.rules.kubernetes import *  # noqa: F401,F403
 from policy.rules.nodes import *  # noqa: F401,F403
+from policy.rules.iam import *  # noqa: F401,F403
+from policy.rules.data import *  # noqa: F401,F403
+from policy.rules.kubernetes import *  # noqa: F401,F403
