@@ -126,3 +126,23 @@ def test_render_summary_for_platform_and_workload_stacks():
     assert "trn1-single    1 pod(s), 1 Neuron devices -> 1 x trn1.2xlarge  $1.34/h" in workload
     assert "inf2           1 pod(s), 1 Neuron devices -> 1 x inf2.xlarge  $0.76/h" in workload
     assert f"total ${1.34375 + 0.7582:,.2f}/h" in workload
+
+
+def test_workload_cost_fits_pods_by_cpu_and_memory_and_prices_the_autoscaled_maximum():
+    # compile-usw2's server has an HPA up to 3 replicas: one inf2.xlarge each at the maximum.
+    compile_ = cost.summary_for_render(rendered_workload("compile-usw2"), REPO / "workloads")
+    assert f"at the autoscalers' maximum (inf2 3 pod(s)): ${1.34375 + 3 * 0.7582:,.2f}/h" in compile_
+    # llm-serve-usw2: the vLLM pod asks 8 vCPU / 48 GiB, which no inf2.xlarge (4 vCPU, 16 GiB)
+    # has: Karpenter launches inf2.8xlarge; KEDA may scale to 3 replicas.
+    serve = cost.summary_for_render(rendered_workload("llm-serve-usw2"), REPO / "workloads")
+    assert "inf2           1 pod(s), 1 Neuron devices -> 1 x inf2.8xlarge  $1.97/h" in serve
+    assert f"at the autoscalers' maximum (inf2 3 pod(s)): ${3 * 1.968:,.2f}/h" in serve
+    # no autoscaler, no extra line
+    nemo = cost.summary_for_render(rendered_workload("nemo-pretrain-usw2"), REPO / "workloads")
+    assert "autoscalers" not in nemo
+
+
+def test_kubernetes_quantities():
+    assert cost._quantity("500m", memory=False) == 0.5 and cost._quantity(8, memory=False) == 8
+    assert cost._quantity("48Gi", memory=True) == 48 and cost._quantity("512Mi", memory=True) == 0.5
+    assert abs(cost._quantity("1G", memory=True) - 0.931) < 0.001

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra import catalog
 from infra.config import PlatformConfig
@@ -202,48 +203,107 @@ def summary_for_render(result, project_dir: Path) -> str | None:
 BATCH_KINDS = ("Job", "MPIJob", "PyTorchJob", "RayJob")  # a workload's steps: the stack runs them one after another
 
 
+@dataclass(frozen=True)
+class PodNeed:
+    """What one accelerator pod asks of a node."""
+    devices: int
+    cpu: float  # cores
+    memory_gib: float
+
+
+def _quantity(value: Any, *, memory: bool) -> float:
+    """A Kubernetes quantity as cores (cpu) or GiB (memory)."""
+    text = str(value or 0)
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 2**10, "K": 1e3 / 2**30, "M": 1e6 / 2**30, "G": 1e9 / 2**30}
+    if not memory:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * factor
+    return float(text) / 2**30
+
+
+def _pod_need(spec: dict) -> PodNeed:
+    requests = [((c.get("resources") or {}).get("requests") or {}) for c in spec.get("containers") or []]
+    return PodNeed(devices=sum(int(r.get("aws.amazon.com/neuron", 0)) for r in requests),
+                   cpu=sum(_quantity(r.get("cpu"), memory=False) for r in requests),
+                   memory_gib=sum(_quantity(r.get("memory"), memory=True) for r in requests))
+
+
+def autoscaler_maximums(manifests: list[tuple[str, dict]]) -> dict[str, int]:
+    """Deployment name -> the replica count its autoscaler may reach (HPA maxReplicas, KEDA
+    ScaledObject maxReplicaCount)."""
+    out: dict[str, int] = {}
+    for _, obj in manifests:
+        spec = obj.get("spec") or {}
+        target = (spec.get("scaleTargetRef") or {}).get("name")
+        if obj.get("kind") == "HorizontalPodAutoscaler" and target:
+            out[target] = int(spec.get("maxReplicas", 1))
+        elif obj.get("kind") == "ScaledObject" and target:
+            out[target] = int(spec.get("maxReplicaCount", 100))  # KEDA's default maximum
+    return out
+
+
 def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: PlatformConfig) -> str | None:
     """Accelerator nodes a workload occupies at its peak, priced per pool: everything
     long-running (Deployments, Pods, RayClusters) plus the largest of its batch steps
-    (data, precompile and train run one after another, never together)."""
-    long_running: dict[str, list[int]] = {}
-    steps: list[dict[str, list[int]]] = []
+    (data, precompile and train run one after another, never together). Deployments that an
+    autoscaler may grow are priced once more at the autoscaler's maximum."""
+    pool_names = {p.name for p in platform.node_pools}
+    scale_max = autoscaler_maximums(manifests)
+    long_running: dict[str, list[PodNeed]] = {}
+    scaled_up: dict[str, list[PodNeed]] = {}
+    steps: list[dict[str, list[PodNeed]]] = []
     for _, obj in manifests:
         target = {} if obj.get("kind") in BATCH_KINDS else long_running
+        name = (obj.get("metadata") or {}).get("name")
         for replicas, spec in _replicated_pod_specs(obj):
             pool = (spec.get("nodeSelector") or {}).get("trn-platform/pool")
-            devices = sum(int(((c.get("resources") or {}).get("requests") or {}).get("aws.amazon.com/neuron", 0))
-                          for c in spec.get("containers") or [])
-            if devices and pool in {p.name for p in platform.node_pools}:
-                target.setdefault(pool, []).extend([devices] * replicas)
+            need = _pod_need(spec)
+            if need.devices and pool in pool_names:
+                target.setdefault(pool, []).extend([need] * replicas)
+                most = max(replicas, scale_max.get(name, 0)) if obj.get("kind") == "Deployment" else replicas
+                if target is long_running:
+                    scaled_up.setdefault(pool, []).extend([need] * most)
         if target is not long_running and target:
             steps.append(target)
     prices = load_prices(platform.region)
 
-    def priced(pods: dict[str, list[int]]) -> list[tuple[str, list[int], str, int, float]]:
+    def priced(pods: dict[str, list[PodNeed]]) -> list[tuple[str, list[PodNeed], str, int, float]]:
         rows = []
-        for pool_name, devices in sorted(pods.items()):
+        for pool_name, needs in sorted(pods.items()):
             types = platform.pool(pool_name).instance_types
-            # Karpenter launches the cheapest type that fits the largest pod.
-            fitting = [t for t in types if catalog.instance_type(t).neuron_devices >= max(devices)]
+            # Karpenter launches the cheapest type that fits the largest pod (devices, CPU, memory).
+            fitting = [t for t in types if (it := catalog.instance_type(t)).neuron_devices >= max(n.devices for n in needs)
+                       and it.vcpu >= max(n.cpu for n in needs) and it.memory_gib >= max(n.memory_gib for n in needs)]
             itype = min(fitting or types, key=prices.instance)
-            nodes = math.ceil(sum(devices) / max(catalog.instance_type(itype).neuron_devices, 1))
-            rows.append((pool_name, devices, itype, nodes, nodes * prices.instance(itype)))
+            per_node = max(catalog.instance_type(itype).neuron_devices, 1)
+            nodes = math.ceil(sum(n.devices for n in needs) / per_node)
+            rows.append((pool_name, needs, itype, nodes, nodes * prices.instance(itype)))
         return rows
 
+    def with_steps(pods: dict[str, list[PodNeed]], step: dict[str, list[PodNeed]]) -> dict[str, list[PodNeed]]:
+        out = {k: list(v) for k, v in pods.items()}
+        for pool_name, needs in step.items():
+            out.setdefault(pool_name, []).extend(needs)
+        return out
+
     biggest_step = max(steps, key=lambda st: sum(r[4] for r in priced(st)), default={})
-    peak: dict[str, list[int]] = {k: list(v) for k, v in long_running.items()}
-    for pool_name, devices in biggest_step.items():
-        peak.setdefault(pool_name, []).extend(devices)
+    peak = with_steps(long_running, biggest_step)
     if not peak:
         return None
     lines = [f"cost while running {stack} ({platform.region}, on-demand, peak):"]
     total = 0.0
-    for pool_name, devices, itype, nodes, cost in priced(peak):
+    for pool_name, needs, itype, nodes, cost in priced(peak):
         total += cost
-        lines.append(f"  {pool_name:<14} {len(devices)} pod(s), {sum(devices)} Neuron devices -> {nodes} x {itype}"
-                     f"  ${cost:,.2f}/h")
+        lines.append(f"  {pool_name:<14} {len(needs)} pod(s), {sum(n.devices for n in needs)} Neuron devices -> "
+                     f"{nodes} x {itype}  ${cost:,.2f}/h")
     lines.append(f"  total ${total:,.2f}/h (pools return to zero nodes when the pods finish)")
+    if scaled_up != long_running:
+        scaled_total = sum(r[4] for r in priced(with_steps(scaled_up, biggest_step)))
+        grown = ", ".join(f"{pool} {len(needs)} pod(s)" for pool, needs in sorted(scaled_up.items())
+                          if len(needs) != len(long_running.get(pool, [])))
+        lines.append(f"  at the autoscalers' maximum ({grown}): ${scaled_total:,.2f}/h")
     return "\n".join(lines)
 
 
