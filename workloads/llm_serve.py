@@ -383,7 +383,7 @@ class LlmServeWorkload(pulumi.ComponentResource):
         cfg, platform, s = base.config, base.platform, settings
         pool = platform.pools[s.pool]
         ns = base.namespace
-        app = f"{cfg.stack}"[:50]
+        object_name = cfg.stack[:50]  # Deployment, Service, PDB and ScaledObject share it
         selector = {"app.kubernetes.io/instance": cfg.stack, "app.kubernetes.io/component": "serve"}
         pins = vllm_pins(s.track)
         cache_key = compile_cache_key(s, platform.neuron_sdk_version)
@@ -418,7 +418,7 @@ class LlmServeWorkload(pulumi.ComponentResource):
                        "trn-platform/compile-cache-key": cache_key}
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": app, "namespace": ns, "labels": labels(cfg, "serve")},
+            metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve")},
             spec={"replicas": s.autoscaling.min_replicas, "selector": {"matchLabels": selector},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": pod_labels, "annotations": annotations},
@@ -430,17 +430,17 @@ class LlmServeWorkload(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(base.run_opts(),
                                               pulumi.ResourceOptions(ignore_changes=["spec.replicas"])))
         k8s.core.v1.Service(
-            f"{name}-service", metadata={"name": app, "namespace": ns, "labels": labels(cfg, "serve")},
+            f"{name}-service", metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve")},
             spec={"type": "ClusterIP", "selector": selector,
                   "ports": [{"name": "http", "port": PORT, "targetPort": METRICS_PORT_NAME}]},
             opts=base.run_opts(self.deployment))
         k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb", metadata={"name": app, "namespace": ns, "labels": labels(cfg, "serve")},
+            f"{name}-pdb", metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve")},
             spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}}, opts=base.run_opts(self.deployment))
         k8s.apiextensions.CustomResource(
             f"{name}-scaler", api_version=KEDA_API_VERSION, kind="ScaledObject",
-            metadata={"name": app, "namespace": ns, "labels": labels(cfg, "autoscaling")},
-            spec=scaled_object_spec(app, ns, s.autoscaling), opts=base.run_opts(self.deployment))
+            metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "autoscaling")},
+            spec=scaled_object_spec(object_name, ns, s.autoscaling), opts=base.run_opts(self.deployment))
 
         base_url = f"http://localhost:{PORT}/v1"
         self.outputs: dict[str, Any] = {
@@ -449,9 +449,9 @@ class LlmServeWorkload(pulumi.ComponentResource):
             "modelVersion": s.model.version,
             "servedModelName": s.serving.served_model_name,
             "compileCacheDir": cache_dir,
-            "serviceUrl": f"http://{app}.{ns}.svc.cluster.local:{PORT}/v1",
-            "portForward": f"kubectl -n {ns} port-forward service/{app} {PORT}:{PORT}",
+            "serviceUrl": f"http://{object_name}.{ns}.svc.cluster.local:{PORT}/v1",
+            "portForward": f"kubectl -n {ns} port-forward service/{object_name} {PORT}:{PORT}",
             "chatCompletionsUrl": f"{base_url}/chat/completions",
-            "followServer": f"kubectl -n {ns} logs -f deployment/{app}",
+            "followServer": f"kubectl -n {ns} logs -f deployment/{object_name}",
         }
         self.register_outputs(self.outputs)
