@@ -54,6 +54,7 @@ import re
 import sys
 import types
 import typing
+from abc import ABC, abstractmethod
 from collections import abc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,9 +99,12 @@ class Issue:
 # --------------------------------------------------------------------------- schema nodes
 
 
-class Node:
+class Node(ABC):
+    """One node of a derived schema: what a value at this place may be."""
+
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The allowed values, as an error message names them."""
 
 
 class AnyNode(Node):
