@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from tests.loopback import free_port
 
 # Workload code under test always takes the CPU path here (see images/trn_workloads/accel.py).
 os.environ.setdefault("TRN_BACKEND", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +21,7 @@ def moto_server():
     """
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from trn_workloads.serve.app import create_app
 from trn_workloads.serve.batching import DynamicBatcher, QueueFull
 from trn_workloads.serve.config import ServeConfig, load_config
 from trn_workloads.serve.requests import RequestError, parse_predict_body
+from tests.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED_BATCH = 8
@@ -51,16 +51,10 @@ def _eager(model, rows: torch.Tensor) -> list[list[float]]:
         return model(rows).tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running(app):
     """Real uvicorn on a free loopback port in a thread; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -437,7 +431,7 @@ def test_cli_serves_artifact_from_s3_in_a_subprocess(aws_env, housing, tmp_path)
     artifact, eager, rows = housing
     boto3.client("s3").create_bucket(Bucket="models", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
     artifacts.upload_dir(artifact, "s3://models/housing/")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'images'}", "TRN_SERVE_MODEL_URI": "s3://models/housing/",
            "TRN_SERVE_PORT": str(port), "TRN_SERVE_HOST": "127.0.0.1", "TRN_SERVE_CACHE_DIR": str(tmp_path / "cache")}
     process = subprocess.Popen([sys.executable, "-m", "trn_workloads.serve"], env=env,

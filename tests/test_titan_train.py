@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.platform_helpers import REPO
+from tests.loopback import free_port
 
 TITAN_PYTHON = REPO / ".venv-titan" / "bin" / "python"
 STEPS = 12
@@ -50,14 +51,6 @@ def torchrun(tmp_path, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(run_dir) -> list[dict]:

@@ -1,7 +1,6 @@
 """The training series the platform's dashboard and stall alert read, served over HTTP."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import requests
@@ -9,14 +8,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from trn_workloads.training_metrics import TrainingMetrics
+from tests.loopback import free_port
 
 CONTRACT = Path(__file__).parent / "fixtures" / "metrics" / "trn-workloads.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float]:
