@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from stackfiles import stacks_in
 from trnctl.render import RenderResult, run_program
 
 REPO = Path(__file__).resolve().parent.parent
-PLATFORM_STACKS = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
-WORKLOAD_STACKS = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (REPO / "workloads").glob("Pulumi.*.yaml"))
+PLATFORM_STACKS = stacks_in(REPO)
+WORKLOAD_STACKS = stacks_in(REPO / "workloads")
 
 
 @functools.lru_cache(maxsize=None)

@@ -365,8 +365,7 @@ def find_project_dir(stack: str, root: Path = REPO_ROOT) -> Path:
     candidates = [d for d in (root, root / "workloads") if (d / f"Pulumi.{stack}.yaml").exists()]
     if len(candidates) == 1:
         return candidates[0]
-    stacks = sorted(f.name[len("Pulumi."):-len(".yaml")] for d in (root, root / "workloads")
-                    for f in d.glob("Pulumi.*.yaml"))
+    stacks = sorted(stacks_in(root) + stacks_in(root / "workloads"))
     raise RenderError(f"stack {stack!r}: no Pulumi.{stack}.yaml in {root} or {root / 'workloads'}; "
                       f"stacks here: {', '.join(stacks)}; or pass --project-dir")
 
