@@ -44,7 +44,7 @@ from trnctl import exitcodes
 from infra import catalog, network
 from trnctl import aws_ops, cost
 from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
-from stackfiles import ConfigError, raw_from_bag, read_stack_bag
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stacks_in
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -507,8 +507,7 @@ def _downloads_from_hub(workload: str, section: dict[str, Any]) -> bool:
 def workload_stacks_for(workloads_dir: Path, platform_stack: str) -> list[str]:
     """Workload stacks in `workloads_dir` whose platformStack names `platform_stack`."""
     out = []
-    for path in sorted(Path(workloads_dir).glob("Pulumi.*.yaml")):
-        stack = path.name[len("Pulumi."):-len(".yaml")]
+    for stack in stacks_in(workloads_dir):
         bag = read_stack_bag(Path(workloads_dir), stack)
         ref = str(bag.get("trn-workloads:platformStack", ""))
         if ref.rsplit("/", 1)[-1] == platform_stack:
