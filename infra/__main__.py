@@ -17,6 +17,7 @@ import pulumi  # noqa: E402
 
 from infra import catalog, config, network, versions  # noqa: E402
 from infra.addons import Addons, AddonsArgs, default_queue_spec  # noqa: E402
+from infra.burnin import BurnIn, BurnInArgs  # noqa: E402
 from infra.cluster import Cluster, ClusterArgs  # noqa: E402
 from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
@@ -50,6 +51,9 @@ pools = NodePools("pools", NodePoolsArgs(
     pools=cfg.node_pools, pool_zone_ids=pool_zone_ids, cluster_name=cfg.cluster_name,
     node_role_name=karpenter.node_role.name, cluster_security_group_id=cluster.cluster_security_group_id,
     tags=tags, provider=cluster.provider, depends_on=[karpenter.release, karpenter.crds, karpenter.node_access]))
+
+# New accelerator nodes take pods only after the burn-in removes their startup taint.
+burn_in = BurnIn("burnin", BurnInArgs(pools=cfg.node_pools, provider=cluster.provider, depends_on=on_system_nodes))
 
 # -- shared storage, operators, registry --------------------------------------------------
 accel_azs = [az for az in az_ids if any(az in pool_zone_ids[p.name] for p in cfg.accelerator_pools)] or az_ids

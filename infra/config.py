@@ -52,6 +52,17 @@ class SystemNodesConfig:
 
 
 @dataclass(frozen=True)
+class BurnInConfig:
+    """The burn-in gate of an accelerator pool (infra/burnin.py): new nodes start tainted and
+    take pods only after their Neuron devices, EFA and a local all-reduce pass."""
+    enabled: bool = False
+    max_replacements_per_hour: int = 2  # failed nodes whose NodeClaim is deleted, per pool and hour
+    # all-reduce bus bandwidth floors (GB/s) per instance type, overriding infra/burnin.py's defaults
+    bus_bandwidth_floor_gbps: dict[str, float] = field(default_factory=dict, hash=False)
+    timeout_seconds: int = 600  # the all-reduce's time limit
+
+
+@dataclass(frozen=True)
 class NodePoolConfig:
     name: str
     family: str  # trn1 | trn1n | trn2 | trn3 | inf2 | cpu
@@ -67,6 +78,7 @@ class NodePoolConfig:
     # Accelerator pools never disrupt running pods except when empty; this is how many
     # empty nodes may be removed at once.
     disruption_budget_nodes: str = "10%"
+    burn_in: BurnInConfig = BurnInConfig()
 
     @property
     def is_accelerator(self) -> bool:
@@ -398,6 +410,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         budget_nodes = r.get("disruptionBudgetNodes", str, "10%",
                              check=lambda v: None if _BUDGET_NODES.match(v) else
                              f"{v!r} is not allowed; a node count such as 1 or a percentage such as 10%")
+        burn_in = _parse_burn_in(r.get("burnIn", dict, None), f"nodePools[{i}].burnIn", family, types, problems)
         r.finish()
         where = f"nodePools[{i}] ({name})"
         if not allowed_types and catalog.family_not_offered(family):
@@ -435,6 +448,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
             name=name, family=family, instance_types=types, max_nodes=max_nodes, capacity_types=capacity,
             efa=efa, capacity_reservation_ids=reservations, capacity_block_ids=blocks, lnc=lnc,
             root_volume_gib=root_gib, consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
+            burn_in=burn_in,
         ))
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -442,6 +456,34 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
     if items is not None and complete and not any(p.family == "cpu" for p in pools):
         problems.append("nodePools: at least one pool with family 'cpu' is required (data preparation, Ray heads)")
     return pools, complete
+
+
+def _parse_burn_in(data: dict | None, where: str, family: str, types: tuple[str, ...],
+                   problems: list[str]) -> BurnInConfig:
+    """On by default on accelerator pools; a CPU pool has nothing to burn in."""
+    accelerator = family != "cpu"
+    if data is not None and not accelerator:
+        problems.append(f"{where}: a cpu pool has no burn-in (Neuron devices, EFA); remove the key")
+        return BurnInConfig()
+    r = ConfigReader(data or {}, where, problems)
+    enabled = r.get("enabled", bool, accelerator)
+    per_hour = r.get("maxReplacementsPerHour", int, BurnInConfig.max_replacements_per_hour,
+                     check=lambda v: None if 0 <= v <= 20 else f"{v} is not allowed; must be 0 to 20 (0: never replace)")
+    timeout = r.get("timeoutSeconds", int, BurnInConfig.timeout_seconds,
+                    check=lambda v: None if 60 <= v <= 3600 else f"{v} is not allowed; must be 60 to 3600")
+    floors_raw = r.get("busBandwidthFloorGBps", dict, {})
+    r.finish()
+    floors: dict[str, float] = {}
+    for itype, value in floors_raw.items():
+        key = f"{where}.busBandwidthFloorGBps.{itype}"
+        if itype not in types:
+            problems.append(f"{key}: {itype!r} is not an instance type of this pool; allowed: {', '.join(types)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            problems.append(f"{key}: {value!r} is not allowed; a positive number of GB/s such as 20")
+        else:
+            floors[itype] = float(value)
+    return BurnInConfig(enabled=enabled, max_replacements_per_hour=per_hour, bus_bandwidth_floor_gbps=floors,
+                        timeout_seconds=timeout)
 
 
 def _lnc_problem(family: str, value: int) -> str | None:

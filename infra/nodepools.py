@@ -24,6 +24,11 @@ POOL_LABEL = "trn-platform/pool"
 FAMILY_LABEL = "trn-platform/family"
 EFA_LABEL = "trn-platform/efa"
 NEURON_TAINT = {"key": "aws.amazon.com/neuron", "value": "true", "effect": "NoSchedule"}
+# Karpenter `startupTaints` (aws/karpenter-provider-aws@v1.14.1 pkg/apis/crds/karpenter.sh_nodepools.yaml,
+# spec.template.spec.startupTaints: applied at startup, "expected to be removed automatically ... typically
+# by a DaemonSet that tolerates the taint"; ignored for provisioning, so pods need not tolerate them).
+# Only the burn-in DaemonSet (infra/burnin.py) tolerates it and removes it once the node passes.
+BURN_IN_TAINT = {"key": "trn-platform/burn-in", "value": "pending", "effect": "NoSchedule"}
 NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
@@ -159,6 +164,8 @@ def nodepool_spec(pool: NodePoolConfig, *, zone_ids: list[str]) -> dict:
     }
     if pool.is_accelerator:
         template_spec["taints"] = [dict(NEURON_TAINT)]
+        if pool.burn_in.enabled:
+            template_spec["startupTaints"] = [dict(BURN_IN_TAINT)]
         disruption = {
             "consolidationPolicy": "WhenEmpty",
             "consolidateAfter": pool.consolidate_after,

@@ -1,0 +1,237 @@
+"""The burn-in gate of the accelerator pools: specs (pure) and the component.
+
+Nodes of a pool with `burnIn.enabled` start with the startup taint `trn-platform/burn-in`
+(infra/nodepools.py). One DaemonSet per Neuron track runs `python3 -m trn_workloads.burnin`
+(images/trn_workloads/burnin/, shipped in a ConfigMap) in the track's Neuron training DLC,
+which carries neuron-ls, nccom-test (aws-neuronx-tools) and fi_info (the EFA installer's
+libfabric); it tolerates that taint and the Neuron taint and nothing else. Its expectations
+per pool and instance type come from infra/catalog.py here, so the node is held to the same
+facts the platform sizes workloads with.
+
+RBAC is exactly what the program calls (images/trn_workloads/burnin/kube.py): nodes get/patch,
+nodes/status patch, nodeclaims get/list/delete (cluster scope: RBAC cannot name nodes that do
+not exist yet), events create in one namespace, and get/update on the one state ConfigMap.
+`tests/test_burnin.py` pins these rules.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import catalog, versions
+from infra.config import NodePoolConfig
+from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL, pool_track
+
+NAME = "trn-burnin"
+NAMESPACE = "kube-system"
+EVENT_NAMESPACE = "default"  # node Events live there (kubectl describe node shows them)
+STATE_CONFIGMAP = f"{NAME}-replacements"
+EXPECTATIONS_CONFIGMAP = f"{NAME}-expectations"
+CODE_CONFIGMAP = f"{NAME}-code"
+CODE_ROOT = "/opt/trn-burnin"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "trn_workloads" / "burnin"
+LABELS = {"app": NAME, "app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "trn-platform"}
+
+# All-reduce bus bandwidth floors (GB/s, nccom-test "Avg bus bandwidth" of a 32 MB all-reduce over
+# every NeuronCore of the node). The Neuron docs publish no per-type single-node figure; their
+# example `nccom-test -r 2 allr` prints 40.69 GB/s at 32 MB (aws-neuron/aws-neuron-sdk@81ce03ae
+# tools/neuron-sys-tools/nccom-test.rst, "Using nccom-test"). The defaults are half of that, low
+# enough that a healthy node passes and a device on a degraded link or a missing ring does not:
+# measure a healthy node of your type and set nodePools[].burnIn.busBandwidthFloorGBps from it.
+DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS = {
+    "trn1.2xlarge": 20.0, "trn1.32xlarge": 20.0, "trn1n.32xlarge": 20.0,
+    "trn2.3xlarge": 20.0, "trn2.48xlarge": 20.0, "trn2u.48xlarge": 20.0,
+    "inf2.xlarge": 20.0, "inf2.8xlarge": 20.0, "inf2.24xlarge": 20.0, "inf2.48xlarge": 20.0,
+}
+CHECKOV_SKIPS = {
+    "CKV_K8S_16": "the burn-in opens every /dev/neuron* and /dev/infiniband/* device of the node, which needs a "
+                  "privileged container (no device plugin allocates them to a DaemonSet)",
+    "CKV_K8S_20": "privileged implies privilege escalation; required for the device checks",
+    "CKV_K8S_23": "the Neuron tools open the devices as root inside the privileged node agent",
+    "CKV_K8S_37": "capabilities cannot be dropped from a privileged container",
+    "CKV_K8S_28": "capabilities (NET_RAW included) cannot be dropped from a privileged container",
+}
+
+
+def burn_in_pools(pools: tuple[NodePoolConfig, ...]) -> list[NodePoolConfig]:
+    return [p for p in pools if p.is_accelerator and p.burn_in.enabled]
+
+
+def expectations(pool: NodePoolConfig, instance_type: str) -> dict:
+    """What a healthy `instance_type` node of `pool` shows (images/trn_workloads/burnin/checks.py)."""
+    t = catalog.instance_type(instance_type)
+    if not t.device_memory_gib:
+        raise ValueError(f"infra/data/instance_types.json: {instance_type} has no deviceMemoryGiB; the burn-in "
+                         "cannot check its devices")
+    floor = pool.burn_in.bus_bandwidth_floor_gbps.get(instance_type, DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS.get(instance_type))
+    if floor is None:
+        raise ValueError(f"no all-reduce floor for {instance_type}: add it to infra/burnin.py "
+                         "DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS or set nodePools[].burnIn.busBandwidthFloorGBps")
+    return {"instanceType": instance_type, "neuronDevices": t.neuron_devices,
+            "deviceMemoryGiB": t.device_memory_gib / t.neuron_devices, "neuronCores": t.neuron_cores_at(pool.lnc),
+            "lnc": pool.lnc, "efaDevices": t.efa_interfaces if pool.efa else 0, "busBandwidthFloorGBps": floor}
+
+
+def expectations_document(pools: list[NodePoolConfig]) -> dict:
+    return {"pools": {p.name: {"maxReplacementsPerHour": p.burn_in.max_replacements_per_hour,
+                               "timeoutSeconds": p.burn_in.timeout_seconds,
+                               "instanceTypes": {t: expectations(p, t) for t in p.instance_types}}
+                      for p in pools}}
+
+
+def _meta(name: str, namespace: str | None = NAMESPACE) -> dict:
+    return {"name": name, **({"namespace": namespace} if namespace else {}), "labels": dict(LABELS)}
+
+
+def code_files() -> dict[str, str]:
+    """The package's modules, keyed for the ConfigMap (`/` is not allowed in a key)."""
+    return {f"burnin.{p.name}": p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))}
+
+
+def configmaps(pools: list[NodePoolConfig]) -> list[dict]:
+    init = (PACKAGE_DIR.parent / "__init__.py").read_text()
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CODE_CONFIGMAP),
+         "data": {"trn_workloads.__init__.py": init, **code_files()}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(EXPECTATIONS_CONFIGMAP),
+         "data": {"expectations.json": json.dumps(expectations_document(pools), indent=1, sort_keys=True)}},
+        # The replacement history ({pool: [epoch seconds]}); the program rewrites it.
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(STATE_CONFIGMAP), "data": {}},
+    ]
+
+
+def rbac() -> list[dict]:
+    """ServiceAccount, ClusterRole + binding (nodes, nodeclaims), Roles + bindings (its state
+    ConfigMap, Events in EVENT_NAMESPACE)."""
+    sa = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
+    rbac_api = "rbac.authorization.k8s.io/v1"
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io"}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME), "automountServiceAccountToken": True},
+        {"apiVersion": rbac_api, "kind": "ClusterRole", "metadata": _meta(NAME, None), "rules": cluster_rules()},
+        {"apiVersion": rbac_api, "kind": "ClusterRoleBinding", "metadata": _meta(NAME, None),
+         "roleRef": {**role_ref, "kind": "ClusterRole", "name": NAME}, "subjects": [sa]},
+        {"apiVersion": rbac_api, "kind": "Role", "metadata": _meta(NAME), "rules": state_rules()},
+        {"apiVersion": rbac_api, "kind": "RoleBinding", "metadata": _meta(NAME),
+         "roleRef": {**role_ref, "kind": "Role", "name": NAME}, "subjects": [sa]},
+        {"apiVersion": rbac_api, "kind": "Role", "metadata": _meta(f"{NAME}-events", EVENT_NAMESPACE),
+         "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]},
+        {"apiVersion": rbac_api, "kind": "RoleBinding", "metadata": _meta(f"{NAME}-events", EVENT_NAMESPACE),
+         "roleRef": {**role_ref, "kind": "Role", "name": f"{NAME}-events"}, "subjects": [sa]},
+    ]
+
+
+def cluster_rules() -> list[dict]:
+    return [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},  # read labels, remove the taint
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},  # the BurnInPassed condition
+        {"apiGroups": ["karpenter.sh"], "resources": ["nodeclaims"], "verbs": ["get", "list", "delete"]},
+    ]
+
+
+def state_rules() -> list[dict]:
+    # `create` cannot be limited by name, so the ConfigMap is created here, not by the program.
+    return [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [STATE_CONFIGMAP],
+             "verbs": ["get", "update"]}]
+
+
+def daemonset(*, track: str, image: str, pools: list[str]) -> dict:
+    """The burn-in of one Neuron track's pools, in that track's training DLC."""
+    name = f"{NAME}-{track}"
+    code_items = [{"key": "trn_workloads.__init__.py", "path": "trn_workloads/__init__.py"},
+                  *({"key": k, "path": f"trn_workloads/burnin/{k.removeprefix('burnin.')}"} for k in code_files())]
+    container = {
+        "name": "burn-in", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "trn_workloads.burnin", "--expectations", "/etc/trn-burnin/expectations.json"],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "BURNIN_STATE_CONFIGMAP", "value": STATE_CONFIGMAP},
+                {"name": "EVENT_NAMESPACE", "value": EVENT_NAMESPACE},
+                {"name": "PYTHONPATH", "value": CODE_ROOT}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        # The all-reduce's host side (one proxy thread per NeuronCore) is light; the limit leaves
+        # the node's CPUs to the workloads after the pass.
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+        # Privileged: a DaemonSet gets no devices from the device plugins, and the checks open them all.
+        "securityContext": {"privileged": True},
+        "volumeMounts": [{"name": "code", "mountPath": CODE_ROOT, "readOnly": True},
+                         {"name": "expectations", "mountPath": "/etc/trn-burnin", "readOnly": True}],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {**_meta(name), "annotations": {f"checkov.io/skip{i + 1}": f"{cid}={why}"
+                                                    for i, (cid, why) in enumerate(CHECKOV_SKIPS.items())}},
+        "spec": {
+            "selector": {"matchLabels": {"app": NAME, "trn-platform/track": track}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
+            "template": {
+                "metadata": {"labels": {**LABELS, "trn-platform/track": track}},
+                "spec": {
+                    "serviceAccountName": NAME,
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": POOL_LABEL, "operator": "In", "values": sorted(pools)}]}]}}},
+                    # The burn-in taint (its own) and the Neuron taint every accelerator node carries.
+                    "tolerations": [{"key": BURN_IN_TAINT["key"], "operator": "Exists", "effect": BURN_IN_TAINT["effect"]},
+                                    {"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}],
+                    "priorityClassName": "system-node-critical",
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [{"name": "code", "configMap": {"name": CODE_CONFIGMAP, "items": code_items}},
+                                {"name": "expectations", "configMap": {"name": EXPECTATIONS_CONFIGMAP}}],
+                },
+            },
+        },
+    }
+
+
+def daemonsets(pools: list[NodePoolConfig]) -> list[dict]:
+    """One per Neuron track with burn-in pools, in the track's training DLC
+    (images/neuron-sdk.json base_images.training)."""
+    by_track: dict[str, list[str]] = {}
+    for p in pools:
+        by_track.setdefault(pool_track(p), []).append(p.name)
+    return [daemonset(track=t, image=versions.neuron_track(t)["base_images"]["training"], pools=names)
+            for t, names in sorted(by_track.items())]
+
+
+def manifests(pools: tuple[NodePoolConfig, ...]) -> list[dict]:
+    gated = burn_in_pools(pools)
+    return [*rbac(), *configmaps(gated), *daemonsets(gated)] if gated else []
+
+
+@dataclass
+class BurnInArgs:
+    pools: tuple[NodePoolConfig, ...]
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+_KINDS = {
+    "ServiceAccount": k8s.core.v1.ServiceAccount, "ConfigMap": k8s.core.v1.ConfigMap,
+    "ClusterRole": k8s.rbac.v1.ClusterRole, "ClusterRoleBinding": k8s.rbac.v1.ClusterRoleBinding,
+    "Role": k8s.rbac.v1.Role, "RoleBinding": k8s.rbac.v1.RoleBinding, "DaemonSet": k8s.apps.v1.DaemonSet,
+}
+
+
+def _snake(key: str) -> str:
+    """A manifest's top-level key as the resource class's argument (`roleRef` -> `role_ref`)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+
+
+class BurnIn(pulumi.ComponentResource):
+    """The burn-in DaemonSets with their RBAC and ConfigMaps (nothing when no pool gates)."""
+
+    def __init__(self, name: str, args: BurnInArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trn:platform:BurnIn", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+        self.objects = []
+        for m in manifests(args.pools):
+            fields = {_snake(k): v for k, v in m.items() if k not in ("apiVersion", "kind")}
+            suffix = m["metadata"]["name"].removeprefix(NAME).lstrip("-") or "main"
+            res_name = f"{name}-{m['kind'].lower()}-{suffix}"
+            self.objects.append(_KINDS[m["kind"]](res_name, **fields, opts=k8s_opts))
+        self.register_outputs({})
