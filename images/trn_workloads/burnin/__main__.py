@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,15 +33,24 @@ class Commands:
     over every NeuronCore of the node at the default 32 MB size with `--check` verifying the data
     (aws-neuron-sdk tools/neuron-sys-tools/nccom-test.rst: `-r/--nworkers`, `allr`, `-c/--check`)."""
     timeout_seconds: int = 600
+    # Where the Neuron tools (aws-neuronx-tools) and the EFA installer's libfabric put them when
+    # the image's PATH does not name them.
+    tool_dirs: tuple[str, ...] = ("/opt/aws/neuron/bin", "/opt/amazon/efa/bin")
+
+    def tool(self, name: str) -> str:
+        found = shutil.which(name)
+        if found:
+            return found
+        return next((f"{d}/{name}" for d in self.tool_dirs if os.path.exists(f"{d}/{name}")), name)
 
     def neuron_ls(self) -> list[str]:
-        return ["neuron-ls", "--json-output"]
+        return [self.tool("neuron-ls"), "--json-output"]
 
     def fi_info(self) -> list[str]:
-        return ["fi_info", "-p", "efa"]
+        return [self.tool("fi_info"), "-p", "efa"]
 
     def nccom_test(self, ranks: int) -> list[str]:
-        return ["nccom-test", "-r", str(ranks), "--check", "allr"]
+        return [self.tool("nccom-test"), "-r", str(ranks), "--check", "allr"]
 
 
 def run(cmd: list[str], *, timeout: int, env: dict[str, str]) -> tuple[int, str]:

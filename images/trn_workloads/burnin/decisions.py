@@ -44,6 +44,9 @@ def decide_replacement(history: dict[str, list[float]], *, pool: str, now: float
     recent = {p: [t for t in times if now - t < WINDOW_SECONDS] for p, times in history.items()}
     recent = {p: times for p, times in recent.items() if times}
     done = recent.get(pool, [])
+    if max_per_hour <= 0:
+        return Replacement(False, recent, f"replacement is off for pool {pool} (maxReplacementsPerHour 0); "
+                                          "the node stays tainted")
     if len(done) >= max_per_hour:
         wait = WINDOW_SECONDS - (now - min(done))
         return Replacement(False, recent, f"pool {pool} replaced {len(done)} nodes in the last hour "
