@@ -24,6 +24,25 @@ MPI_OPERATOR_KUSTOMIZATION = Path(__file__).resolve().parent / "manifests" / "mp
 VOLCANO_QUEUE = "ml-default"
 
 
+# The chart's Neuron node problem detector and recovery (values `npd`, chart 1.9.0 at
+# aws-neuron/neuron-helm-charts@b77a6f90 charts/neuron-helm-chart/values.yaml, the last chart source
+# readable here; 1.10.0 is pinned): the detector (node-problem-detector with a kmsg monitor) sets
+# the node condition `NeuronHealth` on uncorrectable SRAM/NC/HBM and DMA errors; the recovery
+# container (`npd.nodeRecovery`, off by default) replaces a node by marking its EC2 Auto Scaling
+# instance unhealthy (autoscaling:SetInstanceHealth on the node group's ASG: aws-neuron-sdk@81ce03ae
+# deploy/infrastructure/problem-detector-irsa.rst). Karpenter's nodes belong to no Auto Scaling
+# group, so that recovery has nothing to act on here, and on these nodes the same Neuron errors
+# already reach Karpenter: the EKS node monitoring agent (versions.EKS_ADDONS) sets
+# AcceleratedHardwareReady=False, which Karpenter's node repair replaces after 10 minutes
+# (aws/karpenter-provider-aws@v1.14.1 pkg/cloudprovider/cloudprovider.go RepairPolicies; it has no
+# policy for NeuronHealth). So Karpenter wins: the detector runs for its condition (what `kubectl
+# describe node` shows, what an operator reads), recovery stays off, and exactly one component acts.
+# The detector goes to kube-system (`namespaceOverride`; the chart's default namespace
+# neuron-healthcheck-system is created by no template of 1.9.0) and binds the built-in
+# system:node-problem-detector ClusterRole (`clusterRole.create: false`, the chart default).
+NPD_VALUES = {"enabled": True, "namespaceOverride": "kube-system", "nodeRecovery": {"enabled": False}}
+
+
 def neuron_instance_types() -> list[str]:
     """Every Neuron instance type a pool can launch (the catalog) plus the chart's own list."""
     accelerated = [t for f in FAMILIES for t in catalog.instance_types_of(f)
@@ -42,11 +61,11 @@ def neuron_values(*, kubernetes_version: str, instance_types: list[str]) -> dict
     """Device plugin on Neuron nodes (affinity from `neuronInstances`, see versions.py); the
     scheduler extension and its second kube-scheduler on the system nodes — the chart's default
     targets control-plane nodes, which EKS does not expose — with a kube-scheduler of the
-    cluster's own minor version. No node-problem-detector."""
+    cluster's own minor version; the node problem detector without its recovery (NPD_VALUES)."""
     return {
         "neuronInstances": list(instance_types),
         "devicePlugin": {"enabled": True},
-        "npd": {"enabled": False},
+        "npd": NPD_VALUES,
         "scheduler": {"enabled": True, **ON_SYSTEM_NODES,
                       "customScheduler": {"enabled": True, **ON_SYSTEM_NODES, "image": {
                           "repository": versions.EKS_DISTRO_KUBE_SCHEDULER_IMAGE,
