@@ -132,6 +132,10 @@ class MonitoringConfig:
     grafana_storage_gib: int = 10
     neuron_idle_after: str = "1h"  # alert: a billed Neuron node with no NeuronCore use this long
     training_stall_after: str = "30m"  # alert: a training job whose step counter stopped this long
+    # TrainingGangHung: a job's step counter still for this long after its first step (infra/monitoring/hang.py);
+    # the watchdog then restarts the gang from its newest checkpoint, at most training_hang_restarts times a day.
+    training_hang_after: str = "20m"
+    training_hang_restarts: int = 3
     serving_p99_seconds: float = 10.0  # alert: serving p99 end-to-end latency above this
     alert_emails: tuple[str, ...] = ()  # default: budget.alertEmails
     sns_topic_arn: str | None = None  # an existing topic; else one is created for alert_emails
@@ -592,6 +596,10 @@ def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, prob
         grafana_storage_gib=r.get("grafanaStorageGiB", int, d.grafana_storage_gib, check=size(1, 100)),
         neuron_idle_after=r.get("neuronIdleAfter", str, d.neuron_idle_after, check=duration),
         training_stall_after=r.get("trainingStallAfter", str, d.training_stall_after, check=duration),
+        training_hang_after=r.get("trainingHangAfter", str, d.training_hang_after, check=duration),
+        training_hang_restarts=r.get("trainingHangRestarts", int, d.training_hang_restarts,
+                                     check=lambda v: None if 0 <= v <= 10 else
+                                     f"{v} is not allowed; must be 0 to 10 (0: alert only, no restart)"),
         serving_p99_seconds=r.get("servingP99LatencySeconds", float, d.serving_p99_seconds,
                                   check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
         alert_emails=r.str_list("alertEmails", budget.alert_emails if budget else ()),

@@ -71,6 +71,9 @@ def test_max_step_across_event_files_and_a_partly_written_record(tmp_path):
         f.write(tfrecord(Event(step=44).SerializeToString())[:-6])  # being written
     assert progress.max_step_tensorboard(tmp_path) == 43
     assert progress.max_step_tensorboard(tmp_path / "empty") is None
+    (tmp_path / "checkpoints" / "deep").mkdir(parents=True)  # not searched: two levels down
+    event_file(tmp_path / "checkpoints" / "deep" / "events.out.tfevents.3.host.1.0", [99])
+    assert progress.max_step_tensorboard(tmp_path) == 43
 
 
 def test_event_step_of_large_and_missing_steps():

@@ -20,6 +20,7 @@ from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import nemo_launcher
 from workloads.platform import Platform, PoolScheduling
+from workloads.progress import GANG_RESTART_LABEL, progress_sidecar, scraped
 
 # MPIJob workers run sshd as the image's non-root user (images/nemo/Dockerfile); the
 # operator mounts the launcher's SSH key where that sshd looks for it.
@@ -128,6 +129,16 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
                                                cpu=str(pool.vcpu_per_node - 8),
                                                memory=f"{pool.memory_gib_per_node - 32}Gi"))
     component = f"{mode}"
+    launcher_template = {"metadata": {"labels": labels(cfg, component)},
+                         "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[launcher],
+                                          service_account=base.service_account, run_config=config_map, shm_size="1Gi")}
+    if mode == "train":
+        # The step counter from NxD Training's TensorBoard events (exp_manager explicit_log_dir = run_dir), and
+        # the pod whose deletion restarts the gang (workloads/progress.py).
+        launcher_template["metadata"]["labels"] = scraped({**labels(cfg, component), **GANG_RESTART_LABEL})
+        launcher_template["spec"]["initContainers"] = [progress_sidecar(
+            image=base.image, source=["--tensorboard", s.run["run_dir"]], mount_path=platform.storage.mount_path,
+            pool=cpu_pool)]
     return {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
         "metadata": {"name": name, "namespace": base.namespace, "labels": labels(cfg, component),
@@ -140,10 +151,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
             "mpiImplementation": "OpenMPI",
             "launcherCreationPolicy": "WaitForWorkersReady",
             "mpiReplicaSpecs": {
-                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure", "template": {
-                    "metadata": {"labels": labels(cfg, component)},
-                    "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[launcher],
-                                     service_account=base.service_account, run_config=config_map, shm_size="1Gi")}},
+                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure", "template": launcher_template},
                 "Worker": {"replicas": s.nodes, "restartPolicy": "OnFailure", "template": {
                     "metadata": {"labels": labels(cfg, component)},
                     "spec": pod_spec(platform=platform, pool=pool, containers=[worker],

@@ -20,11 +20,15 @@ from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import ray_train
 from workloads.platform import Platform, PoolScheduling
+from workloads.progress import GANG_RESTART_LABEL, progress_sidecar, scraped
 
 DASHBOARD_PORT = 8265
 HEAD_CPU, HEAD_MEMORY_GIB = 4, 16
 # Room on each worker node for the kubelet, daemonsets and the Ray raylet itself.
 NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
+# RayJob backoffLimit of the train job (ray-project/kuberay@v1.7.0 rayjob_types.go: "the number of retries
+# before marking this job failed"); each retry resumes from the newest checkpoint.
+TRAIN_RESUBMISSIONS = 2
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,8 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                 "workerGroupSpecs": [{
                     "groupName": s.pool, "replicas": s.workers, "minReplicas": s.workers, "maxReplicas": s.workers,
                     "rayStartParams": {"resources": json.dumps({"neuron_cores": pool.neuron_cores_per_node})},
-                    "template": {"metadata": {"labels": labels(cfg, "ray-worker")},
+                    # A worker's deletion restarts Ray Train's worker group (workloads/progress.py).
+                    "template": {"metadata": {"labels": {**labels(cfg, "ray-worker"), **GANG_RESTART_LABEL}},
                                  "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
                                                   service_account=base.service_account, run_config=config_map,
                                                   shm_size="64Gi")}}],
@@ -161,6 +166,20 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                                   mount_path=platform.storage.mount_path,
                                   resources=resources_for(head_pool, cpu="500m", memory="1Gi"))
             del submitter["command"]  # KubeRay sets `ray job submit ...`
+            submitter_pod = {"metadata": {"labels": labels(cfg, f"{step}-submitter")},
+                             "spec": pod_spec(platform=platform, pool=head_pool, containers=[submitter],
+                                              restart_policy="Never", service_account=base.service_account,
+                                              shm_size="64Mi")}
+            retries = {}
+            if step == "train":
+                # The submitter lives as long as the Ray job (K8sJobMode): the step counter from world rank 0's
+                # metrics.jsonl runs beside it. A failed train job is resubmitted to the same cluster and resumes
+                # from the newest checkpoint, at most TRAIN_RESUBMISSIONS times (workloads/progress.py).
+                submitter_pod["metadata"]["labels"] = scraped(submitter_pod["metadata"]["labels"])
+                submitter_pod["spec"]["initContainers"] = [progress_sidecar(
+                    image=base.image, source=["--jsonl", f"{s.run['run_dir']}/{s.run['run_name']}/metrics.jsonl"],
+                    mount_path=platform.storage.mount_path, pool=head_pool)]
+                retries = {"backoffLimit": TRAIN_RESUBMISSIONS}
             self.jobs[step] = previous = k8s.apiextensions.CustomResource(
                 f"{name}-{step}", api_version="ray.io/v1", kind="RayJob",
                 metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, step),
@@ -170,10 +189,7 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                       # The driver runs on the CPU head; driver and workers must agree on the backend.
                       "runtimeEnvYAML": f"env_vars:\n  TRN_BACKEND: {backend}\n",
                       "clusterSelector": {"ray.io/cluster": cluster_name},
-                      "submitterPodTemplate": {"metadata": {"labels": labels(cfg, f"{step}-submitter")},
-                                               "spec": pod_spec(platform=platform, pool=head_pool,
-                                                                containers=[submitter], restart_policy="Never",
-                                                                service_account=base.service_account, shm_size="64Mi")}},
+                      "submitterPodTemplate": submitter_pod, **retries},
                 opts=base.run_opts(previous))
 
         self.outputs = {

@@ -28,6 +28,7 @@ from workloads.config import WORKLOAD_TRACKS, WorkloadStackConfig
 from workloads.entrypoints import titan_trainer
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
+from workloads.progress import GANG_RESTART_LABEL
 
 TRAINING_METRICS_PORT = 9400  # images/trn_workloads/training_metrics.py METRICS_PORT (rank 0 serves it)
 MASTER_PORT = 23456  # volcano v1.15.1 pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go DefaultPort
@@ -114,7 +115,9 @@ def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: 
                                     memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi"),
             ports=[{"name": METRICS_PORT_NAME, "containerPort": TRAINING_METRICS_PORT}] if serves_metrics else None)
         return {"name": task_name, "replicas": replicas, "template": {
-            "metadata": {"labels": {**labels(cfg, "train"), **(WORKLOAD_SCRAPE_LABEL if serves_metrics else {})}},
+            # The master's deletion restarts the gang (Volcano PodEvicted -> RestartJob: workloads/progress.py).
+            "metadata": {"labels": {**labels(cfg, "train"),
+                                    **({**WORKLOAD_SCRAPE_LABEL, **GANG_RESTART_LABEL} if serves_metrics else {})}},
             "spec": pod_spec(platform=platform, pool=pool, containers=[train], service_account=base.service_account,
                              run_config=config_map, restart_policy="Never", shm_size="64Gi",
                              activeDeadlineSeconds=s.deadline_seconds)}}

@@ -97,7 +97,10 @@ def tfrecords(data: bytes):
 
 
 def max_step_tensorboard(logdir: Path) -> int | None:
-    steps = [s for f in sorted(logdir.rglob(EVENT_FILE_GLOB))
+    """The newest step in the event files in `logdir` or one directory below (Lightning's
+    version_N/): not deeper, so a poll never walks the checkpoint trees next to them."""
+    files = [*logdir.glob(EVENT_FILE_GLOB), *logdir.glob(f"*/{EVENT_FILE_GLOB}")]
+    steps = [s for f in sorted(files)
              for s in (event_step(r) for r in tfrecords(f.read_bytes())) if s is not None]
     return max(steps, default=None)
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trn_workloads.progress", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--jsonl", type=Path, help="Ray Train's metrics.jsonl")
-    src.add_argument("--tensorboard", type=Path, help="directory with TensorBoard event files (searched recursively)")
+    src.add_argument("--tensorboard", type=Path, help="directory with TensorBoard event files (in it or one level below)")
     ap.add_argument("--port", type=int, default=METRICS_PORT)
     ap.add_argument("--interval", type=float, default=15.0, help="seconds between reads")
     args = ap.parse_args(argv)

@@ -122,9 +122,12 @@ def price_rules(prices: dict[str, float]) -> list[dict]:
 
 def rule_groups(cfg: MonitoringConfig, *, fsx_capacity_gib: int, prices: dict[str, float]) -> list[dict]:
     """The `groups` of the platform's PrometheusRule (also written as a promtool rule file)."""
+    from infra.monitoring import hang  # imports Alert from here
+
     return [
         {"name": "trn-platform.prices", "interval": "1m", "rules": price_rules(prices)},
         {"name": "trn-platform.alerts", "rules": [a.rule() for a in alerts(cfg, fsx_capacity_gib=fsx_capacity_gib)]},
+        hang.rule_group(cfg),
     ]
 
 

@@ -1,0 +1,48 @@
+"""What the platform's hang detection needs from a training workload: the step counter
+`trn_training_steps_total` (for trainers that do not serve it themselves) and the label on
+the one pod whose deletion restarts the whole gang from its newest checkpoint.
+
+The counter comes from `python -m trn_workloads.progress` (images/trn_workloads/progress.py) in
+a native sidecar (an init container with `restartPolicy: Always`, Kubernetes 1.29+: it runs
+beside the main container and does not keep the pod from completing) of the pod that lives as
+long as the training attempt. The platform's `TrainingGangHung` alert and its watchdog
+(infra/monitoring/rules.py, infra/monitoring/watchdog.py) act on the counter.
+
+GANG_RESTART_LABEL marks, per operator, the pod the watchdog deletes (each at its pinned tag):
+- Volcano Job (titan): a pod deleted by anyone but the controller is a PodEvicted event
+  (volcano-sh/volcano@v1.15.1 pkg/controllers/job/job_controller_handler.go deletePod), which
+  the job's policy turns into RestartJob: every pod is killed and recreated, RetryCount + 1, and
+  the job fails once RetryCount reaches maxRetry (pkg/controllers/job/state/running.go,
+  restarting.go).
+- MPIJob (nemo): the launcher. It is a batch Job with backoffLimit = runPolicy.backoffLimit
+  (kubeflow/mpi-operator@v0.8.2 pkg/controller/mpi_job_controller.go newLauncherJob); the ranks
+  on the workers are mpirun's children over ssh and end with it; the new launcher starts them
+  all again and NxD Training resumes from the newest checkpoint (exp_manager resume_if_exists).
+- RayCluster worker (ray): Ray Train restarts its whole worker group from the newest reported
+  checkpoint when a worker dies, up to RunConfig.failure_config.max_failures (ray 2.51.1,
+  images/trn_workloads/ray_train/train.py); KubeRay recreates the pod. Past that the Ray job
+  fails and the RayJob's backoffLimit resubmits it to the same cluster (ray-project/kuberay@v1.7.0
+  ray-operator/controllers/ray/rayjob_controller.go: Retrying deletes only the submitter Job when
+  the RayJob uses clusterSelector).
+"""
+from __future__ import annotations
+
+from infra.monitoring.scrape import METRICS_PORT, WORKLOAD_SCRAPE_LABEL
+from workloads.common import container, resources_for
+from workloads.platform import PoolScheduling
+
+GANG_RESTART_LABEL = {"trn-platform/gang-restart": "true"}  # infra/monitoring/watchdog.py selects it
+PROGRESS_PORT = 9400  # images/trn_workloads/training_metrics.py METRICS_PORT
+
+
+def progress_sidecar(*, image, source: list[str], mount_path: str, pool: PoolScheduling) -> dict:
+    """The step counter for `source` (`["--jsonl", path]` or `["--tensorboard", dir]`), served on
+    the port the workload PodMonitor scrapes (the pod also needs WORKLOAD_SCRAPE_LABEL)."""
+    return container(name="progress", image=image, env=[], mount_path=mount_path,
+                     command=["python", "-m", "trn_workloads.progress", *source, "--port", str(PROGRESS_PORT)],
+                     resources=resources_for(pool, cpu="50m", memory="128Mi", cpu_limit="200m"),
+                     ports=[{"name": METRICS_PORT, "containerPort": PROGRESS_PORT}], restartPolicy="Always")
+
+
+def scraped(labels: dict[str, str]) -> dict[str, str]:
+    return {**labels, **WORKLOAD_SCRAPE_LABEL}
