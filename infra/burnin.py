@@ -23,6 +23,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import catalog, versions
+from infra.agent_code import CODE_ROOT, code_configmap, package_modules
 from infra.config import NodePoolConfig
 from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL, pool_track
 
@@ -32,7 +33,6 @@ EVENT_NAMESPACE = "default"  # node Events live there (kubectl describe node sho
 STATE_CONFIGMAP = f"{NAME}-replacements"
 EXPECTATIONS_CONFIGMAP = f"{NAME}-expectations"
 CODE_CONFIGMAP = f"{NAME}-code"
-CODE_ROOT = "/opt/trn-burnin"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "trn_workloads" / "burnin"
 LABELS = {"app": NAME, "app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "trn-platform"}
 
@@ -87,16 +87,13 @@ def _meta(name: str, namespace: str | None = NAMESPACE) -> dict:
     return {"name": name, **({"namespace": namespace} if namespace else {}), "labels": dict(LABELS)}
 
 
-def code_files() -> dict[str, str]:
-    """The package's modules, keyed for the ConfigMap (`/` is not allowed in a key)."""
-    return {f"burnin.{p.name}": p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))}
+def code() -> tuple[dict, list[dict]]:
+    return code_configmap(CODE_CONFIGMAP, namespace=NAMESPACE, labels=LABELS, modules=package_modules("burnin"))
 
 
 def configmaps(pools: list[NodePoolConfig]) -> list[dict]:
-    init = (PACKAGE_DIR.parent / "__init__.py").read_text()
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CODE_CONFIGMAP),
-         "data": {"trn_workloads.__init__.py": init, **code_files()}},
+        code()[0],
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(EXPECTATIONS_CONFIGMAP),
          "data": {"expectations.json": json.dumps(expectations_document(pools), indent=1, sort_keys=True)}},
         # The replacement history ({pool: [epoch seconds]}); the program rewrites it.
@@ -142,8 +139,7 @@ def state_rules() -> list[dict]:
 def daemonset(*, track: str, image: str, pools: list[str]) -> dict:
     """The burn-in of one Neuron track's pools, in that track's training DLC."""
     name = f"{NAME}-{track}"
-    code_items = [{"key": "trn_workloads.__init__.py", "path": "trn_workloads/__init__.py"},
-                  *({"key": k, "path": f"trn_workloads/burnin/{k.removeprefix('burnin.')}"} for k in code_files())]
+    code_items = code()[1]
     container = {
         "name": "burn-in", "image": image, "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "trn_workloads.burnin", "--expectations", "/etc/trn-burnin/expectations.json"],

@@ -15,7 +15,8 @@ from stackfiles import ConfigError
 from tests.platform_helpers import PLATFORM_STACKS, rendered_platform, stack_config
 from trn_workloads.burnin import __main__ as program
 from trn_workloads.burnin import checks, decisions, parsers
-from trn_workloads.burnin.kube import ApiError
+from trn_workloads import rate_bound
+from trn_workloads.kube_api import ApiError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "burnin"
 BASE = stack_config("platform", "dev-usw2")
@@ -178,7 +179,7 @@ def test_replacements_are_bounded_per_pool_and_hour():
         assert d.allowed
         history = d.history
     third = decisions.decide_replacement(history, pool="trn1-efa", now=120.0, max_per_hour=2)
-    assert not third.allowed and third.history == history and "next replacement possible in 3480s" in third.reason
+    assert not third.allowed and third.history == history and "next possible in 3480s" in third.reason
     assert decisions.decide_replacement(history, pool="inf2", now=120.0, max_per_hour=2).allowed  # other pools
     later = decisions.decide_replacement(history, pool="trn1-efa", now=3600.0, max_per_hour=2)
     assert later.allowed and later.history == {"trn1-efa": [60.0, 3600.0]}  # the first fell out of the hour
@@ -186,10 +187,19 @@ def test_replacements_are_bounded_per_pool_and_hour():
 
 
 def test_history_round_trip_and_unreadable_entries():
-    data = decisions.history_to_configmap({"b": [2.0], "a": [1.0, 1.5]})
-    assert list(data) == ["a", "b"] and decisions.history_from_configmap(data) == {"a": [1.0, 1.5], "b": [2.0]}
-    assert decisions.history_from_configmap({"a": "not json", "b": "[3]"}) == {"a": [], "b": [3.0]}
-    assert decisions.history_from_configmap(None) == {}
+    data = rate_bound.history_to_configmap({"b": [2.0], "a": [1.0, 1.5]})
+    assert list(data) == ["a", "b"] and rate_bound.history_from_configmap(data) == {"a": [1.0, 1.5], "b": [2.0]}
+    assert rate_bound.history_from_configmap({"a": "not json", "b": "[3]"}) == {"a": [], "b": [3.0]}
+    assert rate_bound.history_from_configmap(None) == {}
+
+
+def test_rate_bound_cooldown():
+    first = rate_bound.decide({}, key="j", now=0.0, limit=3, window_seconds=86400, what="restarts", cooldown_seconds=600)
+    assert first.allowed
+    assert not rate_bound.decide(first.history, key="j", now=300.0, limit=3, window_seconds=86400, what="restarts",
+                                 cooldown_seconds=600).allowed
+    assert rate_bound.decide(first.history, key="j", now=700.0, limit=3, window_seconds=86400, what="restarts",
+                             cooldown_seconds=600).allowed
 
 
 def test_taint_removal_keeps_other_taints():
@@ -343,16 +353,56 @@ def test_rbac_is_pinned():
                for b in bindings)
 
 
-def test_the_kube_client_calls_only_what_rbac_allows():
-    """Every API path of kube.py maps to a (resource, verb) the rules above grant."""
-    source = (Path(burnin.PACKAGE_DIR) / "kube.py").read_text()
-    calls = {("GET", "/api/v1/nodes/{name}"), ("PATCH", "/api/v1/nodes/{name}"), ("PATCH", "/api/v1/nodes/{name}/status"),
-             ("POST", "/api/v1/namespaces/{event['metadata']['namespace']}/events"), ("GET", "NODECLAIMS"),
-             ("DELETE", "{NODECLAIMS}/{name}"), ("GET", "/api/v1/namespaces/{namespace}/configmaps/{name}"),
-             ("PUT", "/api/v1/namespaces/{namespace}/configmaps/{name}")}
+# Each Kube method: the (API group, resource, verb) it needs (images/trn_workloads/kube_api.py).
+KUBE_CALLS = {
+    "get_node": ("", "nodes", "get"), "set_taints": ("", "nodes", "patch"), "set_condition": ("", "nodes/status", "patch"),
+    "create_event": ("", "events", "create"), "list_nodeclaims": ("karpenter.sh", "nodeclaims", "list"),
+    "delete_nodeclaim": ("karpenter.sh", "nodeclaims", "delete"), "list_pods": ("", "pods", "list"),
+    "delete_pod": ("", "pods", "delete"), "get_configmap": ("", "configmaps", "get"),
+    "replace_configmap": ("", "configmaps", "update"),
+}
+
+
+def kube_methods_called(source: str) -> set[str]:
     import re
-    found = set(re.findall(r'self\.request\("(\w+)", f?"?([^",)]+)', source))
-    assert found == {(m, p.strip('"')) for m, p in calls}
+    return set(re.findall(r"\bkube\.(\w+)\(", source))
+
+
+def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_kube_client_table_covers_every_method():
+    import inspect
+
+    from trn_workloads import kube_api
+    methods = {n for n, _ in inspect.getmembers(kube_api.Kube, inspect.isfunction)
+               if not n.startswith("_") and n not in ("request", "in_cluster")}
+    assert methods == set(KUBE_CALLS)
+
+
+def test_burn_in_calls_exactly_what_its_rbac_grants():
+    source = "".join(p.read_text() for p in burnin.PACKAGE_DIR.glob("*.py"))
+    needed = {KUBE_CALLS[m] for m in kube_methods_called(source)}
+    assert kube_methods_called(source) == {"get_node", "set_taints", "set_condition", "create_event", "list_nodeclaims",
+                                           "delete_nodeclaim", "get_configmap", "replace_configmap"}
+    assert granted([r for m in burnin.rbac() if "rules" in m for r in m["rules"]]) == needed | {
+        ("karpenter.sh", "nodeclaims", "get")}  # get by name, as the issue grants it; nothing beyond
+
+
+def test_burn_in_code_runs_with_the_standard_library_only(tmp_path):
+    """The ConfigMap's files, laid out as the volume items put them, import with `python -S -I`
+    (no site-packages), as in the Neuron DLC where nothing of ours is installed."""
+    import subprocess
+    import sys
+    cm, items = burnin.code()
+    for item in items:
+        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item["path"]).write_text(cm["data"][item["key"]])
+    proc = subprocess.run([sys.executable, "-S", "-I", "-c",
+                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import trn_workloads.burnin.__main__"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_daemonset_tolerates_only_its_taint_and_runs_the_whole_package():
@@ -366,7 +416,7 @@ def test_daemonset_tolerates_only_its_taint_and_runs_the_whole_package():
     assert spec["serviceAccountName"] == "trn-burnin"
     items = {i["path"] for i in spec["volumes"][0]["configMap"]["items"]}
     modules = {f"trn_workloads/burnin/{p.name}" for p in burnin.PACKAGE_DIR.glob("*.py")}
-    assert items == modules | {"trn_workloads/__init__.py"}
+    assert items == modules | {"trn_workloads/__init__.py", "trn_workloads/kube_api.py", "trn_workloads/rate_bound.py"}
     assert set(burnin.configmaps([TRN1])[0]["data"]) == {i["key"] for i in spec["volumes"][0]["configMap"]["items"]}
 
 

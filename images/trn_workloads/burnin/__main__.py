@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from . import checks, decisions, parsers
-from .kube import ApiError, Kube
+from ..kube_api import ApiError, Kube
+from ..rate_bound import history_from_configmap, history_to_configmap
 
 POOL_LABEL = "trn-platform/pool"  # infra/nodepools.py POOL_LABEL
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
@@ -108,12 +109,12 @@ def try_replace(kube: Kube, node: dict, *, pool: str, max_per_hour: int, state: 
     namespace, name = state
     for _ in range(CONFLICT_RETRIES):
         cm = kube.get_configmap(namespace, name)
-        decision = decisions.decide_replacement(decisions.history_from_configmap(cm.get("data")), pool=pool,
+        decision = decisions.decide_replacement(history_from_configmap(cm.get("data")), pool=pool,
                                                 now=time.time(), max_per_hour=max_per_hour)
         if not decision.allowed:
             return decision.reason
         try:
-            kube.replace_configmap(namespace, name, {**cm, "data": decisions.history_to_configmap(decision.history)})
+            kube.replace_configmap(namespace, name, {**cm, "data": history_to_configmap(decision.history)})
         except ApiError as e:
             if e.status == 409:
                 continue

@@ -2,8 +2,7 @@
 condition and Event, and whether a failed node may be replaced now (the per-pool bound)."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from ..rate_bound import Decision, decide
 
 TAINT_KEY = "trn-platform/burn-in"  # infra/nodepools.py BURN_IN_TAINT (tests assert they agree)
 CONDITION_TYPE = "BurnInPassed"
@@ -30,45 +29,14 @@ def condition(*, passed: bool, problems: list[str], now: str) -> dict:
             "lastHeartbeatTime": now, "lastTransitionTime": now}
 
 
-@dataclass(frozen=True)
-class Replacement:
-    allowed: bool
-    history: dict[str, list[float]]  # pool -> replacement times (epoch seconds) in the last hour
-    reason: str
-
-
-def decide_replacement(history: dict[str, list[float]], *, pool: str, now: float, max_per_hour: int) -> Replacement:
+def decide_replacement(history: dict[str, list[float]], *, pool: str, now: float, max_per_hour: int) -> Decision:
     """May a failed node of `pool` be replaced now? At most `max_per_hour` replacements per pool in
-    any hour, so a bad batch of instances (or a wrong floor) cannot churn the fleet. The history
-    returned keeps only the last hour and records this replacement when it is allowed."""
-    recent = {p: [t for t in times if now - t < WINDOW_SECONDS] for p, times in history.items()}
-    recent = {p: times for p, times in recent.items() if times}
-    done = recent.get(pool, [])
+    any hour, so a bad batch of instances (or a wrong floor) cannot churn the fleet."""
     if max_per_hour <= 0:
-        return Replacement(False, recent, f"replacement is off for pool {pool} (maxReplacementsPerHour 0); "
-                                          "the node stays tainted")
-    if len(done) >= max_per_hour:
-        wait = WINDOW_SECONDS - (now - min(done))
-        return Replacement(False, recent, f"pool {pool} replaced {len(done)} nodes in the last hour "
-                                          f"(limit {max_per_hour}); next replacement possible in {wait:.0f}s")
-    return Replacement(True, {**recent, pool: [*done, now]}, f"replacement {len(done) + 1} of {max_per_hour} "
-                                                              f"this hour for pool {pool}")
-
-
-def history_from_configmap(data: dict[str, str] | None) -> dict[str, list[float]]:
-    """The ConfigMap's `data` ({pool: JSON list of epoch seconds}); unreadable entries count as none."""
-    out: dict[str, list[float]] = {}
-    for pool, raw in (data or {}).items():
-        try:
-            times = json.loads(raw)
-            out[pool] = [float(t) for t in times]
-        except (ValueError, TypeError):
-            out[pool] = []
-    return out
-
-
-def history_to_configmap(history: dict[str, list[float]]) -> dict[str, str]:
-    return {pool: json.dumps(times) for pool, times in sorted(history.items())}
+        return Decision(False, {p: t for p, t in history.items()}, f"replacement is off for pool {pool} "
+                        "(maxReplacementsPerHour 0); the node stays tainted")
+    return decide(history, key=pool, now=now, limit=max_per_hour, window_seconds=WINDOW_SECONDS,
+                  what=f"replacements of pool {pool}")
 
 
 def nodeclaim_of(nodeclaims: list[dict], *, node_name: str, provider_id: str | None) -> dict | None:

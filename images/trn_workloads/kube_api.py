@@ -1,12 +1,15 @@
-"""The few Kubernetes API calls the burn-in makes, over HTTPS with the pod's projected
-service account token (the Neuron DLC it runs in has no Kubernetes client). Every call is
-one the DaemonSet's RBAC (infra/burnin.py) allows; nothing else is attempted."""
+"""The few Kubernetes API calls the platform's node and job agents make (the burn-in,
+images/trn_workloads/burnin/; the hang watchdog, images/trn_workloads/watchdog.py), over HTTPS
+with the pod's projected service account token: the images they run in (the Neuron DLC, the
+neuron-monitor image) have no Kubernetes client. Each agent's RBAC (infra/burnin.py,
+infra/monitoring/hang.py) grants exactly the calls it makes (tests/test_burnin.py pins both)."""
 from __future__ import annotations
 
 import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -76,7 +79,15 @@ class Kube:
     def delete_nodeclaim(self, name: str) -> dict:
         return self.request("DELETE", f"{NODECLAIMS}/{name}")
 
-    # the replacement history ConfigMap: get, update
+    # pods: list (by label selector), delete
+    def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        return self.request("GET", f"/api/v1/namespaces/{namespace}/pods?{query}").get("items", [])
+
+    def delete_pod(self, namespace: str, name: str) -> dict:
+        return self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    # an agent's state ConfigMap (rate bounds): get, update
     def get_configmap(self, namespace: str, name: str) -> dict:
         return self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
