@@ -22,6 +22,8 @@ from infra.cluster import Cluster, ClusterArgs  # noqa: E402
 from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
 from infra.monitoring import Monitoring, MonitoringArgs  # noqa: E402
+from infra.monitoring import values as monitoring_values  # noqa: E402
+from infra.monitoring.hang import HangWatchdog, HangWatchdogArgs  # noqa: E402
 from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
 from infra.prices import load_prices  # noqa: E402
 from infra.registry import Registry, RegistryArgs  # noqa: E402
@@ -81,6 +83,11 @@ if cfg.monitoring.enabled:
         neuron_monitor_image=versions.neuron_monitor_image(), karpenter_namespace=karpenter_namespace,
         kuberay_namespace="kuberay-system", volcano_namespace="volcano-system", tags=tags))
     pulumi.export("monitoring", monitoring.outputs)
+    # Restarts training gangs whose step counter stopped (TrainingGangHung) from their newest checkpoint.
+    HangWatchdog("hang-watchdog", HangWatchdogArgs(
+        config=cfg.monitoring, image=versions.neuron_monitor_image(), prometheus_url=monitoring.outputs["prometheusUrl"],
+        workload_namespace=storage.pvc_namespace, on_system_nodes=monitoring_values.ON_SYSTEM_NODES,
+        provider=cluster.provider, depends_on=[*on_system_nodes, monitoring, storage]))
 
 registry = Registry("registry", RegistryArgs(cluster_name=cfg.cluster_name, repositories=cfg.ecr_repositories,
                                              force_destroy=cfg.environment != "prod", budget=cfg.budget, tags=tags))

@@ -25,3 +25,10 @@ def code_configmap(name: str, *, namespace: str, labels: dict[str, str], modules
                  "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
                  "data": {key[m]: (IMAGES / m).read_text() for m in files}}
     return configmap, [{"key": key[m], "path": m} for m in files]
+
+
+def resource_args(manifest: dict) -> dict:
+    """A built-in object's manifest as arguments of its pulumi_kubernetes class: top-level keys
+    in snake case (`roleRef` -> `role_ref`), apiVersion and kind left to the class."""
+    return {"".join(f"_{c.lower()}" if c.isupper() else c for c in k): v
+            for k, v in manifest.items() if k not in ("apiVersion", "kind")}

@@ -23,7 +23,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import catalog, versions
-from infra.agent_code import CODE_ROOT, code_configmap, package_modules
+from infra.agent_code import CODE_ROOT, code_configmap, package_modules, resource_args
 from infra.config import NodePoolConfig
 from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL, pool_track
 
@@ -213,11 +213,6 @@ _KINDS = {
 }
 
 
-def _snake(key: str) -> str:
-    """A manifest's top-level key as the resource class's argument (`roleRef` -> `role_ref`)."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
-
-
 class BurnIn(pulumi.ComponentResource):
     """The burn-in DaemonSets with their RBAC and ConfigMaps (nothing when no pool gates)."""
 
@@ -226,8 +221,7 @@ class BurnIn(pulumi.ComponentResource):
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
         self.objects = []
         for m in manifests(args.pools):
-            fields = {_snake(k): v for k, v in m.items() if k not in ("apiVersion", "kind")}
             suffix = m["metadata"]["name"].removeprefix(NAME).lstrip("-") or "main"
             res_name = f"{name}-{m['kind'].lower()}-{suffix}"
-            self.objects.append(_KINDS[m["kind"]](res_name, **fields, opts=k8s_opts))
+            self.objects.append(_KINDS[m["kind"]](res_name, **resource_args(m), opts=k8s_opts))
         self.register_outputs({})

@@ -176,3 +176,148 @@ def test_titan_restarts_the_gang_through_its_volcano_policy():
     [vcjob] = [o for o in rendered("titan-pretrain-use2") if o["kind"] == "Job"]
     assert {"event": "PodEvicted", "action": "RestartJob"} in vcjob["spec"]["policies"]
     assert vcjob["spec"]["maxRetry"] == 3
+
+
+# --------------------------------------------------------------------------- the watchdog
+
+def test_watchdog_query_returns_the_hung_jobs_from_prometheus(tmp_path):
+    """The watchdog's query (ALERTS of the firing alert) evaluated by promtool on the same series:
+    the labels it gets are the job's namespace, workload and stack."""
+    from trn_workloads import watchdog
+    write_rules(tmp_path, GROUPS)
+    base = {"__name__": "ALERTS", "alertname": hang.ALERT, "alertstate": "firing", "severity": "critical",
+            "platform": "trn-platform"}
+    samples = [{"labels": "ALERTS" + "{" + ", ".join(f'{k}="{v}"' for k, v in {**base, **job(s)}.items()
+                                                     if k != "__name__") + "}", "value": 1} for s in ("s1", "s4")]
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": SERIES,
+        "promql_expr_test": [{"expr": watchdog.QUERY, "eval_time": "70m", "exp_samples": samples}]}]}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    proc = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def prom_answer(*jobs: dict) -> dict:
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": "ALERTS", "alertname": hang.ALERT, "alertstate": "firing", **j}, "value": [0, "1"]}
+        for j in jobs]}}
+
+
+def test_hung_jobs_and_restart_target():
+    from trn_workloads import watchdog
+    answer = prom_answer(job("s1"), job("s1"), {"namespace": "ml"})  # duplicates and incomplete labels
+    assert watchdog.hung_jobs(answer) == [watchdog.HungJob("ml", "nemo-pretrain", "s1")]
+    with pytest.raises(ValueError, match="query failed"):
+        watchdog.hung_jobs({"status": "error", "error": "bad query"})
+    pods = [{"metadata": {"name": "b"}, "status": {"phase": "Running"}},
+            {"metadata": {"name": "a", "deletionTimestamp": "x"}, "status": {"phase": "Running"}},
+            {"metadata": {"name": "c"}, "status": {"phase": "Succeeded"}}]
+    assert watchdog.restart_target(pods)["metadata"]["name"] == "b"
+    assert watchdog.restart_target(pods[1:]) is None
+
+
+@pytest.mark.parametrize("stack", sorted(TRAINING_STACKS))
+def test_watchdog_selector_matches_exactly_the_gang_restart_pod(stack):
+    """The selector the watchdog lists pods with, applied to the rendered pod templates' labels."""
+    from trn_workloads import watchdog
+    templates = [(w, t) for obj in rendered(stack) for w, t in pod_templates(obj)]
+    [workload] = {t["metadata"]["labels"]["app.kubernetes.io/name"] for _, t in templates}
+    wanted = dict(kv.split("=") for kv in watchdog.selector(watchdog.HungJob("ml-shared", workload, stack)).split(","))
+    matching = [w for w, t in templates if wanted.items() <= t["metadata"]["labels"].items()]
+    assert len(matching) == 1, matching
+
+
+class FakeKube:
+    def __init__(self, pods: dict[str, list[dict]], history: dict | None = None, conflict: bool = False):
+        self.pods, self.conflict = pods, conflict
+        self.configmap = {"metadata": {"name": "s"}, "data": history or {}}
+        self.deleted: list[tuple[str, str]] = []
+        self.selectors: list[str] = []
+
+    def get_configmap(self, namespace, name):
+        return copy.deepcopy(self.configmap)
+
+    def replace_configmap(self, namespace, name, cm):
+        if self.conflict:
+            from trn_workloads.kube_api import ApiError
+            raise ApiError(409, "conflict")
+        self.configmap = cm
+
+    def list_pods(self, namespace, selector):
+        self.selectors.append(selector)
+        return self.pods.get(namespace, [])
+
+    def delete_pod(self, namespace, name):
+        self.deleted.append((namespace, name))
+
+
+def settings(**kw):
+    from trn_workloads import watchdog
+    base = dict(prometheus_url="http://p", state_namespace="monitoring", state_configmap="s", max_restarts=2,
+                window_seconds=86400, cooldown_seconds=1500)
+    return watchdog.Settings(**{**base, **kw})
+
+
+def test_watchdog_restarts_within_its_bound_and_cooldown():
+    from trn_workloads import watchdog
+    pods = {"ml": [{"metadata": {"name": "s1-launcher-x"}, "status": {"phase": "Running"}}]}
+    kube = FakeKube(pods)
+    answer = prom_answer(job("s1"))
+    out = watchdog.run_once(kube, lambda q: answer, settings(), now=1000.0)
+    assert kube.deleted == [("ml", "s1-launcher-x")] and "deleted pod s1-launcher-x" in out[0]
+    assert kube.selectors == ["app.kubernetes.io/instance=s1,trn-platform/gang-restart=true"]
+    assert json.loads(kube.configmap["data"]["ml/s1"]) == [1000.0]
+    # still firing a minute later (the gang restarting): the cooldown holds
+    out = watchdog.run_once(kube, lambda q: answer, settings(), now=1060.0)
+    assert len(kube.deleted) == 1 and "waiting" in out[0]
+    watchdog.run_once(kube, lambda q: answer, settings(), now=3000.0)
+    assert len(kube.deleted) == 2
+    out = watchdog.run_once(kube, lambda q: answer, settings(), now=5000.0)  # the bound: 2 a day
+    assert len(kube.deleted) == 2 and "limit 2" in out[0]
+
+
+def test_watchdog_does_nothing_without_a_target_or_on_a_conflict():
+    from trn_workloads import watchdog
+    kube = FakeKube({})
+    assert "no live pod" in watchdog.run_once(kube, lambda q: prom_answer(job("s1")), settings(), now=0.0)[0]
+    assert kube.configmap["data"] == {}  # no restart spent
+    kube = FakeKube({"ml": [{"metadata": {"name": "p"}, "status": {"phase": "Running"}}]}, conflict=True)
+    assert "changed meanwhile" in watchdog.run_once(kube, lambda q: prom_answer(job("s1")), settings(), now=0.0)[0]
+    assert kube.deleted == []
+
+
+def test_watchdog_rbac_is_exactly_its_calls_and_its_code_is_stdlib_only(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_burnin import KUBE_CALLS, granted, kube_methods_called
+    from trn_workloads import watchdog
+    source = open(watchdog.__file__).read()
+    assert kube_methods_called(source) == {"get_configmap", "list_pods", "replace_configmap", "delete_pod"}
+    rbac = hang.watchdog_rbac(namespace="monitoring", workload_namespace="ml-shared")
+    by_ns = {m["metadata"]["namespace"]: granted(m["rules"]) for m in rbac if m["kind"] == "Role"}
+    assert by_ns == {"ml-shared": {KUBE_CALLS["list_pods"], KUBE_CALLS["delete_pod"]},
+                     "monitoring": {KUBE_CALLS["get_configmap"], KUBE_CALLS["replace_configmap"]}}
+    assert not [m for m in rbac if m["kind"].startswith("Cluster")]
+    cm, items = hang.watchdog_code("monitoring")
+    for item in items:
+        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item["path"]).write_text(cm["data"][item["key"]])
+    proc = subprocess.run([sys.executable, "-S", "-I", "-c",
+                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import trn_workloads.watchdog"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_rendered_watchdog_and_off_switch():
+    from tests.platform_helpers import rendered_platform
+    objs = [m for _, m in rendered_platform("dev-usw2").manifests]
+    [dep] = [m for m in objs if m["kind"] == "Deployment" and m["metadata"]["name"] == hang.WATCHDOG]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PROMETHEUS_URL"] == "http://kps-prometheus.monitoring.svc:9090"
+    assert env["MAX_RESTARTS"] == "3" and env["COOLDOWN_SECONDS"] == str(20 * 60 + 300)
+    assert {m["metadata"]["namespace"] for m in objs if m["kind"] == "Role"
+            and m["metadata"]["name"] == hang.WATCHDOG} == {"monitoring", "ml-shared"}
+    off = MonitoringConfig(alert_emails=("a@example.com",), training_hang_restarts=0)
+    assert hang.watchdog_manifests(off, image="i:1.0.0", prometheus_url="u", workload_namespace="w",
+                                   on_system_nodes={}) == []
