@@ -10,7 +10,7 @@ facts the platform sizes workloads with.
 
 RBAC is exactly what the program calls (images/trn_workloads/burnin/kube.py): nodes get/patch,
 nodes/status patch, nodeclaims get/list/delete (cluster scope: RBAC cannot name nodes that do
-not exist yet), events create in one namespace, and get/update on the one state ConfigMap.
+not exist yet), and in its namespace events create and get/update on its one state ConfigMap.
 `tests/test_burnin.py` pins these rules.
 """
 from __future__ import annotations
@@ -29,7 +29,9 @@ from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL, pool_track
 
 NAME = "trn-burnin"
 NAMESPACE = "kube-system"
-EVENT_NAMESPACE = "default"  # node Events live there (kubectl describe node shows them)
+# Node Events go to the burn-in's own namespace: `kubectl describe node` lists a node's events from every
+# namespace (a cluster-scoped object has none of its own), and nothing is granted in `default`.
+EVENT_NAMESPACE = NAMESPACE
 STATE_CONFIGMAP = f"{NAME}-replacements"
 EXPECTATIONS_CONFIGMAP = f"{NAME}-expectations"
 CODE_CONFIGMAP = f"{NAME}-code"
@@ -54,6 +56,7 @@ CHECKOV_SKIPS = {
     "CKV_K8S_23": "the Neuron tools open the devices as root inside the privileged node agent",
     "CKV_K8S_37": "capabilities cannot be dropped from a privileged container",
     "CKV_K8S_28": "capabilities (NET_RAW included) cannot be dropped from a privileged container",
+    "CKV_K8S_38": "the burn-in removes its node's taint and deletes its NodeClaim through the Kubernetes API",
 }
 
 
@@ -102,8 +105,8 @@ def configmaps(pools: list[NodePoolConfig]) -> list[dict]:
 
 
 def rbac() -> list[dict]:
-    """ServiceAccount, ClusterRole + binding (nodes, nodeclaims), Roles + bindings (its state
-    ConfigMap, Events in EVENT_NAMESPACE)."""
+    """ServiceAccount, ClusterRole + binding (nodes, nodeclaims), Role + binding in its namespace
+    (its state ConfigMap, the Events it records)."""
     sa = {"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}
     rbac_api = "rbac.authorization.k8s.io/v1"
     role_ref = {"apiGroup": "rbac.authorization.k8s.io"}
@@ -112,13 +115,9 @@ def rbac() -> list[dict]:
         {"apiVersion": rbac_api, "kind": "ClusterRole", "metadata": _meta(NAME, None), "rules": cluster_rules()},
         {"apiVersion": rbac_api, "kind": "ClusterRoleBinding", "metadata": _meta(NAME, None),
          "roleRef": {**role_ref, "kind": "ClusterRole", "name": NAME}, "subjects": [sa]},
-        {"apiVersion": rbac_api, "kind": "Role", "metadata": _meta(NAME), "rules": state_rules()},
+        {"apiVersion": rbac_api, "kind": "Role", "metadata": _meta(NAME), "rules": namespace_rules()},
         {"apiVersion": rbac_api, "kind": "RoleBinding", "metadata": _meta(NAME),
          "roleRef": {**role_ref, "kind": "Role", "name": NAME}, "subjects": [sa]},
-        {"apiVersion": rbac_api, "kind": "Role", "metadata": _meta(f"{NAME}-events", EVENT_NAMESPACE),
-         "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]},
-        {"apiVersion": rbac_api, "kind": "RoleBinding", "metadata": _meta(f"{NAME}-events", EVENT_NAMESPACE),
-         "roleRef": {**role_ref, "kind": "Role", "name": f"{NAME}-events"}, "subjects": [sa]},
     ]
 
 
@@ -130,10 +129,11 @@ def cluster_rules() -> list[dict]:
     ]
 
 
-def state_rules() -> list[dict]:
+def namespace_rules() -> list[dict]:
     # `create` cannot be limited by name, so the ConfigMap is created here, not by the program.
     return [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [STATE_CONFIGMAP],
-             "verbs": ["get", "update"]}]
+             "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
 
 
 def daemonset(*, track: str, image: str, pools: list[str]) -> dict:

@@ -343,12 +343,12 @@ def test_rbac_is_pinned():
             {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
             {"apiGroups": ["karpenter.sh"], "resources": ["nodeclaims"], "verbs": ["get", "list", "delete"]}],
         ("Role", "kube-system"): [{"apiGroups": [""], "resources": ["configmaps"],
-                                   "resourceNames": ["trn-burnin-replacements"], "verbs": ["get", "update"]}],
-        ("Role", "default"): [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}],
+                                   "resourceNames": ["trn-burnin-replacements"], "verbs": ["get", "update"]},
+                                  {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}],
     }
     bindings = [m for m in burnin.rbac() if m["kind"].endswith("Binding")]
     assert {(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings} == {
-        ("ClusterRole", "trn-burnin"), ("Role", "trn-burnin"), ("Role", "trn-burnin-events")}
+        ("ClusterRole", "trn-burnin"), ("Role", "trn-burnin")}
     assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "trn-burnin", "namespace": "kube-system"}]
                for b in bindings)
 

@@ -301,7 +301,7 @@ def test_render_summary_lists_the_releases_and_rule_counts():
     block = text[text.index("monitoring:"):]
     assert f"kube-prometheus-stack {versions.KUBE_PROMETHEUS_STACK_VERSION}" in block
     assert f"prometheus-cloudwatch-exporter {versions.CLOUDWATCH_EXPORTER_VERSION}" in block
-    assert "rules: 6 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
+    assert "rules: 7 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
 
 
 # --------------------------------------------------------------------------- values vs the pinned charts

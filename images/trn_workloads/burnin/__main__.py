@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     kube = Kube.in_cluster()
     node_name = os.environ["NODE_NAME"]
     state = (os.environ["POD_NAMESPACE"], os.environ["BURNIN_STATE_CONFIGMAP"])
-    event_ns = os.environ.get("EVENT_NAMESPACE", "default")
+    event_ns = os.environ.get("EVENT_NAMESPACE", state[0])
 
     node = kube.get_node(node_name)
     if not decisions.has_burn_in_taint(node["spec"].get("taints")):
