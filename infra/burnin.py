@@ -3,8 +3,11 @@
 Nodes of a pool with `burnIn.enabled` start with the startup taint `trn-platform/burn-in`
 (infra/nodepools.py). One DaemonSet per Neuron track runs `python3 -m trn_workloads.burnin`
 (images/trn_workloads/burnin/, shipped in a ConfigMap) in the track's Neuron training DLC,
-which carries neuron-ls, nccom-test (aws-neuronx-tools) and fi_info (the EFA installer's
-libfabric); it tolerates that taint and the Neuron taint and nothing else. Its expectations
+which carries neuron-ls and nccom-test (aws-neuronx-tools, /opt/aws/neuron/bin on PATH) and
+fi_info (the EFA installer's libfabric, /opt/amazon/efa/bin) and Python 3.11 (xla track:
+aws-neuron/deep-learning-containers@5a157957 pytorch/training/2.8.0/Dockerfile.neuronx; the
+native track's DLC is assumed to be built the same way, not checked here); it tolerates that
+taint and the Neuron taint and nothing else. Its expectations
 per pool and instance type come from infra/catalog.py here, so the node is held to the same
 facts the platform sizes workloads with.
 
