@@ -62,18 +62,30 @@ def event_file(path, steps):
     path.write_bytes(b"".join(records))
 
 
-def test_max_step_across_event_files_and_a_partly_written_record(tmp_path):
+def test_latest_step_is_the_newest_event_file_and_skips_a_partly_written_record(tmp_path):
+    import os
     (tmp_path / "version_0").mkdir()
-    event_file(tmp_path / "version_0" / "events.out.tfevents.1.host.1.0", range(1, 41))
-    event_file(tmp_path / "events.out.tfevents.2.host.1.0", [41, 42, 43])  # the resumed attempt
-    assert progress.max_step_tensorboard(tmp_path) == 43
-    with open(tmp_path / "events.out.tfevents.2.host.1.0", "ab") as f:
-        f.write(tfrecord(Event(step=44).SerializeToString())[:-6])  # being written
-    assert progress.max_step_tensorboard(tmp_path) == 43
-    assert progress.max_step_tensorboard(tmp_path / "empty") is None
+    first = tmp_path / "version_0" / "events.out.tfevents.1.host.1.0"
+    event_file(first, range(1, 44))  # the first attempt, hung at 43
+    os.utime(first, (1000, 1000))
+    assert progress.latest_step_tensorboard(tmp_path) == 43
+    second = tmp_path / "events.out.tfevents.2.host.1.0"  # restarted from the checkpoint at step 30
+    event_file(second, [])
+    os.utime(second, (2000, 2000))
+    assert progress.latest_step_tensorboard(tmp_path) is None  # nothing logged by the new attempt yet
+    event_file(second, [31, 32, 33])
+    os.utime(second, (2000, 2000))
+    assert progress.latest_step_tensorboard(tmp_path) == 33
+    with open(second, "ab") as f:
+        f.write(tfrecord(Event(step=34).SerializeToString())[:-6])  # being written
+    os.utime(second, (2000, 2000))
+    assert progress.latest_step_tensorboard(tmp_path) == 33
+    assert progress.latest_step_tensorboard(tmp_path / "empty") is None
     (tmp_path / "checkpoints" / "deep").mkdir(parents=True)  # not searched: two levels down
-    event_file(tmp_path / "checkpoints" / "deep" / "events.out.tfevents.3.host.1.0", [99])
-    assert progress.max_step_tensorboard(tmp_path) == 43
+    deep = tmp_path / "checkpoints" / "deep" / "events.out.tfevents.3.host.1.0"
+    event_file(deep, [99])
+    os.utime(deep, (3000, 3000))
+    assert progress.latest_step_tensorboard(tmp_path) == 33
 
 
 def test_event_step_of_large_and_missing_steps():
@@ -88,12 +100,13 @@ def test_last_step_of_ray_metrics_jsonl(tmp_path):
     assert progress.last_step_jsonl(path) == 30
 
 
-def test_counter_follows_the_newest_step_and_never_goes_back():
+def test_counter_counts_steps_done_including_the_redone_ones():
     p = progress.Progress()
-    for step in (None, 500, 500, 520, 10, 530):  # 500: a resumed attempt's first read
+    # 500: a resumed attempt's first read; 480: restarted from the checkpoint at 480 (20 steps redone)
+    for step in (None, 500, 500, 520, 480, None, 530):
         p.observe(step)
     text = generate_latest(p.registry).decode()
-    assert "trn_training_steps_total 530.0" in text
+    assert "trn_training_steps_total 570.0" in text  # 500 + 20 + 50
 
 
 def test_served_over_http(tmp_path):

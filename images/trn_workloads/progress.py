@@ -7,7 +7,9 @@ Training), read from what they write to the shared file system.
 It runs as a native sidecar (an init container with `restartPolicy: Always`) of the pod that
 lives exactly as long as the training attempt: the RayJob's submitter, the MPIJob's launcher
 (workloads/progress.py). The counter starts at the step the files show when it starts (a
-resumed attempt continues from its checkpoint's step) and follows the newest step they show:
+resumed attempt continues from its checkpoint's step) and counts every step done after that,
+redone steps after a restart from a checkpoint included, so the counter moves while the job
+works:
 
 - Ray Train (images/trn_workloads/ray_train/loop.py): world rank 0 appends one JSON object per
   log interval to metrics.jsonl, with `step` = optimizer steps done;
@@ -96,28 +98,37 @@ def tfrecords(data: bytes):
         pos = end
 
 
-def max_step_tensorboard(logdir: Path) -> int | None:
-    """The newest step in the event files in `logdir` or one directory below (Lightning's
-    version_N/): not deeper, so a poll never walks the checkpoint trees next to them."""
+def latest_step_tensorboard(logdir: Path) -> int | None:
+    """Where training is now: the newest step of the most recently written event file in `logdir`
+    or one directory below (Lightning's version_N/; not deeper, so a poll never walks the
+    checkpoint trees next to them). Every trainer process writes its own file, so after a
+    restart from a checkpoint the newest file shows the rewound step, not the old maximum; a new
+    file without a step yet tells nothing (None)."""
     files = [*logdir.glob(EVENT_FILE_GLOB), *logdir.glob(f"*/{EVENT_FILE_GLOB}")]
-    steps = [s for f in sorted(files)
-             for s in (event_step(r) for r in tfrecords(f.read_bytes())) if s is not None]
+    if not files:
+        return None
+    newest = max(files, key=lambda f: (f.stat().st_mtime, f.name))
+    steps = [s for s in (event_step(r) for r in tfrecords(newest.read_bytes())) if s is not None]
     return max(steps, default=None)
 
 
 class Progress:
-    """The counter and how far it has been advanced."""
+    """The counter of steps done (redone steps after a restart from a checkpoint count again, as
+    in a trainer that counts its own steps) and the position it last saw."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self.steps = Counter("trn_training_steps", "Optimizer steps done by this job", registry=self.registry)
-        self.seen = 0
+        self.position = 0
 
     def observe(self, step: int | None) -> None:
-        """Advance to `step`; a smaller step (files of an older run) never moves a counter back."""
-        if step is not None and step > self.seen:
-            self.steps.inc(step - self.seen)
-            self.seen = step
+        """Training is at `step` now: count the steps since the last position; a smaller step is a
+        restart from an earlier checkpoint (the position rewinds, the counter never goes back)."""
+        if step is None:
+            return
+        if step > self.position:
+            self.steps.inc(step - self.position)
+        self.position = step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     progress = Progress()
     start_http_server(args.port, registry=progress.registry)
-    read = (lambda: last_step_jsonl(args.jsonl)) if args.jsonl else (lambda: max_step_tensorboard(args.tensorboard))
+    read = (lambda: last_step_jsonl(args.jsonl)) if args.jsonl else (lambda: latest_step_tensorboard(args.tensorboard))
     while True:  # ends with the pod: the sidecar is stopped when the training container exits
         try:
             progress.observe(read())
