@@ -530,3 +530,29 @@ def test_bad_config_stops_the_program_before_any_resource(tmp_path):
         run_program(project, "bad", stack_references=refs())
     assert "llmServe.tensorParallelSize" in str(err.value)
     assert err.value.registered_resources == 0
+
+
+def test_native_track_passes_neuron_overrides_in_additional_config():
+    """The vLLM Neuron plugin reads additional_config["override_neuron_config"]
+    (vllm-project/vllm-neuron@0.2.0 neuronx_distributed_model_loader.py), not `neuron_config`."""
+    serving = parse(BASE).serving
+    flag, value = llm_serve.TRACK_OPTIONS["native"](serving)
+    assert flag == "--additional-config"
+    assert json.loads(value) == {"override_neuron_config": {
+        "enable_bucketing": True, "context_encoding_buckets": [512, 1024, 2048],
+        "token_generation_buckets": [512, 1024, 2048]}}
+    # the xla fork takes the same overrides through its own flag
+    assert llm_serve.TRACK_OPTIONS["xla"](serving) == ["--override-neuron-config",
+                                                       json.dumps(json.loads(value)["override_neuron_config"],
+                                                                  separators=(",", ":"))]
+
+
+def test_native_vllm_neuron_pin_is_the_plugin_at_its_git_branch():
+    """The DLC recipe installs the plugin from vllm-project/vllm-neuron branch release-<version>
+    (aws-neuron/deep-learning-containers@2.32.0 vllm/inference/0.24.0.1.1.0/Dockerfile.neuronx);
+    its version is <vLLM>.<plugin> (Neuron 2.31.0 component index)."""
+    pin = versions.neuron_track("native")["vllm_neuron"]
+    assert pin["repository"] == "https://github.com/vllm-project/vllm-neuron.git"
+    assert pin["branch"] == f"release-{pin['version']}"
+    assert pin["version"].startswith(pin["vllm"] + ".") and len(pin["version"].split(".")) == 6
+    assert llm_serve.serving_tracks() == ("xla",)  # native: flags ready, image not confirmed for SDK 2.34

@@ -11,8 +11,9 @@ on FSx under a key of model + serving config + SDK version, so new replicas load
 of recompiling; changing the finetune version changes the key and rolls the pods.
 
 vLLM backend per Neuron track (images/neuron-sdk.json `tracks.<track>.vllm`): `xla`
-(inf2/trn1) is vLLM with NxD Inference. A `native` track (trn2/trn3, the vLLM Neuron
-plugin) plugs in as one more entry of TRACK_OPTIONS plus its pin.
+(inf2/trn1) is vLLM with NxD Inference. The `native` track (trn2/trn3) has its flags here
+(the vLLM Neuron plugin, TRACK_OPTIONS) but no `vllm` block in its pin yet, so its pools are
+refused until its image is confirmed (images/neuron-sdk.json `tracks.native.vllm_neuron`).
 """
 from __future__ import annotations
 
@@ -170,9 +171,9 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
     track, devices = "none", 0
     if pool is not None:
         track = pool.track or "none"
-        if track not in TRACK_OPTIONS or not vllm_pins(track):
+        if track not in serving_tracks():
             problems.append(f"llmServe.pool: pool {pool_name!r} ({', '.join(pool.instance_types)}) is on Neuron track "
-                            f"{track!r}; llm-serve supports tracks: {', '.join(sorted(TRACK_OPTIONS))}")
+                            f"{track!r}; llm-serve supports tracks: {', '.join(serving_tracks())}")
         cores_per_device = pool.neuron_cores_per_node // max(pool.neuron_devices_per_node, 1)
         devices = math.ceil(tp / cores_per_device)
         check_devices(pool, devices, "llmServe.tensorParallelSize", problems)
@@ -302,6 +303,13 @@ def read_stack_outputs(stack: str, keys: tuple[str, ...]) -> dict:
 # --------------------------------------------------------------------------- pure specs
 
 
+def _bucketing(s: ServingConfig) -> dict:
+    """NxD Inference NeuronConfig bucketing overrides (NxD Inference API guide: enable_bucketing,
+    context_encoding_buckets, token_generation_buckets); the same keys in both backends."""
+    return {"enable_bucketing": True, "context_encoding_buckets": list(s.context_buckets),
+            "token_generation_buckets": list(s.token_gen_buckets)}
+
+
 def _nxdi_options(s: ServingConfig) -> list[str]:
     """vLLM with NxD Inference: NeuronConfig overrides (NxD Inference API guide:
     enable_bucketing, context_encoding_buckets, token_generation_buckets). The fork
@@ -310,14 +318,25 @@ def _nxdi_options(s: ServingConfig) -> list[str]:
     args: tp_degree = --tensor-parallel-size, batch_size = --max-num-seqs, seq_len =
     --max-model-len, and merges --override-neuron-config over it; vllm/platforms/neuron.py
     sets block_size = max_model_len itself."""
-    neuron_config = {"enable_bucketing": True, "context_encoding_buckets": list(s.context_buckets),
-                     "token_generation_buckets": list(s.token_gen_buckets)}
-    return ["--override-neuron-config", json.dumps(neuron_config, separators=(",", ":"))]
+    return ["--override-neuron-config", json.dumps(_bucketing(s), separators=(",", ":"))]
 
 
-# Track -> the Neuron-specific vLLM options. The `native` track (vLLM Neuron plugin, issue
-# 12) adds its `--additional-config {"neuron_config": {...}}` builder here.
-TRACK_OPTIONS: dict[str, Callable[[ServingConfig], list[str]]] = {"xla": _nxdi_options}
+def _vllm_neuron_options(s: ServingConfig) -> list[str]:
+    """The vLLM Neuron plugin: NeuronConfig overrides go in vLLM's --additional-config under
+    `override_neuron_config` (vllm-project/vllm-neuron@0.2.0 README "OpenAI-Compatible API
+    Server", and vllm_neuron/worker/neuronx_distributed_model_loader.py reading
+    additional_config["override_neuron_config"]); it honours NEURON_COMPILED_ARTIFACTS like the fork."""
+    return ["--additional-config", json.dumps({"override_neuron_config": _bucketing(s)}, separators=(",", ":"))]
+
+
+# Track -> the Neuron-specific vLLM options.
+TRACK_OPTIONS: dict[str, Callable[[ServingConfig], list[str]]] = {"xla": _nxdi_options,
+                                                                    "native": _vllm_neuron_options}
+
+
+def serving_tracks() -> tuple[str, ...]:
+    """Tracks llm-serve runs on: vLLM options here and a `vllm` image pin in images/neuron-sdk.json."""
+    return tuple(sorted(t for t in TRACK_OPTIONS if vllm_pins(t)))
 
 
 def vllm_serve_args(s: ServingConfig, *, port: int = PORT, host: str = "0.0.0.0") -> list[str]:
