@@ -16,6 +16,7 @@ import yaml
 
 from infra.config import MonitoringConfig
 from infra.monitoring import dashboards, rules
+from infra.monitoring.values import CLOUDWATCH_DELAY_SECONDS
 from tests.platform_helpers import REPO
 
 PROMTOOL = shutil.which("promtool")
@@ -23,6 +24,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "metrics"
 FSX_GIB = 1200
 PRICES = {"trn1.2xlarge": 1.34375, "trn1.32xlarge": 21.5, "inf2.xlarge": 0.7582}
 CFG = MonitoringConfig(alert_emails=("a@example.com",))
+CLOUDWATCH_LAG_MINUTES = CLOUDWATCH_DELAY_SECONDS // 60
 GROUPS = rules.rule_groups(CFG, fsx_capacity_gib=FSX_GIB, prices=PRICES)
 ALERTS = {a.name: a for a in rules.alerts(CFG, fsx_capacity_gib=FSX_GIB)}
 
@@ -104,6 +106,25 @@ def test_every_metric_used_by_rules_and_dashboards_is_documented():
     exprs += [(f"dashboard {uid} / {title}", q) for uid, title, q in dashboards.queries(dashboards.definitions())]
     unknown = [(where, m) for where, e in exprs for m in sorted(selected_metrics(e)) if m not in known | recorded]
     assert unknown == [], "metrics not in tests/fixtures/metrics/: " + "; ".join(f"{w}: {m}" for w, m in unknown)
+
+
+def cloudwatch_selectors_without_offset(expr: str) -> set[str]:
+    found: set[str] = set()
+    promql_parser.walk(promql_parser.parse(expr), lambda n: found.add(n.name) if (
+        isinstance(n, promql_parser.VectorSelector) and n.name and n.name.startswith("aws_")
+        and (n.offset is None or n.offset.total_seconds() < CLOUDWATCH_DELAY_SECONDS)) else None)
+    return found
+
+
+def test_cloudwatch_metrics_are_read_behind_the_exporters_delay():
+    """The exporter's samples are delay_seconds old (their CloudWatch timestamps): an instant
+    selector without `offset` finds none (cloudwatch_exporter@v0.16.0 README "Timestamps")."""
+    exprs = [r["expr"] for g in GROUPS for r in g["rules"]] + \
+        [q for _, _, q in dashboards.queries(dashboards.definitions())]
+    assert any("aws_fsx_" in e for e in exprs)
+    assert [e for e in exprs if cloudwatch_selectors_without_offset(e)] == []
+    assert cloudwatch_selectors_without_offset("max(aws_fsx_free_data_storage_capacity_sum)") == \
+        {"aws_fsx_free_data_storage_capacity_sum"}
 
 
 def test_an_undocumented_metric_name_is_caught():
@@ -204,16 +225,19 @@ CASES = {
              "exp_alerts": [firing("KarpenterLaunchFailing", {"nodepool": "trn1-efa"})]},
         ],
     },
+    # As the CloudWatch exporter stores them: each sample carries CloudWatch's timestamp,
+    # delay_seconds behind the scrape (cloudwatch_exporter@v0.16.0 README "Timestamps"), so at
+    # eval time T the newest sample is from T - 10m: series that end 10 minutes before the eval.
     "FsxAlmostFull": {
         "input_series": [
             {"series": 'aws_fsx_free_data_storage_capacity_sum{file_system_id="fs-full"}',
-             "values": f"{FSX_GIB * 2**30 // 10}x40"},
+             "values": f"{FSX_GIB * 2**30 // 10}x{40 - CLOUDWATCH_LAG_MINUTES}"},
             {"series": 'aws_fsx_free_data_storage_capacity_sum{file_system_id="fs-half"}',
-             "values": f"{FSX_GIB * 2**30 // 2}x40"},
+             "values": f"{FSX_GIB * 2**30 // 2}x{40 - CLOUDWATCH_LAG_MINUTES}"},
         ],
         "alert_rule_test": [
             {"eval_time": "5m", "alertname": "FsxAlmostFull", "exp_alerts": []},
-            {"eval_time": "30m", "alertname": "FsxAlmostFull",
+            {"eval_time": "40m", "alertname": "FsxAlmostFull",
              "exp_alerts": [firing("FsxAlmostFull", {"file_system_id": "fs-full"}, "90%")]},
         ],
     },

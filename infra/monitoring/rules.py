@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.config import MonitoringConfig
+from infra.monitoring.values import CLOUDWATCH_OFFSET
 
 # Labels the PodMonitors/ServiceMonitors of infra/monitoring/scrape.py attach to every
 # sample: `node` (the pod's node) and, for workload pods, `workload`/`stack`/`component`.
@@ -84,7 +85,9 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             "run `trnctl preflight <stack>` for quotas and offerings; add instance types, AZs or capacity."),
         Alert(
             "FsxAlmostFull",
-            f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum) / {fsx_bytes} > 0.85",
+            # CloudWatch samples carry CloudWatch's timestamps, delay_seconds behind: read them offset.
+            f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum {CLOUDWATCH_OFFSET}) / {fsx_bytes}"
+            " > 0.85",
             "15m", "warning",
             "FSx for Lustre {{ $labels.file_system_id }} is {{ $value | humanizePercentage }} full",
             "The shared file system is above 85% of its capacity; writes (checkpoints, tokenized data) fail when it "

@@ -163,11 +163,16 @@ def kube_prometheus_stack_values(cfg: MonitoringConfig, *, cluster_name: str, re
 FSX_CLOUDWATCH_METRICS = (("FreeDataStorageCapacity", "Sum"), ("DataReadBytes", "Sum"), ("DataWriteBytes", "Sum"),
                           ("DataReadOperations", "Sum"), ("DataWriteOperations", "Sum"), ("MetadataOperations", "Sum"))
 CLOUDWATCH_PERIOD_SECONDS = 60
+# The exporter asks CloudWatch for data at least delay_seconds old and exposes each sample with
+# CloudWatch's own timestamp, so an instant query at "now" finds nothing; rules and dashboards
+# read it `offset` by the delay (prometheus/cloudwatch_exporter@v0.16.0 README.md "Timestamps").
+CLOUDWATCH_DELAY_SECONDS = 600
+CLOUDWATCH_OFFSET = f"offset {CLOUDWATCH_DELAY_SECONDS // 60}m"
 
 
 def cloudwatch_exporter_values(*, region: str, file_system_id: str, service_account_annotations: dict) -> dict:
     config = {
-        "region": region, "period_seconds": CLOUDWATCH_PERIOD_SECONDS, "delay_seconds": 600,
+        "region": region, "period_seconds": CLOUDWATCH_PERIOD_SECONDS, "delay_seconds": CLOUDWATCH_DELAY_SECONDS,
         "metrics": [{"aws_namespace": "AWS/FSx", "aws_metric_name": name, "aws_dimensions": ["FileSystemId"],
                      "aws_dimension_select": {"FileSystemId": [file_system_id]}, "aws_statistics": [stat]}
                     for name, stat in FSX_CLOUDWATCH_METRICS],
