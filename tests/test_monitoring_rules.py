@@ -312,3 +312,47 @@ def test_rendered_prometheus_rule_of_each_stack_passes_promtool_check(tmp_path, 
     priced = {r["labels"]["instance_type"] for g in rule["spec"]["groups"] for r in g["rules"]
               if r.get("record") == rules.PRICE_METRIC}
     assert ("trn1.32xlarge" if stack == "dev-usw2" else "trn1n.32xlarge") in priced
+
+
+# --------------------------------------------------------------------------- alert routing
+
+# The default rules of kube-prometheus-stack 88.5.3 with `severity: info`
+# (charts/kube-prometheus-stack/templates/prometheus/rules-1.14/*.yaml @ ea930bae, `dig "<alert>" "severity" "info"`).
+CHART_INFO_ALERTS = ("CPUThrottlingHigh", "KubeNodeEviction", "KubeNodePressure", "KubeQuotaAlmostFull",
+                     "KubeQuotaFullyUsed", "KubeletTooManyPods", "NodeCPUHighUsage")
+
+
+def rendered_alertmanager_config() -> dict:
+    from tests.platform_helpers import rendered_platform
+    [release] = [r for r in rendered_platform("dev-usw2").by_type("kubernetes:helm.sh/v3:Release")
+                 if r.inputs["name"] == "kube-prometheus-stack"]
+    return release.inputs["values"]["alertmanager"]["config"]
+
+
+def test_info_alerts_and_meta_alerts_never_reach_the_on_call():
+    """Routed through the rendered config by Alertmanager's rule (trnctl/operators/alertmanager.py):
+    the chart's info alerts and its meta alerts go to `null`, the platform's alerts to SNS."""
+    from trnctl.operators.alertmanager import receivers
+
+    route = rendered_alertmanager_config()["route"]
+    for name in CHART_INFO_ALERTS:
+        assert receivers(route, {"alertname": name, "severity": "info", "namespace": "ml-shared"}) == ["null"], name
+    assert receivers(route, {"alertname": "Watchdog", "severity": "none"}) == ["null"]
+    assert receivers(route, {"alertname": "InfoInhibitor", "severity": "none", "namespace": "x"}) == ["null"]
+    for alert in ALERTS.values():
+        assert receivers(route, {"alertname": alert.name, **alert.rule()["labels"]}) == ["platform-sns"], alert.name
+    assert receivers(route, {"alertname": "KubePodCrashLooping", "severity": "warning"}) == ["platform-sns"]
+
+
+def test_alertmanager_routing_rule_follows_upstream():
+    from trnctl.operators.alertmanager import matcher_matches, receivers
+
+    assert matcher_matches('alertname =~ "Watchdog|InfoInhibitor"', {"alertname": "Watchdog"})
+    assert not matcher_matches('alertname =~ "Watch"', {"alertname": "Watchdog"})  # anchored
+    assert matcher_matches('severity != "info"', {})
+    tree = {"receiver": "root", "routes": [{"receiver": "a", "matchers": ['x = "1"'], "continue": True},
+                                           {"receiver": "b", "matchers": ['x =~ "1|2"']},
+                                           {"receiver": "c"}]}
+    assert receivers(tree, {"x": "1"}) == ["a", "b"]
+    assert receivers(tree, {"x": "2"}) == ["b"]
+    assert receivers(tree, {"x": "3"}) == ["c"]

@@ -62,16 +62,21 @@ def remote_write_url(region: str, workspace_id: str) -> str:
 
 
 def alertmanager_config(*, sns_topic_arn: str, region: str) -> dict:
-    """Every alert to one SNS topic (its subscriptions are the e-mail addresses); Alertmanager
-    signs with SigV4 using its service account's role. Watchdog/InfoInhibitor (the chart's
-    always-firing meta alerts) go nowhere."""
+    """Every warning and critical alert to one SNS topic (its subscriptions are the e-mail
+    addresses); Alertmanager signs with SigV4 using its service account's role. Watchdog and
+    InfoInhibitor (the chart's always-firing meta alerts) and every `severity: info` alert go
+    nowhere: this config replaces the chart's (Helm replaces lists), whose inhibit_rules hide info
+    alerts through InfoInhibitor (kube-prometheus-stack 88.5.3 values.yaml alertmanager.config);
+    routing them to `null` keeps the chart's info rules (CPUThrottlingHigh, KubeQuotaAlmostFull,
+    NodeCPUHighUsage, ...) off the on-call's mail without depending on that inhibition."""
     return {
         "global": {"resolve_timeout": "5m"},
         "route": {
             "receiver": "platform-sns",
             "group_by": ["alertname", "nodepool", "node", "namespace"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']}],
+            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']},
+                       {"receiver": "null", "matchers": ['severity = "info"']}],
         },
         "receivers": [
             {"name": "null"},
