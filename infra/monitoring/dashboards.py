@@ -124,14 +124,17 @@ def training() -> Dashboard:
 
 
 def serving() -> Dashboard:
-    def quantile(q: float, histogram: str) -> str:
-        return f"histogram_quantile({q}, sum by (le, workload) (rate({histogram}_bucket[5m])))"
+    def quantile(q: float, *histograms: str) -> str:
+        rates = " or ".join(f"rate({h}_bucket[5m])" for h in histograms)
+        return f"histogram_quantile({q}, sum by (le, workload) ({rates}))"
     return Dashboard("trn-serving", "trn-platform / Serving", (
-        "vLLM: request latency p50/p99, time to first token p99, requests running and waiting, tokens/s"), (
+        "vLLM: request latency p50/p99, time to first token and time per output token p99 (what the alerts "
+        "watch), requests running and waiting, tokens/s"), (
         _panel("End-to-end latency p50 / p99", "s",
                (quantile(0.5, "vllm:e2e_request_latency_seconds"), "p50 {{workload}}"),
                (quantile(0.99, "vllm:e2e_request_latency_seconds"), "p99 {{workload}}")),
-        _panel("Time to first token p99", "s", (quantile(0.99, "vllm:time_to_first_token_seconds"), "{{workload}}")),
+        _panel("Time to first token p99", "s", (quantile(0.99, *rules.TIME_TO_FIRST_TOKEN), "{{workload}}")),
+        _panel("Time per output token p99", "s", (quantile(0.99, *rules.TIME_PER_OUTPUT_TOKEN), "{{workload}}")),
         _panel("Requests running / waiting", "short",
                ("sum by (workload) (vllm:num_requests_running)", "running {{workload}}"),
                ("sum by (workload) (vllm:num_requests_waiting)", "waiting {{workload}}")),

@@ -33,6 +33,10 @@ ON_SYSTEM_NODES = {"nodeSelector": SYSTEM_POOL_LABEL,
 NODE_LABELS_EXPORTED = ("karpenter.sh/nodepool", "karpenter.sh/capacity-type",
                         "node.kubernetes.io/instance-type", "trn-platform/pool")
 
+# Pod labels kube-state-metrics exports on kube_pod_labels: the idle-node alert leaves out nodes
+# of serving and compile pods and of training jobs that have not stepped yet (rules.py).
+POD_LABELS_EXPORTED = ("app.kubernetes.io/component", "app.kubernetes.io/instance")
+
 # Requests of the always-on pods this stack puts on the system nodes (also what the cost
 # estimate reports). node-exporter runs on every node and is counted per node.
 SYSTEM_REQUESTS = {
@@ -155,7 +159,8 @@ def kube_prometheus_stack_values(cfg: MonitoringConfig, *, cluster_name: str, re
                                        "searchNamespace": cfg.namespace}},
         },
         "kube-state-metrics": {**ON_SYSTEM_NODES, "resources": _resources(SYSTEM_REQUESTS["kube-state-metrics"]),
-                               "metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_EXPORTED)}]"]},
+                               "metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_EXPORTED)}]",
+                                                         f"pods=[{','.join(POD_LABELS_EXPORTED)}]"]},
         # node-exporter on every node, Neuron nodes included (EFA counters: infiniband collector).
         "prometheus-node-exporter": {"tolerations": [{"operator": "Exists"}],
                                      "resources": _resources(NODE_EXPORTER_REQUESTS)},
