@@ -218,3 +218,20 @@ def test_the_rendered_job_passes_checkov(rendered, tmp_path):
     assert sum((r.get("summary") or {}).get("resource_count", 0) for r in reports) >= 3
     failed = failed_checks(reports)
     assert failed == [], "\n".join(f"{f['check_id']} {f['check_name']} {f['resource']}" for f in failed)
+
+
+def test_building_the_image_needs_the_fork_commit(tmp_path):
+    """image.build: the titan image installs TorchTitan Neuron at the commit images/neuron-sdk.json pins."""
+    from infra import versions
+
+    cfg = json.loads(json.dumps(BASE))
+    cfg["trn-workloads:image"]["build"] = True
+    if versions.neuron_track("native")["torchtitan_neuron_source"]["commit"] is None:
+        message = rejected(tmp_path, cfg)
+        assert "image.build: the titan image installs TorchTitan Neuron 0.2.2+neuron.1" in message
+        assert "tracks.native.torchtitan_neuron_source.commit is None" in message
+    else:  # a recorded commit reaches the build as a build arg
+        from workloads.common import build_args
+
+        commit = versions.neuron_track("native")["torchtitan_neuron_source"]["commit"]
+        assert build_args("titan")["TORCHTITAN_NEURON_COMMIT"] == commit

@@ -91,9 +91,9 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(cfg: RunConfig, rt: Runtime, parallel_dims):
-    import torch
-
+def model_spec(cfg: RunConfig):
+    """TorchTitan's Llama 3 spec of cfg.model_flavor with SDPA attention. It takes no Runtime: the
+    Neuron pods build the model the CPU test builds."""
     api = titan_api.load()
     spec = api.model_registry(cfg.model_flavor)
     # SDPA on every path, never the stock FlexAttention: TorchNeuron runs FlexAttention only inside
@@ -104,6 +104,14 @@ def build_model(cfg: RunConfig, rt: Runtime, parallel_dims):
     # attention over the packed stream (no per-document mask, so get_attention_masks is not called).
     for layer in spec.model.layers:
         layer.attention.inner_attention = api.ScaledDotProductAttention.Config()
+    return spec
+
+
+def build_model(cfg: RunConfig, rt: Runtime, parallel_dims):
+    import torch
+
+    api = titan_api.load()
+    spec = model_spec(cfg)
     with torch.device("meta"):
         model = spec.model.build()
     _, flops_per_token = spec.model.get_nparams_and_flops(model, cfg.seq_len)  # on the unsharded meta model
