@@ -1,5 +1,6 @@
 """Llama 3 pretraining with TorchTitan Neuron on trn2/trn3 (the native Neuron track), as one
-gang-scheduled Volcano Job.
+gang-scheduled Volcano Job, after the data step (workloads/dataprep.py, the NeMo workload's)
+when `titan.data` is set: a CPU-pool Job that writes the corpus the trainer reads.
 
 One pod per node (all its Neuron devices and EFA interfaces), `torchrun` in each with one
 process per logical NeuronCore at the pool's LNC setting. Volcano's `pytorch` plugin gives
