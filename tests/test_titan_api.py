@@ -131,6 +131,14 @@ def test_parallel_dims_without_spmd_backend_fails(tmp_path):
     assert "unexpected keyword argument 'spmd_backend'" in proc.stderr
 
 
+def test_spmd_backend_without_partial_dtensor_fails(tmp_path):
+    files = dict(FITTING)
+    files["torchtitan/distributed/parallel_dims.py"] = files["torchtitan/distributed/parallel_dims.py"].replace(
+        'Literal["partial_dtensor", "full_dtensor", "spmd_types"] = "partial_dtensor"', 'Literal["spmd_types"] = "spmd_types"')
+    proc = check(tree(tmp_path, files))
+    assert proc.returncode == 1 and "ParallelDims(spmd_backend='partial_dtensor'): not among" in proc.stderr
+
+
 def test_a_renamed_keyword_fails(tmp_path):
     files = dict(FITTING)
     files["torchtitan/models/llama3/__init__.py"] = files["torchtitan/models/llama3/__init__.py"].replace(
