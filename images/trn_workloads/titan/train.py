@@ -100,8 +100,11 @@ def model_spec(cfg: RunConfig):
     # torch.compile(backend="neuron") and recommends compiling with SimpleFSDP, which this trainer
     # (FSDP2 fully_shard) does not use (Neuron docs: torch/compile/about-torch-compile.html,
     # torch/reference/best-practices-pytorch-neuron.html "With TorchTitan, use SimpleFSDP for
-    # torch.compile workloads"). SDPA is one ATen op that eager mode dispatches; it is plain causal
-    # attention over the packed stream (no per-document mask, so get_attention_masks is not called).
+    # torch.compile workloads"). Stock flex_attention refuses other device types in eager (torch 2.13
+    # torch/nn/attention/flex_attention.py _validate_device: cuda, cpu, xpu, hpu, mps). SDPA is one ATen op
+    # that eager mode dispatches; it is plain causal attention over the packed stream (no per-document
+    # mask, so get_attention_masks is not called). torch-neuronx v2.34.0's release notes say its
+    # TorchTitan Neuron MoE recipes moved from sdpa to the models' own attention: worth measuring on trn2.
     for layer in spec.model.layers:
         layer.attention.inner_attention = api.ScaledDotProductAttention.Config()
     return spec
