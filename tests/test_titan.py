@@ -100,6 +100,13 @@ def test_run_config_is_sized_from_the_pool(rendered):
     assert run["metrics_port"] == METRICS_PORT
 
 
+def test_the_trainer_and_the_pod_name_the_same_neff_cache_variable():
+    from trn_workloads.titan import train
+    from workloads.common import NEFF_CACHE_ENV
+
+    assert train.NEFF_CACHE_ENV == NEFF_CACHE_ENV == "TORCH_NEURONX_NEFF_CACHE_DIR"
+
+
 def test_the_xla_track_keeps_its_compile_cache_settings():
     from tests.platform_helpers import rendered_workload as render
 

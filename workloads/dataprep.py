@@ -93,6 +93,11 @@ def job(name: str, *, base: WorkloadBase, data: DataSettings, tokenizer_dir: str
         opts=base.run_opts())
 
 
+def tokenizer_dir(mount: str, stack: str) -> str:
+    """Where the data step saves the tokenizer it used (--save-tokenizer), next to the corpus on FSx."""
+    return f"{mount}/tokenizers/{stack}"
+
+
 def job_name(cfg: WorkloadStackConfig) -> str:
     return f"{cfg.stack}-data"
 

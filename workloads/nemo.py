@@ -64,7 +64,7 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> N
         problems += e.problems
     run = None
     if pool is not None:
-        paths = {"tokenizer": f"{mount}/tokenizers/{stack.stack}",
+        paths = {"tokenizer": dataprep.tokenizer_dir(mount, stack.stack),
                  "dataset_prefix": data.dataset_prefix,
                  "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
                  "compile_cache": f"{mount}/neuron-cache"}

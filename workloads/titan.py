@@ -175,9 +175,8 @@ class TitanPretrainWorkload(pulumi.ComponentResource):
         job_name = f"{cfg.stack}-train"
         before_training: list[pulumi.Resource] = [run_config]
         if s.data is not None:
-            mount = base.platform.storage.mount_path
-            self.data = dataprep.job(f"{name}-data", base=base, data=s.data, tokenizer_dir=f"{mount}/tokenizers/{cfg.stack}",
-                                     image=base.image)
+            self.data = dataprep.job(f"{name}-data", base=base, data=s.data, image=base.image,
+                                     tokenizer_dir=dataprep.tokenizer_dir(base.platform.storage.mount_path, cfg.stack))
             before_training.append(self.data)
         job = volcano_job(job_name, base=base, s=s, config_map=run_config.metadata["name"], image=base.image)
         self.job = k8s.apiextensions.CustomResource(

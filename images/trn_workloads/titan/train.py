@@ -16,6 +16,7 @@ torch.compile, so the CPU test runs the code the Neuron pods run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -142,8 +143,6 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
     """Train to cfg.steps (or for max_steps_this_run steps); returns the step reached."""
     import torch
     import torch.distributed as dist
-    import importlib
-
     import torch.distributed.checkpoint as dcp
 
     from trn_workloads.titan.data import TokenSamples
