@@ -136,7 +136,10 @@ class MonitoringConfig:
     # the watchdog then restarts the gang from its newest checkpoint, at most training_hang_restarts times a day.
     training_hang_after: str = "20m"
     training_hang_restarts: int = 3
-    serving_p99_seconds: float = 10.0  # alert: serving p99 end-to-end latency above this
+    # alerts: serving p99 time to first token (queue wait + prefill) and time per output token
+    # above these; both independent of how many tokens a request generates.
+    serving_ttft_p99_seconds: float = 10.0
+    serving_tpot_p99_seconds: float = 0.5
     alert_emails: tuple[str, ...] = ()  # default: budget.alertEmails
     sns_topic_arn: str | None = None  # an existing topic; else one is created for alert_emails
     remote_write_workspace_arn: str | None = None  # Amazon Managed Service for Prometheus workspace
@@ -574,6 +577,11 @@ _K8S_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, problems: list[str]) -> MonitoringConfig:
+    if isinstance(data, dict) and "servingP99LatencySeconds" in data:
+        # End-to-end latency grows with the output length; the serving alerts use per-token figures.
+        problems.append("monitoring.servingP99LatencySeconds: replaced by servingTimeToFirstTokenP99Seconds (default 10) "
+                        "and servingTimePerOutputTokenP99Seconds (default 0.5); remove the key")
+        data = {k: v for k, v in data.items() if k != "servingP99LatencySeconds"}
     r = ConfigReader(data, "monitoring", problems)
     d = MonitoringConfig()
 
@@ -600,8 +608,10 @@ def _parse_monitoring(data: dict, budget: BudgetConfig | None, region: str, prob
         training_hang_restarts=r.get("trainingHangRestarts", int, d.training_hang_restarts,
                                      check=lambda v: None if 0 <= v <= 10 else
                                      f"{v} is not allowed; must be 0 to 10 (0: alert only, no restart)"),
-        serving_p99_seconds=r.get("servingP99LatencySeconds", float, d.serving_p99_seconds,
-                                  check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
+        serving_ttft_p99_seconds=r.get("servingTimeToFirstTokenP99Seconds", float, d.serving_ttft_p99_seconds,
+                                       check=lambda v: None if 0 < v <= 600 else "must be greater than 0 and at most 600"),
+        serving_tpot_p99_seconds=r.get("servingTimePerOutputTokenP99Seconds", float, d.serving_tpot_p99_seconds,
+                                       check=lambda v: None if 0 < v <= 60 else "must be greater than 0 and at most 60"),
         alert_emails=r.str_list("alertEmails", budget.alert_emails if budget else ()),
         sns_topic_arn=r.get("snsTopicArn", str, None,
                             check=lambda v: None if _SNS_ARN.match(v) else

@@ -106,7 +106,7 @@ def test_hang_config_keys():
 
 # --------------------------------------------------------------------------- the workloads as rendered
 
-TRAINING_STACKS = {"nemo-pretrain-usw2": "MPIJob", "ray-pretrain-usw2": "RayJob", "titan-pretrain-use2": "Job"}
+TRAINING_STACKS = ("nemo-pretrain-usw2", "ray-pretrain-usw2", "titan-pretrain-use2")
 
 
 def pod_templates(obj: dict) -> list[tuple[str, dict]]:
@@ -173,7 +173,7 @@ def test_ray_counter_reads_rank0_metrics_file_and_the_train_job_is_resubmitted()
 
 
 def test_titan_restarts_the_gang_through_its_volcano_policy():
-    [vcjob] = [o for o in rendered("titan-pretrain-use2") if o["kind"] == "Job"]
+    [vcjob] = [o for o in rendered("titan-pretrain-use2") if o["apiVersion"].startswith("batch.volcano.sh")]
     assert {"event": "PodEvicted", "action": "RestartJob"} in vcjob["spec"]["policies"]
     assert vcjob["spec"]["maxRetry"] == 3
 
