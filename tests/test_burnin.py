@@ -309,6 +309,13 @@ def test_a_failing_node_keeps_its_taint_and_is_replaced_within_the_bound(harness
     assert len(json.loads(kube.configmap["data"][TRN1.name])) == 1
 
 
+def test_a_failing_node_without_nodeclaim_spends_no_replacement(harness):
+    node, start = harness
+    kube = FakeKube(node, claims=[{"metadata": {"name": "other"}, "status": {"nodeName": "n9"}}])
+    assert start(kube, ["low bandwidth"]) == 0
+    assert kube.deleted == [] and kube.configmap["data"] == {}
+
+
 def test_a_failing_node_over_the_bound_waits(harness):
     node, start = harness
     import time as _time

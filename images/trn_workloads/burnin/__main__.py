@@ -113,16 +113,16 @@ def try_replace(kube: Kube, node: dict, *, pool: str, max_per_hour: int, state: 
                                                 now=time.time(), max_per_hour=max_per_hour)
         if not decision.allowed:
             return decision.reason
-        try:
+        claim = decisions.nodeclaim_of(kube.list_nodeclaims(), node_name=node["metadata"]["name"],
+                                       provider_id=node["spec"].get("providerID"))
+        if claim is None:  # spends no replacement
+            return "no NodeClaim found for this node (not launched by Karpenter?); it stays tainted"
+        try:  # recorded before acting: a conflict means another node took the slot meanwhile
             kube.replace_configmap(namespace, name, {**cm, "data": history_to_configmap(decision.history)})
         except ApiError as e:
             if e.status == 409:
                 continue
             raise
-        claim = decisions.nodeclaim_of(kube.list_nodeclaims(), node_name=node["metadata"]["name"],
-                                       provider_id=node["spec"].get("providerID"))
-        if claim is None:
-            return "no NodeClaim found for this node (not launched by Karpenter?); it stays tainted"
         kube.delete_nodeclaim(claim["metadata"]["name"])
         return f"deleted NodeClaim {claim['metadata']['name']} ({decision.reason})"
     return "the replacement history kept changing; will ask again"
