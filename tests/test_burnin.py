@@ -209,6 +209,15 @@ def test_taint_removal_keeps_other_taints():
     assert program.POOL_LABEL == nodepools.POOL_LABEL
 
 
+def test_efa_expected_only_when_the_nodeclaim_asked_for_it():
+    with_efa = {"spec": {"resources": {"requests": {"vpc.amazonaws.com/efa": "8", "cpu": "100"}}}}
+    without = {"spec": {"resources": {"requests": {"aws.amazon.com/neuron": "16"}}}}
+    assert decisions.efa_devices_expected(8, with_efa) == 8
+    assert decisions.efa_devices_expected(8, without) == 0  # e.g. a LoRA pod on the EFA pool
+    assert decisions.efa_devices_expected(8, None) == 0
+    assert decisions.efa_devices_expected(8, {"spec": {}}) == 0
+
+
 def test_nodeclaim_of_a_node():
     claims = [{"metadata": {"name": "a"}, "status": {"nodeName": "n1", "providerID": "aws:///z/i-1"}},
               {"metadata": {"name": "b"}, "status": {"providerID": "aws:///z/i-2"}}]
@@ -307,6 +316,32 @@ def test_a_failing_node_keeps_its_taint_and_is_replaced_within_the_bound(harness
     assert kube.events[0]["type"] == "Warning" and kube.events[0]["involvedObject"]["name"] == "n1"
     assert kube.deleted == ["claim-1"]
     assert len(json.loads(kube.configmap["data"][TRN1.name])) == 1
+
+
+def test_a_node_launched_without_efa_passes_on_an_efa_pool(harness, monkeypatch, tmp_path):
+    """Karpenter attached no EFA (its NodeClaim requested none): fi_info is not even run."""
+    node, start = harness
+    kube = FakeKube(node, claims=[{"metadata": {"name": "c"}, "status": {"nodeName": "n1"},
+                                   "spec": {"resources": {"requests": {"aws.amazon.com/neuron": "16"}}}}])
+    ran = []
+
+    def fake_run(cmd, *, timeout, env):
+        ran.append(Path(cmd[0]).name)
+        return 0, {"neuron-ls": fixture("neuron-ls-trn1.32xlarge.json"),
+                   "nccom-test": fixture("nccom-test-allr-healthy.txt")}.get(Path(cmd[0]).name, "")
+
+    monkeypatch.setattr(program, "run", fake_run)
+    monkeypatch.setattr(program.Kube, "in_cluster", classmethod(lambda cls: kube))
+    spec = tmp_path / "expectations-efa.json"
+    spec.write_text(json.dumps(burnin.expectations_document([TRN1])))
+    assert program.main(["--expectations", str(spec)]) == 0
+    assert ran == ["neuron-ls", "nccom-test"] and kube.conditions[0]["status"] == "True"
+    kube.claims[0]["spec"]["resources"]["requests"]["vpc.amazonaws.com/efa"] = "8"  # asked for EFA, got none
+    kube.node["spec"]["taints"].append(dict(nodepools.BURN_IN_TAINT))
+    kube.conditions.clear()
+    ran.clear()
+    assert program.main(["--expectations", str(spec)]) == 0
+    assert ran == ["neuron-ls", "fi_info"] and kube.deleted == ["c"] and kube.conditions[0]["status"] == "False" and kube.conditions[0]["status"] == "False"
 
 
 def test_a_failing_node_without_nodeclaim_spends_no_replacement(harness):

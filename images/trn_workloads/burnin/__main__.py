@@ -9,6 +9,7 @@ running, and a restart would burn the node in again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = [f"no burn-in expectations for pool {pool!r} and instance type {itype!r}"]
     else:
         expect = checks.Expectations.from_dict(pool_spec["instanceTypes"][itype])
+        claim = decisions.nodeclaim_of(kube.list_nodeclaims(), node_name=node_name,
+                                       provider_id=node["spec"].get("providerID"))
+        expect = dataclasses.replace(expect, efa_devices=decisions.efa_devices_expected(expect.efa_devices, claim))
         env = {**os.environ, **({"NEURON_LOGICAL_NC_CONFIG": str(expect.lnc)} if expect.lnc else {})}
         problems = burn_in(expect, Commands(timeout_seconds=int(pool_spec["timeoutSeconds"])), env)
     uid = node["metadata"]["uid"]

@@ -48,6 +48,18 @@ def nodeclaim_of(nodeclaims: list[dict], *, node_name: str, provider_id: str | N
     return None
 
 
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+
+
+def efa_devices_expected(full: int, nodeclaim: dict | None) -> int:
+    """EFA devices this node must show: Karpenter attaches the type's full EFA count only when the
+    NodeClaim requests vpc.amazonaws.com/efa, none otherwise (aws/karpenter-provider-aws@v1.14.1
+    pkg/providers/instance/instance.go getEFACountForInstance; our EC2NodeClasses set no
+    networkInterfaces). A pod without EFA (a LoRA job on an EFA pool) gets a node without it."""
+    requests = ((nodeclaim or {}).get("spec") or {}).get("resources", {}).get("requests") or {}
+    return full if EFA_RESOURCE in requests else 0
+
+
 def event(*, node_name: str, node_uid: str, reason: str, message: str, kind: str, now: str, namespace: str,
           component: str = "trn-platform-burn-in") -> dict:
     """A core/v1 Event about the node (kind Normal or Warning)."""
