@@ -161,6 +161,10 @@ def test_operators_run_on_system_nodes_and_neuron_scheduler_is_not_on_control_pl
         assert part["nodeSelector"] == cluster.SYSTEM_POOL_LABEL
     # The chart's problem detector reports; its ASG-based recovery stays off: Karpenter's node repair acts.
     assert neuron["npd"] == {"enabled": True, "namespaceOverride": "kube-system", "nodeRecovery": {"enabled": False}}
+    # ... and exactly one component replaces a broken node: Karpenter's repair, not the chart's recovery.
+    repair = karpenter.controller_values(cluster_name="c", region="us-west-2", queue_name="q",
+                                         service_account_annotations={})["settings"]["featureGates"]["nodeRepair"]
+    assert [repair, neuron["npd"]["nodeRecovery"]["enabled"]].count(True) == 1
     assert addons.kuberay_values()["batchScheduler"] == {"name": "volcano"}
     assert addons.volcano_values()["basic"]["image_tag_version"] == f"v{versions.VOLCANO_VERSION}"
 
