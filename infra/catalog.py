@@ -103,6 +103,10 @@ def families() -> tuple[str, ...]:
     return tuple(_instance_data()["families"])
 
 
+def all_instance_types() -> tuple[str, ...]:
+    return tuple(_instance_data()["instanceTypes"])
+
+
 def instance_types_of(family: str) -> tuple[str, ...]:
     return tuple(n for n, d in _instance_data()["instanceTypes"].items() if d["family"] == family)
 

@@ -234,3 +234,57 @@ def test_a_block_listed_as_an_odcr_points_to_capacity_block_ids(tmp_path):
                                             {"trn1.32xlarge": {"usw2-az1"}}, ["usw2-az1"], {})
     assert row.status == "WARN"
     assert "list it under nodePools (trn1-efa).capacityBlockIds (capacity type capacity-block)" in row.fix
+
+
+# --------------------------------------------------------------------------- the end of a block
+
+
+def test_block_rows_show_when_runs_must_stop():
+    """Karpenter v1.14.1 deletes a block's NodeClaims 40 minutes before its end
+    (ec2nodeclass_status.go capacityReservationExpirationPeriod), 10 minutes before EC2 reclaims an
+    ordinary instance (30): the stop time of an ordinary block is Karpenter's drain, end - 40 min."""
+    cfg = load_stack_file(ROOT, STACK)
+    (rid,) = cfg.pool("trn2-block").capacity_block_ids
+    rows = {}
+    for scenario in ("active", "ending_soon"):
+        res = answer(scenario, rid)["CapacityReservations"][0]
+        (rows[scenario],) = preflight.capacity_block_findings(
+            cfg, {rid: res}, {"trn2.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
+    assert rows["active"].status == "PASS"
+    assert "2026-11-28 11:30 UTC to 2026-12-05 11:30 UTC, runs must stop by 2026-12-05 10:50 UTC" in rows["active"].detail
+    soon = rows["ending_soon"]
+    assert soon.status == "WARN"
+    assert ("ends 2026-12-02 11:30 UTC: Karpenter drains its nodes from 2026-12-02 10:50 UTC, EC2 terminates them "
+            "from 2026-12-02 11:00 UTC") in soon.detail
+    assert "checkpoint and stop by 2026-12-02 10:50 UTC" in soon.fix
+
+
+def test_an_ultraserver_block_warns_that_ec2_reclaims_before_karpenter_drains(tmp_path):
+    """EC2 terminates UltraServer blocks from 60 minutes before the end (Karpenter odcrs.md quoting
+    the EC2 user guide), 20 minutes before Karpenter's drain: runs must stop by end - 70 minutes."""
+    def edit(config):
+        config["trn-platform:nodePools"][BLOCK_POOL].update(instanceTypes=["trn2u.48xlarge"],
+                                                            capacityBlockIds=[block_id("active")])
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "ultra", edit), "ultra")
+    res = answer("active")["CapacityReservations"][0] | {"InstanceType": "trn2u.48xlarge"}
+    (row,) = preflight.capacity_block_findings(cfg, {res["CapacityReservationId"]: res},
+                                               {"trn2u.48xlarge": {"use2-az1"}}, ["use2-az1", "use2-az2"], {}, NOW)
+    assert row.status == "WARN"  # a week before its end: the warning is about how it ends, not when
+    assert "2026-11-28 11:30 UTC to 2026-12-05 11:30 UTC, runs must stop by 2026-12-05 10:20 UTC" in row.detail
+    assert ("UltraServer block: EC2 terminates its instances from 2026-12-05 10:30 UTC, before Karpenter drains them "
+            "(2026-12-05 10:50 UTC): runs must checkpoint and stop by 2026-12-05 10:20 UTC") in row.detail
+    assert "end training runs on trn2-block by 2026-12-05 10:20 UTC" in row.fix
+
+
+def test_karpenter_drain_times_against_ec2_reclaim():
+    from datetime import timedelta
+
+    from trnctl.operators import karpenter
+
+    end = datetime(2026, 12, 5, 11, 30, tzinfo=timezone.utc)
+    assert karpenter.drain_time(end) == end - timedelta(minutes=40)
+    assert karpenter.ec2_reclaim_time(end, False) == end - timedelta(minutes=30)
+    assert karpenter.ec2_reclaim_time(end, True) == end - timedelta(minutes=60)
+    assert karpenter.stop_by_time(end, False) == end - timedelta(minutes=40)
+    assert karpenter.stop_by_time(end, True) == end - timedelta(minutes=70)
+    assert karpenter.drain_precedes_reclaim(False) and not karpenter.drain_precedes_reclaim(True)

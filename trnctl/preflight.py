@@ -18,7 +18,8 @@ whose `platformStack` points at it:
                            (Karpenter sizes aws.amazon.com/neuron from it)
   Capacity Blocks          the same call for each capacityBlockIds entry: a Capacity Block,
                            started and not ended (dates printed), instance type, AZ, its
-                           prepaid cost at the price file's block rate
+                           prepaid cost at the price file's block rate, and when runs on it
+                           must stop (trnctl/operators/karpenter.py)
   workload images          ECR DescribeImages: the repository and the tag/digest exist
   Hugging Face token       set as a secret where the workload downloads from the Hub
 
@@ -43,6 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trnctl import exitcodes
 from infra import catalog, network
 from trnctl import aws_ops, cost
+from trnctl.operators import karpenter
 from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
 from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stacks_in
 
@@ -72,9 +74,9 @@ QUOTA_CODES: dict[tuple[str, str], tuple[str, str]] = {
 QUOTA_GROUP = {"trn1": "Trn", "trn1n": "Trn", "trn2": "Trn", "trn3": "Trn", "inf2": "Inf", "cpu": "Standard"}
 # Capacity types that launch into reservations, not against the On-Demand/Spot vCPU quotas.
 RESERVATION_CAPACITY_TYPES = ("reserved", "capacity-block")
-# A block ending this soon still passes, with a warning: EC2 starts terminating its instances
-# 30 min (60 for UltraServers) before the end, Karpenter drains them 10 min before that
-# (karpenter-provider-aws v1.14 website/content/en/v1.14/tasks/odcrs.md, "Capacity Blocks").
+# A block ending this soon still passes, with a warning. When its nodes are drained and reclaimed
+# (Karpenter from 40 minutes before the end, EC2 from 30, or 60 on UltraServer types) is
+# trnctl/operators/karpenter.py.
 BLOCK_ENDING_SOON = timedelta(hours=24)
 # A short Standard quota slows CPU pools down but leaves the accelerators usable: warn only.
 BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
@@ -349,6 +351,12 @@ def _date_text(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if value else "?"
 
 
+def _is_ultraserver(instance_type: str) -> bool:
+    """An UltraServer type of the catalog (a type the catalog lacks is judged as an ordinary one:
+    the pool row already fails on it)."""
+    return instance_type in catalog.all_instance_types() and catalog.instance_type(instance_type).ultraserver
+
+
 def capacity_block_findings(cfg: PlatformConfig, reservations: dict[str, dict | None], offerings: dict[str, set[str]],
                             chosen: list[str], zone_ids_by_name: dict[str, str], now: datetime) -> list[Finding]:
     """One finding per `capacityBlockIds` entry; `reservations` maps each id to its
@@ -381,6 +389,8 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
     start, end = _when(res.get("StartDate")), _when(res.get("EndDate"))
     az_id = res.get("AvailabilityZoneId") or zone_ids_by_name.get(res.get("AvailabilityZone", ""), "?")
     dates = f"{_date_text(start)} to {_date_text(end)}"
+    ultraserver = _is_ultraserver(itype)
+    stop_by = karpenter.stop_by_time(end, ultraserver) if end else None
     problems, fixes, status = [], [], PASS
     if start and now < start:
         status = FAIL
@@ -395,11 +405,19 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
         status = FAIL
         problems.append(f"state is {state!r}, not 'active' ({dates})")
         fixes.append(f"check the block's payment and state, or remove it from {key}")
+    elif end and ultraserver:
+        # EC2 reclaims UltraServer blocks before Karpenter drains them: nothing stops the run in time.
+        status = WARN
+        reclaim, drain = karpenter.ec2_reclaim_time(end, True), karpenter.drain_time(end)
+        problems.append(f"UltraServer block: EC2 terminates its instances from {_date_text(reclaim)}, before Karpenter "
+                        f"drains them ({_date_text(drain)}): runs must checkpoint and stop by {_date_text(stop_by)}")
+        fixes.append(f"end training runs on {pool.name} by {_date_text(stop_by)} (the last checkpoint before it is what "
+                     f"survives), or buy an extension")
     elif end and end - now < BLOCK_ENDING_SOON:
         status = WARN
-        problems.append(f"ends {_date_text(end)}: EC2 terminates its instances from 30 minutes before the end "
-                        f"(60 for UltraServers), Karpenter drains them 10 minutes earlier")
-        fixes.append("checkpoint before then, or buy an extension")
+        problems.append(f"ends {_date_text(end)}: Karpenter drains its nodes from {_date_text(stop_by)}, EC2 terminates "
+                        f"them from {_date_text(karpenter.ec2_reclaim_time(end, False))}")
+        fixes.append(f"checkpoint and stop by {_date_text(stop_by)}, or buy an extension")
     if itype not in pool.instance_types:
         status = FAIL
         problems.append(f"it is for {itype}; the pool launches {', '.join(pool.instance_types)}")
@@ -417,6 +435,8 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
                         f"prepaid instances unused")
         fixes.append(f"set nodePools ({pool.name}).maxNodes to at least {count}")
     summary = f"Capacity Block {state}, {itype} x{count} in {az_id}, {dates}"
+    if stop_by:
+        summary += f", runs must stop by {_date_text(stop_by)}"
     if start and end:
         hours = (end - start).total_seconds() / 3600
         try:
