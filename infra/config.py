@@ -428,7 +428,9 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         for rid in sorted(set(reservations) & set(blocks)):
             problems.append(f"{where}.capacityBlockIds: {rid} is also in capacityReservationIds; list it once "
                             f"(capacityBlockIds for Capacity Blocks, capacityReservationIds for other ODCRs)")
-        if region and not catalog.family_in_region(family, region):
+        # A family EC2 gives no facts for (trn3) has no recorded regions: preflight's live
+        # DescribeInstanceTypeOfferings decides, not this offline check.
+        if region and not catalog.family_unverified(family) and not catalog.family_in_region(family, region):
             problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
                             f"{', '.join(catalog.family_regions(family))}")
         pools.append(NodePoolConfig(

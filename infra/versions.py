@@ -34,11 +34,12 @@ EKS_DISTRO_KUBE_SCHEDULER_TAGS = {
 # The device plugin's node affinity is built from the chart's top-level `neuronInstances` list
 # (templates/_helpers.tpl, "neuron-device-plugin.affinity"). The chart's default list already has
 # trn2/trn2u/trn3 (values.yaml at aws-neuron/neuron-helm-charts@b77a6f90: trn2.3xlarge,
-# trn2.48xlarge, trn2u.48xlarge, trn3.48xlarge); we still set it from infra/data/instance_types.json
-# plus these, so every type a pool can launch is covered whatever the chart default is.
+# trn2.48xlarge, trn2u.48xlarge, trn3.48xlarge, trn3e.24xlarge); we still set it from
+# infra/data/instance_types.json plus these, so every type a pool can launch is covered whatever
+# the chart default is (trn3p.48xlarge, which only the driver names, comes from the catalog).
 NEURON_CHART_INSTANCES = ("trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "trn2.3xlarge", "trn2.48xlarge",
-                          "trn2u.48xlarge", "trn3.48xlarge", "inf2.xlarge", "inf2.8xlarge", "inf2.24xlarge",
-                          "inf2.48xlarge")
+                          "trn2u.48xlarge", "trn3.48xlarge", "trn3e.24xlarge", "inf2.xlarge", "inf2.8xlarge",
+                          "inf2.24xlarge", "inf2.48xlarge")
 
 EFA_CHART_REPO = "https://aws.github.io/eks-charts"
 EFA_CHART = "aws-efa-k8s-device-plugin"

@@ -288,3 +288,69 @@ def test_karpenter_drain_times_against_ec2_reclaim():
     assert karpenter.stop_by_time(end, False) == end - timedelta(minutes=40)
     assert karpenter.stop_by_time(end, True) == end - timedelta(minutes=70)
     assert karpenter.drain_precedes_reclaim(False) and not karpenter.drain_precedes_reclaim(True)
+
+
+# --------------------------------------------------------------------------- Trn3: EC2 decides
+
+
+def with_trn3_pool(config):
+    config["trn-platform:nodePools"].insert(2, {"name": "trn3-efa", "family": "trn3", "instanceTypes": ["trn3.48xlarge"],
+                                                "maxNodes": 2})
+
+
+def test_whole_run_lets_ec2_decide_on_a_trn3_pool(aws_env, tmp_path):
+    """The config accepts a Trn3 pool offline; moto's server answers as EC2 recorded (no Trn3
+    type anywhere), so the live offerings fail the pool and the catalog row says its facts are
+    Neuron's only."""
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "trn3", with_trn3_pool), "trn3")
+    (rid,) = cfg.pool("trn2-block").capacity_block_ids
+    clients = preflight.Clients.for_region("us-east-2", public_ip=lambda: "203.0.113.9")
+    clients.quotas, _ = stubbed_quotas(ENOUGH | {"L-2C3B7624": 768.0 + 2 * 192})
+    recorded, _ = stubbed_reservations({rid: answer("active", rid)})
+    clients.ec2 = OfferingsFromMotoReservationsFromRecordings(clients.ec2, recorded)
+
+    rows = {f.check: f for f in preflight.run_preflight(cfg, clients, now=NOW)}
+    assert rows["offerings: trn3-efa"].status == "FAIL"
+    assert "trn3.48xlarge in no AZ of us-east-2" in rows["offerings: trn3-efa"].detail
+    assert rows["catalog facts: trn3.48xlarge"].status == "WARN"
+    assert "EC2 does not describe trn3.48xlarge in us-east-2" in rows["catalog facts: trn3.48xlarge"].detail
+    assert rows["offerings: trn2-efa"].status == "PASS"
+
+
+def trn3_answer(**changes) -> dict:
+    """A DescribeInstanceTypes entry for trn3.48xlarge. EC2 has published none: this is EC2's
+    recorded trn2.48xlarge entry (moto 5.2.5) with Trainium3 devices, the catalog's assumption,
+    changed by `changes` to test each comparison."""
+    from tests.test_trn2_platform import EC2_TYPES
+
+    item = copy.deepcopy(EC2_TYPES["trn2.48xlarge"]) | {"InstanceType": "trn3.48xlarge", "SupportedUsageClasses":
+                                                         ["capacity-block", "on-demand"]}
+    item["InstanceStorageInfo"] = {"TotalSizeInGB": 0, "Disks": []}
+    item["NeuronInfo"] = {"NeuronDevices": [{"Count": 16, "Name": "Trainium3", "CoreInfo": {"Count": 8, "Version": 4},
+                                             "MemoryInfo": {"SizeInMiB": 147456}}]}
+    for key, value in changes.items():
+        item[key] = value
+    return item
+
+
+def test_unverified_trn3_facts_are_checked_against_describe_instance_types(tmp_path):
+    cfg = load_stack_file(stack_file(tmp_path, STACK, "trn3", with_trn3_pool), "trn3")
+
+    (same,) = preflight.unverified_type_findings(cfg, {"trn3.48xlarge": trn3_answer()})
+    assert same.status == "PASS"
+    assert "EC2 confirms the catalog's facts: 192 vCPU, 2048 GiB, 16 Neuron devices, 16 EFA interfaces" in same.detail
+
+    network = trn3_answer()["NetworkInfo"] | {"EfaInfo": {"MaximumEfaInterfaces": 8}}
+    (fewer_efa,) = preflight.unverified_type_findings(cfg, {"trn3.48xlarge": trn3_answer(NetworkInfo=network)})
+    assert fewer_efa.status == "FAIL"
+    assert "efaInterfaces 16 in the catalog, 8 from EC2" in fewer_efa.detail
+    assert "set trn3.48xlarge in infra/data/instance_types.json to EC2's answer" in fewer_efa.fix
+
+    (blocks_only,) = preflight.unverified_type_findings(
+        cfg, {"trn3.48xlarge": trn3_answer(SupportedUsageClasses=["capacity-block"])})
+    assert blocks_only.status == "FAIL"
+    assert "EC2 sells it as capacity-block, not on-demand" in blocks_only.detail
+    assert "remove on-demand from nodePools (trn3-efa).capacityTypes" in blocks_only.fix
+
+    # verified types (trn2) get no row
+    assert [f.check for f in preflight.unverified_type_findings(cfg, {})] == ["catalog facts: trn3.48xlarge"]

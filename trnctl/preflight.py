@@ -337,6 +337,65 @@ def neuron_capacity_findings(cfg: PlatformConfig, neuron_info: dict[str, dict | 
     return out
 
 
+# --------------------------------------------------------------------------- pure: unverified catalog facts
+
+
+def ec2_facts(item: dict) -> dict[str, Any]:
+    """A DescribeInstanceTypes entry as the catalog's keys (infra/data/instance_types.json)."""
+    devices = (item.get("NeuronInfo") or {}).get("NeuronDevices", [])
+    return {
+        "vcpu": item.get("VCpuInfo", {}).get("DefaultVCpus"),
+        "memoryGiB": item.get("MemoryInfo", {}).get("SizeInMiB", 0) // 1024,
+        "neuronDevices": sum(d.get("Count", 0) for d in devices),
+        "neuronCores": sum(d.get("Count", 0) * d.get("CoreInfo", {}).get("Count", 0) for d in devices),
+        "efaInterfaces": (item.get("NetworkInfo", {}).get("EfaInfo") or {}).get("MaximumEfaInterfaces", 0),
+        "instanceStoreGiB": (item.get("InstanceStorageInfo") or {}).get("TotalSizeInGB", 0),
+        "usageClasses": sorted(item.get("SupportedUsageClasses", [])),
+    }
+
+
+def catalog_facts(t: catalog.InstanceType) -> dict[str, Any]:
+    return {"vcpu": t.vcpu, "memoryGiB": t.memory_gib, "neuronDevices": t.neuron_devices, "neuronCores": t.neuron_cores,
+            "efaInterfaces": t.efa_interfaces, "instanceStoreGiB": t.instance_store_gib,
+            "usageClasses": sorted(t.usage_classes)}
+
+
+def unverified_type_findings(cfg: PlatformConfig, described: dict[str, dict]) -> list[Finding]:
+    """For pools using types whose catalog facts no EC2 answer confirmed (Trn3, named by Neuron's
+    sources only): the live DescribeInstanceTypes answer against those facts. The pool's Karpenter
+    limits, its EFA requests and the NeuronCores it exports are computed from them."""
+    out = []
+    for pool in cfg.accelerator_pools:
+        for name in pool.instance_types:
+            t = catalog.instance_type(name)
+            if not t.unverified:
+                continue
+            check = f"catalog facts: {name}"
+            if name not in described:
+                out.append(Finding(check, WARN, f"EC2 does not describe {name} in {cfg.region}: its facts in the catalog "
+                                                f"({', '.join(t.unverified)}) come from Neuron's sources only",
+                                   "see the offerings row; run preflight again where EC2 offers the type"))
+                continue
+            ours, ec2 = catalog_facts(t), ec2_facts(described[name])
+            # usageClasses: the catalog leaves them open; only the pool's capacity types must be sold.
+            differ = {k: (ours[k], ec2[k]) for k in ours if k in t.unverified and k != "usageClasses" and ours[k] != ec2[k]}
+            # "reserved" (an ODCR) is no EC2 usage class; the other capacity types are.
+            unsold = [c for c in pool.capacity_types if c != "reserved" and c not in ec2["usageClasses"]]
+            if not differ and not unsold:
+                out.append(Finding(check, PASS, f"EC2 confirms the catalog's facts: {ec2['vcpu']} vCPU, {ec2['memoryGiB']} GiB, "
+                                                f"{ec2['neuronDevices']} Neuron devices, {ec2['efaInterfaces']} EFA interfaces"))
+                continue
+            problems = [f"{k} {a} in the catalog, {b} from EC2" for k, (a, b) in differ.items()]
+            if unsold:
+                problems.append(f"EC2 sells it as {', '.join(ec2['usageClasses'])}, not {', '.join(unsold)}")
+            out.append(Finding(check, FAIL, f"{name}: " + "; ".join(problems) + " (pool limits, EFA requests and exported "
+                                             "NeuronCores are computed from the catalog)",
+                               f"set {name} in infra/data/instance_types.json to EC2's answer and drop the confirmed keys "
+                               f"from its `unverified` list" + (f"; remove {', '.join(unsold)} from nodePools ({pool.name})"
+                                                                f".capacityTypes" if unsold else "")))
+    return out
+
+
 # --------------------------------------------------------------------------- pure: Capacity Blocks
 
 
@@ -665,10 +724,10 @@ def fetch_quotas(quotas: Any, codes: list[str]) -> dict[str, float | str]:
     return out
 
 
-def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
-    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes. A type the region
-    does not know fails a batched call: then each type is asked alone, and one EC2 cannot
-    describe is left out (the offerings rows report it)."""
+def fetch_instance_types(ec2: Any, instance_types: list[str]) -> dict[str, dict]:
+    """{instance type: its DescribeInstanceTypes entry}. A type the region does not know fails a
+    batched call: then each type is asked alone, and one EC2 cannot describe is left out (the
+    offerings rows report it)."""
     types = sorted(set(instance_types))
     try:
         items = list(aws_ops.paginate(ec2, "describe_instance_types", "InstanceTypes", InstanceTypes=types))
@@ -679,7 +738,16 @@ def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | N
                 items += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
             except ClientError:
                 continue
-    return {item["InstanceType"]: item.get("NeuronInfo") for item in items}
+    return {item["InstanceType"]: item for item in items}
+
+
+def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
+    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes."""
+    return neuron_info_of(fetch_instance_types(ec2, instance_types))
+
+
+def neuron_info_of(described: dict[str, dict]) -> dict[str, dict | None]:
+    return {t: item.get("NeuronInfo") for t, item in described.items()}
 
 
 def fetch_reservations(ec2: Any, ids: list[str]) -> dict[str, dict | None]:
@@ -731,7 +799,9 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
 
     accelerator_types = [t for p in cfg.accelerator_pools for t in p.instance_types]
     if accelerator_types:
-        findings += neuron_capacity_findings(cfg, fetch_neuron_info(clients.ec2, accelerator_types))
+        described = fetch_instance_types(clients.ec2, accelerator_types)
+        findings += neuron_capacity_findings(cfg, neuron_info_of(described))
+        findings += unverified_type_findings(cfg, described)
 
     needs = quota_needs(cfg)
     codes = sorted({QUOTA_CODES[k][0] for k in needs})
