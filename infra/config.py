@@ -467,8 +467,10 @@ def _check_capacity(where: str, types: tuple[str, ...], capacity: tuple[str, ...
             continue
         without = [t for t in types if usage not in catalog.instance_type(t).usage_classes]
         if without:
+            # types whose usage classes EC2 confirmed (Trn3's are left open, unverified)
             offering = sorted(t for f in FAMILIES for t in catalog.instance_types_of(f)
-                              if usage in catalog.instance_type(t).usage_classes and f != "cpu")
+                              if usage in catalog.instance_type(t).usage_classes and f != "cpu"
+                              and "usageClasses" not in catalog.instance_type(t).unverified)
             problems.append(f"{where}.capacityTypes: {usage} is not offered for {', '.join(without)}; "
                             f"accelerator types sold as {usage}: {', '.join(offering)}")
     if "reserved" in capacity and not reservations:

@@ -56,7 +56,18 @@ def test_trn2_catalog_facts(name):
     assert "trn2-arch.rst" in raw["_source"] and "moto 5.2.5" in raw["_source"]
 
 
-@pytest.mark.parametrize("name", TRN2_TYPES + ("trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "inf2.xlarge",
+def test_trn2_3xlarge_is_one_trainium2_chip():
+    """EC2's recorded DescribeInstanceTypes (moto 5.2.5) and the Neuron docs: one Trainium2 (8
+    NeuronCore-v3, 96 GiB), 12 vCPU, 128 GiB, one EFA interface; sold on-demand, spot and in blocks."""
+    t = catalog.instance_type("trn2.3xlarge")
+    assert (t.family, t.neuron_devices, t.neuron_cores, t.device_memory_gib) == ("trn2", 1, 8, 96)
+    assert (t.vcpu, t.memory_gib, t.efa_interfaces, t.instance_store_gib) == (12, 128, 1, 470)
+    assert t.logical_neuron_cores == {1: 8, 2: 4} and not t.ultraserver and not t.unverified
+    assert set(t.usage_classes) == {"capacity-block", "on-demand", "spot"}
+    assert "trn2.3xlarge" in botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType").enum
+
+
+@pytest.mark.parametrize("name", TRN2_TYPES + ("trn2.3xlarge", "trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "inf2.xlarge",
                                                "inf2.48xlarge"))
 def test_catalog_agrees_with_ec2_describe_instance_types(name):
     ec2 = EC2_TYPES[name]
@@ -134,7 +145,7 @@ def test_trn2_offerings_snapshot_matches_ec2_recorded_offerings():
     base = Path(moto.__file__).parent / "ec2" / "resources" / "instance_type_offerings" / "availability-zone-id"
     for region in catalog.known_regions():
         recorded = json.loads(gzip.open(base / f"{region}.json.gz", "rt").read())
-        for t in TRN2_TYPES:
+        for t in (*TRN2_TYPES, "trn2.3xlarge"):
             want = sorted(o["Location"] for o in recorded if o["InstanceType"] == t)
             assert sorted(catalog.snapshot_offerings(region, t)) == want, (region, t)
     assert catalog.snapshot_offerings("us-east-2", "trn2.48xlarge") == ("use2-az1", "use2-az2", "use2-az3")
@@ -182,7 +193,8 @@ BAD_POOLS = {
     "block on inf2": ({"name": "i", "family": "inf2", "instanceTypes": ["inf2.xlarge"], "maxNodes": 1,
                        "capacityTypes": ["capacity-block"], "capacityBlockIds": ["cr-0b10c0000000a0001"]},
                       "nodePools[0] (i).capacityTypes: capacity-block is not offered for inf2.xlarge; "
-                      "accelerator types sold as capacity-block: trn1.32xlarge, trn2.48xlarge, trn2u.48xlarge"),
+                      "accelerator types sold as capacity-block: trn1.32xlarge, trn2.3xlarge, trn2.48xlarge, "
+                      "trn2u.48xlarge"),
     "block without ids": (TRN2 | {"capacityTypes": ["capacity-block"]},
                           "nodePools[0] (t2).capacityBlockIds: required when capacityTypes contains 'capacity-block'"),
     "ids without block": (TRN2 | {"capacityBlockIds": ["cr-0b10c0000000a0001"]},
@@ -201,7 +213,7 @@ BAD_POOLS = {
                       "nodePools[0] (t2).capacityTypes: spot is not offered for trn2u.48xlarge"),
     "wrong type for family": (TRN2 | {"instanceTypes": ["trn1.32xlarge"]},
                               "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed; allowed values: "
-                              "trn2.48xlarge, trn2u.48xlarge"),
+                              "trn2.3xlarge, trn2.48xlarge, trn2u.48xlarge"),
 }
 
 
@@ -212,8 +224,8 @@ def test_bad_trn2_pool_config_names_the_key_and_the_allowed_values(case):
 
 
 def test_trn2_outside_its_regions_is_rejected():
-    assert "nodePools[0] (t2).family: trn2 is not offered in us-west-2; regions offering it: us-east-2, ap-south-2" \
-        in rejected(TRN2, region="us-west-2")
+    assert ("nodePools[0] (t2).family: trn2 is not offered in us-west-2; regions offering it: us-east-2, ap-south-2, "
+            "ap-southeast-4, sa-east-1") in rejected(TRN2, region="us-west-2")
 
 
 def test_trn2_stack_with_a_bad_lnc_fails_before_any_resource(tmp_path):

@@ -28,9 +28,9 @@ BLOCKS = json.loads((ROOT / "tests" / "fixtures" / "aws" / "ec2-capacity-blocks.
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)  # when the recorded blocks are judged
 STACK = "dev-trn2-use2"
 BLOCK_POOL = 1  # nodePools[1] (trn2-block) of Pulumi.dev-trn2-use2.yaml
-# dev-trn2-use2 needs: Trn on-demand 4 x 192 (trn2-efa; the block pool uses no quota),
-# Standard on-demand 6 x 16 + system 3 x 2, Standard spot 6 x 16.
-ENOUGH = {"L-2C3B7624": 768.0, "L-1216C47A": 102.0, "L-34B43A08": 96.0}
+# dev-trn2-use2 needs: Trn on-demand 4 x 192 (trn2-efa) + 1 x 192 (trn2-dev, at its largest type;
+# the block pool uses no quota), Standard on-demand 6 x 16 + system 3 x 2, Standard spot 6 x 16.
+ENOUGH = {"L-2C3B7624": 960.0, "L-1216C47A": 102.0, "L-34B43A08": 96.0}
 
 
 def block_id(scenario: str) -> str:
@@ -132,7 +132,8 @@ def test_block_dates_are_read_from_boto3_datetimes_too(tmp_path):
 
 def test_block_pools_use_no_on_demand_quota():
     needs = preflight.quota_needs(load_stack_file(ROOT, STACK))
-    assert needs[("Trn", "on-demand")] == [("trn2-efa", 768)]  # trn2-block launches into its block only
+    # trn2-block launches into its block only
+    assert needs[("Trn", "on-demand")] == [("trn2-efa", 768), ("trn2-dev", 192)]
     assert ("Trn", "spot") not in needs
 
 
@@ -170,7 +171,11 @@ def test_whole_run_on_the_trn2_stack(aws_env):
     quota_stub.assert_no_pending_responses()
     block_stub.assert_no_pending_responses()
     rows = {f.check: f for f in findings}
-    assert [(f.check, f.status, f.detail) for f in findings if f.status != "PASS"] == []
+    # moto's offerings (recorded from EC2) have no trn2.3xlarge in us-east-2: the dev pool would
+    # launch trn2.48xlarge, which preflight says
+    assert [(f.check, f.status) for f in findings if f.status != "PASS"] == [("offerings: trn2-dev", "WARN")]
+    assert rows["offerings: trn2-dev"].detail.startswith("trn2.3xlarge not offered in the chosen AZs; trn2.3xlarge "
+                                                         "in no AZ of us-east-2; trn2.48xlarge in use2-az1")
     # moto's offerings (recorded from EC2) put trn2.48xlarge in all three use2 AZ IDs
     assert rows["offerings: trn2-efa"].detail.startswith("AZ IDs use2-az1, use2-az2: trn2.48xlarge in use2-az1, "
                                                          "use2-az2, use2-az3")
@@ -190,7 +195,7 @@ def test_whole_run_blocks_on_a_block_that_has_not_started(aws_env):
 
     findings = preflight.run_preflight(cfg, clients, now=NOW)
     assert preflight.has_blocking(findings)
-    (block,) = [f for f in findings if f.status != "PASS"]
+    (block,) = [f for f in findings if f.status == "FAIL"]
     assert block.check == f"capacity block: {rid}" and "2026-12-08 11:30 UTC to 2026-12-22 11:30 UTC" in block.detail
 
 
@@ -211,7 +216,7 @@ def test_neuron_capacity_comes_from_ec2_describe_instance_types(aws_env, tmp_pat
     assert rows["neuron capacity: trn2-block"].status == "FAIL"
     assert "remove trn2u.48xlarge from nodePools (trn2-block).instanceTypes" in rows["neuron capacity: trn2-block"].fix
     ok = preflight.neuron_capacity_findings(load_stack_file(ROOT, STACK), info)
-    assert [(f.status, f.detail) for f in ok] == [("PASS", "trn2.48xlarge: 16 Neuron devices")] * 2
+    assert [(f.status, f.detail) for f in ok] == [("PASS", "trn2.48xlarge: 16 Neuron devices")] * 3
 
 
 def test_a_block_larger_than_the_pool_warns_about_unused_prepaid_instances(tmp_path):
