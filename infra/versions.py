@@ -151,6 +151,54 @@ def neuron_track_for_family(family: str) -> str | None:
     return None
 
 
+# Neuron DLC repositories Neuron stopped publishing, with the first SDK release that has none:
+# pytorch-training-neuronx (PyTorch/XLA training) from 2.31.0, aws-neuron/aws-neuron-sdk@81ce03ae
+# about-neuron/announcements/neuron2.x/announce-no-longer-publish-pytorch-training-dlc.rst;
+# pytorch-inference-neuronx (NxD Inference) from 2.32.0; both in release-notes/components/containers.rst
+# (2.31.0 and 2.32.0 callouts).
+UNPUBLISHED_DLC_REPOSITORIES = {
+    "public.ecr.aws/neuron/pytorch-training-neuronx": "2.31.0",
+    "public.ecr.aws/neuron/pytorch-inference-neuronx": "2.32.0",
+}
+
+
+class UnpinnedBaseImage(ValueError):
+    pass
+
+
+def _sdk_tuple(sdk: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in sdk.split("."))
+
+
+def base_image_problems(track_name: str, track: dict | None = None) -> dict[str, str]:
+    """{image kind: why the track's base image cannot be built on} for every kind that cannot:
+    not pinned (null, with the track's reason), or a DLC repository Neuron no longer publishes at
+    the track's SDK release."""
+    track = track or neuron_track(track_name)
+    problems = {}
+    for kind, image in track["base_images"].items():
+        key = f"{_NEURON_PIN_FILE.name} tracks.{track_name}.base_images.{kind}"
+        if not image:
+            why = [u for u in track.get("unverified", []) if u.startswith(f"base_images.{kind}")]
+            # the track's own reason, "base_images.<kind> is not pinned: <why>"
+            problems[kind] = f"{key} is not pinned" + (f": {why[0].split(': ', 1)[-1]}" if why else "")
+            continue
+        repository = image.rsplit(":", 1)[0]
+        last = UNPUBLISHED_DLC_REPOSITORIES.get(repository)
+        if last and _sdk_tuple(track["neuron_sdk"]) >= _sdk_tuple(last):
+            problems[kind] = (f"{key} is {image}: Neuron does not publish {repository} from SDK {last} on "
+                              f"(the track pins {track['neuron_sdk']})")
+    return problems
+
+
+def base_image(track_name: str, kind: str) -> str:
+    """The base image of one kind (training, inference) of a track, or UnpinnedBaseImage saying why not."""
+    problem = base_image_problems(track_name).get(kind)
+    if problem:
+        raise UnpinnedBaseImage(problem)
+    return neuron_track(track_name)["base_images"][kind]
+
+
 def neuron_sdk() -> dict:
     """The xla track's pin (trn1/trn1n/inf2), the one source for the images the existing stacks run."""
     return neuron_track("xla")

@@ -273,7 +273,11 @@ class WorkloadBase(pulumi.ComponentResource):
 def build_args(image_dir: str) -> dict[str, str]:
     """Build args from the image's Neuron track in images/neuron-sdk.json."""
     pin = versions.neuron_track(IMAGE_TRACKS[image_dir])
-    base = pin["base_images"]["inference" if image_dir == "serve" else "training"]
+    try:
+        base = versions.base_image(IMAGE_TRACKS[image_dir], "inference" if image_dir == "serve" else "training")
+    except versions.UnpinnedBaseImage as err:
+        raise WorkloadConfigError([f"image.build: images/{image_dir} cannot be built: {err}; or set image.build to "
+                                   "false and give image.digest of an image built elsewhere"]) from None
     return {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
 
 
