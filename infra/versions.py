@@ -13,7 +13,20 @@ KARPENTER_VERSION = "1.14.1"
 
 # EKS-optimized AL2023 release; Karpenter picks the Neuron variant of this release for
 # trn/inf instance types. `@latest` would roll every node whenever AWS publishes an AMI.
-AL2023_AMI_ALIAS = "al2023@v20260903"
+# One release serves both Neuron tracks, so its Neuron driver must suit both runtimes
+# (neuron_driver_runtime_problems below): v20260625 carries aws-neuronx-dkms 2.28.0.0. The earlier
+# pin v20260903 has no release notes readable here (no driver to check), and v20260714, the newest
+# readable, carries driver 2.29.0.0, which needs runtime 2.33+ and so fails the xla track's 2.28.
+AL2023_AMI_RELEASE = "v20260625"
+AL2023_AMI_ALIAS = f"al2023@{AL2023_AMI_RELEASE}"
+# aws-neuronx-dkms on the AL2023_x86_64_NEURON AMI of each release (Kubernetes 1.30-1.36 alike):
+# awslabs/amazon-eks-ami@81fec2e8 CHANGELOG.md, "AMI Release <release>" package tables.
+AL2023_AMI_NEURON_DRIVERS = {
+    "v20260610": "2.28.0.0",
+    "v20260618": "2.28.0.0",
+    "v20260625": "2.28.0.0",
+    "v20260714": "2.29.0.0",
+}
 
 NEURON_HELM_CHART = "oci://public.ecr.aws/neuron/neuron-helm-chart"
 NEURON_HELM_CHART_VERSION = "1.10.0"
@@ -197,6 +210,64 @@ def base_image(track_name: str, kind: str) -> str:
     if problem:
         raise UnpinnedBaseImage(problem)
     return neuron_track(track_name)["base_images"][kind]
+
+
+# aws-neuronx-runtime-lib of each Neuron SDK release (the runtime a DLC of that release carries):
+# aws-neuron/aws-neuron-sdk@81ce03ae src/helperscripts/n2-manifest.json (neuron_releases[].packages) up
+# to 2.32.0; 2.33.0 from https://awsdocs-neuron.readthedocs-hosted.com/en/v2.33.1/release-notes/prev/content.html.
+# 2.34.0's list was not readable here: a release not listed gets the runtime of the newest listed
+# release before it as a lower bound (every listed release raises the runtime).
+NEURON_RUNTIME_BY_SDK = {
+    "2.26.1": "2.28.23.0",
+    "2.29.0": "2.31.24.0",
+    "2.30.0": "2.32.31.0",
+    "2.31.0": "2.33.10.0",
+    "2.32.0": "2.34.10.0",
+    "2.33.0": "2.35.30.0",
+}
+
+
+def neuron_runtime(sdk: str) -> tuple[str, bool]:
+    """(runtime library version, exact) of a Neuron SDK release; not exact: a lower bound."""
+    if sdk in NEURON_RUNTIME_BY_SDK:
+        return NEURON_RUNTIME_BY_SDK[sdk], True
+    earlier = [s for s in NEURON_RUNTIME_BY_SDK if _sdk_tuple(s) < _sdk_tuple(sdk)]
+    if not earlier:
+        raise KeyError(f"no Neuron runtime version known for SDK {sdk} or any release before it "
+                       f"(infra/versions.py NEURON_RUNTIME_BY_SDK: {', '.join(NEURON_RUNTIME_BY_SDK)})")
+    return NEURON_RUNTIME_BY_SDK[max(earlier, key=_sdk_tuple)], False
+
+
+def neuron_driver_runtime_problems(driver: str, runtime: str) -> list[str]:
+    """Why a host Neuron driver and a container's Neuron runtime library do not work together,
+    by the incompatibilities the Neuron release notes document."""
+    problems = []
+    # Runtime 2.32 (SDK 2.30) and later are not backward compatible with driver 2.26 or earlier:
+    # aws-neuron/aws-neuron-sdk@81ce03ae release-notes/components/runtime.rst (Neuron 2.30.0, Known
+    # Issues) and release-notes/components/containers.rst (2.30.0: "not backward-compatible with
+    # Neuron Driver 2.26 or earlier on the host"). No fix is listed up to 2.32.0.
+    if _sdk_tuple(runtime)[:2] >= (2, 32) and _sdk_tuple(driver)[:2] <= (2, 26):
+        problems.append(f"Neuron runtime {runtime} does not work with host driver {driver}: runtime 2.32 and later "
+                        "need a driver newer than 2.26")
+    # Driver 2.29 (SDK 2.31) requires runtime 2.33 or later: same file, Neuron 2.31.0, Neuron Driver,
+    # Known Issues. Applied to later drivers as well: no fix is listed up to 2.32.0 (driver 2.30.2).
+    if _sdk_tuple(driver)[:2] >= (2, 29) and _sdk_tuple(runtime)[:2] < (2, 33):
+        problems.append(f"host driver {driver} needs Neuron runtime 2.33 or later; the image has {runtime} "
+                        "(nrt_init fails)")
+    return problems
+
+
+def ami_driver_problems() -> dict[str, list[str]]:
+    """{track: problems} of the pinned AMI's Neuron driver against each track's runtime."""
+    driver = AL2023_AMI_NEURON_DRIVERS.get(AL2023_AMI_RELEASE)
+    out = {}
+    for name in NEURON_TRACKS:
+        if driver is None:
+            out[name] = [f"AMI release {AL2023_AMI_RELEASE} has no recorded Neuron driver (AL2023_AMI_NEURON_DRIVERS)"]
+            continue
+        runtime, _ = neuron_runtime(neuron_track(name)["neuron_sdk"])
+        out[name] = neuron_driver_runtime_problems(driver, runtime)
+    return out
 
 
 def neuron_sdk() -> dict:
