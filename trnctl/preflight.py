@@ -16,6 +16,7 @@ whose `platformStack` points at it:
   capacity reservations    EC2 DescribeCapacityReservations: exists, active, type, AZ
   Neuron capacity          EC2 DescribeInstanceTypes: each accelerator type reports NeuronInfo
                            (Karpenter sizes aws.amazon.com/neuron from it)
+  catalog facts            the same answer against the catalog's unverified facts (Trn3)
   Capacity Blocks          the same call for each capacityBlockIds entry: a Capacity Block,
                            started and not ended (dates printed), instance type, AZ, its
                            prepaid cost at the price file's block rate, and when runs on it
