@@ -295,7 +295,12 @@ def test_trn2_stack_exports_lnc_cores_and_tracks():
         assert {k: pools[name][k] for k in ("lnc", "neuronCoresPerNode", "track", "efaPerNode", "maxNodes")} == {
             "lnc": 2, "neuronCoresPerNode": 64, "track": "native", "efaPerNode": 16, "maxNodes": 4}
     assert pools["cpu"]["track"] is None and pools["cpu"]["lnc"] is None
-    assert out["neuronTracks"] == {"xla": [], "native": ["trn2-efa", "trn2-block"]}
+    # trn2-dev lists trn2.3xlarge and, while EC2's recorded offerings have none in us-east-2, the
+    # trn2.48xlarge fallback: its per-node exports are the largest type's, without EFA (one node)
+    assert pools["trn2-dev"]["instanceTypes"] == ["trn2.3xlarge", "trn2.48xlarge"]
+    assert {k: pools["trn2-dev"][k] for k in ("lnc", "neuronCoresPerNode", "track", "efaPerNode", "maxNodes")} == {
+        "lnc": 2, "neuronCoresPerNode": 64, "track": "native", "efaPerNode": 0, "maxNodes": 1}
+    assert out["neuronTracks"] == {"xla": [], "native": ["trn2-efa", "trn2-block", "trn2-dev"]}
     assert out["region"] == "us-east-2"
 
 
