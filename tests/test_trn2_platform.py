@@ -136,9 +136,11 @@ def test_a_trn3_pool_renders_and_validates(tmp_path):
     result, problems = render_stack(project, "trn3", tmp_path / "out")
     assert problems == []
     assert result.outputs["nodePools"]["trn3-efa"]["neuronCoresPerNode"] == 64  # LNC 2 on 16 chips x 8 cores
-    # no list price for Trn3 yet: the render says so instead of failing
+    # no list price for Trn3 yet: the render says so instead of failing, `trnctl cost` in one line
     assert cost_summary(result, project).startswith("cost: not estimated: ")
     assert "no on-demand price for trn3.48xlarge in us-east-2" in cost_summary(result, project)
+    from trnctl import cli
+    assert cli.main(["cost", "trn3", "--project-dir", str(project)]) == 2
 
 
 def test_trn2_offerings_snapshot_matches_ec2_recorded_offerings():
