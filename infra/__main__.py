@@ -68,12 +68,19 @@ addons = Addons("addons", AddonsArgs(
 # -- observability: metrics, Neuron monitor, dashboards, alerts -----------------------------
 if cfg.monitoring.enabled:
     prices = load_prices(cfg.region)
+    # Trn3 has no list price yet (no EC2 type either, infra/data/instance_types.json): the $/h
+    # rules and dashboard leave unpriced types out, and say so here.
+    unpriced = sorted({t for p in cfg.accelerator_pools for t in p.instance_types} - set(prices.ec2_per_hour))
+    if unpriced:
+        pulumi.log.warn(f"no on-demand price for {', '.join(unpriced)} in {cfg.region} (infra/data/prices.json): "
+                        "the accelerator $/h rules and dashboard leave them out")
     monitoring = Monitoring("monitoring", MonitoringArgs(
         config=cfg.monitoring, cluster_name=cfg.cluster_name, region=cfg.region, identity=cluster.identity,
         provider=cluster.provider, depends_on=[*on_system_nodes, cluster.ebs_csi],
         accelerator_pools=[p.name for p in cfg.accelerator_pools], fsx_file_system_id=storage.file_system.id,
         fsx_capacity_gib=cfg.fsx.storage_capacity_gib,
-        accelerator_prices={t: prices.instance(t) for p in cfg.accelerator_pools for t in p.instance_types},
+        accelerator_prices={t: prices.instance(t) for p in cfg.accelerator_pools for t in p.instance_types
+                            if t not in unpriced},
         neuron_monitor_image=versions.neuron_monitor_image(), karpenter_namespace=karpenter_namespace,
         kuberay_namespace="kuberay-system", volcano_namespace="volcano-system", tags=tags))
     pulumi.export("monitoring", monitoring.outputs)

@@ -34,6 +34,9 @@ class InstanceType:
     logical_neuron_cores: dict[int, int] = field(default_factory=dict, hash=False)
     usage_classes: tuple[str, ...] = DEFAULT_USAGE_CLASSES
     ultraserver: bool = False
+    # Facts (instance_types.json keys) no EC2 answer confirms (Trn3): preflight compares them with
+    # the live DescribeInstanceTypes answer.
+    unverified: tuple[str, ...] = ()
 
     def neuron_cores_at(self, lnc: int | None) -> int:
         """NeuronCores a pod sees on this type at Logical NeuronCore setting `lnc`."""
@@ -77,7 +80,7 @@ def instance_type(name: str) -> InstanceType:
                         device_memory_gib=d.get("deviceMemoryGiB", 0),
                         logical_neuron_cores={int(k): v for k, v in d.get("logicalNeuronCores", {}).items()},
                         usage_classes=tuple(d.get("usageClasses", DEFAULT_USAGE_CLASSES)),
-                        ultraserver=d.get("ultraServer", False))
+                        ultraserver=d.get("ultraServer", False), unverified=tuple(d.get("unverified", ())))
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,18 @@ def family_not_offered(family: str) -> str | None:
     return _instance_data()["families"][family].get("notOffered")
 
 
+def family_unverified(family: str) -> str | None:
+    """Why EC2 gives no facts for a family whose types the catalog still lists (Trn3: named by
+    Neuron's sources only), or None. Such a family has no recorded regions: preflight asks EC2."""
+    return _instance_data()["families"][family].get("unverified")
+
+
 def families() -> tuple[str, ...]:
     return tuple(_instance_data()["families"])
+
+
+def all_instance_types() -> tuple[str, ...]:
+    return tuple(_instance_data()["instanceTypes"])
 
 
 def instance_types_of(family: str) -> tuple[str, ...]:

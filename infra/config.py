@@ -431,7 +431,9 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         for rid in sorted(set(reservations) & set(blocks)):
             problems.append(f"{where}.capacityBlockIds: {rid} is also in capacityReservationIds; list it once "
                             f"(capacityBlockIds for Capacity Blocks, capacityReservationIds for other ODCRs)")
-        if region and not catalog.family_in_region(family, region):
+        # A family EC2 gives no facts for (trn3) has no recorded regions: preflight's live
+        # DescribeInstanceTypeOfferings decides, not this offline check.
+        if region and not catalog.family_unverified(family) and not catalog.family_in_region(family, region):
             problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
                             f"{', '.join(catalog.family_regions(family))}")
         pools.append(NodePoolConfig(
@@ -468,8 +470,10 @@ def _check_capacity(where: str, types: tuple[str, ...], capacity: tuple[str, ...
             continue
         without = [t for t in types if usage not in catalog.instance_type(t).usage_classes]
         if without:
+            # types whose usage classes EC2 confirmed (Trn3's are left open, unverified)
             offering = sorted(t for f in FAMILIES for t in catalog.instance_types_of(f)
-                              if usage in catalog.instance_type(t).usage_classes and f != "cpu")
+                              if usage in catalog.instance_type(t).usage_classes and f != "cpu"
+                              and "usageClasses" not in catalog.instance_type(t).unverified)
             problems.append(f"{where}.capacityTypes: {usage} is not offered for {', '.join(without)}; "
                             f"accelerator types sold as {usage}: {', '.join(offering)}")
     if "reserved" in capacity and not reservations:

@@ -353,7 +353,7 @@ def run(args) -> int:
             print(estimate_platform(config.load_stack_file(project_dir, args.stack)).format())
             return exitcodes.OK
         result = render.run_program(Path(project_dir), args.stack)
-    except (ConfigError, render.RenderError) as exc:
+    except (ConfigError, render.RenderError, PriceError) as exc:  # PriceError: a type without a list price (Trn3)
         return exitcodes.bad_input(exc)
     print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
     return exitcodes.OK

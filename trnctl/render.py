@@ -410,5 +410,8 @@ def cost_summary(result: RenderResult, project_dir: Path) -> str | None:
         from trnctl import cost
     except ImportError:
         return None
-    return cost.summary_for_render(result, Path(project_dir))
+    try:
+        return cost.summary_for_render(result, Path(project_dir))
+    except cost.PriceError as err:  # a type without a list price (Trn3): the render stands, the estimate does not
+        return f"cost: not estimated: {err}"
 
