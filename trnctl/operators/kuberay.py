@@ -1,14 +1,12 @@
 """What the KubeRay operator (v1.7.0, infra/versions.py KUBERAY_VERSION) makes of RayCluster and RayJob objects.
 
 Every rule names the upstream file it restates, at tag v1.7.0 of github.com/ray-project/kuberay (paths below are
-under `ray-operator/controllers/ray/`). Random name suffixes (`rand.String(5)`) get the deterministic stand-in
-`RANDOM_STANDIN` (digits 0, 1, 3 are outside the Kubernetes random alphabet, so the stand-in can never equal a
-real name).
+under `ray-operator/controllers/ray/`). Random name parts (`rand.String(5)` for generateName pods, a RayJob's
+cluster and submission id) get `trnctl.operators.kubernetes.stand_in`, deterministic and of the same alphabet.
 """
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import re
@@ -16,6 +14,10 @@ import shlex
 from typing import Any
 
 import yaml
+
+from trnctl.operators import OWNER_ANNOTATION, Context, describe
+from trnctl.operators import kubernetes
+from trnctl.operators.kubernetes import make_pod, stand_in
 
 KINDS = frozenset({("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob")})
 VERSION = "v1.7.0"  # infra/versions.py KUBERAY_VERSION (a test checks they agree)
@@ -62,8 +64,6 @@ CUSTOM_ACCELERATORS = {"aws.amazon.com/neuroncore": "neuron_cores", "google.com/
 # source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/pod.go (convertParamMap specialParameterOptions)
 EXPLICIT_BOOLEAN_OPTIONS = ("log-color", "include-dashboard", "include-log-monitor")
 
-RANDOM_STANDIN = "00000"  # stands in for rand.String(5) in pod and RayJob cluster names
-OWNER_ANNOTATION = "trn-platform.rehearse/owner"  # trnctl.operators OWNER_ANNOTATION: the object a pod was made from
 SOURCE = "ray-project/kuberay@v1.7.0:ray-operator/controllers/ray"
 
 
@@ -107,7 +107,13 @@ def rayjob_cluster_name(job: dict) -> str:
     source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/rayjob_controller.go (initRayJobStatusIfNeed),
     utils/util.go (GenerateRayClusterName)"""
     selected = (job["spec"].get("clusterSelector") or {}).get(CLUSTER_LABEL)
-    return selected or f"{_name(job)}-{RANDOM_STANDIN}"
+    return selected or f"{_name(job)}-{stand_in('cluster/' + _name(job))}"
+
+
+def submission_id(job: dict) -> str:
+    """status.jobId `<job>-<rand5>`: the Ray job's submission id.
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils/util.go (GenerateRayJobId)"""
+    return f"{_name(job)}-{stand_in('jobid/' + _name(job))}"
 
 
 def head_fqdn(cluster: dict, ctx) -> str:
@@ -356,9 +362,6 @@ def _build_pod(cluster: dict, group: dict | None, name: str, ctx) -> dict:
             "securityContext": copy.deepcopy(ray.get("securityContext")), "env": copy.deepcopy(ray.get("env", [])),
             "volumeMounts": copy.deepcopy(ray.get("volumeMounts", [])),
             "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}, "requests": {"cpu": "200m", "memory": "256Mi"}}})
-    pod_meta = {"name": name, "namespace": _ns(cluster),
-                "labels": _pod_labels("head" if head else "worker", cluster_name, group_name, meta.get("labels")),
-                "annotations": {**(meta.get("annotations") or {}), OWNER_ANNOTATION: f"RayCluster/{cluster_name}"}}
     # metrics port 8080 when the Ray container has none named `metrics`
     ports = ray.setdefault("ports", [])
     if not any(p.get("name") == METRICS_PORT_NAME for p in ports):
@@ -384,18 +387,20 @@ def _build_pod(cluster: dict, group: dict | None, name: str, ctx) -> dict:
                                            {"name": "RAY_IP", "value": fqdn.split(".")[0]}])
     _ray_env(ray, head=head, fqdn=fqdn, port=port, start_cmd=start_cmd)
     _probes(ray, head=head, params=params)
-    _add_volcano_metadata(cluster, pod_meta, spec, group_name, ctx)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": spec}
+    template["metadata"] = {**meta, "labels": _pod_labels("head" if head else "worker", cluster_name, group_name,
+                                                          meta.get("labels"))}
+    _add_volcano_metadata(cluster, template["metadata"], spec, group_name, ctx)
+    return make_pod(template, name=name, namespace=_ns(cluster), owner=cluster)
 
 
 def cluster_pods(cluster: dict, ctx) -> list[dict]:
     """Head + every worker replica of a RayCluster (no autoscaler: ours disable in-tree autoscaling)."""
     name = _name(cluster)
-    pods = [_build_pod(cluster, None, pod_name_prefix(name, "head") + RANDOM_STANDIN, ctx)]
+    pods = [_build_pod(cluster, None, pod_name_prefix(name, "head") + stand_in(f"{_ns(cluster)}/{name}/head"), ctx)]
     for group in cluster["spec"].get("workerGroupSpecs") or []:
         prefix = pod_name_prefix(f"{name}-{group['groupName']}", "worker")
         for i in range(int(group.get("replicas", group.get("minReplicas", 0)) or 0)):
-            pods.append(_build_pod(cluster, group, f"{prefix}{i:05d}", ctx))
+            pods.append(_build_pod(cluster, group, prefix + stand_in(f"{_ns(cluster)}/{name}/{group['groupName']}/{i}"), ctx))
     return pods
 
 
@@ -431,7 +436,7 @@ def job_submit_command(job: dict, dashboard: str) -> list[str]:
     """K8sJobMode's submitter command, as the list KubeRay joins with spaces into one bash -ce argument.
     source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/job.go (BuildJobSubmitCommand)"""
     address = dashboard if dashboard.startswith("http://") else f"http://{dashboard}"
-    job_id = f"{_name(job)}-{RANDOM_STANDIN}"  # utils.GenerateRayJobId
+    job_id = submission_id(job)
     health = (f"python -c \"import urllib.request; r=urllib.request.urlopen('{address}/api/gcs_healthz', timeout=10); "
               f"exit(0 if b'success' in r.read() else 1)\"")
     cmd = ["until", health, ">/dev/null", "2>&1", ";", "do", "echo",
@@ -477,7 +482,7 @@ def submitter_job(job: dict, ctx, objects: list[dict] | None = None) -> dict | N
         container["args"] = [" ".join(job_submit_command(job, dashboard))]
     container.setdefault("env", []).extend([
         {"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "RAY_DASHBOARD_ADDRESS", "value": dashboard},
-        {"name": "RAY_JOB_SUBMISSION_ID", "value": f"{_name(job)}-{RANDOM_STANDIN}"}])
+        {"name": "RAY_JOB_SUBMISSION_ID", "value": submission_id(job)}])
     meta = template.setdefault("metadata", {})
     meta.setdefault("labels", {}).update({ORIGINATED_FROM_NAME_LABEL: _name(job), ORIGINATED_FROM_CRD_LABEL: "RayJob",
                                           "app.kubernetes.io/created-by": "kuberay-operator"})
@@ -487,11 +492,11 @@ def submitter_job(job: dict, ctx, objects: list[dict] | None = None) -> dict | N
             "metadata": {"name": _name(job), "namespace": _ns(job),
                          "labels": {ORIGINATED_FROM_NAME_LABEL: _name(job), ORIGINATED_FROM_CRD_LABEL: "RayJob",
                                     "app.kubernetes.io/created-by": "kuberay-operator"},
-                         "annotations": {OWNER_ANNOTATION: f"RayJob/{_name(job)}"}},
+                         "annotations": {OWNER_ANNOTATION: describe(job)}},
             "spec": {"backoffLimit": 2 if backoff is None else backoff, "template": template}}
 
 
-def pods(obj: dict, ctx, objects: list[dict] | None = None) -> list[dict]:
+def pods(obj: dict, ctx: Context, objects: list[dict] | None = None) -> list[dict]:
     """RayCluster: head and workers. RayJob: the pods of the cluster it creates (none for clusterSelector:
     that cluster's pods belong to its RayCluster) and its submitter Job's pod (built by the Job controller,
     trnctl.operators.kubernetes). A RayJob KubeRay refuses (admission_problems) gets no pods."""
@@ -505,13 +510,12 @@ def pods(obj: dict, ctx, objects: list[dict] | None = None) -> list[dict]:
         out += [_owned_by(p, obj) for p in cluster_pods(own, ctx)]
     submitter = submitter_job(obj, ctx, objects)
     if submitter is not None:
-        kubernetes = importlib.import_module("trnctl.operators.kubernetes")
         out += [_owned_by(p, obj) for p in kubernetes.pods(submitter, ctx)]
     return out
 
 
 def _owned_by(pod: dict, job: dict) -> dict:
-    pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = f"RayJob/{_name(job)}"
+    pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = describe(job)
     return pod
 
 
@@ -544,7 +548,7 @@ def head_service(cluster: dict, name: str | None = None, labels: dict | None = N
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name or head_service_name(cluster), "namespace": _ns(cluster),
                          "labels": labels or dict(selector),
-                         "annotations": {OWNER_ANNOTATION: f"RayCluster/{cluster_name}"}},
+                         "annotations": {OWNER_ANNOTATION: describe(cluster)}},
             "spec": spec}
 
 
@@ -561,9 +565,9 @@ def services(obj: dict, ctx) -> list[dict]:
                   IDENTIFIER_LABEL: _check_label(f"{_name(obj)}-head")}
     own = head_service(cluster, name=rayjob_service_name(_name(obj)), labels=job_labels)
     own["metadata"]["namespace"] = _ns(obj)
-    own["metadata"]["annotations"][OWNER_ANNOTATION] = f"RayJob/{_name(obj)}"
+    own["metadata"]["annotations"][OWNER_ANNOTATION] = describe(obj)
     cluster_svc = head_service(cluster)
-    cluster_svc["metadata"]["annotations"][OWNER_ANNOTATION] = f"RayJob/{_name(obj)}"
+    cluster_svc["metadata"]["annotations"][OWNER_ANNOTATION] = describe(obj)
     return [cluster_svc, own]
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib
 import re
+
+from trnctl.operators import OWNER_ANNOTATION, Context, describe
+from trnctl.operators import kubernetes
+from trnctl.operators.kubernetes import make_pod
 
 KINDS = frozenset({("kubeflow.org/v2beta1", "MPIJob")})
 VERSION = "v0.8.2"  # infra/versions.py MPI_OPERATOR_VERSION (a test checks they agree)
@@ -28,8 +31,6 @@ DEFAULT_WORKER_COMMAND = ["/usr/sbin/sshd", "-De"]  # newWorker: when the worker
 OPERATOR_NAME_LABEL, JOB_NAME_LABEL = "training.kubeflow.org/operator-name", "training.kubeflow.org/job-name"
 JOB_ROLE_LABEL, REPLICA_INDEX_LABEL = "training.kubeflow.org/job-role", "training.kubeflow.org/replica-index"
 OPERATOR_NAME = "mpi-operator"
-
-OWNER_ANNOTATION = "trn-platform.rehearse/owner"  # trnctl.operators OWNER_ANNOTATION: the object a pod was made from
 
 
 def _name(obj: dict) -> str:
@@ -108,7 +109,7 @@ def discover_hosts(obj: dict) -> str:
 
 
 def _owned(meta: dict, obj: dict) -> dict:
-    meta.setdefault("annotations", {})[OWNER_ANNOTATION] = f"MPIJob/{_name(obj)}"
+    meta.setdefault("annotations", {})[OWNER_ANNOTATION] = describe(obj)
     return meta
 
 
@@ -187,10 +188,8 @@ def worker_pods(obj: dict, ctx) -> list[dict]:
             container["command"] = list(DEFAULT_WORKER_COMMAND)
         container.setdefault("env", []).append({"name": "K_MPI_JOB_ROLE", "value": "worker"})
         _setup_ssh(spec, obj)
-        out.append({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": _owned({"name": worker_name(job, i), "namespace": ns, "labels": labels,
-                                        "annotations": dict(meta.get("annotations") or {})}, obj),
-                    "spec": spec})
+        template["metadata"] = {**meta, "labels": labels}
+        out.append(make_pod(template, name=worker_name(job, i), namespace=ns, owner=obj))
     return out
 
 
@@ -259,12 +258,11 @@ def launcher_waits_for_workers(obj: dict) -> bool:
     return obj["spec"].get("launcherCreationPolicy", "AtStartup") == "WaitForWorkersReady"
 
 
-def pods(obj: dict, ctx) -> list[dict]:
+def pods(obj: dict, ctx: Context) -> list[dict]:
     """Workers, then the launcher Job's pod (named by the Job controller: trnctl.operators.kubernetes)."""
-    kubernetes = importlib.import_module("trnctl.operators.kubernetes")
     launcher = kubernetes.pods(launcher_job(obj, ctx), ctx)
     for pod in launcher:
-        pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = f"MPIJob/{_name(obj)}"
+        pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = describe(obj)
     return worker_pods(obj, ctx) + launcher
 
 

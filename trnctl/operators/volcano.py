@@ -5,13 +5,16 @@ Rules restate volcano-sh/volcano@v1.15.1 (paths below); the label and annotation
 (`staging/src/volcano.sh/apis/pkg/apis/batch/v1alpha1/labels.go`, `scheduling/v1beta1/labels.go`). The job
 controller runs the plugins in Go map order (job_controller_plugins.go pluginOnPodCreate); we run them sorted by
 name, which yields the same env set (no plugin reads another's env). The PodGroup name carries the Job's UID,
-stood in for by `UID_STANDIN`.
+stood in for by `trnctl.operators.kubernetes.object_uid`.
 """
 from __future__ import annotations
 
 import base64
 import copy
 import re
+
+from trnctl.operators import OWNER_ANNOTATION, Context, describe
+from trnctl.operators.kubernetes import make_pod, object_uid
 
 KINDS = frozenset({("batch.volcano.sh/v1alpha1", "Job")})
 VERSION = "1.15.1"  # infra/versions.py VOLCANO_VERSION (a test checks they agree)
@@ -23,7 +26,6 @@ JOB_NAME_KEY, JOB_NAMESPACE_KEY, QUEUE_NAME_KEY = "volcano.sh/job-name", "volcan
 JOB_VERSION_KEY, TEMPLATE_KEY, RETRY_COUNT_KEY = "volcano.sh/job-version", "volcano.sh/template-uid", "volcano.sh/job-retry-count"
 # source: volcano-sh/volcano@v1.15.1:staging/src/volcano.sh/apis/pkg/apis/scheduling/v1beta1/labels.go
 GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
-UID_STANDIN = "00000000-0000-0000-0000-000000000000"
 
 # source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go
 PYTORCH_DEFAULT_PORT, PYTORCH_DEFAULT_MASTER, PYTORCH_DEFAULT_WORKER = 23456, "master", "worker"
@@ -40,8 +42,6 @@ KNOWN_PLUGINS = ("env", "svc", "ssh", "tensorflow", "mpi", "pytorch", "ray", "hc
 # source: volcano-sh/volcano@v1.15.1:pkg/webhooks/admission/jobs/mutate/mutate_job.go (patchDefaultPlugins)
 NEEDS_SVC = ("tensorflow", "mpi", "pytorch", "ray")
 DEFAULT_QUEUE = "default"  # mutate_job.go DefaultQueue
-
-OWNER_ANNOTATION = "trn-platform.rehearse/owner"  # trnctl.operators OWNER_ANNOTATION: the object a pod was made from
 
 
 def _name(obj: dict) -> str:
@@ -214,7 +214,7 @@ def _plugin_ssh(pod: dict, obj: dict) -> None:
 _PLUGINS = {"env": lambda pod, obj: _plugin_env(pod), "svc": _plugin_svc, "pytorch": _plugin_pytorch, "ssh": _plugin_ssh}
 
 
-def pods(obj: dict, ctx) -> list[dict]:
+def pods(obj: dict, ctx: Context) -> list[dict]:
     """Every task's replicas `<job>-<task>-<i>` with Volcano's labels and annotations, then each plugin's
     OnPodCreate. source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/job_controller_util.go (createJobPod),
     job_controller_actions.go (task template name = task name), job_controller_plugins.go (pluginOnPodCreate)"""
@@ -232,15 +232,12 @@ def pods(obj: dict, ctx) -> list[dict]:
             if not spec.get("priorityClassName") and obj["spec"].get("priorityClassName"):
                 spec["priorityClassName"] = obj["spec"]["priorityClassName"]
             annotations = {**(meta.get("annotations") or {}), TASK_INDEX_KEY: str(i), TASK_SPEC_KEY: task["name"],
-                           GROUP_NAME_ANNOTATION: f"{job}-{UID_STANDIN}", JOB_NAME_KEY: job, QUEUE_NAME_KEY: queue,
-                           JOB_VERSION_KEY: "0", TEMPLATE_KEY: f"{job}-{task['name']}", RETRY_COUNT_KEY: "0",
-                           OWNER_ANNOTATION: f"Job.batch.volcano.sh/{job}"}
+                           GROUP_NAME_ANNOTATION: f"{job}-{object_uid(obj)}", JOB_NAME_KEY: job, QUEUE_NAME_KEY: queue,
+                           JOB_VERSION_KEY: "0", TEMPLATE_KEY: f"{job}-{task['name']}", RETRY_COUNT_KEY: "0"}
             labels = {**(meta.get("labels") or {}), TASK_INDEX_KEY: str(i), JOB_NAME_KEY: job,
                       TASK_SPEC_KEY: task["name"], JOB_NAMESPACE_KEY: ns, QUEUE_NAME_KEY: queue}
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": pod_name(job, task["name"], i), "namespace": ns, "labels": labels,
-                                "annotations": annotations},
-                   "spec": spec}
+            template["metadata"] = {**meta, "labels": labels, "annotations": annotations}
+            pod = make_pod(template, name=pod_name(job, task["name"], i), namespace=ns, owner=obj)
             for name in sorted(plugins(obj)):
                 if name in _PLUGINS:
                     _PLUGINS[name](pod, obj)
@@ -256,7 +253,7 @@ def services(obj: dict, ctx) -> list[dict]:
     flags = _parse_flags(plugins(obj)["svc"], {"publish-not-ready-addresses": False, "disable-network-policy": False})
     return [{"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": _name(obj), "namespace": _ns(obj),
-                          "annotations": {OWNER_ANNOTATION: f"Job.batch.volcano.sh/{_name(obj)}"}},
+                          "annotations": {OWNER_ANNOTATION: describe(obj)}},
              "spec": {"clusterIP": "None", "selector": {JOB_NAME_KEY: _name(obj), JOB_NAMESPACE_KEY: _ns(obj)},
                       "publishNotReadyAddresses": flags["publish-not-ready-addresses"]}}]
 
@@ -268,7 +265,7 @@ def config_objects(obj: dict, ctx) -> list[dict]:
     source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/plugins/svc/svc.go (OnJobAdd,
     createNetworkPolicyIfNotExist), ssh/ssh.go (OnJobAdd, generateRsaKey, generateSSHConfig)"""
     job, ns = _name(obj), _ns(obj)
-    owner = {OWNER_ANNOTATION: f"Job.batch.volcano.sh/{job}"}
+    owner = {OWNER_ANNOTATION: describe(obj)}
     out: list[dict] = []
     active = plugins(obj)
     if "svc" in active:
