@@ -202,6 +202,7 @@ def test_mpirun_starts_one_launch_per_node():
     command = mpirun_command(4, launch_cmd)
     assert command[:3] == ["mpirun", "-np", "4"] and command[-len(launch_cmd):] == launch_cmd
     assert "ppr:1:node" in command and ["-x", "TRN_BACKEND"] == command[command.index("TRN_BACKEND") - 1:][:2]
+    assert ["-x", "MASTER_ADDR"] == command[command.index("MASTER_ADDR") - 1:][:2]
     with pytest.raises(ValueError, match="nodes must be >= 1"):
         mpirun_command(0, launch_cmd)
 
@@ -277,19 +278,21 @@ def test_presets_are_consistent():
         assert preset.num_attention_heads % preset.num_kv_heads == 0, name
 
 
-def test_rank_and_master_come_from_mpi(tmp_path):
+def test_rank_comes_from_open_mpi_and_master_from_the_forwarded_env():
+    """What a rank sees comes from mpirun (tests/test_operators_mpi.py derives it from the MPIJob's pods)."""
     run = cfg(preset="llama2-7b")
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("# workers\nllama-worker-0.llama.ns.svc slots=1\nllama-worker-1.llama.ns.svc slots=1\n")
-    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_MCA_orte_default_hostfile": str(hostfile)}
-    assert node_rank(run, env) == 1
-    assert master_address(run, env) == "llama-worker-0.llama.ns.svc"
-    assert master_address(run, {**env, "MASTER_ADDR": "10.0.0.5"}) == "10.0.0.5"
+    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+           "MASTER_ADDR": "llama-worker-0.llama.ns.svc"}
+    assert node_rank(run, env) == 1 and master_address(run, env) == "llama-worker-0.llama.ns.svc"
     with pytest.raises(ConfigError, match="mpirun started 2 processes but the run config has nodes=4"):
         node_rank(run, {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="one process per node"):
+        node_rank(run, {**env, "OMPI_COMM_WORLD_LOCAL_RANK": "1"})
     with pytest.raises(ConfigError, match="OMPI_COMM_WORLD_RANK is not set"):
         node_rank(run, {})
-    assert node_rank(cfg(preset="small"), {}) == 0
+    with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
+        master_address(run, {"OMPI_COMM_WORLD_RANK": "1"})
+    assert node_rank(cfg(preset="small"), {}) == 0 and master_address(cfg(preset="small"), {}) == "localhost"
 
 
 def test_write_nxdt_config_is_atomic_and_repeatable(tmp_path):
@@ -305,7 +308,6 @@ def test_write_nxdt_config_is_atomic_and_repeatable(tmp_path):
 def _mpi_free_env(monkeypatch, tmp_path):
     monkeypatch.delenv("OMPI_COMM_WORLD_RANK", raising=False)
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    monkeypatch.setenv("OMPI_MCA_orte_default_hostfile", str(tmp_path / "absent"))
 
 
 def test_cli_dry_run_prints_yaml_env_and_command_and_writes_nothing(tmp_path, capsys, monkeypatch):
