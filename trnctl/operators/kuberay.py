@@ -655,3 +655,12 @@ def _start_param_problems(what: str, group: str, params: dict) -> list[str]:
                        f"quotes as KubeRay does for the resources it adds (source: {SOURCE}/common/pod.go "
                        f"convertParamMap, addWellKnownAcceleratorResources)")
     return out
+
+
+def await_kind(obj: dict) -> str:
+    """How the rehearsal awaits an object's pods: "complete" when `pulumi up` waits for the RayJob's
+    jobDeploymentStatus Complete (submitter exited 0), else "ready" (a RayCluster; a RayJob awaited at Running,
+    which KubeRay sets once the cluster is Ready and the submitter Job created: rayjob_controller.go
+    JobDeploymentStatusInitializing)."""
+    wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
+    return "complete" if obj["kind"] == "RayJob" and wait.endswith("=Complete") else "ready"
