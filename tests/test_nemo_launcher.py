@@ -329,7 +329,7 @@ def test_cli_dry_run_prints_yaml_env_and_command_and_writes_nothing(tmp_path, ca
     assert not run_dir.exists()
 
 
-def test_cli_rejects_bad_config_and_refuses_to_train_off_neuron(tmp_path, capsys, monkeypatch):
+def test_cli_rejects_bad_config_and_missing_inputs_on_the_cpu_path(tmp_path, capsys, monkeypatch):
     _mpi_free_env(monkeypatch, tmp_path)
     config = tmp_path / "run.json"
     config.write_text(json.dumps({**PATHS, "preset": "small", "global_batch_size": 6}))
@@ -341,8 +341,8 @@ def test_cli_rejects_bad_config_and_refuses_to_train_off_neuron(tmp_path, capsys
     assert "not valid JSON" in capsys.readouterr().err
 
     config.write_text(json.dumps({**PATHS, "preset": "small", "run_dir": str(tmp_path / "run")}))
-    assert launch_main(["--config", str(config), "--mode", "train"]) == 2  # TRN_BACKEND=cpu in tests
-    assert "training needs the Neuron backend" in capsys.readouterr().err
+    assert launch_main(["--config", str(config), "--mode", "train"]) == 2  # TRN_BACKEND=cpu: the stand-in
+    assert "_text_document.bin" in capsys.readouterr().err  # it reads the dataset, which is not there
     assert not (tmp_path / "run").exists()
 
 
@@ -368,3 +368,40 @@ def test_on_neuron_the_launcher_writes_the_yaml_then_execs_torchrun(tmp_path, mo
     assert file == "neuron_parallel_compile" and args == build_command(run, "precompile")
     assert written == config_yaml(run, "precompile")
     assert env["NEURON_CC_FLAGS"] == build_env(run, "precompile")["NEURON_CC_FLAGS"] and "PATH" in env
+
+
+def test_cpu_stand_in_meets_every_rank_at_rank0(tmp_path):
+    """On the CPU path each node writes the YAML, finds its inputs and meets rank 0 at MASTER_ADDR:master_port."""
+    import threading
+
+    from tests.loopback import free_port
+    from trn_workloads.nemo import standin
+
+    data = tmp_path / "data" / "corpus_text_document"
+    data.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        data.with_name(data.name + suffix).write_bytes(b"x")
+    (tmp_path / "tok").mkdir()
+    run = load_run_config({**PATHS, "preset": "llama2-7b", "nodes": 3, "tensor_parallel_size": 8,
+                           "global_batch_size": 12, "dataset_prefix": str(data), "tokenizer": str(tmp_path / "tok"),
+                           "run_dir": str(tmp_path / "run"), "master_port": free_port()})
+    results: dict[int, object] = {}
+
+    def node(rank: int) -> None:
+        try:
+            standin.run(run, "train", rank=rank, master="127.0.0.1", timeout=20)
+            results[rank] = "ok"
+        except Exception as err:  # reported below
+            results[rank] = err
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (2, 1, 0)]  # workers before rank 0 listens
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {0: "ok", 1: "ok", 2: "ok"}
+    assert (tmp_path / "run" / "nxdt-config" / "train.yaml").read_text() == config_yaml(run, "train")
+    with pytest.raises(standin.RendezvousError, match="could not reach rank 0"):
+        standin.rendezvous("127.0.0.1", free_port(), 1, 2, timeout=1)
+    with pytest.raises(standin.RendezvousError, match="1 of 2 ranks arrived"):
+        standin.rendezvous("127.0.0.1", free_port(), 0, 2, timeout=1)
