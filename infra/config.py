@@ -169,6 +169,7 @@ NAT_MODES = ("single", "per-az")
 IDENTITY_MODES = ("pod-identity", "irsa")
 ENVIRONMENTS = ("dev", "staging", "prod")
 ECR_DEFAULT = ("compile", "serve", "nemo", "ray-train", "finetune")
+OFFERINGS_FILE = "infra/data/offerings-snapshot.json"  # the offline offerings (scripts/offerings_snapshot.py)
 
 # FSx for Lustre: capacity steps and throughput tiers per deployment type (FSx user guide,
 # "Storage capacity" and "Throughput capacity").
@@ -256,7 +257,9 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     network = _parse_network(root.get("network", dict, {}), problems)
     endpoint = _parse_endpoint(root.get("endpoint", dict, {}), problems)
     system_nodes = _parse_system_nodes(root.get("systemNodes", dict, {}), problems)
-    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
+    # An unknown region is reported once (below); its pools are not also told their family is missing there.
+    known_region = region if region in catalog.known_regions() else ""
+    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), known_region, problems)
     fsx = _parse_fsx(root.get("fsx", dict, {}), problems)
     ecr = root.str_list("ecrRepositories", ECR_DEFAULT)
     _check_ecr_names(ecr, cluster_name, problems)
@@ -266,8 +269,11 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     monitoring = _parse_monitoring(root.get("monitoring", dict, {}), budget, region, problems)
     root.finish()
 
-    if region and region not in catalog.known_regions():
-        problems.append(f"aws:region: {region!r} has no offering data here; supported regions: {', '.join(catalog.known_regions())}")
+    if region and not known_region:
+        problems.append(f"aws:region: {region!r} has no offering data here: EC2 offers no trn1, trn1n, trn2 or inf2 type there "
+                        f"as recorded in {OFFERINGS_FILE}; supported regions: {', '.join(catalog.known_regions())}; "
+                        f"choose one of them, or, if EC2 offers Trainium/Inferentia there now, extend {OFFERINGS_FILE} "
+                        f"(scripts/offerings_snapshot.py regenerates it)")
     if pools_complete:
         _check_presets_fit(presets, pools, problems)
     _check_azs(network, region, pools, problems)
@@ -374,6 +380,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
     would report nonsense about a pool that was left out for its own errors)."""
     pools: list[NodePoolConfig] = []
     complete = True
+    missing_family: dict[str, list[str]] = {}  # family not offered in the region -> its pools (one message)
     for i, item in enumerate(items or []):
         r = ConfigReader(item, f"nodePools[{i}]", problems)
         name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
@@ -429,13 +436,20 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
             problems.append(f"{where}.capacityBlockIds: {rid} is also in capacityReservationIds; list it once "
                             f"(capacityBlockIds for Capacity Blocks, capacityReservationIds for other ODCRs)")
         if region and not catalog.family_in_region(family, region):
-            problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
-                            f"{', '.join(catalog.family_regions(family))}")
+            missing_family.setdefault(family, []).append(f"nodePools[{i}] ({name})")
         pools.append(NodePoolConfig(
             name=name, family=family, instance_types=types, max_nodes=max_nodes, capacity_types=capacity,
             efa=efa, capacity_reservation_ids=reservations, capacity_block_ids=blocks, lnc=lnc,
             root_volume_gib=root_gib, consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
         ))
+    if missing_family:  # one mistake (the region), one message, however many pools and families it hits
+        where = [w for ws in missing_family.values() for w in ws]
+        offering = [f"{family} in {', '.join(catalog.family_regions(family))}" for family in missing_family]
+        every = [r for r in catalog.known_regions() if all(catalog.family_in_region(f, r) for f in missing_family)]
+        problems.append(f"{', '.join(where)}.family: {', '.join(missing_family)} not offered in {region} "
+                        f"({OFFERINGS_FILE}); offered: {'; '.join(offering)}; remove "
+                        f"{'this pool' if len(where) == 1 else 'these pools'} or set aws:region to one offering "
+                        f"{'it' if len(missing_family) == 1 else 'all of them'}: {', '.join(every) or 'none'}")
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"nodePools: name {dup!r} is used more than once")

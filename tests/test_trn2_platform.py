@@ -178,7 +178,8 @@ def test_bad_trn2_pool_config_names_the_key_and_the_allowed_values(case):
 
 
 def test_trn2_outside_its_regions_is_rejected():
-    assert "nodePools[0] (t2).family: trn2 is not offered in us-west-2; regions offering it: us-east-2, ap-south-2" \
+    assert "nodePools[0] (t2).family: trn2 not offered in us-west-2 (infra/data/offerings-snapshot.json); " \
+        "offered: trn2 in ap-south-2, us-east-2; remove this pool or set aws:region to one offering it: ap-south-2, us-east-2" \
         in rejected(TRN2, region="us-west-2")
 
 

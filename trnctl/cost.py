@@ -22,7 +22,7 @@ from typing import Any
 
 from infra import catalog
 from infra.config import PlatformConfig
-from infra.prices import PRICES_FILE, PriceError, Prices, load_prices  # noqa: F401 (part of the estimate's API)
+from infra.prices import PRICES_FILE, PriceError, Prices, has_prices, load_prices, no_price_data  # noqa: F401 (part of the estimate's API)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +191,10 @@ def summary_for_render(result, project_dir: Path) -> str | None:
     from infra import config
 
     if result.project == config.PROJECT:
-        return estimate_platform(config.load_stack_file(project_dir, result.stack)).format()
+        cfg = config.load_stack_file(project_dir, result.stack)
+        if not has_prices(cfg.region):
+            return f"cost estimate {cfg.stack}: {no_price_data(cfg.region)}"
+        return estimate_platform(cfg).format()
     platform_ref = config.read_stack_bag(project_dir, result.stack).get(f"{result.project}:platformStack")
     if not platform_ref:
         return None
@@ -267,6 +270,8 @@ def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: Pl
                     scaled_up.setdefault(pool, []).extend([need] * most)
         if target is not long_running and target:
             steps.append(target)
+    if not has_prices(platform.region):
+        return f"cost while running {stack}: {no_price_data(platform.region)}"
     prices = load_prices(platform.region)
 
     def priced(pods: dict[str, list[PodNeed]]) -> list[tuple[str, list[PodNeed], str, int, float]]:
@@ -350,10 +355,13 @@ def run(args) -> int:
     try:
         project_dir = args.project_dir or render.find_project_dir(args.stack)
         if (Path(project_dir) / "Pulumi.yaml").exists() and render.read_project(project_dir)["name"] == config.PROJECT:
-            print(estimate_platform(config.load_stack_file(project_dir, args.stack)).format())
+            cfg = config.load_stack_file(project_dir, args.stack)
+            if not has_prices(cfg.region):  # what `trnctl cost` cannot do: say which file to extend
+                raise PriceError(f"stack {args.stack!r} (aws:region {cfg.region}): {no_price_data(cfg.region)}")
+            print(estimate_platform(cfg).format())
             return exitcodes.OK
         result = render.run_program(Path(project_dir), args.stack)
-    except (ConfigError, render.RenderError) as exc:
+    except (ConfigError, render.RenderError, PriceError) as exc:
         return exitcodes.bad_input(exc)
     print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
     return exitcodes.OK
