@@ -63,3 +63,44 @@ def test_render_usage_names_the_stack_variable_and_the_out_default():
     assert "build/render/dev-usw2" in README and "--out" in README
     makefile = (ROOT / "Makefile").read_text()
     assert "STACK ?=" in makefile and "$(STACK)" in makefile
+
+
+# --------------------------------------------------------------------------- issue 23 item 10: a newcomer's order
+
+
+def _section(heading: str) -> str:
+    return README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_starts_with_the_quickstart_in_the_order_of_the_work():
+    assert re.findall(r"^## (.+)$", README, re.M)[0] == "Quickstart"
+    quick = _section("Quickstart")
+    assert "Where the offline proof ends" in quick
+    steps = ["make render", "trnctl preflight dev-usw2", "pulumi up --stack dev-usw2", "fsx.s3ImportPath",
+             "docker login", "`compile-usw2`", "`lora-finetune-usw2` **before** `llm-serve-usw2`",
+             "`dev-trn2-use2`", "**Destroy**"]
+    where = [quick.find(s) for s in steps]
+    assert -1 not in where, dict(zip(steps, where))
+    assert where == sorted(where), "quickstart steps out of the order of the work"
+
+
+def test_every_workload_has_its_internals_page_and_the_readme_keeps_only_what_a_user_does():
+    from workloads.config import WORKLOADS
+
+    section = _section("Workload stacks")
+    for workload in WORKLOADS:
+        page = ROOT / "docs" / f"{workload}.md"
+        assert page.exists(), page
+        assert f"(docs/{workload}.md)" in section, workload
+    internals = {"mixed_precision_SR": "nemo-pretrain", "recompute_causal_mask": "lora-finetune",
+                 "PREMUL_SUM": "titan-pretrain", "selective activation checkpointing": "ray-pretrain",
+                 "gigatoken-cache-bytes": "nemo-pretrain", "TRN_SERVE_MAX_QUEUED_REQUESTS": "compile"}
+    for phrase, workload in internals.items():
+        assert phrase not in README, phrase
+        assert phrase in (ROOT / "docs" / f"{workload}.md").read_text(), phrase
+
+
+def test_readme_says_whether_organization_in_platform_stack_is_literal():
+    row = next(line for line in README.splitlines() if line.startswith("| `platformStack` |"))
+    assert "`organization` is literal on a self-managed backend" in row and "Pulumi Cloud" in row
+    assert "fullyQualifiedStackName" in row  # the Pulumi doc that says so
