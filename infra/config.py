@@ -243,13 +243,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
 
     environment = root.get("environment", str, "dev", allowed=ENVIRONMENTS)
     cluster_name = root.get("clusterName", str, f"trn-{stack}", check=name_problem)
-    version_value = root.data.get("kubernetesVersion")
-    if isinstance(version_value, (int, float)) and not isinstance(version_value, bool):
-        # YAML reads an unquoted 1.30 as the number 1.3: a version is never a number.
-        problems.append(f"kubernetesVersion: {version_value!r} is a number in the stack file; quote it "
-                        f"(kubernetesVersion: \"{version_value}\"); allowed values: "
-                        f"{', '.join(versions.SUPPORTED_KUBERNETES_VERSIONS)}")
-        root.data = {**root.data, "kubernetesVersion": None}
+    # An unquoted kubernetesVersion: 1.30 (the number 1.3) is told to quote it as written (ConfigReader).
     k8s_version = root.get("kubernetesVersion", str, versions.SUPPORTED_KUBERNETES_VERSIONS[-1],
                            allowed=versions.SUPPORTED_KUBERNETES_VERSIONS)
     identity = root.get("identity", str, "pod-identity", allowed=IDENTITY_MODES)
@@ -279,7 +273,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     _check_azs(network, region, pools, problems)
 
     if problems:
-        raise ConfigError(problems, f"config for stack {stack!r}")
+        raise ConfigError(problems, f"config for stack {stack!r} (Pulumi.{stack}.yaml)")
     return PlatformConfig(
         stack=stack, region=region, environment=environment, cluster_name=cluster_name,
         kubernetes_version=k8s_version, network=network, endpoint=endpoint, identity=identity,
@@ -375,6 +369,10 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
     return cfg
 
 
+def _family_of(instance_type: str) -> str | None:
+    return next((f for f in FAMILIES if instance_type in catalog.instance_types_of(f)), None)
+
+
 def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[list[NodePoolConfig], bool]:
     """The valid pools, and whether every configured pool is among them (checks across pools
     would report nonsense about a pool that was left out for its own errors)."""
@@ -386,8 +384,16 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
         allowed_types = catalog.instance_types_of(family)
-        # A family without instance types (trn3) is reported once, below, with the reason.
-        types = r.str_list("instanceTypes", (), allowed=allowed_types or None, required=True)
+        # A family without instance types (trn3) is reported once, below, with the reason; a type of
+        # another family is one mistake with two fixes, said in one message.
+        types = r.str_list("instanceTypes", (), required=True)
+        for j, t in enumerate(types):
+            if allowed_types and t not in allowed_types:
+                other = _family_of(t)
+                fix = f"; or set family: {other}" if other else ""
+                problems.append(f"nodePools[{i}].instanceTypes[{j}]: {t!r} is not allowed for family {family}"
+                                f"{f' (it is a type of family {other})' if other else ''}; allowed values: {', '.join(allowed_types)}{fix}")
+        types = tuple(t for t in types if not allowed_types or t in allowed_types)
         # None when missing or invalid (already reported): later checks must not echo a made-up 0.
         max_nodes = r.get("maxNodes", int, None, required=True,
                           check=lambda v: None if 1 <= v <= 64 else f"{v} is not allowed; must be 1 to 64")
@@ -414,7 +420,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
             complete = False
             continue
         if not types or max_nodes is None:
-            if not types and "instanceTypes" in (item if isinstance(item, dict) else {}):
+            if isinstance(item, dict) and item.get("instanceTypes") == []:  # not when its entries were refused above
                 problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
             complete = False
             continue

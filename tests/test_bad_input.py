@@ -70,7 +70,8 @@ ACCEPTED_TODAY_BUT_WRONG = {
     "pool name characters": (pool_changed(3, name="CPU"), "nodePools[3].name: 'CPU' must be lowercase letters"),
     "maxNodes too large": (pool_changed(1, maxNodes=100), "nodePools[1].maxNodes: 100 is not allowed; must be 1 to 64"),
     "unquoted kubernetes version": (changed("kubernetesVersion", 1.34),
-                                    'kubernetesVersion: 1.34 is a number in the stack file; quote it (kubernetesVersion: "1.34")'),
+                                    'kubernetesVersion: expected str, got float 1.34; YAML read an unquoted value as a number '
+                                    '(1.30 becomes 1.3): quote it exactly as written'),
 }
 
 

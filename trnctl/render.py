@@ -127,7 +127,7 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
             raise
 
     if stack_references is None:
-        stack_references = _render_references(project_dir, name, bag)
+        stack_references = _render_references(project_dir, name, bag, stack)
 
     # Each program run gets a fresh event loop: the SDK creates futures on the current
     # loop, and a caller may have closed its own (asyncio.run does).
@@ -176,53 +176,58 @@ def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     return values, secret
 
 
-def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> dict[str, dict]:
+def _render_references(project_dir: Path, project: str, bag: dict[str, str], stack_name: str) -> dict[str, dict]:
     """Answer the program's StackReferences by rendering the stacks of this repository they
     name: the platform stack (`platformStack`) and any workload stack a section names under
     a key ending in `Stack` (llm-serve's `llmServe.model.finetuneStack`), which in turn
     renders its own references (platform -> lora-finetune -> llm-serve)."""
+    from workloads.errors import WorkloadConfigError
+
     refs: dict[str, dict] = {}
-    for ref in _referenced_stacks(project, bag):
+    for ref, key in _referenced_stacks(project, bag).items():
         org_project, _, stack = ref.rpartition("/")
         if org_project.endswith(f"/{project}") or org_project == project:
             # Another stack of this project: from the same directory when its file is there
             # (tests copy a project to tmp), else from the repository's workload stacks.
             source = project_dir if (project_dir / f"Pulumi.{stack}.yaml").exists() else REPO_ROOT / "workloads"
             if not stack_file(source, stack).exists():
-                raise ConfigError([f"{ref}: workload stack {stack!r} does not exist (no {stack_file(source, stack)}); "
-                                   f"workload stacks here: {', '.join(stacks_in(source)) or 'none'}"],
-                                  "workload stack config")
+                raise WorkloadConfigError([f"{key}: {ref!r} names workload stack {stack!r}, which does not exist (no "
+                                           f"{stack_file(source, stack)}); workload stacks here: "
+                                           f"{', '.join(stacks_in(source)) or 'none'}"], stack=stack_name)
             rendered = run_program(source, stack)
         else:
             if not stack_file(REPO_ROOT, stack).exists():
-                raise ConfigError([f"{project}:platformStack: platform stack {stack!r} does not exist (no "
-                                   f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
-                                   f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
+                raise WorkloadConfigError([f"platformStack: platform stack {stack!r} does not exist (no "
+                                           f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
+                                           f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], stack=stack_name)
             rendered = run_program(REPO_ROOT, stack, stack_references={})
         refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs)}
     return refs
 
 
-def _referenced_stacks(project: str, bag: dict[str, str]) -> list[str]:
-    found = [bag[f"{project}:platformStack"]] if bag.get(f"{project}:platformStack") else []
+def _referenced_stacks(project: str, bag: dict[str, str]) -> dict[str, str]:
+    """Stack references the config names -> the key naming each (for messages about it)."""
+    found: dict[str, str] = {}
+    if bag.get(f"{project}:platformStack"):
+        found[bag[f"{project}:platformStack"]] = "platformStack"
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key.endswith("Stack") and isinstance(value, str) and value.count("/") == 2:
-                    found.append(value)
-                walk(value)
+                    found.setdefault(value, f"{where}.{key}")
+                walk(value, f"{where}.{key}")
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
 
     for key, value in bag.items():
         if key.startswith(f"{project}:") and value[:1] == "{":
             try:
-                walk(json.loads(value))
+                walk(json.loads(value), key.removeprefix(f"{project}:"))
             except ValueError:
                 continue
-    return list(dict.fromkeys(found))
+    return found
 
 
 def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
