@@ -339,8 +339,8 @@ def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("stack", help="a platform stack (always-on and per-pool $/h) or a workload stack "
-                                      "(the accelerators it holds while running)")
+    parser.add_argument("stack", nargs="?", help="a platform stack (always-on and per-pool $/h) or a workload stack "
+                                                 "(the accelerators it holds while running), by name or file")
     parser.add_argument("--project-dir", type=Path, default=None,
                         help="'.' (platform) or 'workloads'; found from the stack name by default")
 
@@ -352,16 +352,18 @@ def run(args) -> int:
     from stackfiles import ConfigError
     from trnctl import exitcodes, render
 
+    if not args.stack:
+        return render.list_stacks("cost")
     try:
-        project_dir = args.project_dir or render.find_project_dir(args.stack)
+        stack, project_dir = render.resolve_stack(args.stack, args.project_dir)
         if (Path(project_dir) / "Pulumi.yaml").exists() and render.read_project(project_dir)["name"] == config.PROJECT:
-            cfg = config.load_stack_file(project_dir, args.stack)
+            cfg = config.load_stack_file(project_dir, stack)
             if not has_prices(cfg.region):  # what `trnctl cost` cannot do: say which file to extend
-                raise PriceError(f"stack {args.stack!r} (aws:region {cfg.region}): {no_price_data(cfg.region)}")
+                raise PriceError(f"stack {stack!r} (aws:region {cfg.region}): {no_price_data(cfg.region)}")
             print(estimate_platform(cfg).format())
             return exitcodes.OK
-        result = render.run_program(Path(project_dir), args.stack)
+        result = render.run_program(Path(project_dir), stack)
     except (ConfigError, render.RenderError, PriceError) as exc:
         return exitcodes.bad_input(exc)
-    print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
+    print(summary_for_render(result, Path(project_dir)) or f"{stack}: requests no accelerators")
     return exitcodes.OK

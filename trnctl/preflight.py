@@ -44,7 +44,7 @@ from trnctl import exitcodes
 from infra import catalog, network
 from trnctl import aws_ops, cost
 from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
-from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stacks_in
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stack_argument, stack_file, stacks_in
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -744,8 +744,25 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
     return findings
 
 
+def platform_stack_argument(value: str, project_dir: Path, workloads_dir: Path) -> tuple[str, Path, str | None]:
+    """(platform stack, its project dir, note) for what the user named: a platform stack by name
+    or file, or a workload stack, whose platform (its `platformStack`) is what gets checked."""
+    stack, folder = stack_argument(value)
+    project_dir = folder if folder is not None and (folder / "Pulumi.yaml").exists() else project_dir
+    if stack_file(project_dir, stack).exists() or not stack_file(workloads_dir, stack).exists():
+        return stack, project_dir, None  # a platform stack (or none at all: load_stack_file names the file)
+    ref = str(read_stack_bag(workloads_dir, stack).get("trn-workloads:platformStack", ""))
+    platform = ref.rsplit("/", 1)[-1]
+    if not platform:
+        raise ConfigError([f"{stack_file(workloads_dir, stack)}: trn-workloads:platformStack: required key is missing"],
+                          f"config for workload stack {stack!r}")
+    return platform, project_dir, (f"{stack} is a workload stack of platform stack {platform} ({ref}): checking "
+                                   f"{platform}, with its workload stacks")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", help="platform stack, by name or file (dev-usw2, Pulumi.dev-usw2.yaml), or a "
+                                      "workload stack (compile-usw2): its platform stack is checked")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
                         help="workloads project; its stacks that point at <stack> are checked too")
@@ -754,14 +771,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, clients: Clients | None = None) -> int:
     """`clients` replaces the default read-only clients (tests)."""
     try:
-        cfg = load_stack_file(args.project_dir, args.stack)
+        stack, project_dir, note = platform_stack_argument(args.stack, args.project_dir, args.workloads_dir)
+        cfg = load_stack_file(project_dir, stack)
         workloads = []
         if args.workloads_dir.is_dir():
             workloads = [workload_requirements(args.workloads_dir, s)
-                         for s in workload_stacks_for(args.workloads_dir, args.stack)]
+                         for s in workload_stacks_for(args.workloads_dir, stack)]
     except ConfigError as err:
         return exitcodes.bad_input(err)
-    print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
+    if note:
+        print(f"note: {note}")
+    print(f"preflight for stack {stack}: cluster {cfg.cluster_name} in {cfg.region}"
           f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
     findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
     print(render(findings))

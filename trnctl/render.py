@@ -31,7 +31,7 @@ import yaml
 
 from infra.config import PROJECT as PLATFORM_PROJECT
 from infra.config import load_stack_file
-from stackfiles import ConfigError, stack_file, stacks_in
+from stackfiles import ConfigError, stack_argument, stack_file, stacks_in
 from trnctl import exitcodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -375,8 +375,32 @@ def find_project_dir(stack: str, root: Path = REPO_ROOT) -> Path:
                       f"stacks here: {', '.join(stacks)}; or pass --project-dir")
 
 
+def resolve_stack(value: str, project_dir: Path | None) -> tuple[str, Path]:
+    """The stack name and its project from what the user typed: a name (the project is found
+    from it) or a stack file path such as Pulumi.dev-usw2.yaml (the project is its folder)."""
+    stack, folder = stack_argument(value)
+    if project_dir is None and folder is not None:
+        if not stack_file(folder, stack).exists():
+            raise RenderError(f"{value}: no such stack file; stacks here: {', '.join(stack_listing())}")
+        project_dir = folder
+    return stack, Path(project_dir) if project_dir else find_project_dir(stack)
+
+
+def stack_listing(root: Path = REPO_ROOT) -> list[str]:
+    """Every stack of the repository, as `trnctl render` takes them."""
+    return stacks_in(root) + stacks_in(root / "workloads")
+
+
+def list_stacks(command: str, root: Path = REPO_ROOT) -> int:
+    """A bare `trnctl <command>`: the stacks it could take, and exit 2 (no stack named)."""
+    print(f"platform stacks (Pulumi.<stack>.yaml): {', '.join(stacks_in(root)) or 'none'}")
+    print(f"workload stacks (workloads/Pulumi.<stack>.yaml): {', '.join(stacks_in(root / 'workloads')) or 'none'}")
+    return exitcodes.bad_input(RenderError(f"name a stack, e.g. trnctl {command} dev-usw2 (or its file, Pulumi.dev-usw2.yaml)"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="stack name, e.g. dev-usw2 or compile-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", nargs="?", help="stack name or its file, e.g. dev-usw2, Pulumi.dev-usw2.yaml or "
+                                                 "compile-usw2; without it, the stacks are listed")
     parser.add_argument("--project-dir", type=Path, default=None,
                         help="the stack's project: '.' (platform) or 'workloads'; found from the stack name by default")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default build/render/<stack>)")
@@ -385,10 +409,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from infra.config import ConfigError
+    if not args.stack:
+        return list_stacks("render")
     try:
-        project_dir = args.project_dir or find_project_dir(args.stack)
-        out = args.out or Path("build") / "render" / args.stack
-        result, problems = render_stack(project_dir, args.stack, out, check=not args.no_check)
+        stack, project_dir = resolve_stack(args.stack, args.project_dir)
+        out = args.out or Path("build") / "render" / stack
+        result, problems = render_stack(project_dir, stack, out, check=not args.no_check)
     except (ConfigError, RenderError) as exc:
         return exitcodes.bad_input(exc)
     print(summary(result))
