@@ -418,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RenderError) as exc:
         return exitcodes.bad_input(exc)
     print(summary(result))
+    print(placeholder_summary(project_dir, stack))
     estimate = cost_summary(result, project_dir)
     if estimate:
         print(estimate)
@@ -434,6 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trnctl render", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def placeholder_summary(project_dir: Path, stack: str) -> str:
+    """Example values of the stack file that `pulumi up` would use as written; preflight fails on them."""
+    from stackfiles.placeholders import find_placeholders
+
+    found = find_placeholders(Path(project_dir), stack)
+    if not found:
+        return "placeholders: none (no example value left in the stack file)"
+    lines = [f"placeholders: {len(found)} example value(s) that `pulumi up` would use as written "
+             f"(the render passes; `trnctl preflight` fails on them):"]
+    return "\n".join(lines + [f"  - {p.line()}" for p in found])
 
 
 def cost_summary(result: RenderResult, project_dir: Path) -> str | None:
