@@ -233,8 +233,66 @@ def s3_path_problem(value: str) -> str | None:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformConfig:
-    """Turn the raw project config (keys without the project prefix) into a PlatformConfig."""
+@dataclass(frozen=True)
+class SiblingStack:
+    """What another stack file of the same project claims that must not collide with this one."""
+    file: str
+    cluster_name: str
+    region: str | None
+    vpc_cidr: str
+
+
+def sibling_stacks(project_dir: Path, stack: str) -> list[SiblingStack]:
+    """The other platform stack files next to `stack`, as much as a collision check needs (a
+    sibling that does not even read is its own render's problem, not this one's)."""
+    out = []
+    for other in stackfiles.stacks_in(project_dir):
+        if other == stack:
+            continue
+        try:
+            raw, region = raw_from_bag(read_stack_bag(project_dir, other))
+        except ConfigError:
+            continue
+        network = raw.get("network") if isinstance(raw.get("network"), dict) else {}
+        out.append(SiblingStack(f"Pulumi.{other}.yaml", str(raw.get("clusterName") or f"trn-{other}"), region,
+                                str(network.get("vpcCidr") or NetworkConfig.vpc_cidr)))
+    return out
+
+
+def _check_siblings(stack: str, cluster_name: str, region: str, vpc_cidr: str, siblings: list[SiblingStack],
+                    problems: list[str]) -> None:
+    """A copied stack file keeps the original's clusterName (IAM roles, the budget and the SQS queue
+    are named after it: IAM and Budgets names are account-wide, so a clash in any region fails) and
+    its VPC CIDR (overlapping VPCs in one region cannot be peered or share a transit gateway)."""
+    same_name = [s.file for s in siblings if s.cluster_name == cluster_name]
+    if same_name:
+        problems.append(f"clusterName: {cluster_name!r} is also the cluster name of {', '.join(same_name)}: its IAM "
+                        f"roles and budget would collide; set clusterName: trn-{stack} (or remove the key: that is the "
+                        f"default)")
+    try:
+        mine = ipaddress.ip_network(vpc_cidr)
+    except ValueError:
+        return  # reported by the network section
+    taken = []
+    for s in siblings:
+        try:
+            if s.region == region and ipaddress.ip_network(s.vpc_cidr).overlaps(mine):
+                taken.append(s)
+        except ValueError:
+            continue
+    if taken:
+        used = [ipaddress.ip_network(s.vpc_cidr) for s in siblings if s.region == region] + [mine]
+        free = next((c for c in (ipaddress.ip_network(f"10.{i}.0.0/16") for i in range(40, 256))
+                     if not any(c.overlaps(u) for u in used)), None)
+        problems.append(f"network.vpcCidr: {vpc_cidr} overlaps the VPC of "
+                        f"{', '.join(f'{s.file} ({s.vpc_cidr})' for s in taken)} in {region}; set network.vpcCidr "
+                        f"to a free range{f', e.g. {free}' if free else ''}")
+
+
+def parse(raw: dict[str, Any], *, stack: str, region: str | None,
+          siblings: list[SiblingStack] = ()) -> PlatformConfig:
+    """Turn the raw project config (keys without the project prefix) into a PlatformConfig;
+    `siblings` are the project's other stack files (load_stack_file passes them)."""
     problems: list[str] = []
     if not region:
         problems.append("aws:region: required key is missing; set it with `pulumi config set aws:region us-west-2`")
@@ -271,6 +329,8 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     if pools_complete:
         _check_presets_fit(presets, pools, problems)
     _check_azs(network, region, pools, problems)
+    if siblings and cluster_name:
+        _check_siblings(stack, cluster_name, region, network.vpc_cidr, list(siblings), problems)
 
     if problems:
         raise ConfigError(problems, f"config for stack {stack!r} (Pulumi.{stack}.yaml)")
@@ -635,5 +695,6 @@ def from_pulumi(stack: str) -> PlatformConfig:
 
 
 def load_stack_file(project_dir: Path, stack: str) -> PlatformConfig:
+    """A stack file as the offline tools read it, compared with the other stack files next to it."""
     raw, region = raw_from_bag(read_stack_bag(project_dir, stack))
-    return parse(raw, stack=stack, region=region)
+    return parse(raw, stack=stack, region=region, siblings=sibling_stacks(project_dir, stack))

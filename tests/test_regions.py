@@ -91,3 +91,40 @@ def test_a_region_without_trainium_or_inferentia_is_one_message_naming_the_file_
     assert len(problems) == 1  # not also one "trn1 is not offered" per pool
     assert "aws:region: 'us-west-1' has no offering data here" in problems[0]
     assert "extend infra/data/offerings-snapshot.json (scripts/offerings_snapshot.py regenerates it)" in problems[0]
+
+
+# --------------------------------------------------------------------------- item 2: a copy next to its original
+
+
+def test_a_copy_next_to_its_original_says_what_collides(tmp_path):
+    for stack in ("dev-usw2", "dev-use2"):
+        (tmp_path / f"Pulumi.{stack}.yaml").write_text((REPO / f"Pulumi.{stack}.yaml").read_text())
+    (tmp_path / "Pulumi.yaml").write_text((REPO / "Pulumi.yaml").read_text())
+    original = (REPO / "Pulumi.dev-usw2.yaml").read_text()
+    (tmp_path / "Pulumi.dev-use1.yaml").write_text(original.replace("aws:region: us-west-2", "aws:region: us-east-1"))
+    with pytest.raises(ConfigError) as err:
+        load_stack_file(tmp_path, "dev-use1")
+    assert problems_of(err) == ["clusterName: 'trn-dev-usw2' is also the cluster name of Pulumi.dev-usw2.yaml: its IAM "
+                                "roles and budget would collide; set clusterName: trn-dev-use1 (or remove the key: that "
+                                "is the default)"]
+    # the same region as well: the VPC range too, with a free one to take
+    (tmp_path / "Pulumi.dev2-usw2.yaml").write_text(original.replace("clusterName: trn-dev-usw2", "clusterName: trn-dev2"))
+    with pytest.raises(ConfigError) as err:
+        load_stack_file(tmp_path, "dev2-usw2")
+    assert problems_of(err) == ["network.vpcCidr: 10.40.0.0/16 overlaps the VPC of Pulumi.dev-usw2.yaml (10.40.0.0/16) in "
+                                "us-west-2; set network.vpcCidr to a free range, e.g. 10.41.0.0/16"]
+    # the repository's own stacks do not collide with one another
+    for stack in ("dev-usw2", "dev-use2", "dev-trn2-use2"):
+        load_stack_file(REPO, stack)
+
+
+def problems_of(err) -> list[str]:
+    return [line.removeprefix("  - ") for line in str(err.value).splitlines()[1:]]
+
+
+def test_the_render_summary_lists_the_az_ids_each_pool_got(tmp_path, capsys):
+    assert cli.main(["render", "dev-use2", "--no-check", "--out", str(tmp_path / "out")]) == exitcodes.OK
+    out = capsys.readouterr().out
+    pools = out.split("node pools:\n", 1)[1].split("monitoring:", 1)[0]
+    trn1n = next(line for line in pools.splitlines() if "trn1n.32xlarge" in line)
+    assert "AZ IDs use2-az3 " in trn1n  # the only AZ offering trn1n in us-east-2

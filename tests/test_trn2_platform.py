@@ -166,8 +166,8 @@ BAD_POOLS = {
     "trn3": ({"name": "t3", "family": "trn3", "instanceTypes": ["trn3.48xlarge"], "maxNodes": 4},
              "nodePools[0] (t3).family: trn3 cannot be used: no Trn3 instance type is listed by the EC2 API model"),
     "wrong type for family": (TRN2 | {"instanceTypes": ["trn1.32xlarge"]},
-                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed; allowed values: "
-                              "trn2.48xlarge, trn2u.48xlarge"),
+                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed for family trn2 (it is a "
+                              "type of family trn1); allowed values: trn2.48xlarge, trn2u.48xlarge; or set family: trn1"),
 }
 
 

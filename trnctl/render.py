@@ -334,7 +334,8 @@ def summary(result: RenderResult) -> str:
             spec = r.inputs["spec"]
             reqs = {q["key"]: q["values"] for q in spec["template"]["spec"]["requirements"] if "values" in q}
             types = ",".join(reqs.get("node.kubernetes.io/instance-type", []))
-            lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} limits {spec.get('limits')}")
+            zones = ",".join(reqs.get("topology.k8s.aws/zone-id", [])) or "any"
+            lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} AZ IDs {zones:<19} limits {spec.get('limits')}")
     from infra.monitoring import summary_lines  # releases, rule counts, monitors, dashboards
 
     lines += summary_lines(result.resources)
