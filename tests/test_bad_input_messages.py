@@ -84,3 +84,31 @@ def test_wrong_finetune_stack_is_labelled_with_its_key(tmp_path):
     [line] = problem_lines(message)
     assert line.startswith("  - llmServe.model.finetuneStack: 'organization/trn-workloads/nope' names workload stack 'nope', "
                            "which does not exist")
+
+
+# --------------------------------------------------------------------------- item 6: pools that would work
+
+
+def test_an_unknown_pool_lists_only_the_pools_that_would_work(tmp_path):
+    message = _workload_error(tmp_path, "compile-usw2", lambda cfg: cfg[W + "compile"].update(pool="nope"))
+    assert ("compile.pool: pool 'nope' does not exist in platform stack organization/trn-platform/dev-usw2; "
+            "allowed values: inf2, trn1-efa, trn1-single") in message  # not cpu: compile needs an accelerator
+
+
+def test_a_workload_no_pool_of_the_platform_can_run_is_told_so_and_why(tmp_path):
+    def on_trn2_platform(cfg):
+        cfg.update({"aws:region": "us-east-2", W + "platformStack": "organization/trn-platform/dev-trn2-use2"})
+        cfg[W + "compile"]["pool"] = "nope"
+        del cfg[W + "compile"]["serve"]
+
+    cfg = copy.deepcopy(stack_config("workloads", "compile-usw2"))
+    on_trn2_platform(cfg)
+    project = project_with_stack(tmp_path, "workloads", "bad", cfg)
+    with pytest.raises(WorkloadConfigError) as err:
+        run_program(project, "bad", stack_references=platform_refs("dev-trn2-use2"))
+    [line] = problem_lines(str(err.value))
+    assert "allowed values" not in line and "cpu" not in line  # was: choose from cpu, trn2-block, trn2-efa
+    assert line.endswith("no pool of platform stack organization/trn-platform/dev-trn2-use2 can run this workload: it "
+                         "needs the xla Neuron track (trn1, trn1n, inf2) and the platform's accelerator pools are "
+                         "trn2-block (native track), trn2-efa (native track); add a trn1, trn1n, inf2 pool to the "
+                         "platform, or set platformStack to a platform stack that has one")
