@@ -106,3 +106,34 @@ def test_preflight_of_a_workload_stack_preflights_its_platform(tmp_path, monkeyp
 def test_sweep_of_a_workload_stack_names_the_platform_and_deletes_nothing(capsys):
     assert cli.main(["sweep", "compile-usw2", "--project-dir", str(REPO)]) == exitcodes.BAD_INPUT
     assert "sweep the platform stack: trnctl sweep dev-usw2" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 23 item 8: render-all
+
+
+def test_render_all_goes_on_after_a_failure_and_ends_with_a_table(tmp_path, capsys):
+    import yaml
+
+    from tests.platform_helpers import project_with_stack, stack_config
+
+    (tmp_path / "repo").mkdir()
+    root = project_with_stack(tmp_path / "repo", "platform", "dev-use2", stack_config("platform", "dev-use2"))
+    (root / "Pulumi.aa-bad.yaml").write_text(yaml.safe_dump({"config": {"aws:region": "us-west-1"}}))
+    code = render.render_all(tmp_path / "out", check=False, root=root)
+    out = capsys.readouterr().out
+    assert code == exitcodes.BAD_INPUT  # non-zero: one stack failed (the worst exit code of all)
+    assert out.index("[1/2] aa-bad ...") < out.index("[2/2] dev-use2 ...")  # went on after the failure
+    table = out.split("\nstack ", 1)[1].splitlines()
+    assert table[0].split() == ["resources", "findings", "placeholders", "$/h", "seconds", "result"]
+    bad = next(line for line in table if line.startswith("aa-bad"))
+    good = next(line for line in table if line.startswith("dev-use2"))
+    assert bad.split()[1:5] == ["-", "-", "-", "-"] and bad.endswith("bad input")
+    assert good.split()[1:5] == ["150", "0", "1", "1.16"] and good.endswith("ok")
+    assert "1 of 2 stacks rendered clean; not clean: aa-bad" in out
+
+
+def test_a_clean_render_says_the_policy_rules_and_the_schema_check_ran(tmp_path, capsys):
+    assert cli.main(["render", "compile-usw2", "--out", str(tmp_path / "out")]) == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "policy rules (policy/rules): " in out and " 0 mandatory and 0 advisory violation(s)" in out
+    assert "provider schemas (pulumi-aws " in out and "0 issue(s)" in out

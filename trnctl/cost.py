@@ -247,8 +247,31 @@ def autoscaler_maximums(manifests: list[tuple[str, dict]]) -> dict[str, int]:
     return out
 
 
+def hourly(result, project_dir: Path) -> float | None:
+    """One $/h for a render: a platform's always-on total, a workload's peak while it runs;
+    None without list prices for the region (or for a workload that holds no accelerator)."""
+    from infra import config
+
+    if result.project == config.PROJECT:
+        cfg = config.load_stack_file(project_dir, result.stack)
+        return estimate_platform(cfg).always_on_per_hour if has_prices(cfg.region) else None
+    platform_ref = config.read_stack_bag(project_dir, result.stack).get(f"{result.project}:platformStack")
+    if not platform_ref:
+        return None
+    platform = config.load_stack_file(REPO_ROOT, str(platform_ref).split("/")[-1])
+    costs = workload_costs(result.stack, result.manifests, platform)
+    return costs[1] if costs else None
+
+
 def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: PlatformConfig) -> str | None:
-    """Accelerator nodes a workload occupies at its peak, priced per pool: everything
+    """The workload's cost block (workload_costs); None when it holds no accelerator."""
+    costs = workload_costs(stack, manifests, platform)
+    return "\n".join(costs[0]) if costs else None
+
+
+def workload_costs(stack: str, manifests: list[tuple[str, dict]],
+                   platform: PlatformConfig) -> tuple[list[str], float | None] | None:
+    """(lines, $/h at the peak; None without prices). Accelerator nodes a workload occupies at its peak, priced per pool: everything
     long-running (Deployments, Pods, RayClusters) plus the largest of its batch steps
     (data, precompile and train run one after another, never together). Deployments that an
     autoscaler may grow are priced once more at the autoscaler's maximum."""
@@ -271,7 +294,7 @@ def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: Pl
         if target is not long_running and target:
             steps.append(target)
     if not has_prices(platform.region):
-        return f"cost while running {stack}: {no_price_data(platform.region)}"
+        return [f"cost while running {stack}: {no_price_data(platform.region)}"], None
     prices = load_prices(platform.region)
 
     def priced(pods: dict[str, list[PodNeed]]) -> list[tuple[str, list[PodNeed], str, int, float]]:
@@ -309,7 +332,7 @@ def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: Pl
         grown = ", ".join(f"{pool} {len(needs)} pod(s)" for pool, needs in sorted(scaled_up.items())
                           if len(needs) != len(long_running.get(pool, [])))
         lines.append(f"  at the autoscalers' maximum ({grown}): ${scaled_total:,.2f}/h")
-    return "\n".join(lines)
+    return lines, total
 
 
 def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:

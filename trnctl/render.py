@@ -359,6 +359,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
+        from policy.rules.base import RULES
+        mandatory = sum(v.severity == "mandatory" for v in violations)
+        print(f"policy rules (policy/rules): {len(RULES)} rules over {len(result.resources)} resources, "
+              f"{mandatory} mandatory and {len(violations) - mandatory} advisory violation(s)")
         if violations:
             print(format_report(violations))
         problems += [f"policy {v.rule} ({v.severity}) on {v.resource}: {v.message}" for v in violations
@@ -404,20 +408,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "compile-usw2; without it, the stacks are listed")
     parser.add_argument("--project-dir", type=Path, default=None,
                         help="the stack's project: '.' (platform) or 'workloads'; found from the stack name by default")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default build/render/<stack>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default build/render/<stack>; with --all, the folder of one per stack)")
     parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
+    parser.add_argument("--all", action="store_true",
+                        help="every platform and workload stack of the repository, going on after a failure, "
+                             "then a table (stack, resources, findings, placeholders, $/h)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from infra.config import ConfigError
-    if not args.stack:
-        return list_stacks("render")
+@dataclass
+class StackOutcome:
+    """One stack of `trnctl render --all`: what its render found (the summary table's row)."""
+    stack: str
+    code: int
+    resources: int | None = None
+    findings: int | None = None
+    placeholders: int | None = None
+    per_hour: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def render_and_report(project_dir: Path, stack: str, out: Path, *, check: bool) -> StackOutcome:
+    """Render one stack and print what `trnctl render <stack>` prints; the outcome for --all."""
+    from stackfiles.placeholders import find_placeholders
+
     try:
-        stack, project_dir = resolve_stack(args.stack, args.project_dir)
-        out = args.out or Path("build") / "render" / stack
-        result, problems = render_stack(project_dir, stack, out, check=not args.no_check)
-    except (ConfigError, RenderError) as exc:
-        return exitcodes.bad_input(exc)
+        result, problems = render_stack(project_dir, stack, out, check=check)
+    except ConfigError as exc:
+        return StackOutcome(stack, exitcodes.bad_input(exc), note="bad input")
     print(summary(result))
     print(placeholder_summary(project_dir, stack))
     estimate = cost_summary(result, project_dir)
@@ -428,8 +447,63 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(problems)} blocking problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
-        return exitcodes.FINDINGS
-    return exitcodes.OK
+    from trnctl import cost
+
+    return StackOutcome(stack, exitcodes.FINDINGS if problems else exitcodes.OK, len(result.resources), len(problems),
+                        len(find_placeholders(Path(project_dir), stack)), cost.hourly(result, Path(project_dir)),
+                        note="findings" if problems else "ok")
+
+
+def render_all(out_root: Path, *, check: bool, root: Path = REPO_ROOT) -> int:
+    """Every stack, one after another, with a `[i/n] stack ...` header; a failure is recorded and
+    the next stack rendered; the exit code is the worst of them (0 only when all are clean)."""
+    import time
+    import traceback
+
+    stacks = [(root, s) for s in stacks_in(root)] + [(root / "workloads", s) for s in stacks_in(root / "workloads")]
+    outcomes = []
+    for i, (project_dir, stack) in enumerate(stacks, 1):
+        print(f"\n[{i}/{len(stacks)}] {stack} ...", flush=True)
+        started = time.monotonic()
+        try:
+            outcome = render_and_report(project_dir, stack, Path(out_root) / stack, check=check)
+        except Exception:  # noqa: BLE001 - a crash of one stack must not hide the others
+            traceback.print_exc()
+            outcome = StackOutcome(stack, exitcodes.FINDINGS, note="crashed (traceback above)")
+        outcome.seconds = time.monotonic() - started
+        outcomes.append(outcome)
+        sys.stdout.flush()
+    print("\n" + render_all_table(outcomes))
+    failed = [o.stack for o in outcomes if o.code != exitcodes.OK]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} stacks rendered clean"
+          + (f"; not clean: {', '.join(failed)}" if failed else ""))
+    return max((o.code for o in outcomes), default=exitcodes.OK)
+
+
+def render_all_table(outcomes: list[StackOutcome]) -> str:
+    def cell(value, fmt="{}"):
+        return "-" if value is None else fmt.format(value)
+
+    head = f"{'stack':<22} {'resources':>9} {'findings':>8} {'placeholders':>12} {'$/h':>9} {'seconds':>7}  result"
+    rows = [f"{o.stack:<22} {cell(o.resources):>9} {cell(o.findings):>8} {cell(o.placeholders):>12} "
+            f"{cell(o.per_hour, '{:,.2f}'):>9} {o.seconds:>7.1f}  {o.note}" for o in outcomes]
+    return "\n".join([head, "-" * len(head), *rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.config import ConfigError
+    if args.all:
+        if args.stack:
+            return exitcodes.bad_input(RenderError(f"--all renders every stack: leave out {args.stack!r}"))
+        return render_all(args.out or Path("build") / "render", check=not args.no_check)
+    if not args.stack:
+        return list_stacks("render")
+    try:
+        stack, project_dir = resolve_stack(args.stack, args.project_dir)
+    except (ConfigError, RenderError) as exc:
+        return exitcodes.bad_input(exc)
+    out = args.out or Path("build") / "render" / stack
+    return render_and_report(project_dir, stack, out, check=not args.no_check).code
 
 
 def main(argv: list[str] | None = None) -> int:
