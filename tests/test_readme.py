@@ -104,3 +104,40 @@ def test_readme_says_whether_organization_in_platform_stack_is_literal():
     row = next(line for line in README.splitlines() if line.startswith("| `platformStack` |"))
     assert "`organization` is literal on a self-managed backend" in row and "Pulumi Cloud" in row
     assert "fullyQualifiedStackName" in row  # the Pulumi doc that says so
+
+
+# --------------------------------------------------------------------------- issue 23 item 9: what setup installs
+
+
+def _make_dry_run(target: str, tmp_path: Path) -> str:
+    import subprocess
+
+    venvs = {"VENV": "v", "CHECKOV_VENV": "c", "TITAN_VENV": "t", "VLLM_VENV": "l"}  # none exists: every step shows
+    args = [f"{k}={tmp_path / v}" for k, v in venvs.items()]
+    done = subprocess.run(["make", "-n", "--no-print-directory", target, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_setup_says_what_it_installs_before_it_starts_and_each_step_as_it_goes(tmp_path):
+    out = _make_dry_run("setup", tmp_path)
+    assert out.splitlines()[0] == 'echo "$SETUP_PLAN"'  # the plan, before any venv is made
+    headers = [line for line in out.splitlines() if line.startswith('echo "==> [')]
+    assert [h.split("]")[0][-3:] for h in headers] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert out.count("ready: $(du -sh") == 4
+    plan = (ROOT / "Makefile").read_text().split("define SETUP_PLAN", 1)[1].split("endef", 1)[0]
+    sizes = dict(re.findall(r"\$\((\w+)\)\s+(\d+\.\d) GB", plan))
+    # the README's measured sizes are the plan's (du -sh of each venv after a full setup)
+    assert sizes == {"VENV": "2.4", "CHECKOV_VENV": "0.3", "VLLM_VENV": "3.5", "TITAN_VENV": "1.5"}
+    for venv, size in (("`.venv`", "2.4 GB"), ("`.venv-vllm`", "3.5 GB"), ("`.venv-titan`", "1.5 GB"),
+                       ("`.venv-checkov`", "291 MB")):
+        assert f"{venv} {size}" in README or f"{venv}\n   {size}" in README, venv
+
+
+def test_make_render_sets_up_only_what_rendering_needs(tmp_path):
+    out = _make_dry_run("render", tmp_path)
+    assert f"{tmp_path / 'v'}/bin/pip install" in out
+    for other in ("c", "t", "l"):
+        assert str(tmp_path / other) not in out
+    assert "apt-get" not in out and "SETUP_PLAN" not in out
