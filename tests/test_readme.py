@@ -1,9 +1,12 @@
 """What a new user copies from the README and the requirements file works as written."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -141,3 +144,45 @@ def test_make_render_sets_up_only_what_rendering_needs(tmp_path):
     for other in ("c", "t", "l"):
         assert str(tmp_path / other) not in out
     assert "apt-get" not in out and "SETUP_PLAN" not in out
+
+
+# --------------------------------------------------------------------------- issue 23 item 11: the laptop commands
+
+
+def laptop_block() -> str:
+    section = _section("Run the workload code on your laptop")
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def test_laptop_section_covers_every_step_of_the_work():
+    block = laptop_block()
+    for command in ("train_bpe_tokenizer", "-m trn_workloads.dataprep", "-m trn_workloads.compile.housing_mlp train",
+                    "-m trn_workloads.compile ", "-m trn_workloads.serve", "save_tiny_base_model",
+                    "-m trn_workloads.finetune", "-m trn_workloads.titan.train"):
+        assert command in block, command
+
+
+@pytest.mark.slow
+def test_laptop_commands_run_as_written(tmp_path):
+    """The README block, run by bash from the repository root: every command must succeed."""
+    import os
+    import subprocess
+
+    from tests.loopback import free_port
+
+    if not (ROOT / ".venv-titan" / "bin" / "python").exists():
+        pytest.fail(".venv-titan not found: `make setup` creates it (the block's TorchTitan step needs it)")
+    script = tmp_path / "laptop.sh"
+    script.write_text(laptop_block())
+    env = {**os.environ, "W": str(tmp_path / "w"), "PORT": str(free_port())}
+    done = subprocess.run(["bash", "-euo", "pipefail", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    w = tmp_path / "w"
+    assert (w / "data" / "corpus_text_document.idx").exists() and (w / "compiled" / "manifest.json").exists()
+    assert '"outputs":[[' in done.stdout  # the served prediction
+    assert (w / "lora-run" / "eval.json").exists() and (w / "lora-run" / "merged").is_dir()
+    steps = [json.loads(line)["step"] for line in (w / "titan-run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6
