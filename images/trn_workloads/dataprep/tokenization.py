@@ -132,6 +132,8 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 
 def hub_unreachable_message(name: str, why: str) -> str:
+    # `huggingface-cli download REPO FILES... --local-dir DIR [--token T]`: huggingface_hub 0.36.2
+    # commands/download.py (the version pinned in images/*/requirements.txt).
     return (f"--tokenizer {name!r}: the Hugging Face Hub cannot be reached from here ({why}) and {name}'s "
             f"tokenizer.json is not in the local Hugging Face cache; pass a local directory that holds "
             f"tokenizer.json instead (--tokenizer /shared/tokenizers/{name.rsplit('/', 1)[-1]}; in a workload stack, "
