@@ -59,7 +59,8 @@ def snapshot() -> dict:
         "moto/ec2/resources/instance_type_offerings/availability-zone-id/<region>.json.gz (EC2 "
         "DescribeInstanceTypeOfferings, location type availability-zone-id, as moto recorded it) and "
         "moto/ec2/models/availability_zones_and_regions.py (AZ names): every region where EC2 offers an "
-        "instance type of an accelerator family (trn1, trn1n, trn2, inf2; Trn3 types get no row: EC2 records none, so the offline render treats them as any unrecorded type and preflight asks EC2 live). Used ONLY by the offline "
+        "instance type of an accelerator family (trn1, trn1n, trn2, inf2; Trn3 types get no row: EC2 records "
+        "none, so the offline render treats them as any unrecorded type and preflight asks EC2 live). Used ONLY by the offline "
         "render (mock runtime); a real `pulumi up` queries the live API and `trnctl preflight` checks the "
         "live answer. An empty list means not offered, so the offline render does not fall back to \"*\". "
         "Do not edit by hand: rerun the script.")}

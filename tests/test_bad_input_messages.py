@@ -110,5 +110,5 @@ def test_a_workload_no_pool_of_the_platform_can_run_is_told_so_and_why(tmp_path)
     assert "allowed values" not in line and "cpu" not in line  # was: choose from cpu, trn2-block, trn2-efa
     assert line.endswith("no pool of platform stack organization/trn-platform/dev-trn2-use2 can run this workload: it "
                          "needs the xla Neuron track (trn1, trn1n, inf2) and the platform's accelerator pools are "
-                         "trn2-block (native track), trn2-efa (native track); add a trn1, trn1n, inf2 pool to the "
+                         "trn2-block (native track), trn2-dev (native track), trn2-efa (native track); add a trn1, trn1n, inf2 pool to the "
                          "platform, or set platformStack to a platform stack that has one")
