@@ -1,13 +1,12 @@
 """The burn-in gate of the accelerator pools: specs (pure) and the component.
 
 Nodes of a pool with `burnIn.enabled` start with the startup taint `trn-platform/burn-in`
-(infra/nodepools.py). One DaemonSet per Neuron track runs `python3 -m trn_workloads.burnin`
-(images/trn_workloads/burnin/, shipped in a ConfigMap) in the track's Neuron training DLC,
+(infra/nodepools.py). One DaemonSet runs `python3 -m trn_workloads.burnin`
+(images/trn_workloads/burnin/, shipped in a ConfigMap) in the xla track's Neuron training DLC,
 which carries neuron-ls and nccom-test (aws-neuronx-tools, /opt/aws/neuron/bin on PATH) and
-fi_info (the EFA installer's libfabric, /opt/amazon/efa/bin) and Python 3.11 (xla track:
-aws-neuron/deep-learning-containers@5a157957 pytorch/training/2.8.0/Dockerfile.neuronx; the
-native track's DLC is assumed to be built the same way, not checked here); it tolerates that
-taint and the Neuron taint and nothing else. Its expectations
+fi_info (the EFA installer's libfabric, /opt/amazon/efa/bin) and Python 3.11
+(aws-neuron/deep-learning-containers@5a157957 pytorch/training/2.8.0/Dockerfile.neuronx); it
+tolerates that taint and the Neuron taint and nothing else. Its expectations
 per pool and instance type come from infra/catalog.py here, so the node is held to the same
 facts the platform sizes workloads with.
 
@@ -28,9 +27,12 @@ import pulumi_kubernetes as k8s
 from infra import catalog, versions
 from infra.agent_code import CODE_ROOT, code_configmap, package_modules, resource_args
 from infra.config import NodePoolConfig
-from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL, pool_track
+from infra.nodepools import BURN_IN_TAINT, NEURON_TAINT, POOL_LABEL
 
 NAME = "trn-burnin"
+# The image the burn-in runs in, whatever the pool's own track: the xla track's training DLC, whose
+# Neuron tools know trn1/trn1n/inf2/trn2 (config.BURN_IN_FAMILIES); it checks hardware, not a framework.
+BURN_IN_IMAGE_TRACK = "xla"
 NAMESPACE = "kube-system"
 # Node Events go to the burn-in's own namespace: `kubectl describe node` lists a node's events from every
 # namespace (a cluster-scoped object has none of its own), and nothing is granted in `default`.
@@ -41,17 +43,15 @@ CODE_CONFIGMAP = f"{NAME}-code"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "trn_workloads" / "burnin"
 LABELS = {"app": NAME, "app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "trn-platform"}
 
-# All-reduce bus bandwidth floors (GB/s, nccom-test "Avg bus bandwidth" of a 32 MB all-reduce over
-# every NeuronCore of the node). The Neuron docs publish no per-type single-node figure; their
-# example `nccom-test -r 2 allr` prints 40.69 GB/s at 32 MB (aws-neuron/aws-neuron-sdk@81ce03ae
-# tools/neuron-sys-tools/nccom-test.rst, "Using nccom-test"). The defaults are half of that, low
-# enough that a healthy node passes and a device on a degraded link or a missing ring does not:
-# measure a healthy node of your type and set nodePools[].burnIn.busBandwidthFloorGBps from it.
-DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS = {
-    "trn1.2xlarge": 20.0, "trn1.32xlarge": 20.0, "trn1n.32xlarge": 20.0,
-    "trn2.3xlarge": 20.0, "trn2.48xlarge": 20.0, "trn2u.48xlarge": 20.0,
-    "inf2.xlarge": 20.0, "inf2.8xlarge": 20.0, "inf2.24xlarge": 20.0, "inf2.48xlarge": 20.0,
-}
+# All-reduce bus bandwidth floor (GB/s, nccom-test "Avg bus bandwidth" of a 32 MB all-reduce over
+# every NeuronCore of the node) for every Neuron type, unless DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS names
+# the type. The Neuron docs publish no per-type single-node figure; their example
+# `nccom-test -r 2 allr` prints 40.69 GB/s at 32 MB (aws-neuron/aws-neuron-sdk@81ce03ae
+# tools/neuron-sys-tools/nccom-test.rst, "Using nccom-test"). The default is half of that, low enough
+# that a healthy node passes and a collective that fails or crawls does not: measure a healthy node
+# of your type and set nodePools[].burnIn.busBandwidthFloorGBps from it.
+DEFAULT_FLOOR_GBPS = 20.0
+DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS: dict[str, float] = {}  # per-type defaults once measured on real nodes
 CHECKOV_SKIPS = {
     "CKV_K8S_16": "the burn-in opens every /dev/neuron* and /dev/infiniband/* device of the node, which needs a "
                   "privileged container (no device plugin allocates them to a DaemonSet)",
@@ -73,10 +73,8 @@ def expectations(pool: NodePoolConfig, instance_type: str) -> dict:
     if not t.device_memory_gib:
         raise ValueError(f"infra/data/instance_types.json: {instance_type} has no deviceMemoryGiB; the burn-in "
                          "cannot check its devices")
-    floor = pool.burn_in.bus_bandwidth_floor_gbps.get(instance_type, DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS.get(instance_type))
-    if floor is None:
-        raise ValueError(f"no all-reduce floor for {instance_type}: add it to infra/burnin.py "
-                         "DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS or set nodePools[].burnIn.busBandwidthFloorGBps")
+    floor = pool.burn_in.bus_bandwidth_floor_gbps.get(
+        instance_type, DEFAULT_BUS_BANDWIDTH_FLOOR_GBPS.get(instance_type, DEFAULT_FLOOR_GBPS))
     return {"instanceType": instance_type, "neuronDevices": t.neuron_devices,
             "deviceMemoryGiB": t.device_memory_gib / t.neuron_devices, "neuronCores": t.neuron_cores_at(pool.lnc),
             "lnc": pool.lnc, "efaDevices": t.efa_interfaces if pool.efa else 0, "busBandwidthFloorGBps": floor}
@@ -139,9 +137,9 @@ def namespace_rules() -> list[dict]:
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
 
 
-def daemonset(*, track: str, image: str, pools: list[str]) -> dict:
-    """The burn-in of one Neuron track's pools, in that track's training DLC."""
-    name = f"{NAME}-{track}"
+def daemonset(*, image: str, pools: list[str]) -> dict:
+    """The burn-in of every gated pool, in the xla track's training DLC (BURN_IN_IMAGE_TRACK)."""
+    name = NAME
     code_items = code()[1]
     container = {
         "name": "burn-in", "image": image, "imagePullPolicy": "IfNotPresent",
@@ -164,10 +162,10 @@ def daemonset(*, track: str, image: str, pools: list[str]) -> dict:
         "metadata": {**_meta(name), "annotations": {f"checkov.io/skip{i + 1}": f"{cid}={why}"
                                                     for i, (cid, why) in enumerate(CHECKOV_SKIPS.items())}},
         "spec": {
-            "selector": {"matchLabels": {"app": NAME, "trn-platform/track": track}},
+            "selector": {"matchLabels": {"app": NAME}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
             "template": {
-                "metadata": {"labels": {**LABELS, "trn-platform/track": track}},
+                "metadata": {"labels": dict(LABELS)},
                 "spec": {
                     "serviceAccountName": NAME,
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -187,19 +185,10 @@ def daemonset(*, track: str, image: str, pools: list[str]) -> dict:
     }
 
 
-def daemonsets(pools: list[NodePoolConfig]) -> list[dict]:
-    """One per Neuron track with burn-in pools, in the track's training DLC
-    (images/neuron-sdk.json base_images.training)."""
-    by_track: dict[str, list[str]] = {}
-    for p in pools:
-        by_track.setdefault(pool_track(p), []).append(p.name)
-    return [daemonset(track=t, image=versions.neuron_track(t)["base_images"]["training"], pools=names)
-            for t, names in sorted(by_track.items())]
-
-
 def manifests(pools: tuple[NodePoolConfig, ...]) -> list[dict]:
     gated = burn_in_pools(pools)
-    return [*rbac(), *configmaps(gated), *daemonsets(gated)] if gated else []
+    image = versions.base_image(BURN_IN_IMAGE_TRACK, "training")
+    return [*rbac(), *configmaps(gated), daemonset(image=image, pools=[p.name for p in gated])] if gated else []
 
 
 @dataclass

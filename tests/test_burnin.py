@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import burnin, catalog, config, nodepools
+from infra import burnin, catalog, config, nodepools, versions
 from stackfiles import ConfigError
 from tests.platform_helpers import PLATFORM_STACKS, rendered_platform, stack_config
 from trn_workloads.burnin import __main__ as program
@@ -101,8 +101,8 @@ def test_expectations_are_the_catalog_facts_at_the_pool_lnc():
     assert burnin.expectations(custom, "trn1.32xlarge")["busBandwidthFloorGBps"] == 35.0
 
 
-def test_every_neuron_instance_type_can_be_burned_in():
-    for family in catalog.families():
+def test_every_instance_type_of_a_gated_family_can_be_burned_in():
+    for family in config.BURN_IN_FAMILIES:
         for t in catalog.instance_types_of(family):
             if catalog.instance_type(t).neuron_devices:
                 assert burnin.expectations(pool(family, t, efa=catalog.instance_type(t).efa_interfaces > 0), t)
@@ -341,7 +341,7 @@ def test_a_node_launched_without_efa_passes_on_an_efa_pool(harness, monkeypatch,
     kube.conditions.clear()
     ran.clear()
     assert program.main(["--expectations", str(spec)]) == 0
-    assert ran == ["neuron-ls", "fi_info"] and kube.deleted == ["c"] and kube.conditions[0]["status"] == "False" and kube.conditions[0]["status"] == "False"
+    assert ran == ["neuron-ls", "fi_info"] and kube.deleted == ["c"] and kube.conditions[0]["status"] == "False"
 
 
 def test_a_failing_node_without_nodeclaim_spends_no_replacement(harness):
@@ -448,7 +448,7 @@ def test_burn_in_code_runs_with_the_standard_library_only(tmp_path):
 
 
 def test_daemonset_tolerates_only_its_taint_and_runs_the_whole_package():
-    ds = burnin.daemonset(track="xla", image="img:1.2.3", pools=["b", "a"])
+    ds = burnin.daemonset(image="img:1.2.3", pools=["b", "a"])
     spec = ds["spec"]["template"]["spec"]
     assert spec["tolerations"] == [
         {"key": "trn-platform/burn-in", "operator": "Exists", "effect": "NoSchedule"},
@@ -463,21 +463,22 @@ def test_daemonset_tolerates_only_its_taint_and_runs_the_whole_package():
 
 
 @pytest.mark.parametrize("stack", PLATFORM_STACKS)
-def test_rendered_stacks_gate_every_accelerator_pool(stack):
+def test_rendered_stacks_gate_every_accelerator_pool_the_burn_in_knows(stack):
     result = rendered_platform(stack)
     cfg = config.load_stack_file(Path(__file__).resolve().parent.parent, stack)
     objs = [m for _, m in result.manifests]
     tainted = {m["metadata"]["name"] for m in objs if m["kind"] == "NodePool"
                and m["spec"]["template"]["spec"].get("startupTaints") == [nodepools.BURN_IN_TAINT]}
-    assert tainted == {p.name for p in cfg.accelerator_pools}
-    selected = set()
-    for ds in (m for m in objs if m["kind"] == "DaemonSet" and m["metadata"]["name"].startswith("trn-burnin-")):
-        terms = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        selected |= set(terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"])
-        track = ds["metadata"]["name"].removeprefix("trn-burnin-")
-        assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == \
-            __import__("infra.versions").versions.neuron_track(track)["base_images"]["training"]
-    assert selected == tainted
+    assert tainted == {p.name for p in cfg.accelerator_pools if p.family in config.BURN_IN_FAMILIES}
+    daemonsets = [m for m in objs if m["kind"] == "DaemonSet" and m["metadata"]["name"] == burnin.NAME]
+    if not tainted:
+        assert daemonsets == []
+        return
+    [ds] = daemonsets
+    spec = ds["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert set(terms[0]["matchExpressions"][0]["values"]) == tainted
+    assert spec["containers"][0]["image"] == versions.base_image("xla", "training")
 
 
 # --------------------------------------------------------------------------- config
@@ -494,6 +495,16 @@ def problems_of(cfg: dict) -> list[str]:
     with pytest.raises(ConfigError) as err:
         config.parse(raw, stack="dev-usw2", region=region)
     return err.value.problems
+
+
+def test_burn_in_is_off_where_its_tools_do_not_know_the_family():
+    assert config.BURN_IN_FAMILIES == ("trn1", "trn1n", "inf2", "trn2")
+    problems: list[str] = []
+    assert not config._parse_burn_in(None, "nodePools[0].burnIn", "trn3", ("trn3.48xlarge",), problems).enabled
+    assert problems == []
+    config._parse_burn_in({"enabled": True}, "nodePools[0].burnIn", "trn3", ("trn3.48xlarge",), problems)
+    assert problems == ["nodePools[0].burnIn.enabled: true is not possible for trn3: the burn-in's Neuron tools "
+                        "(SDK 2.26.1) know trn1, trn1n, inf2, trn2 only; set enabled: false"]
 
 
 def test_burn_in_config_defaults_and_overrides():

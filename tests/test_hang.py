@@ -115,7 +115,11 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     if obj["kind"] == "MPIJob":
         return [(f"MPIJob {obj['metadata']['name']} {k}", v["template"]) for k, v in spec["mpiReplicaSpecs"].items()]
     if obj["kind"] == "RayJob":
-        return [(f"RayJob {obj['metadata']['name']} submitter", spec["submitterPodTemplate"])]
+        cluster = spec.get("rayClusterSpec") or {"headGroupSpec": {"template": {"metadata": {"labels": {}}}},
+                                                 "workerGroupSpecs": []}
+        return [(f"RayJob {obj['metadata']['name']} submitter", spec["submitterPodTemplate"]),
+                (f"RayJob {obj['metadata']['name']} head", cluster["headGroupSpec"]["template"])] + \
+            [(f"RayJob {obj['metadata']['name']} {g['groupName']}", g["template"]) for g in cluster["workerGroupSpecs"]]
     if obj["kind"] == "RayCluster":
         return [(f"RayCluster {obj['metadata']['name']} head", spec["headGroupSpec"]["template"])] + \
             [(f"RayCluster {obj['metadata']['name']} {g['groupName']}", g["template"]) for g in spec["workerGroupSpecs"]]
@@ -128,9 +132,17 @@ def rendered(stack: str) -> list[dict]:
     return [m for _, m in rendered_workload(stack).manifests]
 
 
+def train_templates(stack: str) -> list[tuple[str, dict]]:
+    """The pod templates of the stack's training gang (its other jobs run before it, not beside it)."""
+    return [wt for obj in rendered(stack) if obj["metadata"]["name"].endswith("-train") for wt in pod_templates(obj)]
+
+
 @pytest.mark.parametrize("stack", sorted(TRAINING_STACKS))
 def test_each_gang_has_one_restart_pod_and_one_scraped_step_counter(stack):
-    templates = [t for obj in rendered(stack) for t in pod_templates(obj)]
+    templates = [t for _, t in train_templates(stack)]
+    assert sum(1 for obj in rendered(stack) for _, t in pod_templates(obj)
+               if t["metadata"]["labels"].get("trn-platform/scrape") == "true") == 1  # nothing else is scraped
+    templates = train_templates(stack)
     restart = [where for where, t in templates if t["metadata"]["labels"].get("trn-platform/gang-restart") == "true"]
     assert len(restart) == 1, restart
     scraped = [(where, t) for where, t in templates if t["metadata"]["labels"].get("trn-platform/scrape") == "true"]
@@ -167,9 +179,8 @@ def test_ray_counter_reads_rank0_metrics_file_and_the_train_job_is_resubmitted()
     [cm] = [o for o in objs if o["kind"] == "ConfigMap" and "-run" in o["metadata"]["name"]]
     run = config_from_dict(json.loads(next(iter(cm["data"].values()))))
     assert sidecar["command"][3:5] == ["--jsonl", str(metrics_path(run))]
-    [cluster] = [o for o in objs if o["kind"] == "RayCluster"]
     assert all(g["template"]["metadata"]["labels"]["trn-platform/gang-restart"] == "true"
-               for g in cluster["spec"]["workerGroupSpecs"])
+               for g in jobs["train"]["spec"]["rayClusterSpec"]["workerGroupSpecs"])
 
 
 def test_titan_restarts_the_gang_through_its_volcano_policy():
@@ -220,8 +231,9 @@ def test_hung_jobs_and_restart_target():
 def test_watchdog_selector_matches_exactly_the_gang_restart_pod(stack):
     """The selector the watchdog lists pods with, applied to the rendered pod templates' labels."""
     from trn_workloads import watchdog
-    templates = [(w, t) for obj in rendered(stack) for w, t in pod_templates(obj)]
-    [workload] = {t["metadata"]["labels"]["app.kubernetes.io/name"] for _, t in templates}
+    templates = train_templates(stack)
+    [workload] = {t["metadata"]["labels"]["app.kubernetes.io/name"] for _, t in templates
+                  if "app.kubernetes.io/name" in t["metadata"]["labels"]}
     wanted = dict(kv.split("=") for kv in watchdog.selector(watchdog.HungJob("ml-shared", workload, stack)).split(","))
     matching = [w for w, t in templates if wanted.items() <= t["metadata"]["labels"].items()]
     assert len(matching) == 1, matching

@@ -192,7 +192,7 @@ def test_a_stack_reading_a_prepared_corpus_runs_no_data_step(tmp_path):
     ("run.fsdp_size", 7, "titan.run.fsdp_size: fsdp_size 7 x tensor_parallel_size 8 must equal the world size 256"),
     ("run.processes_per_node", 8, "titan.run.processes_per_node: set by the stack"),
     ("run.model_flavor", "7B", "allowed values: debugmodel, 1B, 3B, 8B, 70B, 405B"),
-    ("pool", "cpu", "titan.pool: pool 'cpu' is a CPU pool; allowed values: trn2-block, trn2-efa"),
+    ("pool", "cpu", "titan.pool: pool 'cpu' is a CPU pool; allowed values: trn2-block, trn2-dev, trn2-efa"),
     ("pool", "nope", "titan.pool: pool 'nope' does not exist"),
     ("tensorboardPool", "trn2-efa", "titan.tensorboardPool: pool 'trn2-efa' is an accelerator pool; allowed values: cpu"),
 ])

@@ -190,11 +190,13 @@ def test_build_args_carry_the_fork_commit(monkeypatch):
         with pytest.raises(WorkloadConfigError, match=r"tracks\.native\.torchtitan_neuron_source\.commit is None"):
             common.build_args("titan")
     commit = "0123456789abcdef0123456789abcdef01234567"
-    pinned = {**native, "torchtitan_neuron_source": {**source, "commit": commit}}
+    # The TorchNeuron training DLC may not be pinned yet either (test_tracks.py): give one.
+    base_images = {**native["base_images"], "training": "registry.example/torchneuron-training:test"}
+    pinned = {**native, "base_images": base_images, "torchtitan_neuron_source": {**source, "commit": commit}}
     monkeypatch.setattr(common.versions, "neuron_track", lambda name: pinned if name == "native" else versions.neuron_track(name))
     args = common.build_args("titan")
     assert args["TORCHTITAN_NEURON_COMMIT"] == commit and args["TORCHTITAN_NEURON_REPOSITORY"] == source["repository"]
-    assert args["BASE_IMAGE"] == native["base_images"]["training"]
+    assert args["BASE_IMAGE"] == base_images["training"]
     monkeypatch.setattr(common.versions, "neuron_track",
                         lambda name: {**pinned, "torchtitan_neuron_source": {**source, "commit": "main"}})
     with pytest.raises(WorkloadConfigError, match="'main', not a 40-hex commit"):

@@ -188,10 +188,13 @@ def check_track(platform: Platform, pool: PoolScheduling, tracks: tuple[str, ...
     families = ", ".join(f for t in tracks for f in versions.neuron_track(t)["families"])
     needs = f"the {tracks[0]} track" if len(tracks) == 1 else f"one of the {', '.join(tracks)} tracks"
     would = sorted({p for t in tracks for p in platform.neuron_tracks.get(t) or []})
+    if not would:  # one reason, not a list of pools that would not work either
+        raise WorkloadConfigError([f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the "
+                                   f"{pool.track or 'no'} Neuron track; {platform.would_work(True)}"])
     raise WorkloadConfigError([
         f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the {pool.track or 'no'} Neuron track; "
         f"this workload needs {needs} ({families}); pools of platform stack {platform.stack} that would "
-        f"work: {', '.join(would) or f'none (add a {families} pool to the platform)'}"])
+        f"work: {', '.join(would)}"])
 
 
 # --------------------------------------------------------------------------- component
@@ -297,18 +300,26 @@ def build_args(image_dir: str) -> dict[str, str]:
     """Build args from the image's Neuron track in images/neuron-sdk.json; the titan image also
     gets the TorchTitan Neuron fork's repository and commit (tracks.native.torchtitan_neuron_source)."""
     pin = versions.neuron_track(IMAGE_TRACKS[image_dir])
-    base = pin["base_images"]["inference" if image_dir == "serve" else "training"]
+    problems = []
+    base = None
+    try:
+        base = versions.base_image(IMAGE_TRACKS[image_dir], "inference" if image_dir == "serve" else "training")
+    except versions.UnpinnedBaseImage as err:
+        problems.append(f"image.build: images/{image_dir} cannot be built: {err}; or set image.build to "
+                        "false and give image.digest of an image built elsewhere")
     args = {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
     if image_dir == "titan":
         source = pin["torchtitan_neuron_source"]
         key = f"images/neuron-sdk.json tracks.{IMAGE_TRACKS[image_dir]}.torchtitan_neuron_source.commit"
         if not re.fullmatch(r"[0-9a-f]{40}", source["commit"] or ""):
-            raise WorkloadConfigError([
+            problems.append(
                 f"image.build: the titan image installs TorchTitan Neuron {pin['torchtitan_neuron']} from "
                 f"{source['repository']} at one commit, and {key} is {source['commit']!r}, not a 40-hex commit; "
                 f"set it (git ls-remote {source['repository']}), or set image.build to false and give image.digest "
-                "of a titan image built elsewhere"])
+                "of a titan image built elsewhere")
         args |= {"TORCHTITAN_NEURON_REPOSITORY": source["repository"], "TORCHTITAN_NEURON_COMMIT": source["commit"]}
+    if problems:
+        raise WorkloadConfigError(problems)
     return args
 
 

@@ -21,9 +21,11 @@ GANG_RESTART_LABEL marks, per operator, the pod the watchdog deletes (each at it
 - RayCluster worker (ray): Ray Train restarts its whole worker group from the newest reported
   checkpoint when a worker dies, up to RunConfig.failure_config.max_failures (ray 2.51.1,
   images/trn_workloads/ray_train/train.py); KubeRay recreates the pod. Past that the Ray job
-  fails and the RayJob's backoffLimit resubmits it to the same cluster (ray-project/kuberay@v1.7.0
-  ray-operator/controllers/ray/rayjob_controller.go: Retrying deletes only the submitter Job when
-  the RayJob uses clusterSelector).
+  fails and the RayJob's backoffLimit retries it: Retrying deletes the job's RayCluster and
+  submitter and starts both again (ray-project/kuberay@v1.7.0 ray-operator/apis/ray/v1/
+  rayjob_types.go "Each retry creates a new RayCluster", controllers/ray/rayjob_controller.go
+  checkBackoffLimitAndUpdateStatusIfNeeded, deleteClusterResources); Ray Train resumes from the
+  newest checkpoint under the same run name and storage path.
 """
 from __future__ import annotations
 
