@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
+from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, job_await, json_config_map, labels,
                               pod_spec, resources_for, wait_for)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
@@ -25,6 +25,7 @@ from workloads.platform import Platform, PoolScheduling
 # operator mounts the launcher's SSH key where that sshd looks for it.
 WORKER_SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/trn/.sshd_config"]
 SSH_AUTH_MOUNT_PATH = "/home/trn/.ssh"
+DATA_DEADLINE_SECONDS = 24 * 3600  # tokenizing the corpus on the CPU pool
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ class NemoPretrainWorkload(pulumi.ComponentResource):
                          resources=resources_for(cpu_pool, cpu=str(min(s.data.workers, cpu_pool.vcpu_per_node - 1)),
                                                  memory="16Gi"))
         self.data = k8s.batch.v1.Job(
-            f"{name}-data", metadata={"name": data_job, "namespace": ns, "labels": labels(cfg, "data")},
-            spec={"backoffLimit": 3, "activeDeadlineSeconds": 24 * 3600, "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            f"{name}-data", metadata={"name": data_job, "namespace": ns, "labels": labels(cfg, "data"),
+                                      "annotations": job_await(DATA_DEADLINE_SECONDS)},
+            spec={"backoffLimit": 3, "activeDeadlineSeconds": DATA_DEADLINE_SECONDS, "ttlSecondsAfterFinished": 7 * 24 * 3600,
                   "template": {"metadata": {"labels": labels(cfg, "data")},
                                "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[prep],
                                                 service_account=base.service_account, restart_policy="Never",
