@@ -91,6 +91,27 @@ def _project_stack(records: list[dict], fallback: str) -> tuple[str, str]:
     return "?", fallback
 
 
+def _with_references(result) -> list:
+    out, todo = [], [result]
+    while todo:
+        r = todo.pop()
+        if all(r is not seen for seen in out):
+            out.append(r)
+            todo += list(getattr(r, "referenced", []) or [])
+    return out
+
+
+def findings_for_result(result) -> list[Finding]:
+    """The cluster model over a render and the stacks it references (a workload render brings its
+    platform render along), for the model that holds `result`."""
+    renders = [render_from_result(r) for r in _with_references(result)]
+    found = []
+    for model in models_for(renders):
+        if any(r.stack == result.stack and r.project == result.project for r in model.renders):
+            found += check(model)
+    return found
+
+
 def find_renders(root: Path) -> list[Path]:
     """Every render directory (one holding resources.json) at or under `root`."""
     root = Path(root)
@@ -193,8 +214,11 @@ class Model:
     def pods(self) -> list[dict]:
         """Every pod the workload renders make, as the controllers (built-in and operators)
         create them: `trnctl.operators.all_pods`."""
+        objects = [o for r in self.workloads for o in r.objects]
+        if not objects:
+            return []
         from trnctl import operators
-        return operators.all_pods([o for r in self.workloads for o in r.objects], self.operator_context)
+        return operators.all_pods(objects, self.operator_context)
 
     @cached_property
     def services(self) -> list[dict]:

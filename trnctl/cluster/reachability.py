@@ -19,7 +19,6 @@ the Service and port to exist, which the render's schema validation already cove
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -176,13 +175,9 @@ def _resolve(dst: Endpoint, port) -> int | None:
 
 
 def needed_flows(model: Model) -> list[Flow]:
-    from infra.monitoring import values as mon
-    from trnctl.operators import kuberay
-
     clients = platform_clients(model)
     pods = [(p, Endpoint.of_pod(p)) for p in model.pods]
     flows: list[Flow] = []
-    namespaces = model.namespaces
     policy_fix = "admit it in the namespace's NetworkPolicy (infra/storage.py workload_ingress_policy)"
 
     # Prometheus to every pod its PodMonitors select, on each endpoint port the pod has
@@ -219,20 +214,7 @@ def needed_flows(model: Model) -> list[Flow]:
                             flows.append(Flow(f"Prometheus scrapes {ep.name} through Service {svc['metadata']['name']}",
                                               clients["prometheus"], ep, number, (obj_id(mon_obj), obj_id(svc)), policy_fix))
 
-    # The KubeRay operator polls each Ray head's dashboard to follow RayJobs
-    # (ray-project/kuberay@v1.7.0 ray-operator/controllers/ray/utils/dashboard_httpclient).
-    heads = [(p, ep) for p, ep in pods if kuberay.is_head_pod(p)]
-    if "kuberay-operator" in clients:
-        flows += [Flow(f"the KubeRay operator polls the Ray dashboard of {ep.name}", clients["kuberay-operator"], ep,
-                       kuberay.DASHBOARD_PORT, (obj_id(p),), policy_fix) for p, ep in heads]
-    # The RayJob submitter (a pod KubeRay creates) submits to its head's dashboard.
-    for pod, ep in pods:
-        head_name = kuberay.submitter_head_service(pod) if hasattr(kuberay, "submitter_head_service") else None
-        for head, head_ep in heads:
-            if head_name and kuberay.head_service_name_of_pod(head) == head_name:
-                flows.append(Flow(f"the RayJob submitter {ep.name} submits to {head_ep.name}", ep, head_ep,
-                                  kuberay.DASHBOARD_PORT, (obj_id(pod), obj_id(head)), policy_fix))
-
+    flows += _ray_flows(clients, pods, policy_fix)
     # KEDA's Prometheus scaler and Grafana query Prometheus.
     prom_pod = clients.get("prometheus")
     if prom_pod:
@@ -256,7 +238,28 @@ def needed_flows(model: Model) -> list[Flow]:
     for owner, members in gangs.items():
         for (pa, a), (pb, b) in permutations(members, 2):
             flows.append(Flow(f"gang {owner}: {a.name} to {b.name}", a, b, ANY_PORT, (obj_id(pa), obj_id(pb)), policy_fix))
-    _ = namespaces, mon
+    return flows
+
+
+def _ray_flows(clients: dict[str, Endpoint], pods: list, policy_fix: str) -> list[Flow]:
+    if not pods:
+        return []
+    from trnctl.operators import kuberay
+    flows: list[Flow] = []
+    # The KubeRay operator polls each Ray head's dashboard to follow RayJobs
+    # (ray-project/kuberay@v1.7.0 ray-operator/controllers/ray/utils/dashboard_httpclient).
+    heads = [(p, ep) for p, ep in pods if kuberay.is_head_pod(p)]
+    if "kuberay-operator" in clients:
+        flows += [Flow(f"the KubeRay operator polls the Ray dashboard of {ep.name}", clients["kuberay-operator"], ep,
+                       kuberay.DASHBOARD_PORT, (obj_id(p),), policy_fix) for p, ep in heads]
+    # The RayJob submitter (a pod KubeRay creates) submits to its head's dashboard.
+    for pod, ep in pods:
+        head_name = kuberay.submitter_head_service(pod) if hasattr(kuberay, "submitter_head_service") else None
+        for head, head_ep in heads:
+            if head_name and kuberay.head_service_name_of_pod(head) == head_name:
+                flows.append(Flow(f"the RayJob submitter {ep.name} submits to {head_ep.name}", ep, head_ep,
+                                  kuberay.DASHBOARD_PORT, (obj_id(pod), obj_id(head)), policy_fix))
+
     return flows
 
 
@@ -298,5 +301,3 @@ def _over_open(model: Model, flows: list[Flow]) -> list[Finding]:
                                             f"fix: narrow the NetworkPolicy peers/ports (infra/storage.py workload_ingress_policy)"))
     return findings
 
-
-_ = re
