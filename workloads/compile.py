@@ -12,8 +12,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import (WorkloadBase, check_devices, common_env, container, job_await, labels, pod_spec, resources_for,
-                              rollout_await)
+from workloads.common import (TRAINING_POD_ANNOTATIONS, WorkloadBase, check_devices, common_env, container, job_await,
+                              labels, pod_spec, resources_for, rollout_await)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform
@@ -165,7 +165,7 @@ class CompileWorkload(pulumi.ComponentResource):
                       "annotations": job_await(s.deadline_seconds)},
             spec={"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.deadline_seconds,
                   "ttlSecondsAfterFinished": 7 * 24 * 3600,
-                  "template": {"metadata": {"labels": labels(cfg, "compile")},
+                  "template": {"metadata": {"labels": labels(cfg, "compile"), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[main],
                                                 service_account=base.service_account, restart_policy="Never",
                                                 **({"initContainers": init} if init else {}))}},

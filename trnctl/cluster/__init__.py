@@ -214,17 +214,28 @@ class Model:
     def pods(self) -> list[dict]:
         """Every pod the workload renders make, as the controllers (built-in and operators)
         create them: `trnctl.operators.all_pods`."""
-        objects = [o for r in self.workloads for o in r.objects]
-        if not objects:
-            return []
         from trnctl import operators
-        return operators.all_pods(objects, self.operator_context)
+        return operators.all_pods(self.workload_objects_with_controllers, self.operator_context)
+
+    @cached_property
+    def workload_objects_with_controllers(self) -> list[dict]:
+        """The workload objects, less those whose operator module does not exist (yet): a
+        ScaledObject (trnctl.operators.keda) makes no pods of its own, it scales a Deployment."""
+        from trnctl import operators
+        out = []
+        for obj in (o for r in self.workloads for o in r.objects):
+            try:
+                operators.controller_for(obj)
+            except ModuleNotFoundError:
+                continue
+            out.append(obj)
+        return out
 
     @cached_property
     def services(self) -> list[dict]:
         """Our Services and the ones operators create (KubeRay head, Volcano job Service)."""
         from trnctl import operators
-        return [*self.platform_services, *operators.all_services([o for r in self.workloads for o in r.objects],
+        return [*self.platform_services, *operators.all_services(self.workload_objects_with_controllers,
                                                                   self.operator_context)]
 
     @property

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 import re
 
+from trnctl.operators import OWNER_ANNOTATION as OWNER
 from trnctl.cluster import MANDATORY, Finding, Model, labels_of, match_selector, obj_id
 
 RULE = "disruption"
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
-OWNER = "trn-platform.rehearse/owner"
 TRAINING_KINDS = {"Job", "MPIJob", "RayJob", "RayCluster", "PyTorchJob"}  # a Volcano Job is kind Job too
 
 

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from itertools import permutations
 
 from trnctl.cluster import MANDATORY, Finding, Model, labels_of, match_selector, obj_id
+from trnctl.operators import OWNER_ANNOTATION
 
 RULE = "reachability"
 ANY_PORT = None  # "every port": only a rule with no ports list admits it
+UNRESOLVED = -1  # a flow whose destination no pod answers
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ def needed_flows(model: Model) -> list[Flow]:
                             flows.append(Flow(f"Prometheus scrapes {ep.name} through Service {svc['metadata']['name']}",
                                               clients["prometheus"], ep, number, (obj_id(mon_obj), obj_id(svc)), policy_fix))
 
-    flows += _ray_flows(clients, pods, policy_fix)
+    flows += _ray_flows(model, clients, pods, policy_fix)
     # KEDA's Prometheus scaler and Grafana query Prometheus.
     prom_pod = clients.get("prometheus")
     if prom_pod:
@@ -232,7 +234,7 @@ def needed_flows(model: Model) -> list[Flow]:
     # Each gang's ranks reach rank 0 and each other on any port (torch.distributed, MPI over ssh, Ray GCS).
     gangs: dict[str, list] = {}
     for pod, ep in pods:
-        owner = (pod["metadata"].get("annotations") or {}).get("trn-platform.rehearse/owner")
+        owner = (pod["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
         if owner:
             gangs.setdefault(owner, []).append((pod, ep))
     for owner, members in gangs.items():
@@ -241,25 +243,35 @@ def needed_flows(model: Model) -> list[Flow]:
     return flows
 
 
-def _ray_flows(clients: dict[str, Endpoint], pods: list, policy_fix: str) -> list[Flow]:
+def _ray_flows(model: Model, clients: dict[str, Endpoint], pods: list, policy_fix: str) -> list[Flow]:
     if not pods:
         return []
+    from trnctl import operators
     from trnctl.operators import kuberay
     flows: list[Flow] = []
     # The KubeRay operator polls each Ray head's dashboard to follow RayJobs
     # (ray-project/kuberay@v1.7.0 ray-operator/controllers/ray/utils/dashboard_httpclient).
-    heads = [(p, ep) for p, ep in pods if kuberay.is_head_pod(p)]
+    heads = [(p, ep) for p, ep in pods if ep.labels.get(kuberay.NODE_TYPE_LABEL) == "head"]
     if "kuberay-operator" in clients:
         flows += [Flow(f"the KubeRay operator polls the Ray dashboard of {ep.name}", clients["kuberay-operator"], ep,
                        kuberay.DASHBOARD_PORT, (obj_id(p),), policy_fix) for p, ep in heads]
-    # The RayJob submitter (a pod KubeRay creates) submits to its head's dashboard.
+    # The RayJob submitter (a Job's pod KubeRay creates) submits to the dashboard address it is given
+    # (kuberay.submitter_job: env RAY_DASHBOARD_ADDRESS), resolved by cluster DNS to the head pod.
+    by_name = {p["metadata"]["name"]: (p, ep) for p, ep in pods}
+    dns = operators.dns_records(model.workload_objects_with_controllers, model.operator_context)
     for pod, ep in pods:
-        head_name = kuberay.submitter_head_service(pod) if hasattr(kuberay, "submitter_head_service") else None
-        for head, head_ep in heads:
-            if head_name and kuberay.head_service_name_of_pod(head) == head_name:
-                flows.append(Flow(f"the RayJob submitter {ep.name} submits to {head_ep.name}", ep, head_ep,
-                                  kuberay.DASHBOARD_PORT, (obj_id(pod), obj_id(head)), policy_fix))
-
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            address = next((e.get("value") for e in c.get("env") or [] if e.get("name") == "RAY_DASHBOARD_ADDRESS"), None)
+            if not address:
+                continue
+            host, _, port = address.removeprefix("http://").partition(":")
+            target = by_name.get(dns.get(host, ""))
+            if target is None:
+                flows.append(Flow(f"the RayJob submitter {ep.name} submits to {address}, which no pod answers", ep, ep,
+                                  UNRESOLVED, (obj_id(pod),), "point the RayJob at an existing RayCluster"))
+                continue
+            flows.append(Flow(f"the RayJob submitter {ep.name} submits to {target[1].name}", ep, target[1],
+                              int(port or kuberay.DASHBOARD_PORT), (obj_id(pod), obj_id(target[0])), policy_fix))
     return flows
 
 
@@ -271,7 +283,9 @@ def check(model: Model) -> list[Finding]:
     findings: list[Finding] = []
     flows = needed_flows(model)
     for f in flows:
-        if not allowed(model, f.src, f.dst, f.port):
+        if f.port == UNRESOLVED:
+            findings.append(Finding(f"{RULE}/unresolved", MANDATORY, f.objects, f"{f.why}; fix: {f.fix}"))
+        elif not allowed(model, f.src, f.dst, f.port):
             port = "every port" if f.port is ANY_PORT else f"port {f.port}"
             findings.append(Finding(f"{RULE}/blocked", MANDATORY, f.objects or (f.dst.name,),
                                     f"{f.why}: blocked on {port} by NetworkPolicies "

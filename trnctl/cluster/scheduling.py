@@ -28,14 +28,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from trnctl.cluster import MANDATORY, Finding, Model, labels_of, match_expression, obj_id
+from trnctl.operators import OWNER_ANNOTATION as OWNER
+from trnctl.cluster import ADVISORY, MANDATORY, Finding, Model, labels_of, match_expression, obj_id
 
 RULE = "scheduling"
 VM_MEMORY_OVERHEAD = 0.075
 EVICTION_MEMORY_MIB = 100
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 ZONE_KEYS = ("topology.kubernetes.io/zone", "topology.k8s.aws/zone-id")
-OWNER = "trn-platform.rehearse/owner"
 
 # DaemonSets the platform installs through charts and EKS add-ons, which the render does not
 # expand: requests per pod as set by our values or the pinned defaults. Where a chart/add-on sets
@@ -107,11 +107,11 @@ class NodeShape:
     allocatable: dict[str, float]
 
 
-def allocatable(instance_type: str) -> NodeShape:
+def allocatable(instance_type: str, *, vm_overhead: bool = True) -> NodeShape:
     from infra import catalog
     it = catalog.instance_type(instance_type)
     mem_mib = it.memory_gib * 1024
-    mem_mib -= math.ceil(mem_mib * VM_MEMORY_OVERHEAD)
+    mem_mib -= math.ceil(mem_mib * VM_MEMORY_OVERHEAD) if vm_overhead else 0
     mem_mib -= 11 * max_pods(it.vcpu) + 255 + EVICTION_MEMORY_MIB
     alloc = {"cpu": it.vcpu - kube_reserved_cpu(it.vcpu), "memory": mem_mib * 2**20, "pods": max_pods(it.vcpu)}
     if it.neuron_devices:
@@ -218,6 +218,21 @@ def _tolerates(tol: dict, taint: dict) -> bool:
     return tol.get("operator", "Equal") == "Exists" or str(tol.get("value", "")) == str(taint.get("value", ""))
 
 
+def zones_of(model: Model, pool: Pool) -> list[str]:
+    """The zones a pool's nodes can land in. A pool of reserved capacity only with one reservation
+    (ODCR or Capacity Block) lands in that reservation's AZ, whatever its zone requirement says: an EC2
+    capacity reservation is in exactly one AZ (EC2 API CreateCapacityReservation, AvailabilityZone) and
+    Karpenter launches reserved nodes into it (karpenter-provider-aws v1.14 website tasks/odcrs.md)."""
+    if pool.values("karpenter.sh/capacity-type") == ["reserved"]:
+        ref = ((pool.obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("nodeClassRef") or {}
+        node_class = next((o for o in model.platform.objects if o.get("kind") == "EC2NodeClass"
+                           and o["metadata"]["name"] == ref.get("name")), {})
+        terms = (node_class.get("spec") or {}).get("capacityReservationSelectorTerms") or []
+        if len(terms) == 1 and terms[0].get("id"):
+            return [f"the AZ of reservation {terms[0]['id']}"]
+    return pool.zones
+
+
 def pools(model: Model) -> list[Pool]:
     return [Pool.of(o) for o in model.platform.objects if o.get("kind") == "NodePool"]
 
@@ -250,14 +265,14 @@ def candidate_pools(model: Model, pod: dict) -> list[Pool]:
     return [p for p in pools(model) if tolerates(pod, p.taints) and any(p.admits_labels(pod, t) for t in p.instance_types)]
 
 
-def _fits(model: Model, pool: Pool, pod: dict) -> tuple[str | None, str]:
+def _fits(model: Model, pool: Pool, pod: dict, *, vm_overhead: bool) -> tuple[str | None, str]:
     """(an instance type that fits, the closest miss)."""
     need = pod_requests(pod)
     miss = ""
     for t in pool.instance_types:
         if not pool.admits_labels(pod, t):
             continue
-        shape = allocatable(t)
+        shape = allocatable(t, vm_overhead=vm_overhead)
         overhead = daemonset_overhead(model, pool, t)
         short = [f"{k} {_fmt(k, v)} requested, {_fmt(k, shape.allocatable.get(k, 0) - overhead.get(k, 0))} allocatable"
                  for k, v in need.items() if k not in ("ephemeral-storage",) and v > shape.allocatable.get(k, 0) - overhead.get(k, 0)]
@@ -300,7 +315,6 @@ def _selects_self(term: dict, pod: dict) -> bool:
 
 def check(model: Model) -> list[Finding]:
     findings: list[Finding] = []
-    placed: dict[str, tuple[Pool, str]] = {}
     for pod in model.pods:
         name = obj_id(pod)
         owner = (pod["metadata"].get("annotations") or {}).get(OWNER, name)
@@ -312,55 +326,59 @@ def check(model: Model) -> list[Finding]:
                                     f"{(pod.get('spec') or {}).get('tolerations')}): it stays Pending; fix: select a pool's "
                                     f"label from the platform's nodePools output and tolerate its taints"))
             continue
-        misses = []
-        for pool in cands:
-            fit, miss = _fits(model, pool, pod)
-            if fit:
-                placed[pod["metadata"]["name"]] = (pool, fit)
-                break
-            misses.append(f"pool {pool.name}: {miss}")
-        else:
-            findings.append(Finding(f"{RULE}/does-not-fit", MANDATORY, (owner, name),
-                                    f"{name} fits no instance type of its pools as Karpenter sizes them before launch "
-                                    f"(EC2 memory minus {VM_MEMORY_OVERHEAD:.1%} VM overhead, kube-reserved, eviction "
-                                    f"threshold, DaemonSets): {' | '.join(misses)}; it stays Pending; fix: size requests "
-                                    f"from the allocatable, not the instance's total"))
-    findings += _gang_findings(model, placed)
+        if any(_fits(model, p, pod, vm_overhead=True)[0] for p in cands):
+            continue
+        misses = " | ".join(f"pool {p.name}: {_fits(model, p, pod, vm_overhead=True)[1]}" for p in cands)
+        # Karpenter sizes a type it has not launched yet with the VM overhead estimate; once a node of
+        # the type has joined it uses the node's real capacity. Fitting only without the estimate means
+        # the first launch of the type is refused: advisory (it depends on Karpenter's cache and the
+        # real MemTotal, which only a cluster shows); not fitting even the EC2 total is certain.
+        certain = not any(_fits(model, p, pod, vm_overhead=False)[0] for p in cands)
+        findings.append(Finding(f"{RULE}/does-not-fit", MANDATORY if certain else ADVISORY, (owner, name),
+                                f"{name} fits no instance type of its pools as Karpenter sizes them before a first launch "
+                                f"(EC2 memory minus {VM_MEMORY_OVERHEAD:.1%} VM overhead, kube-reserved, eviction threshold, "
+                                f"DaemonSets): {misses}; "
+                                + ("it stays Pending" if certain else
+                                   "Karpenter refuses to launch the type until a node of it has been seen")
+                                + "; fix: size requests from the allocatable, not the instance's total"))
+    findings += _gang_findings(model)
     return findings
 
 
-def _gang_findings(model: Model, placed: dict[str, tuple[Pool, str]]) -> list[Finding]:
+def _gang_findings(model: Model) -> list[Finding]:
+    from infra import catalog
     findings = []
     for gang, members in gangs(model.pods).items():
-        on_pool = [(p, placed[p["metadata"]["name"]]) for p in members if p["metadata"]["name"] in placed]
-        if not on_pool:
-            continue
-        # Pool limits: the whole gang at once (one node per pod when a pod takes most of a node).
-        by_pool: dict[str, list] = {}
-        for pod, (pool, itype) in on_pool:
-            by_pool.setdefault(pool.name, []).append((pod, pool, itype))
-        for rows in by_pool.values():
-            pool, itype = rows[0][1], rows[0][2]
-            shape = allocatable(itype)
-            per_node = min((int(shape.allocatable.get(k, 0) // v) for pod, _, _ in rows[:1]
-                            for k, v in pod_requests(pod).items() if v and k in shape.allocatable), default=1) or 1
-            nodes = math.ceil(len(rows) / per_node)
-            from infra import catalog
+        by_pool: dict[str, tuple[Pool, list[dict]]] = {}
+        for pod in members:
+            cands = candidate_pools(model, pod)
+            if len(cands) == 1:  # a gang pinned to one pool: its nodes all come from there
+                by_pool.setdefault(cands[0].name, (cands[0], []))[1].append(pod)
+        # Pool limits: the whole gang at once. Karpenter counts node capacity against limits; a pod that
+        # needs most of a node gets a node of its own.
+        for pool, pods_on_pool in by_pool.values():
+            itype = max(pool.instance_types, key=lambda t: catalog.instance_type(t).vcpu)
             it = catalog.instance_type(itype)
+            shape = allocatable(itype)
+            need = pod_requests(pods_on_pool[0])
+            per_node = min((int(shape.allocatable.get(k, 0) // v) for k, v in need.items()
+                            if v and k in shape.allocatable), default=1) or 1
+            nodes = math.ceil(len(pods_on_pool) / per_node)
             node_capacity = {"cpu": it.vcpu, "memory": it.memory_gib * 2**30, "aws.amazon.com/neuron": it.neuron_devices}
             for key, limit in pool.limits.items():
-                if key in node_capacity and node_capacity[key] and nodes * node_capacity[key] > quantity(limit):
+                if node_capacity.get(key) and nodes * node_capacity[key] > quantity(limit):
                     findings.append(Finding(f"{RULE}/pool-limit", MANDATORY, (gang, obj_id(pool.obj)),
                                             f"gang {gang} needs {nodes} {itype} nodes at once but NodePool {pool.name} limits "
                                             f"{key} to {limit} ({int(quantity(limit) // node_capacity[key])} nodes): the gang "
                                             f"never starts; fix: raise the pool's maxNodes in the platform stack"))
         # EFA gangs in one Availability Zone.
-        efa_members = [(pod, pool) for pod, (pool, _) in on_pool if pod_requests(pod).get(EFA_RESOURCE)]
-        if len(efa_members) >= 2:
-            zones = sorted({z for _, pool in efa_members for z in pool.zones})
-            if len(zones) != 1 and not all(pinned_to_one_zone(pod) for pod, _ in efa_members):
-                findings.append(Finding(f"{RULE}/efa-zones", MANDATORY, (gang, *sorted({obj_id(p.obj) for _, p in efa_members})),
-                                        f"EFA gang {gang} ({len(efa_members)} pods) can land in zones {', '.join(zones) or 'any'}: "
-                                        f"EFA traffic does not cross Availability Zones; fix: one zone per multi-node EFA pool "
+        efa_pods = [pod for pod in members if pod_requests(pod).get(EFA_RESOURCE)]
+        if len(efa_pods) >= 2:
+            efa_pools = {p.name: p for pod in efa_pods for p in candidate_pools(model, pod)}
+            zones = sorted({z for p in efa_pools.values() for z in zones_of(model, p)} or {"any"})
+            if len(zones) != 1 and not all(pinned_to_one_zone(pod) for pod in efa_pods):
+                findings.append(Finding(f"{RULE}/efa-zones", MANDATORY, (gang, *sorted(obj_id(p.obj) for p in efa_pools.values())),
+                                        f"EFA gang {gang} ({len(efa_pods)} pods) can land in zones {', '.join(zones)}: EFA "
+                                        f"traffic does not cross Availability Zones; fix: one zone per multi-node EFA pool "
                                         f"(infra/network.py pool_zone_ids) or zone affinity on the gang"))
     return findings
