@@ -91,8 +91,9 @@ def test_every_platform_flow_holds_on_todays_stacks_and_nothing_else_opens(today
 def test_the_rayjob_submitter_reaches_its_head_dashboard():
     # Today's RayJobs use clusterSelector, which KubeRay with Volcano refuses (operators.kuberay
     # admission_problems: no submitter is created). With its own rayClusterSpec (the RayCluster's spec,
-    # its JSON resources start parameter quoted, no app.kubernetes.io/name label) KubeRay creates the cluster and a submitter pod that calls the dashboard address it is given,
-    # resolved by cluster DNS to that cluster's head.
+    # its JSON resources start parameter quoted, no app.kubernetes.io/name label) KubeRay creates the
+    # cluster and a submitter pod that calls the dashboard address it is given, resolved by cluster DNS
+    # to that cluster's head.
     m = model("dev-usw2", "ray-pretrain-usw2")
     cluster = next(o for o in m.objects if o["kind"] == "RayCluster")
 

@@ -76,6 +76,13 @@ def platform_clients(model: Model) -> dict[str, Endpoint]:
     return out
 
 
+def prometheus_addresses(namespace: str) -> list[str]:
+    """The URLs that reach the platform's Prometheus Service (kube-prometheus-stack with our
+    fullnameOverride: infra/monitoring/values.py PROMETHEUS_SERVICE) from another namespace."""
+    from infra.monitoring.values import PROMETHEUS_SERVICE
+    return [f"http://{PROMETHEUS_SERVICE}.{namespace}.svc{suffix}:{mon_port()}" for suffix in ("", ".cluster.local")]
+
+
 def mon_port() -> int:
     from infra.monitoring import PROMETHEUS_PORT
     return PROMETHEUS_PORT
@@ -223,10 +230,18 @@ def needed_flows(model: Model) -> list[Flow]:
         if "keda-operator" in clients:
             for so in model.of_kind("ScaledObject"):
                 for trig in (so.get("spec") or {}).get("triggers") or []:
-                    if trig.get("type") == "prometheus":
-                        flows.append(Flow(f"KEDA queries Prometheus for ScaledObject {so['metadata']['name']}",
-                                          clients["keda-operator"], prom_pod, mon_port(), (obj_id(so),),
-                                          "admit KEDA in the monitoring namespace's policies"))
+                    if trig.get("type") != "prometheus":
+                        continue
+                    address = (trig.get("metadata") or {}).get("serverAddress", "")
+                    if address not in prometheus_addresses(prom_pod.namespace):
+                        flows.append(Flow(f"KEDA queries {address!r} for ScaledObject {so['metadata']['name']}, which is not "
+                                          f"the platform's Prometheus ({prometheus_addresses(prom_pod.namespace)[0]})",
+                                          clients["keda-operator"], prom_pod, UNRESOLVED, (obj_id(so),),
+                                          "point serverAddress at the platform's Prometheus Service"))
+                        continue
+                    flows.append(Flow(f"KEDA queries Prometheus for ScaledObject {so['metadata']['name']}",
+                                      clients["keda-operator"], prom_pod, mon_port(), (obj_id(so),),
+                                      "admit KEDA in the monitoring namespace's policies"))
         if "grafana" in clients:
             flows.append(Flow("Grafana queries its Prometheus data source", clients["grafana"], prom_pod, mon_port(), (),
                               "admit Grafana in the monitoring namespace's policies"))
