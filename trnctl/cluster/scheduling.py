@@ -45,10 +45,7 @@ ZONE_KEYS = ("topology.kubernetes.io/zone", "topology.k8s.aws/zone-id")
 # - kube-proxy (EKS add-on): cpu 100m (EKS kube-proxy add-on manifest, resources.requests.cpu)
 # - Neuron device plugin, EFA device plugin, FSx CSI node, pod identity agent: no requests in the
 #   pinned charts' defaults as read for this model (not re-verified offline for every tag: README).
-CHART_DAEMONSETS = (
-    ("aws-node", {"cpu": "25m"}, None),
-    ("kube-proxy", {"cpu": "100m"}, None),
-)
+CHART_DAEMONSETS = {"aws-node": {"cpu": "25m"}, "kube-proxy": {"cpu": "100m"}}
 
 
 # --------------------------------------------------------------------------- quantities
@@ -253,7 +250,7 @@ def daemonset_overhead(model: Model, pool: Pool, instance_type: str) -> dict[str
             for k, v in pod_requests(pod).items():
                 total[k] = total.get(k, 0) + v
     add(NODE_EXPORTER_REQUESTS)
-    for _, req, _ in CHART_DAEMONSETS:
+    for req in CHART_DAEMONSETS.values():
         add(req)
     return total
 
