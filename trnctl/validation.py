@@ -560,7 +560,8 @@ def load_manifests(path: Path) -> tuple[list[tuple[str, Any]], list[ValidationIs
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES
+                                                  and not _render_helm_doc(p))
     objects: list[tuple[str, Any]] = []
     unreadable: list[ValidationIssue] = []
     for file in files:
@@ -579,6 +580,11 @@ def load_manifests(path: Path) -> tuple[list[tuple[str, Any]], list[ValidationIs
             else:
                 objects.append((source, doc))
     return objects, unreadable
+
+
+def _render_helm_doc(path: Path) -> bool:
+    """helm/*.yaml of a render directory: chart, version and values of a release, not an object."""
+    return path.parent.name == "helm" and (path.parent.parent / "resources.json").exists()
 
 
 def _documents_with_lines(text: str) -> list[tuple[int, Any]]:
