@@ -143,7 +143,8 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
     except Exception as exc:
         # Tests check that bad config stops the program before anything is registered.
-        exc.registered_resources = len(monitor.recorded)
+        # (a StackReference is a read the monitor records, not a registration)
+        exc.registered_resources = len([r for r in monitor.recorded if r.type != "pulumi:pulumi:StackReference"])
         raise
 
     root = pulumi_settings.get_root_resource()
