@@ -5,6 +5,7 @@
     trnctl preflight <stack>  read-only AWS checks before `pulumi up` (capacity, quotas, reservations, images)
     trnctl sweep     <stack>  list (and with --yes delete) what a failed `pulumi destroy` left behind
     trnctl cost      <stack>  the hourly cost estimate of a platform or workload stack
+    trnctl rehearse  <stack>  run a workload stack's pods here, each in its own sandbox, in apply order
 
 Exit codes: 0 ok, 1 findings (invalid manifests, policy violations, blocking checks,
 leftovers a sweep could not delete), 2 bad input (the message names the file and key, the allowed values, the fix).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trnctl import cost, preflight, render, sweep, validation
+from trnctl import cost, preflight, rehearse, render, sweep, validation
 
 COMMANDS = {
     "render": (render, "render a stack offline, validate every manifest, run the policy rules"),
@@ -22,6 +23,7 @@ COMMANDS = {
     "preflight": (preflight, "read-only AWS checks before `pulumi up`"),
     "sweep": (sweep, "clean up what a failed `pulumi destroy` left behind (dry run unless --yes)"),
     "cost": (cost, "hourly cost estimate of a platform or workload stack"),
+    "rehearse": (rehearse, "run a workload stack's pods on this machine as the cluster would start them"),
 }
 
 

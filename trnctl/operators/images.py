@@ -32,6 +32,11 @@ class ImageConfig:
     cmd: tuple[str, ...] = ()
     workdir: str = "/"
     user: str = ""  # "uid[:gid]" or a name; "" = root
+    # the image's own user account (`useradd` in our Dockerfiles): name and home, for /etc/passwd and HOME
+    # (runc sets HOME from the image's /etc/passwd when the env has none: opencontainers/runc
+    # libcontainer/init_linux.go setupUser; "/" for a uid without an entry)
+    user_name: str = ""
+    home: str = "/"
     env: tuple[tuple[str, str], ...] = ()
     # image path -> repository path, for each `COPY <repo code> <image path>` of our Dockerfiles
     code: tuple[tuple[str, str], ...] = ()
@@ -137,7 +142,14 @@ def parse_dockerfile(text: str, base: ImageConfig, args: dict[str, str], *, cont
     env = dict(base.env)
     entrypoint, cmd, workdir, user = base.entrypoint, base.cmd, base.workdir, base.user
     code: list[tuple[str, str]] = []
+    user_name, home = base.user_name, base.home
     for word, rest in _instructions(text):
+        if word == "RUN" and "useradd" in rest:
+            account = re.search(r"useradd\s+((?:--?[\w-]+(?:[ =](?!-)\S+)?\s+)*)(\w[\w-]*)", rest)
+            if account:
+                user_name = account.group(2)
+                created = re.search(r"(--create-home|\s-m\b)", account.group(1))
+                home = f"/home/{user_name}" if created else "/"
         if word == "ARG":
             name, _, default = rest.partition("=")
             variables.setdefault(name.strip(), default.strip())
@@ -160,7 +172,7 @@ def parse_dockerfile(text: str, base: ImageConfig, args: dict[str, str], *, cont
                 if (context / src).is_dir() and (context / src / "__init__.py").exists():
                     code.append((dest, str((context / src).relative_to(REPO_ROOT))))
     return ImageConfig(entrypoint=tuple(entrypoint), cmd=tuple(cmd), workdir=workdir, user=user,
-                       env=tuple(env.items()), code=tuple(code), source=source)
+                       env=tuple(env.items()), code=tuple(code), source=source, user_name=user_name, home=home)
 
 
 def base_image_config(image: str) -> ImageConfig:

@@ -10,7 +10,6 @@ import copy
 import json
 import math
 import re
-import shlex
 from typing import Any
 
 import yaml
@@ -529,15 +528,17 @@ def _service_ports(cluster: dict) -> dict[str, int]:
     return ports
 
 
-def head_service(cluster: dict, name: str | None = None, labels: dict | None = None) -> dict:
+def head_service(cluster: dict, name: str | None = None, selector_labels: dict | None = None) -> dict:
     """The head Service: headless (clusterIP None, publishNotReadyAddresses) unless
     ENABLE_RAY_HEAD_CLUSTER_IP_SERVICE is set (our chart does not), one port per head container port plus metrics.
+    Its selector is KubeRay's head labels, where `selector_labels` override the same keys.
     source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/service.go (BuildServiceForHeadPod,
     HeadServiceLabels)"""
     cluster_name = _name(cluster)
     selector = {CLUSTER_LABEL: cluster_name, NODE_TYPE_LABEL: "head",
                 IDENTIFIER_LABEL: _check_label(f"{cluster_name}-head"),
                 "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    selector = {k: (selector_labels or {}).get(k, v) for k, v in selector.items()}
     ports = [{"name": n, "port": p, "appProtocol": "tcp"} for n, p in sorted(_service_ports(cluster).items())]
     spec: dict = {"selector": selector, "ports": ports}
     service_type = cluster["spec"]["headGroupSpec"].get("serviceType")
@@ -546,29 +547,44 @@ def head_service(cluster: dict, name: str | None = None, labels: dict | None = N
     else:
         spec["type"] = service_type
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name or head_service_name(cluster), "namespace": _ns(cluster),
-                         "labels": labels or dict(selector),
+            "metadata": {"name": name or head_service_name(cluster), "namespace": _ns(cluster), "labels": dict(selector),
                          "annotations": {OWNER_ANNOTATION: describe(cluster)}},
             "spec": spec}
 
 
-def services(obj: dict, ctx) -> list[dict]:
+def cluster_head_service(cluster: dict) -> dict:
+    """A RayCluster's own head Service selects `app.kubernetes.io/name` as the head template sets it (KubeRay's
+    pods carry the template's value, which overrides its default `kuberay`).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/raycluster_controller.go (reconcileServices)"""
+    template_labels = cluster["spec"]["headGroupSpec"]["template"].get("metadata", {}).get("labels") or {}
+    app = template_labels.get("app.kubernetes.io/name")
+    return head_service(cluster, selector_labels={"app.kubernetes.io/name": app} if app else None)
+
+
+def rayjob_head_service(job: dict, cluster: dict) -> dict:
+    """A RayJob's `<job>-head-svc`: built with no label overrides, so it selects `app.kubernetes.io/name:
+    kuberay`, and matches the head only if the head template leaves that label to KubeRay.
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/job.go (BuildHeadServiceForRayJob calls
+    BuildServiceForHeadPod with nil labels)"""
+    svc = head_service(cluster, name=rayjob_service_name(_name(job)))
+    svc["metadata"]["namespace"] = _ns(job)
+    svc["metadata"]["labels"] = {ORIGINATED_FROM_NAME_LABEL: _name(job), ORIGINATED_FROM_CRD_LABEL: "RayJob",
+                                 NODE_TYPE_LABEL: "head", IDENTIFIER_LABEL: _check_label(f"{_name(job)}-head")}
+    svc["metadata"]["annotations"][OWNER_ANNOTATION] = describe(job)
+    return svc
+
+
+def services(obj: dict, ctx: Context) -> list[dict]:
     """RayCluster: its head Service. RayJob with rayClusterSpec: the created cluster's head Service and the
-    RayJob's own `<job>-head-svc` selecting the same head.
-    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/job.go (BuildHeadServiceForRayJob)"""
+    RayJob's own `<job>-head-svc` (created once the job runs; rayjob_controller.go reconcileServices)."""
     if obj["kind"] == "RayCluster":
-        return [head_service(obj)]
+        return [cluster_head_service(obj)]
     cluster = rayjob_cluster(obj, ctx)
     if cluster is None or admission_problems(obj, ctx):
         return []
-    job_labels = {ORIGINATED_FROM_NAME_LABEL: _name(obj), ORIGINATED_FROM_CRD_LABEL: "RayJob", NODE_TYPE_LABEL: "head",
-                  IDENTIFIER_LABEL: _check_label(f"{_name(obj)}-head")}
-    own = head_service(cluster, name=rayjob_service_name(_name(obj)), labels=job_labels)
-    own["metadata"]["namespace"] = _ns(obj)
-    own["metadata"]["annotations"][OWNER_ANNOTATION] = describe(obj)
-    cluster_svc = head_service(cluster)
+    cluster_svc = cluster_head_service(cluster)
     cluster_svc["metadata"]["annotations"][OWNER_ANNOTATION] = describe(obj)
-    return [cluster_svc, own]
+    return [cluster_svc, rayjob_head_service(obj, cluster)]
 
 
 def config_objects(obj: dict, ctx) -> list[dict]:
@@ -599,12 +615,21 @@ def admission_problems(obj: dict, ctx) -> list[str]:
                 f"referencing an existing RayCluster\") and requeues in Initializing forever: give the RayJob its own "
                 f"rayClusterSpec (source: {SOURCE}/batchscheduler/volcano/volcano_scheduler.go handleRayJob, "
                 f"called from rayjob_controller.go JobDeploymentStatusInitializing)")
-    clusters = [obj] if obj["kind"] == "RayCluster" else ([obj["spec"]["rayClusterSpec"]] if obj["spec"].get("rayClusterSpec") else [])
-    for c in clusters:
-        spec = c["spec"] if "spec" in c else c
-        for group, params in [("head", spec["headGroupSpec"].get("rayStartParams") or {})] + [
-                (g.get("groupName"), g.get("rayStartParams") or {}) for g in spec.get("workerGroupSpecs") or []]:
-            problems += _start_param_problems(what, group, params)
+    return problems
+
+
+def start_param_problems(obj: dict) -> list[str]:
+    """rayStartParams values that bash changes before `ray start` sees them. Not a refusal: KubeRay creates the
+    pods and their `ray start` fails (e.g. "Got unexpected extra argument"), so this is for static checks; the
+    rehearsal sees the failure itself by running the command."""
+    what = f"{obj['kind']} {_ns(obj)}/{_name(obj)}"
+    spec = obj["spec"] if obj["kind"] == "RayCluster" else (obj["spec"].get("rayClusterSpec") or {})
+    if not spec:
+        return []
+    problems = []
+    for group, params in [("head", spec["headGroupSpec"].get("rayStartParams") or {})] + [
+            (g.get("groupName"), g.get("rayStartParams") or {}) for g in spec.get("workerGroupSpecs") or []]:
+        problems += _start_param_problems(what, group, params)
     return problems
 
 
@@ -626,7 +651,16 @@ def _start_param_problems(what: str, group: str, params: dict) -> list[str]:
         if not reaches_ray_intact(value):
             out.append(f"{what}: rayStartParams[{key!r}] of group {group!r} = {value!r} is pasted unquoted into "
                        f"KubeRay's `ray start` command (' --%s=%s ' per key, run by /bin/bash -c), so bash splits or "
-                       f"rewrites it ({len(shlex.split(f'--{key}={value}'))} word(s), quotes removed); wrap it in single "
+                       f"rewrites it (quotes removed, split at spaces, braces expanded); wrap it in single "
                        f"quotes as KubeRay does for the resources it adds (source: {SOURCE}/common/pod.go "
                        f"convertParamMap, addWellKnownAcceleratorResources)")
     return out
+
+
+def await_kind(obj: dict) -> str:
+    """How the rehearsal awaits an object's pods: "complete" when `pulumi up` waits for the RayJob's
+    jobDeploymentStatus Complete (submitter exited 0), else "ready" (a RayCluster; a RayJob awaited at Running,
+    which KubeRay sets once the cluster is Ready and the submitter Job created: rayjob_controller.go
+    JobDeploymentStatusInitializing)."""
+    wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
+    return "complete" if obj["kind"] == "RayJob" and wait.endswith("=Complete") else "ready"

@@ -332,3 +332,10 @@ def rank_env(forwarded: dict[str, str], *, rank: int, size: int, local_rank: int
     forwarded, and the OMPI_COMM_WORLD_* variables Open MPI defines on every process."""
     return {**(login_env or {}), **forwarded, "OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(size),
             "OMPI_COMM_WORLD_LOCAL_RANK": str(local_rank), "OMPI_COMM_WORLD_LOCAL_SIZE": str(local_size)}
+
+
+def await_kind(obj: dict) -> str:
+    """"complete" when `pulumi up` waits for the MPIJob's Succeeded condition (the launcher Job completed), "ready"
+    for Running (a launcher pod and every worker running: mpi_job_controller.go updateMPIJobStatus)."""
+    wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
+    return "ready" if wait.endswith("=Running") else "complete"

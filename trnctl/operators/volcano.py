@@ -331,3 +331,10 @@ def admission_problems(obj: dict, ctx, objects: list[dict] | None = None) -> lis
         elif (found[0].get("spec") or {}).get("state", "Open") != "Open":
             problems.append(f"{what}: can only submit job to a queue in state Open (source: {webhook})")
     return problems
+
+
+def await_kind(obj: dict) -> str:
+    """"ready" when `pulumi up` waits for status.state.phase Running (minAvailable pods running: Volcano's
+    job state machine, pkg/controllers/job/state/pending.go), else "complete"."""
+    wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
+    return "ready" if wait.endswith("=Running") else "complete"

@@ -1,0 +1,542 @@
+"""Run a workload stack's pods on this machine, step by step, as the cluster would start them.
+
+API (for tools and other operators' rehearsals; nothing here is specific to a workload):
+
+    stack = trnctl.rehearse.stack.load("compile-usw2", overlay.stack_overlays())
+    with Rehearsal(stack, step_timeout=300) as r:      # cleanup of processes and directories on exit
+        result = r.run()                              # every step; r.run(only="2") one step
+        r.service_address("ml-shared", "compile-usw2-serve")  # the Service's 127.0.200.x (kube-proxy stand-in)
+        r.stop_pods(lambda pod: ...); r.run_step(i)   # e.g. stop a step and run it again (resume tests)
+    result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)]
+
+- A step is the set of pods `operators.all_pods` makes of the objects `stack.steps[i]` applies (apply order =
+  the render's dependsOn order, trnctl/rehearse/stack.py), with the Services, ConfigMaps and Secrets of every
+  step known from the start (a pod waits for them in the cluster; here they exist).
+- Per pod: init containers in order, each to exit 0; then the containers, each in its own sandbox
+  (trnctl/rehearse/sandbox.py) with the env and files `operators.kubernetes.container_process` gives, plus
+  the overlay (trnctl/rehearse/overlay.py).
+- A step is done when what `pulumi up` awaits is there: a Job's pods exited 0 (pulumi-kubernetes awaits Job
+  completion), a Deployment's/StatefulSet's/bare Pod's pods ready (readinessProbe httpGet/tcpSocket/exec run
+  for real after the startupProbe passes; no probe = ready once running); a CR's pods (RayCluster, MPIJob,
+  Volcano Job) are awaited as their operator module says (`await_kind(obj)`: "complete" or "ready"; the
+  default for a kind with a completion notion is "complete"). Probes are polled every
+  min(periodSeconds, 1) s (time compressed); the per-step time bound replaces failureThreshold.
+- A pod fails on: a container exiting non-zero (Jobs) or at all (long-running pods), the step time bound,
+  a listening socket outside 127.0.0.0/8, or what the kubelet refuses (missing Secret key, ...). The result
+  names the pod, the step and the log tail.
+- Cleanup: every process group is SIGTERMed then SIGKILLed, every directory removed (also on Ctrl-C, a
+  failing step, and at interpreter exit through `atexit`), unless keep=True keeps the directories.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from trnctl import operators
+from trnctl.operators import OWNER_ANNOTATION, images, kubernetes
+from trnctl.rehearse import network, overlay, sandbox
+from trnctl.rehearse.stack import RehearsalStack
+
+LOG_TAIL_LINES = 40
+PROBE_PERIOD_CAP = 1.0
+COMPLETE_KINDS = {"Job", "MPIJob", "RayJob"}  # awaited to completion; the rest to readiness
+
+
+@dataclass
+class PodResult:
+    name: str
+    step: int
+    owner: str
+    started: bool = False
+    ready: bool | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+    problem: str = ""
+
+    def line(self) -> str:
+        state = "ok" if not self.problem else f"FAILED: {self.problem}"
+        ready = "" if self.ready is None else f" ready={self.ready}"
+        code = "" if self.exit_code is None else f" exit={self.exit_code}"
+        return f"step {self.step} pod {self.name} ({self.owner}) started={self.started}{ready}{code} {state}"
+
+
+@dataclass
+class RehearsalResult:
+    stack: str
+    pods: list[PodResult] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(not p.problem for p in self.pods)
+
+    def report(self) -> str:
+        lines = [p.line() for p in self.pods]
+        for p in self.pods:
+            if p.problem and p.log_tail:
+                lines += [f"--- log tail of {p.name}:", p.log_tail]
+        lines += [f"problem: {p}" for p in self.problems]
+        lines.append(f"rehearsal of {self.stack}: {'ok' if self.ok else 'FAILED'}")
+        return "\n".join(lines)
+
+
+class RehearsalError(RuntimeError):
+    """Bad input: a pod kind or volume the rehearsal cannot run."""
+
+
+@dataclass
+class _Container:
+    pod: str
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    child_pid: int | None
+    spec: dict
+    process: kubernetes.ContainerProcess
+
+
+_LIVE: set["Rehearsal"] = set()
+
+
+def _cleanup_all() -> None:
+    for r in list(_LIVE):
+        r.close()
+
+
+atexit.register(_cleanup_all)
+
+
+class Rehearsal:
+    def __init__(self, stack: RehearsalStack, *, work_dir: Path | None = None, shared_dir: Path | None = None,
+                 keep: bool = False, step_timeout: float = 300.0, s3: bool = True) -> None:
+        self.stack = stack
+        self.keep = keep
+        self.step_timeout = step_timeout
+        self.id = f"trn-rehearse-{uuid.uuid4().hex[:8]}"
+        self.work = Path(work_dir or tempfile.mkdtemp(prefix=f"{self.id}-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.shared = Path(shared_dir) if shared_dir else self.work / "shared"
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.memory = Path("/dev/shm") / self.id
+        self.addresses = network.AddressBook()
+        self.containers: list[_Container] = []
+        self.ready: set[str] = set()
+        self.forwarders: list = []
+        self.s3_server = None
+        self.s3_endpoint: str | None = None
+        self._closed = False
+        _LIVE.add(self)
+        objects = stack.all_objects()
+        self.objects = objects
+        self.pods_by_step = [operators.all_pods(step, stack.ctx) for step in stack.steps]
+        self.all_pods = [p for step in self.pods_by_step for p in step]
+        self.services = operators.all_services(objects, stack.ctx)
+        self.config_objects = operators.all_config_objects(objects, stack.ctx)
+        self.kube_objects = objects + [o for o in self.config_objects if o not in objects]
+        for pod in self.all_pods:
+            self.addresses.pod(pod["metadata"]["name"])
+        for svc in self.services:
+            if (svc.get("spec") or {}).get("clusterIP") != "None":
+                self.addresses.service(svc["metadata"].get("namespace", "default"), svc["metadata"]["name"])
+        if s3:
+            self._start_s3()
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Rehearsal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_pods(lambda pod: True)
+        for f in self.forwarders:
+            with contextlib.suppress(Exception):
+                f.shutdown()
+                f.server_close()
+        if self.s3_server is not None:
+            with contextlib.suppress(Exception):
+                self.s3_server.stop()
+        shutil.rmtree(self.memory, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        _LIVE.discard(self)
+
+    def _start_s3(self) -> None:
+        """The S3 stand-in (moto) on its own loopback address, with the platform's artifacts bucket."""
+        import logging
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
+        address = self.addresses.service("aws", "s3")
+        port = _free_port(address)
+        self.s3_server = ThreadedMotoServer(ip_address=address, port=port, verbose=False)
+        self.s3_server.start()
+        self.s3_endpoint = f"http://{address}:{port}"
+        bucket = self.stack.platform.outputs.get("artifactsBucket")
+        if bucket:
+            boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2", aws_access_key_id="rehearsal",
+                         aws_secret_access_key="rehearsal").create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+
+    # ------------------------------------------------------------------ names and addresses
+    def cluster_names(self) -> dict[str, str]:
+        """Cluster DNS name -> address: ClusterIP Services to their stand-in address, headless Services and
+        pod hostnames to the pod (re-pointed to a ready pod when there is one)."""
+        records = operators.dns_records(self.objects, self.stack.ctx)
+        clusterip = {}
+        for svc in self.services:
+            if (svc.get("spec") or {}).get("clusterIP") == "None":
+                continue
+            ns, name = svc["metadata"].get("namespace", "default"), svc["metadata"]["name"]
+            addr = self.addresses.service(ns, name)
+            for n in (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.{self.stack.ctx.cluster_domain}"):
+                clusterip[n] = addr
+        endpoints = operators.service_endpoints(self.all_pods, self.services)
+        out = {}
+        for name, pod in records.items():
+            if name in clusterip:
+                continue
+            svc_pods = next((v for (ns, s), v in endpoints.items() if name.split(".")[0] == s and pod in v), None)
+            if svc_pods and name.count(".") <= 3 and pod not in self.ready:
+                pod = next((p for p in svc_pods if p in self.ready), pod)
+            out[name] = self.addresses.pod(pod)
+        return {**out, **clusterip}
+
+    def service_address(self, namespace: str, name: str) -> str:
+        return self.addresses.service(namespace, name)
+
+    def _refresh_hosts(self) -> None:
+        names = self.cluster_names()
+        for pod in self.all_pods:
+            path = self.work / "pods" / pod["metadata"]["name"] / "hosts"
+            if path.exists():
+                network.write_in_place(path, network.hosts_file(pod, self.addresses.pod(pod["metadata"]["name"]),
+                                                                names, self.stack.ctx.cluster_domain))
+
+    def _start_forwarders(self) -> None:
+        if self.forwarders:
+            return
+        endpoints = operators.service_endpoints(self.all_pods, self.services)
+        pods = {p["metadata"]["name"]: p for p in self.all_pods}
+        for svc in self.services:
+            spec = svc.get("spec") or {}
+            if spec.get("clusterIP") == "None":
+                continue
+            ns, name = svc["metadata"].get("namespace", "default"), svc["metadata"]["name"]
+            for port in spec.get("ports") or []:
+                backends = endpoints.get((ns, name), [])
+
+                def backend(backends=backends, port=port):
+                    for b in backends:
+                        if b in self.ready:
+                            return self.addresses.pod(b), _target_port(pods[b], port)
+                    return None
+
+                self.forwarders.append(network.start_forwarder(self.addresses.service(ns, name), int(port["port"]),
+                                                               backend))
+
+    # ------------------------------------------------------------------ running
+    def run(self, only: str | None = None) -> RehearsalResult:
+        result = RehearsalResult(self.stack.name)
+        problems = operators.admission_problems(self.objects, self.stack.ctx)
+        if problems:
+            result.problems += problems
+            return result
+        for claim in self._claims():
+            for written in overlay.seed_shared(self.shared, claim, self.stack.workload):
+                print(f"seeded {written} (claim {claim})", flush=True)
+        self._start_forwarders()
+        steps = range(len(self.pods_by_step)) if only is None else [self._step_index(only)]
+        for i in steps:
+            step_result = self.run_step(i)
+            result.pods += step_result
+            if any(p.problem for p in step_result):
+                result.problems.append(f"step {i} failed: " + "; ".join(f"pod {p.name}: {p.problem}" for p in step_result
+                                                                        if p.problem))
+                break
+        return result
+
+    def _step_index(self, only: str) -> int:
+        if only.isdigit() and int(only) < len(self.pods_by_step):
+            return int(only)
+        for i, step in enumerate(self.stack.steps):
+            if any(only in (o["metadata"]["name"], operators.describe(o)) for o in step):
+                return i
+        raise RehearsalError(f"--only {only}: no step {only!r}; steps: " + "; ".join(
+            f"{i}: {', '.join(operators.describe(o) for o in s)}" for i, s in enumerate(self.stack.steps)))
+
+    def _claims(self) -> set[str]:
+        return {v["persistentVolumeClaim"]["claimName"] for p in self.all_pods
+                for v in (p.get("spec") or {}).get("volumes") or [] if "persistentVolumeClaim" in v}
+
+    def run_step(self, index: int) -> list[PodResult]:
+        step_objects = self.stack.steps[index]
+        results: list[PodResult] = []
+        deadline = time.monotonic() + self.step_timeout
+        awaited: list[tuple[PodResult, dict, str]] = []
+        for obj in step_objects:
+            module = operators.controller_for(obj)
+            if module is None:
+                continue
+            await_kind = getattr(module, "await_kind", None)
+            mode = await_kind(obj) if await_kind else ("complete" if obj["kind"] in COMPLETE_KINDS else "ready")
+            for pod in module.pods(obj, self.stack.ctx):
+                res = PodResult(pod["metadata"]["name"], index, operators.describe(obj))
+                results.append(res)
+                try:
+                    self._start_pod(pod, res, deadline)
+                except (kubernetes.PodSpecError, sandbox.SandboxError, KeyError) as exc:
+                    res.problem = str(exc).strip("'")
+                    continue
+                awaited.append((res, pod, mode))
+        self._refresh_hosts()
+        pending = [a for a in awaited if not a[0].problem]
+        while pending:
+            still = []
+            for res, pod, mode in pending:
+                if not self._poll(res, pod, mode):
+                    still.append((res, pod, mode))
+            pending = still
+            if pending and time.monotonic() > deadline:
+                for res, _pod, mode in pending:
+                    res.problem = f"not {'complete' if mode == 'complete' else 'ready'} within the step bound of {self.step_timeout:.0f}s"
+                    res.log_tail = self._log_tail(res.name)
+                break
+            if pending:
+                time.sleep(0.5)
+        for res, _pod, _mode in awaited:
+            self._check_bindings(res)
+        return results
+
+    def _poll(self, res: PodResult, pod: dict, mode: str) -> bool:
+        """True when the pod is done being awaited (success or failure recorded in res)."""
+        name = pod["metadata"]["name"]
+        mains = [c for c in self.containers if c.pod == name and c.name in {x["name"] for x in pod["spec"]["containers"]}]
+        codes = [c.proc.poll() for c in mains]
+        if mode == "complete":
+            if any(code not in (None, 0) for code in codes):
+                res.exit_code = next(code for code in codes if code not in (None, 0))
+                res.problem = f"container exited with {res.exit_code}"
+                res.log_tail = self._log_tail(name)
+                return True
+            if all(code == 0 for code in codes):
+                res.exit_code = 0
+                return True
+            return False
+        if any(code is not None for code in codes):
+            res.exit_code = next(code for code in codes if code is not None)
+            res.problem = f"container exited with {res.exit_code} (restartPolicy would restart it: CrashLoopBackOff)"
+            res.log_tail = self._log_tail(name)
+            return True
+        if all(self._probe_ok(c) for c in mains):
+            res.ready = True
+            self.ready.add(name)
+            self._refresh_hosts()
+            return True
+        res.ready = False
+        return False
+
+    def _probe_ok(self, c: _Container) -> bool:
+        now = time.monotonic()
+        last = getattr(c, "_last_probe", 0.0)
+        probe = c.spec.get("readinessProbe")
+        started_probe = c.spec.get("startupProbe")
+        period = min(float((probe or started_probe or {}).get("periodSeconds", 10)), PROBE_PERIOD_CAP)
+        if now - last < period:
+            return getattr(c, "_last_ok", False)
+        c._last_probe = now  # type: ignore[attr-defined]
+        ok = True
+        if started_probe and not getattr(c, "_started", False):
+            ok = self._run_probe(c, started_probe)
+            c._started = ok  # type: ignore[attr-defined]
+        if ok and probe:
+            ok = self._run_probe(c, probe)
+        c._last_ok = ok  # type: ignore[attr-defined]
+        return ok
+
+    def _run_probe(self, c: _Container, probe: dict) -> bool:
+        """A probe as the kubelet runs it. source: kubernetes/kubernetes@v1.34.0:pkg/kubelet/prober/prober.go
+        (httpGet: success for 200 <= status < 400; host = pod IP; port by number or container port name;
+        tcpSocket: connect; exec: exit 0 inside the container)."""
+        pods = {p["metadata"]["name"]: p for p in self.all_pods}
+        address = self.addresses.pod(c.pod)
+        timeout = float(probe.get("timeoutSeconds", 1))
+        if "httpGet" in probe:
+            h = probe["httpGet"]
+            port = _resolve_port(pods[c.pod], c.spec, h["port"])
+            conn = http.client.HTTPConnection(h.get("host") or address, port, timeout=max(timeout, 2.0))
+            try:
+                conn.request("GET", h.get("path", "/"), headers={x["name"]: x["value"] for x in h.get("httpHeaders") or []})
+                return 200 <= conn.getresponse().status < 400
+            except OSError:
+                return False
+            finally:
+                conn.close()
+        if "tcpSocket" in probe:
+            port = _resolve_port(pods[c.pod], c.spec, probe["tcpSocket"]["port"])
+            try:
+                socket.create_connection((address, port), timeout=max(timeout, 2.0)).close()
+                return True
+            except OSError:
+                return False
+        if "exec" in probe:
+            return self.exec_in(c.pod, c.name, probe["exec"]["command"], timeout=max(timeout, 10.0)).returncode == 0
+        return True
+
+    def exec_in(self, pod: str, container: str, command: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run a command inside a running container (its namespaces, user, env and workdir), as `kubectl exec`."""
+        c = next(x for x in self.containers if x.pod == pod and x.name == container)
+        if not c.child_pid:
+            raise RehearsalError(f"pod {pod} container {container}: no sandbox pid to enter")
+        env = [f"{k}={v}" for k, v in c.process.env.items()]
+        # -r/-w: the sandbox's root and working directory (bwrap pivoted the root in its mount namespace)
+        argv = ["nsenter", "-t", str(c.child_pid), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--preserve-credentials",
+                "env", "-i", *env, *command]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(argv, 124, exc.stdout or "", exc.stderr or "")
+
+    def _start_pod(self, pod: dict, res: PodResult, deadline: float) -> None:
+        name = pod["metadata"]["name"]
+        pod_dir = self.work / "pods" / name
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        hosts = pod_dir / "hosts"
+        hosts.write_text(network.hosts_file(pod, self.addresses.pod(name), self.cluster_names(),
+                                            self.stack.ctx.cluster_domain))
+        dirs = sandbox.PodDirs(root=pod_dir, memory_root=self.memory / name, shared_root=self.shared)
+        spec = pod.get("spec") or {}
+        for init in spec.get("initContainers") or []:
+            c = self._start_container(pod, init, dirs, hosts)
+            res.started = True
+            code = _wait(c.proc, deadline)
+            if code != 0:
+                res.exit_code = code
+                res.log_tail = self._log_tail(name)
+                raise kubernetes.PodSpecError(f"init container {init['name']} exited with {code}"
+                                              if code is not None else f"init container {init['name']} did not finish "
+                                              f"within the step bound")
+        for container in spec.get("containers") or []:
+            self._start_container(pod, container, dirs, hosts)
+            res.started = True
+
+    def _start_container(self, pod: dict, container: dict, dirs: sandbox.PodDirs, hosts: Path) -> _Container:
+        name = pod["metadata"]["name"]
+        pod = _with_env(pod, container["name"], overlay.cpu_path_env(self.s3_endpoint))
+        image_ref = container.get("image", "")
+        image = images.image_config(image_ref)
+        proc = kubernetes.container_process(pod, container["name"], self.kube_objects, image,
+                                            pod_ip=self.addresses.pod(name), services=self.services,
+                                            service_hosts=self.addresses.services)
+        iname = sandbox.image_name(image_ref)
+        proc.argv, bind_env = overlay.bind_substitutions(iname, proc.argv, self.addresses.pod(name))
+        proc.env.update(bind_env)
+        argv = sandbox.bwrap_argv(proc, image=image_ref, dirs=dirs, container=container["name"], hosts=hosts,
+                                  commands=overlay.IMAGE_COMMANDS.get(iname))
+        info_r, info_w = os.pipe()
+        argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
+        log = dirs.root / f"{container['name']}.log"
+        with open(log, "ab") as out:
+            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, pass_fds=(info_w,))
+        os.close(info_w)
+        child = None
+        with contextlib.suppress(Exception), os.fdopen(info_r) as info:
+            import json
+            child = json.loads(info.read() or "{}").get("child-pid")
+        c = _Container(name, container["name"], p, log, child, container, proc)
+        self.containers.append(c)
+        return c
+
+    def stop_pods(self, which: Callable[[dict], bool], grace: float = 10.0) -> None:
+        """SIGTERM the process groups of the matching pods' containers, SIGKILL after `grace` seconds."""
+        pods = {p["metadata"]["name"]: p for p in self.all_pods}
+        victims = [c for c in self.containers if c.pod not in pods or which(pods[c.pod])]
+        for c in victims:
+            if c.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.proc.pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for c in victims:
+            try:
+                c.proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    c.proc.wait(timeout=10)
+            self.ready.discard(c.pod)
+        self.containers = [c for c in self.containers if c not in victims]
+
+    def _check_bindings(self, res: PodResult) -> None:
+        for c in self.containers:
+            if c.pod == res.name and c.proc.poll() is None:
+                outside = network.bound_outside_loopback(c.proc.pid)
+                if outside and not res.problem:
+                    res.problem = "listens outside 127.0.0.0/8: " + ", ".join(f"{a}:{p}" for a, p in outside)
+
+    def _log_tail(self, pod: str) -> str:
+        out = []
+        for log in sorted((self.work / "pods" / pod).glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            out.append(f"[{log.stem}]\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    def owner_of(self, pod: dict) -> str:
+        return pod["metadata"].get("annotations", {}).get(OWNER_ANNOTATION, "")
+
+
+def _with_env(pod: dict, container: str, env: dict[str, str]) -> dict:
+    """The pod with the overlay's env appended to one container (later entries win in the kubelet's map)."""
+    import copy
+    pod = copy.deepcopy(pod)
+    for c in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]:
+        if c["name"] == container:
+            c["env"] = [e for e in c.get("env") or [] if e["name"] not in env] + [
+                {"name": k, "value": v} for k, v in env.items()]
+    return pod
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
+    try:
+        return proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _resolve_port(pod: dict, container: dict, port) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for c in [container] + pod["spec"]["containers"]:
+        for p in c.get("ports") or []:
+            if p.get("name") == port:
+                return int(p["containerPort"])
+    raise RehearsalError(f"pod {pod['metadata']['name']}: no container port named {port!r}")
+
+
+def _target_port(pod: dict, service_port: dict) -> int:
+    target = service_port.get("targetPort", service_port["port"])
+    return _resolve_port(pod, pod["spec"]["containers"][0], target)
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
