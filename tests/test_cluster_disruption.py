@@ -47,8 +47,9 @@ def test_a_pool_expiring_nodes_before_the_longest_job_is_reported(today):
     expiring = edit(today, "NodePool trn1-efa", lambda p: p["spec"]["template"]["spec"].update(expireAfter="720h"))
     found = rules(disruption.check(expiring), "disruption/expire-after")
     owners = sorted(f.objects[0] for f in found)
-    # 720h (2592000s) outlasts the week-long NeMo deadline (604800s); a RayCluster has no deadline at all
-    assert "RayCluster ml-shared/ray-pretrain-usw2" in owners
+    # 720h (2592000s) outlasts the week-long NeMo deadline (604800s); the RayJobs have no deadline at all
+    assert "RayJob ml-shared/ray-pretrain-usw2-train" in owners
+    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" not in owners
     assert all("720h" in f.message for f in found)
     short = edit(today, "NodePool trn1-efa", lambda p: p["spec"]["template"]["spec"].update(expireAfter="24h"))
     owners = sorted(f.objects[0] for f in rules(disruption.check(short), "disruption/expire-after"))

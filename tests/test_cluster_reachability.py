@@ -2,8 +2,6 @@
 platform needs against the `ml-shared` policy of today's stacks, with a broken case each."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from tests.cluster_helpers import edit, mandatory, model, rules
@@ -80,7 +78,8 @@ def test_every_platform_flow_holds_on_todays_stacks_and_nothing_else_opens(today
     flows = reach.needed_flows(today)
     kinds = {f.why.split(" ")[0] + " " + f.why.split(" ")[1] for f in flows}
     # the flows exist (a model that finds no pods would pass vacuously)
-    assert any(f.src.name.startswith("Prometheus") and f.dst.name.startswith("Pod ml-shared/ray-pretrain-usw2-head") for f in flows)
+    assert any(f.src.name.startswith("Prometheus") and f.dst.name.startswith("Pod ml-shared/ray-pretrain-usw2-train-")
+               and "head" in f.dst.name for f in flows)
     assert any(f.src.name.startswith("Prometheus") and "llm-serve" in f.dst.name for f in flows)
     assert any(f.src.name.startswith("KubeRay operator") and f.port == 8265 for f in flows)
     assert any(f.why.startswith("KEDA queries Prometheus") for f in flows)
@@ -88,30 +87,13 @@ def test_every_platform_flow_holds_on_todays_stacks_and_nothing_else_opens(today
     assert reach.check(today) == []
 
 
-def test_the_rayjob_submitter_reaches_its_head_dashboard():
-    # Today's RayJobs use clusterSelector, which KubeRay with Volcano refuses (operators.kuberay
-    # admission_problems: no submitter is created). With its own rayClusterSpec (the RayCluster's spec,
-    # its JSON resources start parameter quoted, no app.kubernetes.io/name label) KubeRay creates the
-    # cluster and a submitter pod that calls the dashboard address it is given, resolved by cluster DNS
-    # to that cluster's head.
-    m = model("dev-usw2", "ray-pretrain-usw2")
-    cluster = next(o for o in m.objects if o["kind"] == "RayCluster")
-
-    def own_cluster(job):
-        job["spec"].pop("clusterSelector")
-        job["spec"]["rayClusterSpec"] = copy.deepcopy(cluster["spec"])
-        spec = job["spec"]["rayClusterSpec"]
-        for group in spec["workerGroupSpecs"]:  # quoted as KubeRay needs (admission)
-            group["rayStartParams"]["resources"] = f"'{group['rayStartParams']['resources']}'"
-        # KubeRay keeps a template's app.kubernetes.io/name (pod.go labelPod), and its head Service selects
-        # app.kubernetes.io/name=kuberay (service.go): with ours the Service has no endpoints, DNS no answer.
-        for template in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
-            template["metadata"]["labels"].pop("app.kubernetes.io/name")
-    m = edit(m, "RayJob ml-shared/ray-pretrain-usw2-train", own_cluster)
-    flows = [f for f in reach.needed_flows(m) if "RayJob submitter" in f.why]
-    assert len(flows) == 1 and flows[0].port == 8265 and "ray-pretrain-usw2-train-" in flows[0].dst.name
-    assert "head" in flows[0].dst.name
-    assert reach.check(m) == []
+def test_each_rayjob_submitter_reaches_its_own_heads_dashboard(today):
+    # KubeRay creates each RayJob's cluster (rayClusterSpec) and a submitter pod that calls the dashboard
+    # address it is given (env RAY_DASHBOARD_ADDRESS), resolved by cluster DNS to that cluster's head.
+    flows = [f for f in reach.needed_flows(today) if "RayJob submitter" in f.why]
+    assert len(flows) == 3 and all(f.port == 8265 and "head" in f.dst.name for f in flows)
+    for step in ("data", "precompile", "train"):
+        assert any(f"ray-pretrain-usw2-{step}-" in f.src.name and f"ray-pretrain-usw2-{step}-" in f.dst.name for f in flows)
 
 
 def test_the_old_same_namespace_only_policy_blocks_prometheus_and_the_kuberay_operator(today):
@@ -119,7 +101,7 @@ def test_the_old_same_namespace_only_policy_blocks_prometheus_and_the_kuberay_op
     blocked = rules(reach.check(broken), "reachability/blocked")
     text = "\n".join(str(f) for f in blocked)
     assert "Prometheus scrapes Pod ml-shared/llm-serve-usw2" in text and "port metrics (8000)" in text
-    assert "Prometheus scrapes Pod ml-shared/ray-pretrain-usw2-head" in text and "(8080)" in text
+    assert "Prometheus scrapes Pod ml-shared/ray-pretrain-usw2-train-" in text and "(8080)" in text
     assert "the KubeRay operator polls the Ray dashboard" in text and "port 8265" in text
     assert all(f.severity == "mandatory" for f in blocked)
 

@@ -35,7 +35,8 @@ def test_a_multi_node_efa_pool_in_two_zones_fails_the_gang(today):
     found = rules(scheduling.check(two_zones), "scheduling/efa-zones")
     gangs = sorted(f.objects[0] for f in found)
     assert gangs == ["ml-shared/MPIJob/nemo-pretrain-usw2-precompile", "ml-shared/MPIJob/nemo-pretrain-usw2-train",
-                     "ml-shared/RayCluster/ray-pretrain-usw2"]
+                     "ml-shared/RayJob/ray-pretrain-usw2-data", "ml-shared/RayJob/ray-pretrain-usw2-precompile",
+                     "ml-shared/RayJob/ray-pretrain-usw2-train"]
     assert all("usw2-az1, usw2-az4" in f.message and f.severity == "mandatory" for f in found)
 
 
