@@ -56,3 +56,12 @@ def test_an_object_not_depending_on_its_namespace_is_reported(today):
     broken = _without_dependency(today, "kubernetes:networking.k8s.io/v1:NetworkPolicy", "workload-ingress", "storage-ns")
     found = rules(order.check(broken), "order/missing-dependency")
     assert len(found) == 1 and "namespace ml-shared" in found[0].message
+
+
+def test_a_workload_custom_resource_needs_its_operator_in_the_platform(today):
+    assert order.check_workload_kinds(today) == []
+    m = Model(copy.deepcopy(today.platform), today.workloads)
+    m.platform.records = [r for r in m.platform.records if not (r["type"].startswith("kubernetes:kustomize/")
+                                                                and "mpi-operator" in r["name"])]
+    found = rules(order.check(m), "order/missing-operator")
+    assert found and all("MPIJob" in f.message and "needs mpi-operator" in f.message for f in found)

@@ -15,7 +15,8 @@ reverse topological order"). So one edge proves both directions:
   deleted (kubernetes-sigs/karpenter@v1.14.1 pkg/controllers/node/termination, nodeclaim/lifecycle);
 - the FSx PV/PVC depend on the CSI driver release (its node plugin unmounts on pod deletion).
 Across stacks Pulumi has no edge: a workload stack's objects need the platform's operators, so the
-platform stack is destroyed after every workload stack that references it (README, teardown).
+platform stack is destroyed after every workload stack that references it (README, teardown), and the
+platform a workload references must install the operators of its custom resources.
 """
 from __future__ import annotations
 
@@ -125,5 +126,25 @@ def check_render(render: Render) -> list[Finding]:
     return findings
 
 
+def check_workload_kinds(model: Model) -> list[Finding]:
+    """A workload stack's custom resources need the platform it references to install their CRDs
+    and run their controllers (no edge across stacks: this is the only place it is checked offline)."""
+    installed = _installers(model.platform)
+    owners = crd_owners()
+    findings = []
+    for render in model.workloads:
+        for r in render.records:
+            gk = _kube_kind(r)
+            if gk is None or gk[0] not in owners:
+                continue
+            missing = [rel for rel in dict.fromkeys(owners[gk[0]]) if f"release:{rel}" not in installed]
+            if missing:
+                findings.append(Finding(f"{RULE}/missing-operator", MANDATORY, (f"{gk[1]} {r['name']}",),
+                                        f"{render.project}/{render.stack}: {gk[1]} ({gk[0]}) needs {', '.join(missing)} "
+                                        f"from platform stack {model.platform.stack}, which does not install it; fix: "
+                                        f"install it in the platform (infra/addons.py) or drop the resource"))
+    return findings
+
+
 def check(model: Model) -> list[Finding]:
-    return [f for render in model.renders for f in check_render(render)]
+    return [f for render in model.renders for f in check_render(render)] + check_workload_kinds(model)
