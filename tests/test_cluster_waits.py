@@ -90,3 +90,9 @@ def test_options_set_in_a_program_reach_resources_json():
     assert recorded["cm"]["options"] == {"customTimeouts": {"create": "20m"}, "deleteBeforeReplace": True,
                                          "ignoreChanges": ["data"], "protect": True}
     assert "options" not in recorded["plain"]
+
+
+def test_llm_serve_records_that_pulumi_leaves_its_replicas_to_keda():
+    from tests.cluster_helpers import workload_render
+    (deployment,) = [r for r in workload_render("llm-serve-usw2").records if r["type"] == "kubernetes:apps/v1:Deployment"]
+    assert deployment["options"] == {"ignoreChanges": ["spec.replicas"]}
