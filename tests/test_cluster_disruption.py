@@ -43,14 +43,29 @@ def test_gang_pods_without_do_not_disrupt_are_reported(today):
     assert [f.objects[0] for f in found] == ["MPIJob ml-shared/nemo-pretrain-usw2-train"]
 
 
-def test_a_pool_expiring_nodes_before_the_longest_job_is_reported(today):
-    expiring = edit(today, "NodePool trn1-efa", lambda p: p["spec"]["template"]["spec"].update(expireAfter="720h"))
-    found = rules(disruption.check(expiring), "disruption/expire-after")
-    owners = sorted(f.objects[0] for f in found)
-    # 720h (2592000s) outlasts the week-long NeMo deadline (604800s); the RayJobs have no deadline at all
-    assert "RayJob ml-shared/ray-pretrain-usw2-train" in owners
-    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" not in owners
-    assert all("720h" in f.message for f in found)
-    short = edit(today, "NodePool trn1-efa", lambda p: p["spec"]["template"]["spec"].update(expireAfter="24h"))
-    owners = sorted(f.objects[0] for f in rules(disruption.check(short), "disruption/expire-after"))
-    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" in owners
+def test_expiring_nodes_with_a_grace_period_shorter_than_the_longest_job_is_reported(today):
+    def expire(after, grace=None):
+        def change(pool):
+            pool["spec"]["template"]["spec"]["expireAfter"] = after
+            if grace:
+                pool["spec"]["template"]["spec"]["terminationGracePeriod"] = grace
+        return edit(today, "NodePool trn1-efa", change)
+
+    # do-not-disrupt pods hold an expired node's drain until they end (no terminationGracePeriod): no finding
+    assert rules(disruption.check(expire("720h")), "disruption/expire-after") == []
+    # a 48h grace period deletes them: the week-long NeMo runs (604800s) and the RayJobs (no deadline) are cut short
+    owners = sorted(f.objects[0] for f in rules(disruption.check(expire("720h", "48h")), "disruption/expire-after"))
+    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" in owners and "RayJob ml-shared/ray-pretrain-usw2-train" in owners
+    # a grace period beyond the NeMo deadline lets NeMo finish; the RayJobs still have none
+    owners = sorted(f.objects[0] for f in rules(disruption.check(expire("720h", "200h")), "disruption/expire-after"))
+    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" not in owners and "RayJob ml-shared/ray-pretrain-usw2-train" in owners
+
+
+def test_expiring_nodes_evict_gang_pods_without_do_not_disrupt(today):
+    def drop(job):
+        job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["metadata"].pop("annotations")
+    m = edit(edit(today, "NodePool trn1-efa", lambda p: p["spec"]["template"]["spec"].update(expireAfter="720h")),
+             "MPIJob ml-shared/nemo-pretrain-usw2-train", drop)
+    found = rules(disruption.check(m), "disruption/expire-after")
+    assert [f.objects[0] for f in found] == ["MPIJob ml-shared/nemo-pretrain-usw2-train"]
+    assert "lack karpenter.sh/do-not-disrupt" in found[0].message

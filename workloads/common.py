@@ -32,7 +32,8 @@ TENSORBOARD_PORT = 6006
 # On every pod of a running batch gang (ranks, launcher, Ray head): Karpenter does not voluntarily
 # disrupt (consolidate, drift) a node while such a pod runs, so one eviction cannot fail the whole job
 # (karpenter-provider-aws v1.14 website concepts/disruption.md, "Pod-Level Controls"; checked by
-# trnctl/cluster/disruption.py). Expiration is forceful regardless: accelerator pools never expire.
+# trnctl/cluster/disruption.py). Expiration is forceful, but its drain waits for these pods unless the pool
+# sets a terminationGracePeriod; accelerator pools never expire.
 TRAINING_POD_ANNOTATIONS = {"karpenter.sh/do-not-disrupt": "true"}
 NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"

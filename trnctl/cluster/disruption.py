@@ -11,9 +11,13 @@
 - Training pods of a running gang carry `karpenter.sh/do-not-disrupt: "true"` (docs
   concepts/disruption.md, "Pod-Level Controls": the node is not voluntarily disrupted while such a
   pod runs), so consolidation, drift and budgets cannot evict one rank and kill the whole job.
-- `expireAfter` is forceful in Karpenter v1: an expired node is drained even with do-not-disrupt
-  pods (docs concepts/disruption.md, "Forceful Methods: Expiration"), so a pool's expireAfter must
-  exceed the longest deadline of the jobs that run on it ("Never" does).
+- `expireAfter` is forceful in Karpenter v1: an expired node is drained at once, without budgets
+  (aws/karpenter-provider-aws@v1.14 website/content/en/v1.14/concepts/disruption.md, "Automated
+  Forceful Methods: Expiration"). Pods with do-not-disrupt block that drain indefinitely unless the
+  pool sets `terminationGracePeriod`, after which they are deleted (same page, the warning under
+  Expiration, and "TerminationGracePeriod"). So a training pod on a pool that expires nodes survives
+  only with do-not-disrupt and no terminationGracePeriod shorter than its job's deadline ("Never"
+  needs neither).
 """
 from __future__ import annotations
 
@@ -119,18 +123,25 @@ def training_findings(model: Model) -> list[Finding]:
                                     f"consolidation or drift may evict one rank and fail the whole gang; fix: annotate the "
                                     f"pod template (workloads/common.py TRAINING_POD_ANNOTATIONS)"))
         deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds") or deadline_seconds(owner)
+        protected = str(ann.get(DO_NOT_DISRUPT)) == "true"
         for pool in candidate_pools(model, pod):
-            expire = ((pool.obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("expireAfter", "720h")
-            seconds = parse_go_duration(str(expire))
+            template = ((pool.obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+            expire = str(template.get("expireAfter", "720h"))  # the CRD default
+            seconds = parse_go_duration(expire)
             if seconds is None or (owner_id, pool.name) in seen:
                 continue
-            if deadline is None or int(deadline) > seconds:
-                seen.add((owner_id, pool.name))
-                longest = f"its deadline {deadline}s" if deadline else "no deadline"
-                findings.append(Finding(f"{RULE}/expire-after", MANDATORY, (owner_id, obj_id(pool.obj)),
-                                        f"NodePool {pool.name} expires nodes after {expire} ({int(seconds)}s), forcefully "
-                                        f"(do-not-disrupt does not stop expiration), but {owner_id} may run longer ({longest}); "
-                                        f"fix: expireAfter: Never on pools that run training, or a deadline below it"))
+            tgp = template.get("terminationGracePeriod")
+            tgp_seconds = parse_go_duration(str(tgp)) if tgp else None
+            if protected and (tgp_seconds is None or (deadline is not None and int(deadline) <= tgp_seconds)):
+                continue  # the expired node's drain waits for the pod (the docs' warning: it blocks indefinitely)
+            seen.add((owner_id, pool.name))
+            longest = f"its deadline {deadline}s" if deadline else "no deadline"
+            why = (f"its terminationGracePeriod {tgp} deletes do-not-disrupt pods before {owner_id} may end ({longest})"
+                   if protected else f"the pods of {owner_id} lack {DO_NOT_DISRUPT}, so the drain evicts them")
+            findings.append(Finding(f"{RULE}/expire-after", MANDATORY, (owner_id, obj_id(pool.obj)),
+                                    f"NodePool {pool.name} expires nodes after {expire} and expiration drains them "
+                                    f"forcefully; {why}; fix: expireAfter: Never on pools that run training, or "
+                                    f"do-not-disrupt without a shorter terminationGracePeriod"))
     return findings
 
 
