@@ -4,9 +4,11 @@ DaemonSets that land on that node, pool limits that hold the whole gang at once,
 Availability Zone for every multi-node EFA gang.
 
 Karpenter's model (aws/karpenter-provider-aws@v1.14.1 pkg/providers/instancetype/types.go):
-- memory capacity = EC2 memory minus `vmMemoryOverheadPercent` (chart setting, default 0.075:
-  charts/karpenter/values.yaml settings.vmMemoryOverheadPercent) until a node of the type has been
-  seen; the first node of a gang is always launched on this estimate;
+- memory capacity = EC2 memory minus VM_MEMORY_OVERHEAD_PERCENT (default 0.075:
+  pkg/operator/options/options.go; chart settings.vmMemoryOverheadPercent, not set by infra/karpenter.py)
+  until a node of that instance type and AMI has registered, after which the node's reported capacity
+  is used (the instance type provider's discovered-capacity cache, keyed by type and AMI: an AMI bump
+  starts over). On a fresh cluster the first node of a type is sized by this estimate;
 - kube-reserved CPU 6% of the first core, 1% of the second, 0.5% of the next two, 0.25% of the
   rest; memory 11 MiB x max pods + 255 MiB (kubeReservedResources); eviction threshold 100 Mi;
 - max pods: ENI-limited on AL2023; the EKS max-pods recommendation caps it at 110 below 30 vCPUs
