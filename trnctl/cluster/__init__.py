@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import yaml
 
@@ -290,7 +290,3 @@ def format_findings(findings: list[Finding]) -> str:
     lines = [f"cluster model: {len(findings)} finding(s)"]
     lines += [f"  - {f}" for f in findings]
     return "\n".join(lines)
-
-
-def as_text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
