@@ -229,3 +229,16 @@ def test_standalone_raycluster_pods_and_service():
     [svc] = kuberay.services(cluster, ctx)
     assert svc["metadata"]["name"] == "demo-head-svc"
     assert os.path.basename(pods[0]["spec"]["containers"][0]["command"][0]) == "bash"
+
+
+@pytest.mark.parametrize("ray_version, kind", [("2.51.1", "exec"), ("2.53.0", "httpGet")])
+def test_probes_follow_the_ray_version(ray_version, kind):
+    job = rayjob("train")
+    job["spec"]["rayClusterSpec"]["rayVersion"] = ray_version
+    head = [p for p in kuberay.pods(job, context(STACK)) if "-head-" in p["metadata"]["name"]][0]
+    probe = ray_container(head)["readinessProbe"]
+    assert kind in probe
+    if kind == "exec":  # our ray-train image checks wget is there (images/ray-train/Dockerfile)
+        assert "wget" in probe["exec"]["command"][2] and "api/gcs_healthz" in probe["exec"]["command"][2]
+    else:
+        assert probe["httpGet"] == {"path": "/api/healthz", "port": kuberay.DASHBOARD_AGENT_LISTEN_PORT}

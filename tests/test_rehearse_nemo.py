@@ -40,17 +40,18 @@ def mpijob_step(stack, suffix: str) -> int:
     return next(i for i, step in enumerate(stack.steps) if any(o["metadata"]["name"].endswith(suffix) for o in step))
 
 
-def test_every_rank_reaches_rank0_over_ssh_and_mpirun(stack):
+@pytest.mark.parametrize("mode", ["precompile", "train"])
+def test_every_rank_reaches_rank0_over_ssh_and_mpirun(stack, mode):
     with MPIRehearsal(stack, step_timeout=120, s3=False) as r:
         seed_inputs(r, stack)
-        results = r.run_step(mpijob_step(stack, "-precompile"))
+        results = r.run_step(mpijob_step(stack, f"-{mode}"))
         report = "\n".join(p.line() + ("\n" + p.log_tail if p.problem else "") for p in results)
         assert all(not p.problem for p in results), report
         launcher = next(p for p in results if "-launcher-" in p.name)
         assert launcher.exit_code == 0
         log = (r.work / "pods" / launcher.name / "launcher.log").read_text()
     for rank in range(NODES):
-        assert f"node {rank}/{NODES}: CPU stand-in for NxD Training precompile" in log, log
+        assert f"node {rank}/{NODES}: CPU stand-in for NxD Training {mode}" in log, log
     assert f"met ranks {list(range(NODES))}" in log
 
 

@@ -276,21 +276,32 @@ def _ray_env(container: dict, *, head: bool, fqdn: str, port: str, start_cmd: st
         env.append({"name": "RAY_DASHBOARD_ENABLE_K8S_DISK_USAGE", "value": "1"})
 
 
-def _probes(container: dict, *, head: bool, params: dict[str, str]) -> None:
-    """Exec probes for Ray < 2.53 (ours: workloads' ray_version()); the wget timeouts are KubeRay's as written.
-    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/pod.go (initLivenessAndReadinessProbe),
-    utils/constant.go (BaseWgetHealthCommand, Default*Probe*)"""
+def _ray_version_at_least(version: str, minimum: tuple[int, ...]) -> bool:
+    try:
+        return tuple(int(x) for x in version.split(".")[:3]) >= minimum
+    except ValueError:
+        return False  # version.ParseGeneric fails: KubeRay assumes no unified health check
+
+
+def _probes(container: dict, *, head: bool, params: dict[str, str], ray_version: str) -> None:
+    """Liveness and readiness probes where the Ray container has none: from Ray 2.53 an httpGet of the dashboard
+    agent's /api/healthz, before that exec probes running wget (the timeouts as KubeRay writes them).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/pod.go (initLivenessAndReadinessProbe,
+    supportsUnifiedHealthCheck), utils/constant.go (BaseWgetHealthCommand, RayNodeHealthPath, Default*Probe*)"""
     agent = int(params.get("dashboard-agent-listen-port", DASHBOARD_AGENT_LISTEN_PORT))
     dashboard = int(params.get("dashboard-port", DASHBOARD_PORT))
-    commands = [f"wget --tries 1 -T 2 -q -O- http://localhost:{agent}/api/local_raylet_healthz | grep success"]
-    if head:
-        commands.append(f"wget --tries 1 -T 10 -q -O- http://localhost:{dashboard}/api/gcs_healthz | grep success")
-    exec_ = {"command": ["bash", "-c", " && ".join(commands)]}
+    if _ray_version_at_least(ray_version, (2, 53, 0)):
+        action = {"httpGet": {"path": "/api/healthz", "port": agent}}
+    else:
+        commands = [f"wget --tries 1 -T 2 -q -O- http://localhost:{agent}/api/local_raylet_healthz | grep success"]
+        if head:
+            commands.append(f"wget --tries 1 -T 10 -q -O- http://localhost:{dashboard}/api/gcs_healthz | grep success")
+        action = {"exec": {"command": ["bash", "-c", " && ".join(commands)]}}
     timeout = 5 if head else 2
     container.setdefault("livenessProbe", {"initialDelaySeconds": 30, "timeoutSeconds": timeout, "periodSeconds": 5,
-                                           "successThreshold": 1, "failureThreshold": 120, "exec": exec_})
+                                           "successThreshold": 1, "failureThreshold": 120, **action})
     container.setdefault("readinessProbe", {"initialDelaySeconds": 10, "timeoutSeconds": timeout, "periodSeconds": 5,
-                                            "successThreshold": 1, "failureThreshold": 10, "exec": exec_})
+                                            "successThreshold": 1, "failureThreshold": 10, **copy.deepcopy(action)})
 
 
 def _pod_labels(node_type: str, cluster_name: str, group: str, template_labels: dict) -> dict:
@@ -385,7 +396,7 @@ def _build_pod(cluster: dict, group: dict | None, name: str, ctx) -> dict:
         init.setdefault("env", []).extend([{"name": "FQ_RAY_IP", "value": fqdn},
                                            {"name": "RAY_IP", "value": fqdn.split(".")[0]}])
     _ray_env(ray, head=head, fqdn=fqdn, port=port, start_cmd=start_cmd)
-    _probes(ray, head=head, params=params)
+    _probes(ray, head=head, params=params, ray_version=str(cluster["spec"].get("rayVersion", "")))
     template["metadata"] = {**meta, "labels": _pod_labels("head" if head else "worker", cluster_name, group_name,
                                                           meta.get("labels"))}
     _add_volcano_metadata(cluster, template["metadata"], spec, group_name, ctx)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trnctl import operators
 from trnctl.operators import mpi
-from trnctl.rehearse import sandbox
+from trnctl.rehearse.sandbox_patch import bwrap_argv_through
 from trnctl.rehearse.runner import PodResult, Rehearsal
 
 # images/nemo/Dockerfile: ARG SSH_PORT=2222; the sshd config and host key it writes under /home/trn; the client
@@ -61,20 +61,15 @@ class MPIRehearsal(Rehearsal):
             return super()._start_container(pod, container, dirs, hosts)
         self._image_files(pod, container["name"])
         pod = _with_overlay(pod, container["name"], self.addresses.pod(pod["metadata"]["name"]))
-        original = sandbox.bwrap_argv
         client = self.work / "pods" / pod["metadata"]["name"] / "containers" / container["name"] / "ssh_config.d"
 
-        def with_client_config(*args, **kwargs):
-            argv = _writable_etc_mount_points(original(*args, **kwargs))
+        def with_client_config(argv: list[str]) -> list[str]:
             _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
             at = argv.index("--proc")
             return argv[:at] + ["--ro-bind", str(client), "/etc/ssh/ssh_config.d"] + argv[at:]
 
-        sandbox.bwrap_argv = with_client_config
-        try:
+        with bwrap_argv_through(with_client_config):
             return super()._start_container(pod, container, dirs, hosts)
-        finally:
-            sandbox.bwrap_argv = original
 
     def run_step(self, index: int) -> list[PodResult]:
         mpijobs = [o for o in self.stack.steps[index] if operators.key_of(o) in mpi.KINDS]
@@ -132,7 +127,7 @@ class MPIRehearsal(Rehearsal):
     def _worker_ready(self, worker: dict, res: PodResult) -> bool:
         """A worker without a readiness probe is ready once running (its sshd listening here)."""
         name = worker["metadata"]["name"]
-        mains = [c for c in self.containers if c.pod == name]
+        mains = [c for c in self.containers if c.pod == name and c.name in {x["name"] for x in worker["spec"]["containers"]}]
         if any(c.proc.poll() is not None for c in mains):
             res.exit_code = next(c.proc.poll() for c in mains if c.proc.poll() is not None)
             res.problem = f"container exited with {res.exit_code}"
@@ -161,22 +156,6 @@ def _kubelet_owned(volume: Path) -> None:
     if volume.exists():
         for path in [volume, *volume.rglob("*")]:
             os.lchown(path, NOT_THE_POD_USER, NOT_THE_POD_USER)
-
-
-def _writable_etc_mount_points(argv: list[str]) -> list[str]:
-    """The sandbox binds this machine's /etc read-only, where bwrap cannot create the mount points of volumes
-    under /etc (the MPI operator's /etc/mpi, our run config at /etc/run): a tmpfs /etc holding each entry of the
-    machine's /etc read-only instead, so volume mount points can be made next to them."""
-    at = next((i for i in range(len(argv) - 2) if argv[i:i + 3] == ["--ro-bind", "/etc", "/etc"]), None)
-    if at is None:  # the sandbox already makes /etc a tmpfs of the machine's entries
-        return argv
-    entries: list[str] = ["--tmpfs", "/etc"]
-    for entry in sorted(Path("/etc").iterdir()):
-        if entry.is_symlink():
-            entries += ["--symlink", os.readlink(entry), str(entry)]
-        elif entry.exists():
-            entries += ["--ro-bind", str(entry), str(entry)]
-    return argv[:at] + entries + argv[at + 3:]
 
 
 def _with_overlay(pod: dict, container: str, address: str) -> dict:
