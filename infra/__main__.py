@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pulumi  # noqa: E402
 
 from infra import catalog, config, network, versions  # noqa: E402
-from infra.addons import Addons, AddonsArgs, default_queue_spec  # noqa: E402
+from infra.addons import KUBERAY_NAMESPACE, Addons, AddonsArgs, default_queue_spec  # noqa: E402
 from infra.burnin import BurnIn, BurnInArgs  # noqa: E402
 from infra.cluster import Cluster, ClusterArgs  # noqa: E402
 from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
@@ -62,8 +62,8 @@ accel_azs = [az for az in az_ids if any(az in pool_zone_ids[p.name] for p in cfg
 storage = SharedStorage("storage", SharedStorageArgs(
     config=cfg.fsx, cluster_name=cfg.cluster_name, vpc_id=net.vpc_id, vpc_cidr=cfg.network.vpc_cidr,
     subnet_id=net.private_subnet_ids[az_ids.index(accel_azs[0])],
-    node_security_group_id=cluster.node_security_group.id, provider=cluster.provider,
-    depends_on=on_system_nodes, tags=tags))
+    node_security_group_id=cluster.node_security_group.id, monitoring_namespace=cfg.monitoring.namespace,
+    kuberay_namespace=KUBERAY_NAMESPACE, provider=cluster.provider, depends_on=on_system_nodes, tags=tags))
 accel_limits = [p.limits for p in cfg.accelerator_pools]
 addons = Addons("addons", AddonsArgs(
     provider=cluster.provider, depends_on=on_system_nodes, region=cfg.region,
@@ -89,7 +89,7 @@ if cfg.monitoring.enabled:
         accelerator_prices={t: prices.instance(t) for p in cfg.accelerator_pools for t in p.instance_types
                             if t not in unpriced} if prices else {},
         neuron_monitor_image=versions.neuron_monitor_image(), karpenter_namespace=karpenter_namespace,
-        kuberay_namespace="kuberay-system", volcano_namespace="volcano-system", tags=tags))
+        kuberay_namespace=KUBERAY_NAMESPACE, volcano_namespace="volcano-system", tags=tags))
     pulumi.export("monitoring", monitoring.outputs)
     # Restarts training gangs whose step counter stopped (TrainingGangHung) from their newest checkpoint.
     HangWatchdog("hang-watchdog", HangWatchdogArgs(

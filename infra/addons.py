@@ -22,6 +22,14 @@ ON_SYSTEM_NODES = {"nodeSelector": SYSTEM_POOL_LABEL,
 TOLERATE_NEURON = [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}]
 MPI_OPERATOR_KUSTOMIZATION = Path(__file__).resolve().parent / "manifests" / "mpi-operator"
 VOLCANO_QUEUE = "ml-default"
+KUBERAY_NAMESPACE = "kuberay-system"
+# Pod labels of the operators that open connections into workload pods (NetworkPolicy peers in
+# infra/storage.py; trnctl/cluster/reachability.py): kuberay-operator chart
+# (ray-project/kuberay@v1.7.0 helm-chart/kuberay-operator/templates/deployment.yaml, template labels
+# app.kubernetes.io/name = chart name "kuberay-operator"); keda chart (kedacore/charts keda/templates/
+# manager/deployment.yaml at 2.20.2, pod label app.kubernetes.io/name "keda-operator").
+KUBERAY_OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+KEDA_OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "keda-operator"}
 
 
 # The chart's Neuron node problem detector and recovery (values `npd`, chart 1.9.0 at
@@ -147,7 +155,7 @@ class Addons(pulumi.ComponentResource):
             opts=k8s_opts)
         self.kuberay = k8s.helm.v3.Release(
             f"{name}-kuberay", name="kuberay-operator", chart=versions.KUBERAY_CHART, version=versions.KUBERAY_VERSION,
-            namespace="kuberay-system", create_namespace=True,
+            namespace=KUBERAY_NAMESPACE, create_namespace=True,
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.KUBERAY_CHART_REPO), values=kuberay_values(),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[*args.depends_on, self.volcano])))
         self.keda = k8s.helm.v3.Release(

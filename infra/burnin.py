@@ -149,9 +149,9 @@ def daemonset(*, image: str, pools: list[str]) -> dict:
                 {"name": "BURNIN_STATE_CONFIGMAP", "value": STATE_CONFIGMAP},
                 {"name": "EVENT_NAMESPACE", "value": EVENT_NAMESPACE},
                 {"name": "PYTHONPATH", "value": CODE_ROOT}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
-        # The all-reduce's host side (one proxy thread per NeuronCore) is light; the limit leaves
-        # the node's CPUs to the workloads after the pass.
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+        # Requests are what the pod holds for the node's whole life (it idles after the pass), so they
+        # are small; the limits leave room for the all-reduce's host side while no workload runs yet.
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
         # Privileged: a DaemonSet gets no devices from the device plugins, and the checks open them all.
         "securityContext": {"privileged": True},
         "volumeMounts": [{"name": "code", "mountPath": CODE_ROOT, "readOnly": True},

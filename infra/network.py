@@ -70,8 +70,20 @@ def choose_az_ids(offerings: dict[str, set[str]], pools: tuple[NodePoolConfig, .
 
 
 def pool_zone_ids(pool: NodePoolConfig, offerings: dict[str, set[str]], chosen: list[str]) -> list[str]:
-    """The chosen AZ IDs where at least one of the pool's instance types is offered."""
-    return [az for az in chosen if any(az in offerings.get(t, set()) for t in pool.instance_types)]
+    """The chosen AZ IDs where at least one of the pool's instance types is offered; a single one
+    for a multi-node EFA pool (README, "EFA gangs in one Availability Zone"): EFA traffic does not
+    cross AZs, and the first chosen AZ offering the pool is where the accelerator AZs start, so it is
+    also the FSx file system's AZ (infra/__main__.py accel_azs[0]). A pool of reserved capacity only
+    (ODCRs, Capacity Blocks) keeps every zone: each reservation is in one AZ and Karpenter launches
+    reserved nodes there, a zone picked here could exclude it."""
+    zones = [az for az in chosen if any(az in offerings.get(t, set()) for t in pool.instance_types)]
+    if pool.efa and pool.max_nodes > 1 and not reserved_only(pool):
+        return zones[:1]
+    return zones
+
+
+def reserved_only(pool: NodePoolConfig) -> bool:
+    return bool(pool.capacity_types) and set(pool.capacity_types) <= {"reserved", "capacity-block"}
 
 
 def fetch_offerings(instance_types: list[str]) -> dict[str, set[str]]:

@@ -52,10 +52,33 @@ def static_volume(cfg: FsxConfig, *, file_system_id: str, dns_name: str, mount_n
     return pv, pvc
 
 
-def same_namespace_only_policy() -> dict:
-    """Ingress only from pods of the same namespace; egress unrestricted (S3, ECR, HF Hub, FSx)."""
+WORKLOAD_POLICY_NAME = "workload-ingress"
+
+
+def _pods_in(namespace: str, labels: dict[str, str]) -> dict:
+    # `kubernetes.io/metadata.name` is set on every namespace by the API server (Kubernetes >= 1.22).
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": dict(labels)}}
+
+
+def workload_ingress_policy(*, monitoring_namespace: str, kuberay_namespace: str) -> dict:
+    """Ingress to workload pods: from the same namespace (gang traffic: MPI over ssh, torch.distributed,
+    Ray GCS; the RayJob submitter to its head), from Prometheus to the scrape port every workload and
+    Ray pod names `metrics`, and from the KubeRay operator to the Ray head dashboard it polls for RayJob
+    status. Nothing else; egress unrestricted (S3, ECR, HF Hub, FSx). trnctl/cluster/reachability.py
+    checks these flows, and that nothing else opens, at every render."""
+    from infra.addons import KUBERAY_OPERATOR_POD_LABELS
+    from infra.monitoring.scrape import METRICS_PORT
+    from infra.monitoring.values import PROMETHEUS_POD_LABELS
+    from trnctl.operators.kuberay import DASHBOARD_PORT
     return {"podSelector": {}, "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {}}]}]}
+            "ingress": [
+                {"from": [{"podSelector": {}}]},
+                {"from": [_pods_in(monitoring_namespace, PROMETHEUS_POD_LABELS)],
+                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                {"from": [_pods_in(kuberay_namespace, KUBERAY_OPERATOR_POD_LABELS)],
+                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ]}
 
 
 @dataclass
@@ -66,6 +89,8 @@ class SharedStorageArgs:
     vpc_cidr: str
     subnet_id: pulumi.Input[str]  # one private subnet in the accelerator AZ (Lustre is single-AZ)
     node_security_group_id: pulumi.Input[str]
+    monitoring_namespace: str  # where Prometheus runs (it scrapes the workload pods)
+    kuberay_namespace: str     # where the KubeRay operator runs (it polls Ray head dashboards)
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
     tags: dict[str, str]
@@ -118,12 +143,14 @@ class SharedStorage(pulumi.ComponentResource):
                                        values=fsx_csi_values(), opts=k8s_opts)
         self.namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": cfg.pvc_namespace,
                                                "labels": {"trn-platform/shared-storage": "true"}}, opts=k8s_opts)
-        # Workloads in this namespace talk to each other (MPI over SSH, Ray, serving); nothing
-        # outside the namespace reaches them except through `kubectl port-forward`.
+        # Workloads in this namespace talk to each other (MPI over SSH, Ray, serving); from outside only
+        # Prometheus (scrape port) and the KubeRay operator (Ray dashboard) reach them, and
+        # `kubectl port-forward` (which no NetworkPolicy applies to).
         k8s.networking.v1.NetworkPolicy(
-            f"{name}-same-namespace-only",
-            metadata={"name": "same-namespace-ingress-only", "namespace": cfg.pvc_namespace},
-            spec=same_namespace_only_policy(),
+            f"{name}-workload-ingress",
+            metadata={"name": WORKLOAD_POLICY_NAME, "namespace": cfg.pvc_namespace},
+            spec=workload_ingress_policy(monitoring_namespace=args.monitoring_namespace,
+                                         kuberay_namespace=args.kuberay_namespace),
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
                                         depends_on=[*args.depends_on, self.namespace]))
         docs = pulumi.Output.all(self.file_system.id, self.file_system.dns_name, self.file_system.mount_name).apply(

@@ -21,10 +21,17 @@ class RecordedResource:
     depends_on: list[str]
     custom: bool
     state: dict[str, Any] = field(default_factory=dict)
+    # Resource options that change what the engine does (customTimeouts, deleteBeforeReplace,
+    # ignoreChanges, protect, retainOnDelete, replaceOnChanges, deletedWith), as the SDK sent them in
+    # the RegisterResourceRequest (trnctl/mocks.py, resource_options); only those set.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "name": self.name, "urn": self.urn, "inputs": mask_secrets(self.inputs),
-                "parent": self.parent or None, "dependsOn": self.depends_on, "custom": self.custom}
+        out = {"type": self.type, "name": self.name, "urn": self.urn, "inputs": mask_secrets(self.inputs),
+               "parent": self.parent or None, "dependsOn": self.depends_on, "custom": self.custom}
+        if self.options:
+            out["options"] = self.options
+        return out
 
 
 def mask_secrets(value: Any) -> Any:

@@ -184,6 +184,6 @@ def test_on_a_single_track_platform_the_message_says_what_pool_to_add(tmp_path):
     nemo_on_trn2.update({"trn-workloads:platformStack": "organization/trn-platform/dev-trn2-use2", "aws:region": "us-east-2"})
     assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; no pool of platform stack "
             "organization/trn-platform/dev-trn2-use2 can run this workload: it needs the xla Neuron track (trn1, trn1n, "
-            "inf2) and the platform's accelerator pools are trn2-block (native track), trn2-dev (native track), trn2-efa (native track); add a "
-            "trn1, trn1n, inf2 pool to the platform") in rejected(
+            "inf2) and the platform's accelerator pools are trn2-block (native track), trn2-dev (native track), "
+            "trn2-efa (native track); add a trn1, trn1n, inf2 pool to the platform") in rejected(
         tmp_path / "b", nemo_on_trn2, platform_refs("dev-trn2-use2"))

@@ -143,8 +143,47 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             self.recorded.append(RecordedResource(
                 type=request.type, name=request.name, urn=response.urn, inputs=_plain(inputs),
                 parent=request.parent or None, depends_on=sorted(set(request.dependencies)),
-                custom=bool(request.custom), state=state))
+                custom=bool(request.custom), state=state, options=resource_options(request)))
         return response
+
+
+    def ReadResource(self, request):  # noqa: N802 (gRPC method name)
+        """Reads are not registrations; a StackReference is recorded (name only, never its outputs) so
+        a render says which stacks it reads (trnctl/cluster groups workload renders with their platform)."""
+        response = super().ReadResource(request)
+        if request.type == "pulumi:pulumi:StackReference":
+            ref = rpc.deserialize_properties(request.properties).get("name") or request.id
+            self.recorded.append(RecordedResource(type=request.type, name=request.name, urn=response.urn,
+                                                  inputs={"name": ref}, parent=request.parent or None, depends_on=[],
+                                                  custom=True))
+        return response
+
+
+def resource_options(request) -> dict[str, Any]:
+    """The behaviour-changing resource options of one registration, read from the
+    RegisterResourceRequest the SDK sends the engine (pulumi/pulumi sdk/proto/resource.proto:
+    customTimeouts, deleteBeforeReplace(+Defined), ignoreChanges, protect, retainOnDelete,
+    replaceOnChanges, deletedWith). The mock monitor receives exactly the request `pulumi up`
+    would send, so this is what the engine would act on, not a re-reading of our own code.
+    dependsOn is recorded separately (`dependsOn`, already expanded from components to their
+    custom resources by the SDK)."""
+    out: dict[str, Any] = {}
+    timeouts = {k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")
+                if getattr(request.customTimeouts, k)}
+    if timeouts:
+        out["customTimeouts"] = timeouts
+    if request.deleteBeforeReplaceDefined:
+        out["deleteBeforeReplace"] = bool(request.deleteBeforeReplace)
+    if request.ignoreChanges:
+        out["ignoreChanges"] = list(request.ignoreChanges)
+    for flag in ("protect", "retainOnDelete"):  # false is the engine's default: recorded only when set
+        if getattr(request, flag):
+            out[flag] = True
+    if request.replaceOnChanges:
+        out["replaceOnChanges"] = list(request.replaceOnChanges)
+    if request.deletedWith:
+        out["deletedWith"] = request.deletedWith
+    return out
 
 
 def _plain(value: Any) -> Any:

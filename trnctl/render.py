@@ -51,6 +51,7 @@ class RenderResult:
     secret_outputs: set[str]
     manifests: list[tuple[str, dict]] = field(default_factory=list)
     kube_version: str | None = None
+    referenced: list = field(default_factory=list)  # RenderResults of the stacks its StackReferences read
 
     def by_type(self, typ: str) -> list:
         return [r for r in self.resources if r.type == typ]
@@ -142,7 +143,8 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
     except Exception as exc:
         # Tests check that bad config stops the program before anything is registered.
-        exc.registered_resources = len(monitor.recorded)
+        # (a StackReference is a read the monitor records, not a registration)
+        exc.registered_resources = len([r for r in monitor.recorded if r.type != "pulumi:pulumi:StackReference"])
         raise
 
     root = pulumi_settings.get_root_resource()
@@ -154,6 +156,7 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
                           secret_outputs=secret_outputs)
     result.kube_version = outputs.get("kubernetesVersion") or _kube_version_from_refs(stack_references)
     result.manifests = extract_manifests(recorded)
+    result.referenced = [ref["render"] for ref in stack_references.values() if ref.get("render")]
     return result
 
 
@@ -201,7 +204,7 @@ def _render_references(project_dir: Path, project: str, bag: dict[str, str], sta
                                            f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
                                            f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], stack=stack_name)
             rendered = run_program(REPO_ROOT, stack, stack_references={})
-        refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs)}
+        refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs), "render": rendered}
     return refs
 
 
@@ -367,6 +370,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
             print(format_report(violations))
         problems += [f"policy {v.rule} ({v.severity}) on {v.resource}: {v.message}" for v in violations
                      if v.severity == "mandatory"]
+        from trnctl import cluster
+        findings = cluster.findings_for_result(result)
+        print(cluster.format_findings(findings))
+        problems += [str(f) for f in findings if f.severity == cluster.MANDATORY]
     return result, problems
 
 

@@ -2,6 +2,10 @@
 
     trnctl validate DIR [--kube-version 1.34] [--allow-unknown-kinds]
 
+When DIR holds render directories (`trnctl render` output with resources.json, e.g. build/render
+after `make render-all`), the cluster model (trnctl/cluster) also runs over each platform render
+and the workload renders that reference it.
+
 Two sources of truth, both bundled so that a clone validates with no cluster:
 
 * built-in kinds (Deployment, StorageClass, ...) use the Kubernetes OpenAPI schemas that the
@@ -556,7 +560,8 @@ def load_manifests(path: Path) -> tuple[list[tuple[str, Any]], list[ValidationIs
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES
+                                                  and not _render_helm_doc(p))
     objects: list[tuple[str, Any]] = []
     unreadable: list[ValidationIssue] = []
     for file in files:
@@ -575,6 +580,11 @@ def load_manifests(path: Path) -> tuple[list[tuple[str, Any]], list[ValidationIs
             else:
                 objects.append((source, doc))
     return objects, unreadable
+
+
+def _render_helm_doc(path: Path) -> bool:
+    """helm/*.yaml of a render directory: chart, version and values of a release, not an object."""
+    return path.parent.name == "helm" and (path.parent.parent / "resources.json").exists()
 
 
 def _documents_with_lines(text: str) -> list[tuple[int, Any]]:
@@ -623,7 +633,23 @@ def run(args: argparse.Namespace) -> int:
     for kind, count in report.checked.items():
         print(f"  {count:4d}  {kind}")
     print(report.summary())
-    return exitcodes.OK if report.ok else exitcodes.FINDINGS
+    cluster_ok = run_cluster_model(args.path)
+    return exitcodes.OK if report.ok and cluster_ok else exitcodes.FINDINGS
+
+
+def run_cluster_model(path: Path) -> bool:
+    """The cluster model (trnctl/cluster) over every render directory under `path` (those with a
+    resources.json: `build/render` after `make render-all`), each platform render with the workload
+    renders that reference it. True when no mandatory finding."""
+    from trnctl import cluster
+    renders = [cluster.render_from_dir(d) for d in cluster.find_renders(Path(path))]
+    ok = True
+    for model in cluster.models_for(renders):
+        findings = cluster.check(model)
+        stacks = ", ".join(r.stack for r in model.renders)
+        print(f"cluster model over {stacks}: " + cluster.format_findings(findings).removeprefix("cluster model: "))
+        ok = ok and not any(f.severity == cluster.MANDATORY for f in findings)
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:

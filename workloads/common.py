@@ -30,6 +30,12 @@ RUN_CONFIG_DIR = "/etc/run"
 RUN_CONFIG_FILE = f"{RUN_CONFIG_DIR}/run.json"
 HF_TOKEN_KEY = "token"
 TENSORBOARD_PORT = 6006
+# On every pod of a running batch gang (ranks, launcher, Ray head): Karpenter does not voluntarily
+# disrupt (consolidate, drift) a node while such a pod runs, so one eviction cannot fail the whole job
+# (karpenter-provider-aws v1.14 website concepts/disruption.md, "Pod-Level Controls"; checked by
+# trnctl/cluster/disruption.py). Expiration is forceful, but its drain waits for these pods unless the pool
+# sets a terminationGracePeriod; accelerator pools never expire.
+TRAINING_POD_ANNOTATIONS = {"karpenter.sh/do-not-disrupt": "true"}
 NEURON_RESOURCE = "aws.amazon.com/neuron"
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
@@ -281,7 +287,8 @@ class WorkloadBase(pulumi.ComponentResource):
                           ports=[{"name": "http", "containerPort": TENSORBOARD_PORT}],
                           readinessProbe={"httpGet": {"path": "/", "port": TENSORBOARD_PORT}, "periodSeconds": 10})
         deployment = k8s.apps.v1.Deployment(
-            f"{name}-tensorboard", metadata={"name": app, "namespace": self.namespace, "labels": labels(cfg, "tensorboard")},
+            f"{name}-tensorboard", metadata={"name": app, "namespace": self.namespace, "labels": labels(cfg, "tensorboard"),
+                                             "annotations": rollout_await(board)},
             spec={"replicas": 1, "selector": {"matchLabels": selector},
                   "template": {"metadata": {"labels": {**labels(cfg, "tensorboard"), **selector}},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[board],
@@ -352,6 +359,22 @@ def json_config_map(name: str, *, namespace: str, data: dict, cfg: WorkloadStack
     return k8s.core.v1.ConfigMap(name, metadata={"name": f"{name}-{digest}", "namespace": namespace,
                                                  "labels": labels(cfg, component)},
                                  data={"run.json": body}, opts=opts)
+
+
+def job_await(deadline_seconds: int) -> dict:
+    """`pulumi up` awaits a batch/v1 Job until Complete, 10 minutes by default (pulumi-kubernetes
+    provider/pkg/await/job.go): wait as long as the Job may run (its activeDeadlineSeconds), or
+    the update fails while the Job is still legitimately running (trnctl/cluster/waits.py)."""
+    from trnctl.cluster.waits import TIMEOUT_ANNOTATION
+    return {TIMEOUT_ANNOTATION: str(deadline_seconds)}
+
+
+def rollout_await(*containers: dict) -> dict:
+    """`pulumi up` awaits a Deployment's rollout, 10 minutes by default (pulumi-kubernetes
+    provider/pkg/await/deployment.go): wait for node launch, image pull and the containers' startup
+    probe budget (trnctl/cluster/waits.py rollout_budget_seconds)."""
+    from trnctl.cluster.waits import TIMEOUT_ANNOTATION, rollout_budget_seconds
+    return {TIMEOUT_ANNOTATION: str(rollout_budget_seconds({"containers": list(containers)}))}
 
 
 def wait_for(condition: str, timeout_seconds: int) -> dict:

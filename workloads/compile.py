@@ -12,7 +12,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
+from workloads.common import (TRAINING_POD_ANNOTATIONS, WorkloadBase, check_devices, common_env, container, job_await,
+                              labels, pod_spec, resources_for, rollout_await)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform
@@ -160,10 +161,11 @@ class CompileWorkload(pulumi.ComponentResource):
                                   resources=resources_for(pool, cpu="2", memory="4Gi", cpu_limit="4")))
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
-            metadata={"name": job_name, "namespace": base.namespace, "labels": labels(cfg, "compile")},
+            metadata={"name": job_name, "namespace": base.namespace, "labels": labels(cfg, "compile"),
+                      "annotations": job_await(s.deadline_seconds)},
             spec={"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.deadline_seconds,
                   "ttlSecondsAfterFinished": 7 * 24 * 3600,
-                  "template": {"metadata": {"labels": labels(cfg, "compile")},
+                  "template": {"metadata": {"labels": labels(cfg, "compile"), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[main],
                                                 service_account=base.service_account, restart_policy="Never",
                                                 **({"initContainers": init} if init else {}))}},
@@ -194,7 +196,8 @@ class CompileWorkload(pulumi.ComponentResource):
                            startupProbe={**probe, "failureThreshold": 60})
         deployment = k8s.apps.v1.Deployment(
             f"{name}-serve",
-            metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "serve")},
+            metadata={"name": app, "namespace": base.namespace, "labels": labels(cfg, "serve"),
+                      "annotations": rollout_await(server)},
             spec={"replicas": serve.replicas, "selector": {"matchLabels": selector},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": {**labels(cfg, "serve"), **selector}},

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import WorkloadBase, common_env, container, labels, pod_spec, resources_for
+from workloads.common import WorkloadBase, common_env, container, job_await, labels, pod_spec, resources_for
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform
@@ -82,9 +82,8 @@ def job(name: str, *, base: WorkloadBase, data: DataSettings, tokenizer_dir: str
                                              memory="16Gi"))
     return k8s.batch.v1.Job(
         name, metadata={"name": job_name(cfg), "namespace": base.namespace, "labels": labels(cfg, "data"),
-                        # pulumi-kubernetes waits for a Job to complete, 10 minutes unless told otherwise (v4.24
-                        # batch/v1 Job API docs): the steps that read the corpus wait as long as the Job may run.
-                        "annotations": {"pulumi.com/timeoutSeconds": str(JOB_DEADLINE_SECONDS)}},
+                        # the steps that read the corpus wait as long as the Job may run
+                        "annotations": job_await(JOB_DEADLINE_SECONDS)},
         spec={"backoffLimit": 3, "activeDeadlineSeconds": JOB_DEADLINE_SECONDS, "ttlSecondsAfterFinished": 7 * 24 * 3600,
               "template": {"metadata": {"labels": labels(cfg, "data")},
                            "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[prep],

@@ -29,7 +29,8 @@ import pulumi_kubernetes as k8s
 from infra import versions
 from infra.monitoring.scrape import METRICS_PORT, WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
-from workloads.common import WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for
+from workloads.common import (WorkloadBase, check_devices, common_env, container, labels, pod_spec, resources_for,
+                              rollout_await)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
@@ -486,7 +487,8 @@ class LlmServeWorkload(pulumi.ComponentResource):
                        "trn-platform/compile-cache-key": cache_key}
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve")},
+            metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve"),
+                      "annotations": rollout_await(server)},
             spec={"replicas": s.autoscaling.min_replicas, "selector": {"matchLabels": selector},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                   "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": spec}},

@@ -12,8 +12,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, check_devices, common_env, container, json_config_map,
-                              labels, pod_spec, resources_for)
+from workloads.common import (RUN_CONFIG_FILE, TRAINING_POD_ANNOTATIONS, WorkloadBase, check_devices, common_env, container, job_await,
+                              json_config_map, labels, pod_spec, resources_for)
 from workloads.config import WorkloadStackConfig
 from workloads.entrypoints import finetune
 from workloads.errors import WorkloadConfigError
@@ -84,10 +84,11 @@ class LoraFinetuneWorkload(pulumi.ComponentResource):
                                     cpu=str(max(1, int((pool.vcpu_per_node - 8) * share))),
                                     memory=f"{max(8, int((pool.memory_gib_per_node - 32) * share))}Gi"))
         self.job = k8s.batch.v1.Job(
-            f"{name}-job", metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, "finetune")},
+            f"{name}-job", metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, "finetune"),
+                                     "annotations": job_await(s.deadline_seconds)},
             spec={"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.deadline_seconds,
                   "ttlSecondsAfterFinished": 7 * 24 * 3600,
-                  "template": {"metadata": {"labels": labels(cfg, "finetune")},
+                  "template": {"metadata": {"labels": labels(cfg, "finetune"), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                                "spec": pod_spec(platform=platform, pool=pool, containers=[trainer],
                                                 service_account=base.service_account, restart_policy="Never",
                                                 run_config=run_config.metadata["name"], shm_size="32Gi")}},

@@ -14,8 +14,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
-                              pod_spec, resources_for, wait_for)
+from workloads.common import (RUN_CONFIG_FILE, TRAINING_POD_ANNOTATIONS, WorkloadBase, common_env, container,
+                              json_config_map, labels, pod_spec, resources_for, wait_for)
 from workloads import dataprep
 from workloads.config import WorkloadStackConfig
 from workloads.dataprep import DataSettings
@@ -98,7 +98,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
                                                cpu=str(pool.vcpu_per_node - 8),
                                                memory=f"{pool.memory_gib_per_node - 32}Gi"))
     component = f"{mode}"
-    launcher_template = {"metadata": {"labels": labels(cfg, component)},
+    launcher_template = {"metadata": {"labels": labels(cfg, component), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                          "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[launcher],
                                           service_account=base.service_account, run_config=config_map, shm_size="1Gi")}
     if mode == "train":
@@ -122,7 +122,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "OnFailure", "template": launcher_template},
                 "Worker": {"replicas": s.nodes, "restartPolicy": "OnFailure", "template": {
-                    "metadata": {"labels": labels(cfg, component)},
+                    "metadata": {"labels": labels(cfg, component), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                     "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
                                      service_account=base.service_account, run_config=config_map, shm_size="64Gi")}},
             },

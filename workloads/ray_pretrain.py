@@ -23,8 +23,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
-                              pod_spec, resources_for, wait_for)
+from workloads.common import (RUN_CONFIG_FILE, TRAINING_POD_ANNOTATIONS, WorkloadBase, common_env, container, json_config_map,
+                              labels, pod_spec, resources_for, wait_for)
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import ray_train
@@ -160,7 +160,7 @@ class RayPretrainWorkload(pulumi.ComponentResource):
             "enableInTreeAutoscaling": False,
             "headGroupSpec": {
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                "template": {"metadata": {"labels": head_labels},
+                "template": {"metadata": {"labels": head_labels, "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                              "spec": pod_spec(platform=platform, pool=head_pool, containers=[head],
                                               service_account=base.service_account, run_config=config_map,
                                               shm_size="4Gi")}},
@@ -169,7 +169,8 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                 "rayStartParams": {"resources": worker_resources_param(pool)},
                 # A worker's deletion restarts Ray Train's worker group (workloads/progress.py); the stack's
                 # RayJobs run one after the other, so the running one's workers are the ones selected.
-                "template": {"metadata": {"labels": {**labels(cfg, "ray-worker"), **GANG_RESTART_LABEL}},
+                "template": {"metadata": {"labels": {**labels(cfg, "ray-worker"), **GANG_RESTART_LABEL},
+                                          "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                              "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
                                               service_account=base.service_account, run_config=config_map,
                                               shm_size="64Gi")}}],

@@ -23,8 +23,8 @@ from infra import versions
 from infra.monitoring.scrape import METRICS_PORT as METRICS_PORT_NAME
 from infra.monitoring.scrape import WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, Paths, WorkloadBase, build_args, common_env, container, json_config_map, labels,
-                              pod_spec, resources_for, wait_for)
+from workloads.common import (RUN_CONFIG_FILE, TRAINING_POD_ANNOTATIONS, Paths, WorkloadBase, build_args, common_env,
+                              container, json_config_map, labels, pod_spec, resources_for, wait_for)
 from workloads import dataprep
 from workloads.config import IMAGE_DIRS, WORKLOAD_TRACKS, WorkloadStackConfig
 from workloads.dataprep import DataSettings
@@ -139,7 +139,8 @@ def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: 
         return {"name": task_name, "replicas": replicas, "template": {
             # The master's deletion restarts the gang (Volcano PodEvicted -> RestartJob: workloads/progress.py).
             "metadata": {"labels": {**labels(cfg, "train"),
-                                    **({**WORKLOAD_SCRAPE_LABEL, **GANG_RESTART_LABEL} if serves_metrics else {})}},
+                                    **({**WORKLOAD_SCRAPE_LABEL, **GANG_RESTART_LABEL} if serves_metrics else {})},
+                         "annotations": dict(TRAINING_POD_ANNOTATIONS)},
             "spec": pod_spec(platform=platform, pool=pool, containers=[train], service_account=base.service_account,
                              run_config=config_map, restart_policy="Never", shm_size="64Gi",
                              activeDeadlineSeconds=s.deadline_seconds)}}

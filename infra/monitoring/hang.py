@@ -118,7 +118,9 @@ def watchdog_deployment(cfg: MonitoringConfig, *, image: str, prometheus_url: st
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": WATCHDOG, "namespace": cfg.namespace, "labels": dict(WATCHDOG_LABELS),
                      "annotations": {"checkov.io/skip1": "CKV_K8S_38=the watchdog lists and deletes pods through the "
-                                                         "Kubernetes API with its service account token"}},
+                                                         "Kubernetes API with its service account token",
+                                     # the rollout may wait for a system node and an image pull (trnctl/cluster/waits.py)
+                                     "pulumi.com/timeoutSeconds": "900"}},
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},  # never two watchdogs deciding at once

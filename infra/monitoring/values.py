@@ -22,6 +22,13 @@ ALERTMANAGER_SERVICE_ACCOUNT = f"{FULLNAME}-alertmanager"
 CLOUDWATCH_EXPORTER_SERVICE_ACCOUNT = "cloudwatch-exporter"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 STORAGE_CLASS = "gp3-encrypted"
+# Labels on the pods the charts run, for NetworkPolicy peers (infra/storage.py) and the cluster model:
+# prometheus-operator's Prometheus StatefulSet pods (prometheus-operator/prometheus-operator
+# pkg/prometheus/server/statefulset.go, podSelectorLabels: app.kubernetes.io/name "prometheus",
+# managed-by "prometheus-operator"); Grafana subchart pods (grafana/helm-charts charts/grafana/templates/
+# _helpers.tpl, grafana.selectorLabels: app.kubernetes.io/name = chart name "grafana").
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator"}
+GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana"}
 DASHBOARD_LABEL = {"grafana_dashboard": "1"}  # the Grafana sidecar's default label (grafana.sidecar.dashboards)
 SERVICE_TYPE = "ClusterIP"  # nothing public: port-forward (stack output `monitoring`)
 
