@@ -128,7 +128,7 @@ def test_render_all_goes_on_after_a_failure_and_ends_with_a_table(tmp_path, caps
     bad = next(line for line in table if line.startswith("aa-bad"))
     good = next(line for line in table if line.startswith("dev-use2"))
     assert bad.split()[1:5] == ["-", "-", "-", "-"] and bad.endswith("bad input")
-    assert good.split()[1:5] == ["150", "0", "1", "1.16"] and good.endswith("ok")
+    assert good.split()[1:5] == ["169", "0", "1", "1.16"] and good.endswith("ok")
     assert "1 of 2 stacks rendered clean; not clean: aa-bad" in out
 
 

@@ -41,7 +41,8 @@ def progress_sidecar(*, image, source: list[str], mount_path: str, pool: PoolSch
     """The step counter for `source` (`["--jsonl", path]` or `["--tensorboard", dir]`), served on
     the port the workload PodMonitor scrapes (the pod also needs WORKLOAD_SCRAPE_LABEL)."""
     return container(name="progress", image=image, env=[], mount_path=mount_path,
-                     command=["python", "-m", "trn_workloads.progress", *source, "--port", str(PROGRESS_PORT)],
+                     command=["python", "-m", "trn_workloads.progress", *source, "--host", "0.0.0.0",
+                              "--port", str(PROGRESS_PORT)],
                      resources=resources_for(pool, cpu="50m", memory="128Mi", cpu_limit="200m"),
                      ports=[{"name": METRICS_PORT, "containerPort": PROGRESS_PORT}], restartPolicy="Always")
 

@@ -1,8 +1,8 @@
 """`trn_training_steps_total` for trainers that do not serve it themselves (Ray Train, NxD
 Training), read from what they write to the shared file system.
 
-    python -m trn_workloads.progress --jsonl <run_dir>/<run_name>/metrics.jsonl --port 9400
-    python -m trn_workloads.progress --tensorboard <run_dir> --port 9400
+    python -m trn_workloads.progress --jsonl <run_dir>/<run_name>/metrics.jsonl --host 0.0.0.0 --port 9400
+    python -m trn_workloads.progress --tensorboard <run_dir> --host 0.0.0.0 --port 9400
 
 It runs as a native sidecar (an init container with `restartPolicy: Always`) of the pod that
 lives exactly as long as the training attempt: the RayJob's submitter, the MPIJob's launcher
@@ -137,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--jsonl", type=Path, help="Ray Train's metrics.jsonl")
     src.add_argument("--tensorboard", type=Path, help="directory with TensorBoard event files (in it or one level below)")
     ap.add_argument("--port", type=int, default=METRICS_PORT)
+    ap.add_argument("--host", default="0.0.0.0", help="address to serve on (the pod's, for Prometheus)")
     ap.add_argument("--interval", type=float, default=15.0, help="seconds between reads")
     args = ap.parse_args(argv)
     progress = Progress()
-    start_http_server(args.port, registry=progress.registry)
+    start_http_server(args.port, addr=args.host, registry=progress.registry)
     read = (lambda: last_step_jsonl(args.jsonl)) if args.jsonl else (lambda: latest_step_tensorboard(args.tensorboard))
     while True:  # ends with the pod: the sidecar is stopped when the training container exits
         try:

@@ -12,7 +12,8 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
 - A step is the set of pods `operators.all_pods` makes of the objects `stack.steps[i]` applies (apply order =
   the render's dependsOn order, trnctl/rehearse/stack.py), with the Services, ConfigMaps and Secrets of every
   step known from the start (a pod waits for them in the cluster; here they exist).
-- Per pod: init containers in order, each to exit 0; then the containers, each in its own sandbox
+- Per pod: init containers in order, each to exit 0 (a native sidecar, `restartPolicy: Always`, only started);
+  then the containers, each in its own sandbox
   (trnctl/rehearse/sandbox.py) with the env and files `operators.kubernetes.container_process` gives, plus
   the overlay (trnctl/rehearse/overlay.py).
 - A step is done when what `pulumi up` awaits is there: a Job's pods exited 0 (pulumi-kubernetes awaits Job
@@ -426,6 +427,11 @@ class Rehearsal:
         for init in spec.get("initContainers") or []:
             c = self._start_container(pod, init, dirs, hosts)
             res.started = True
+            if init.get("restartPolicy") == "Always":
+                # A native sidecar: it starts in order and runs beside the containers; the next container starts
+                # once it has started (no startupProbe here), and it never holds up the pod (Kubernetes 1.29+,
+                # kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/, KEP-753).
+                continue
             code = _wait(c.proc, deadline)
             if code != 0:
                 res.exit_code = code
