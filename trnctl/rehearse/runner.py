@@ -201,9 +201,11 @@ class Rehearsal:
         self.s3_endpoint = f"http://{address}:{port}"
         bucket = self.stack.platform.outputs.get("artifactsBucket")
         if bucket:
-            boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2", aws_access_key_id="rehearsal",
-                         aws_secret_access_key="rehearsal").create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+            s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2",
+                              aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+            # moto keeps its state per process: a second rehearsal in one process finds the bucket there
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
 
     # ------------------------------------------------------------------ names and addresses
     def cluster_names(self) -> dict[str, str]:
