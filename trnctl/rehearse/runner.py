@@ -518,6 +518,7 @@ class Rehearsal:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     c.proc.wait(timeout=10)
             self.ready.discard(c.pod)
+            _reap_session(c.proc.pid)
         self.containers = [c for c in self.containers if c not in victims]
 
     def _check_bindings(self, res: PodResult) -> None:
@@ -547,6 +548,17 @@ def _with_env(pod: dict, container: str, env: dict[str, str]) -> dict:
             c["env"] = [e for e in c.get("env") or [] if e["name"] not in env] + [
                 {"name": k, "value": v} for k, v in env.items()]
     return pod
+
+
+def _reap_session(leader: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the sandbox's session is left (the pid namespace's processes die with its
+    init, asynchronously); SIGKILL stragglers."""
+    end = time.monotonic() + timeout
+    while (pids := network._session_pids(leader)) and time.monotonic() < end:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
