@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup promtool render render-all render-compare lint test bench clean
+.PHONY: setup debian-packages promtool rehearse render render-all render-compare lint test bench clean
 
 # The pinned requirements first, then this repository as an editable package with no
 # dependencies of its own: that installs the `trnctl` console script (pyproject.toml).
@@ -52,16 +52,24 @@ $(VLLM_STAMP): requirements-vllm.txt
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-# promtool (Debian's prometheus package) checks and unit-tests the alert rules
-# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
-# binaries are used: no Prometheus server is started (there is no init system to start it).
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
+# Debian packages the tests run for real: prometheus (promtool checks and unit-tests the alert rules,
+# tests/test_monitoring_rules.py; the server binary is the platform's Prometheus in `trnctl rehearse`),
+# bubblewrap (`bwrap`: each rehearsed pod in its own mount/pid/user namespace), openssh-server (sshd on
+# rehearsed MPI workers) and openmpi-bin (mpirun on the MPI launcher). One apt-get call, skipped when every
+# command is already on the PATH. Nothing is started here (there is no init system to start services).
+DEBIAN_PACKAGES := prometheus bubblewrap openssh-server openmpi-bin
+DEBIAN_COMMANDS := promtool prometheus bwrap sshd mpirun
+debian-packages:
+	@missing=0; for c in $(DEBIAN_COMMANDS); do PATH="$$PATH:/usr/sbin" command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
 	@promtool --version | head -1
 
-setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) $(TITAN_STAMP) promtool
+promtool: debian-packages
+
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) $(TITAN_STAMP) debian-packages
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)
@@ -75,6 +83,11 @@ render-all: $(STAMP)
 # a refactoring must leave every render byte-identical.  make render-compare BASE=HEAD~1
 render-compare: $(STAMP)
 	scripts/render-compare.sh $(BASE)
+
+# Run a workload stack's pods on this machine as the cluster would start them (trnctl/rehearse/):
+#   make rehearse STACK=compile-usw2
+rehearse: $(STAMP) debian-packages
+	$(TRNCTL) rehearse $(STACK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
