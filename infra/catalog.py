@@ -4,7 +4,8 @@
 logical NeuronCores, device memory, EFA interfaces, EC2 usage classes) and, per family,
 its Logical NeuronCore (LNC) settings.
 `offerings-snapshot.json` is a snapshot of DescribeInstanceTypeOfferings for the offline
-render only; live deployments and preflight ask EC2.
+render only (every region offering an accelerator family, generated from moto's recording by
+scripts/offerings_snapshot.py); live deployments and preflight ask EC2.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ class InstanceType:
     logical_neuron_cores: dict[int, int] = field(default_factory=dict, hash=False)
     usage_classes: tuple[str, ...] = DEFAULT_USAGE_CLASSES
     ultraserver: bool = False
+    # Facts (instance_types.json keys) no EC2 answer confirms (Trn3): preflight compares them with
+    # the live DescribeInstanceTypes answer.
+    unverified: tuple[str, ...] = ()
 
     def neuron_cores_at(self, lnc: int | None) -> int:
         """NeuronCores a pod sees on this type at Logical NeuronCore setting `lnc`."""
@@ -77,7 +81,7 @@ def instance_type(name: str) -> InstanceType:
                         device_memory_gib=d.get("deviceMemoryGiB", 0),
                         logical_neuron_cores={int(k): v for k, v in d.get("logicalNeuronCores", {}).items()},
                         usage_classes=tuple(d.get("usageClasses", DEFAULT_USAGE_CLASSES)),
-                        ultraserver=d.get("ultraServer", False))
+                        ultraserver=d.get("ultraServer", False), unverified=tuple(d.get("unverified", ())))
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,18 @@ def family_not_offered(family: str) -> str | None:
     return _instance_data()["families"][family].get("notOffered")
 
 
+def family_unverified(family: str) -> str | None:
+    """Why EC2 gives no facts for a family whose types the catalog still lists (Trn3: named by
+    Neuron's sources only), or None. Such a family has no recorded regions: preflight asks EC2."""
+    return _instance_data()["families"][family].get("unverified")
+
+
 def families() -> tuple[str, ...]:
     return tuple(_instance_data()["families"])
+
+
+def all_instance_types() -> tuple[str, ...]:
+    return tuple(_instance_data()["instanceTypes"])
 
 
 def instance_types_of(family: str) -> tuple[str, ...]:
@@ -112,7 +126,12 @@ def cpu_instance_types() -> tuple[str, ...]:
 
 
 def family_regions(family: str) -> tuple[str, ...]:
-    return tuple(_instance_data()["families"][family]["regions"])
+    """Regions where EC2 offers a type of the family, from the offerings snapshot (one source:
+    scripts/offerings_snapshot.py); ("*",) for the CPU family, offered everywhere."""
+    if not _instance_data()["families"][family].get("accelerator"):
+        return ("*",)
+    types = instance_types_of(family)
+    return tuple(r for r in known_regions() if any(_offerings()[r]["offerings"].get(t) for t in types))
 
 
 def family_in_region(family: str, region: str) -> bool:

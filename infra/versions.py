@@ -13,7 +13,20 @@ KARPENTER_VERSION = "1.14.1"
 
 # EKS-optimized AL2023 release; Karpenter picks the Neuron variant of this release for
 # trn/inf instance types. `@latest` would roll every node whenever AWS publishes an AMI.
-AL2023_AMI_ALIAS = "al2023@v20260903"
+# One release serves both Neuron tracks, so its Neuron driver must suit both runtimes
+# (neuron_driver_runtime_problems below): v20260625 carries aws-neuronx-dkms 2.28.0.0. The earlier
+# pin v20260903 has no release notes readable here (no driver to check), and v20260714, the newest
+# readable, carries driver 2.29.0.0, which needs runtime 2.33+ and so fails the xla track's 2.28.
+AL2023_AMI_RELEASE = "v20260625"
+AL2023_AMI_ALIAS = f"al2023@{AL2023_AMI_RELEASE}"
+# aws-neuronx-dkms on the AL2023_x86_64_NEURON AMI of each release (Kubernetes 1.30-1.36 alike):
+# awslabs/amazon-eks-ami@81fec2e8 CHANGELOG.md, "AMI Release <release>" package tables.
+AL2023_AMI_NEURON_DRIVERS = {
+    "v20260610": "2.28.0.0",
+    "v20260618": "2.28.0.0",
+    "v20260625": "2.28.0.0",
+    "v20260714": "2.29.0.0",
+}
 
 NEURON_HELM_CHART = "oci://public.ecr.aws/neuron/neuron-helm-chart"
 NEURON_HELM_CHART_VERSION = "1.10.0"
@@ -34,11 +47,12 @@ EKS_DISTRO_KUBE_SCHEDULER_TAGS = {
 # The device plugin's node affinity is built from the chart's top-level `neuronInstances` list
 # (templates/_helpers.tpl, "neuron-device-plugin.affinity"). The chart's default list already has
 # trn2/trn2u/trn3 (values.yaml at aws-neuron/neuron-helm-charts@b77a6f90: trn2.3xlarge,
-# trn2.48xlarge, trn2u.48xlarge, trn3.48xlarge); we still set it from infra/data/instance_types.json
-# plus these, so every type a pool can launch is covered whatever the chart default is.
+# trn2.48xlarge, trn2u.48xlarge, trn3.48xlarge, trn3e.24xlarge); we still set it from
+# infra/data/instance_types.json plus these, so every type a pool can launch is covered whatever
+# the chart default is (trn3p.48xlarge, which only the driver names, comes from the catalog).
 NEURON_CHART_INSTANCES = ("trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "trn2.3xlarge", "trn2.48xlarge",
-                          "trn2u.48xlarge", "trn3.48xlarge", "inf2.xlarge", "inf2.8xlarge", "inf2.24xlarge",
-                          "inf2.48xlarge")
+                          "trn2u.48xlarge", "trn3.48xlarge", "trn3e.24xlarge", "inf2.xlarge", "inf2.8xlarge",
+                          "inf2.24xlarge", "inf2.48xlarge")
 
 EFA_CHART_REPO = "https://aws.github.io/eks-charts"
 EFA_CHART = "aws-efa-k8s-device-plugin"
@@ -148,6 +162,112 @@ def neuron_track_for_family(family: str) -> str | None:
         if family in track["families"]:
             return name
     return None
+
+
+# Neuron DLC repositories Neuron stopped publishing, with the first SDK release that has none:
+# pytorch-training-neuronx (PyTorch/XLA training) from 2.31.0, aws-neuron/aws-neuron-sdk@81ce03ae
+# about-neuron/announcements/neuron2.x/announce-no-longer-publish-pytorch-training-dlc.rst;
+# pytorch-inference-neuronx (NxD Inference) from 2.32.0; both in release-notes/components/containers.rst
+# (2.31.0 and 2.32.0 callouts).
+UNPUBLISHED_DLC_REPOSITORIES = {
+    "public.ecr.aws/neuron/pytorch-training-neuronx": "2.31.0",
+    "public.ecr.aws/neuron/pytorch-inference-neuronx": "2.32.0",
+}
+
+
+class UnpinnedBaseImage(ValueError):
+    pass
+
+
+def _sdk_tuple(sdk: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in sdk.split("."))
+
+
+def base_image_problems(track_name: str, track: dict | None = None) -> dict[str, str]:
+    """{image kind: why the track's base image cannot be built on} for every kind that cannot:
+    not pinned (null, with the track's reason), or a DLC repository Neuron no longer publishes at
+    the track's SDK release."""
+    track = track or neuron_track(track_name)
+    problems = {}
+    for kind, image in track["base_images"].items():
+        key = f"{_NEURON_PIN_FILE.name} tracks.{track_name}.base_images.{kind}"
+        if not image:
+            why = [u for u in track.get("unverified", []) if u.startswith(f"base_images.{kind}")]
+            # the track's own reason, "base_images.<kind> is not pinned: <why>"
+            problems[kind] = f"{key} is not pinned" + (f": {why[0].split(': ', 1)[-1]}" if why else "")
+            continue
+        repository = image.rsplit(":", 1)[0]
+        last = UNPUBLISHED_DLC_REPOSITORIES.get(repository)
+        if last and _sdk_tuple(track["neuron_sdk"]) >= _sdk_tuple(last):
+            problems[kind] = (f"{key} is {image}: Neuron does not publish {repository} from SDK {last} on "
+                              f"(the track pins {track['neuron_sdk']})")
+    return problems
+
+
+def base_image(track_name: str, kind: str) -> str:
+    """The base image of one kind (training, inference) of a track, or UnpinnedBaseImage saying why not."""
+    problem = base_image_problems(track_name).get(kind)
+    if problem:
+        raise UnpinnedBaseImage(problem)
+    return neuron_track(track_name)["base_images"][kind]
+
+
+# aws-neuronx-runtime-lib of each Neuron SDK release (the runtime a DLC of that release carries):
+# aws-neuron/aws-neuron-sdk@81ce03ae src/helperscripts/n2-manifest.json (neuron_releases[].packages) up
+# to 2.32.0; 2.33.0 from https://awsdocs-neuron.readthedocs-hosted.com/en/v2.33.1/release-notes/prev/content.html.
+# 2.34.0's list was not readable here: a release not listed gets the runtime of the newest listed
+# release before it as a lower bound (every listed release raises the runtime).
+NEURON_RUNTIME_BY_SDK = {
+    "2.26.1": "2.28.23.0",
+    "2.29.0": "2.31.24.0",
+    "2.30.0": "2.32.31.0",
+    "2.31.0": "2.33.10.0",
+    "2.32.0": "2.34.10.0",
+    "2.33.0": "2.35.30.0",
+}
+
+
+def neuron_runtime(sdk: str) -> tuple[str, bool]:
+    """(runtime library version, exact) of a Neuron SDK release; not exact: a lower bound."""
+    if sdk in NEURON_RUNTIME_BY_SDK:
+        return NEURON_RUNTIME_BY_SDK[sdk], True
+    earlier = [s for s in NEURON_RUNTIME_BY_SDK if _sdk_tuple(s) < _sdk_tuple(sdk)]
+    if not earlier:
+        raise KeyError(f"no Neuron runtime version known for SDK {sdk} or any release before it "
+                       f"(infra/versions.py NEURON_RUNTIME_BY_SDK: {', '.join(NEURON_RUNTIME_BY_SDK)})")
+    return NEURON_RUNTIME_BY_SDK[max(earlier, key=_sdk_tuple)], False
+
+
+def neuron_driver_runtime_problems(driver: str, runtime: str) -> list[str]:
+    """Why a host Neuron driver and a container's Neuron runtime library do not work together,
+    by the incompatibilities the Neuron release notes document."""
+    problems = []
+    # Runtime 2.32 (SDK 2.30) and later are not backward compatible with driver 2.26 or earlier:
+    # aws-neuron/aws-neuron-sdk@81ce03ae release-notes/components/runtime.rst (Neuron 2.30.0, Known
+    # Issues) and release-notes/components/containers.rst (2.30.0: "not backward-compatible with
+    # Neuron Driver 2.26 or earlier on the host"). No fix is listed up to 2.32.0.
+    if _sdk_tuple(runtime)[:2] >= (2, 32) and _sdk_tuple(driver)[:2] <= (2, 26):
+        problems.append(f"Neuron runtime {runtime} does not work with host driver {driver}: runtime 2.32 and later "
+                        "need a driver newer than 2.26")
+    # Driver 2.29 (SDK 2.31) requires runtime 2.33 or later: same file, Neuron 2.31.0, Neuron Driver,
+    # Known Issues. Applied to later drivers as well: no fix is listed up to 2.32.0 (driver 2.30.2).
+    if _sdk_tuple(driver)[:2] >= (2, 29) and _sdk_tuple(runtime)[:2] < (2, 33):
+        problems.append(f"host driver {driver} needs Neuron runtime 2.33 or later; the image has {runtime} "
+                        "(nrt_init fails)")
+    return problems
+
+
+def ami_driver_problems() -> dict[str, list[str]]:
+    """{track: problems} of the pinned AMI's Neuron driver against each track's runtime."""
+    driver = AL2023_AMI_NEURON_DRIVERS.get(AL2023_AMI_RELEASE)
+    out = {}
+    for name in NEURON_TRACKS:
+        if driver is None:
+            out[name] = [f"AMI release {AL2023_AMI_RELEASE} has no recorded Neuron driver (AL2023_AMI_NEURON_DRIVERS)"]
+            continue
+        runtime, _ = neuron_runtime(neuron_track(name)["neuron_sdk"])
+        out[name] = neuron_driver_runtime_problems(driver, runtime)
+    return out
 
 
 def neuron_sdk() -> dict:

@@ -81,7 +81,9 @@ def test_interface_endpoints_come_from_the_network_module():
 def test_every_instance_type_is_priced(region):
     prices = cost.load_prices(region)
     types = json.loads((REPO / "infra" / "data" / "instance_types.json").read_text())["instanceTypes"]
-    offered = {t for t in types if catalog.snapshot_offerings(region, t)}  # trn2 only in us-east-2
+    # trn2 only in us-east-2; Trn3 types (facts unverified, no EC2 offering or list price yet) are
+    # left to the render's "cost: not estimated" line
+    offered = {t for t in types if catalog.snapshot_offerings(region, t) and not catalog.instance_type(t).unverified}
     assert offered <= set(prices.ec2_per_hour)
     assert set(prices.ec2_per_hour) <= set(types)
     assert set(prices.capacity_block_per_hour) <= offered  # block rates only where the type is offered

@@ -66,6 +66,8 @@ HELD = {
     "finetune": HELD_BY_EVERY_TRAINING_IMAGE + ("numpy",),
     "ray-train": HELD_BY_EVERY_TRAINING_IMAGE + ("numpy",),
     "nemo": HELD_BY_EVERY_TRAINING_IMAGE + ("neuronx-distributed-training", "nemo-toolkit", "megatron-core"),
+    # The native track (TorchNeuron): no torch-xla/NxD; TorchTitan Neuron is installed from its pinned commit, not held.
+    "titan": ("torch", "torch-neuronx", "neuronx-cc", "nki", "numpy"),
 }
 
 

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import functools
 import json
+import posixpath
 
 import pytest
 
@@ -15,6 +16,7 @@ from stackfiles import raw_from_bag
 from trnctl.render import (PLACEHOLDER_SECRET, _referenced_stacks, _render_references, config_bag, policy_violations,
                           run_program, validate)
 from tests.platform_helpers import REPO, project_with_stack, rendered_platform, stack_config, with_setting
+from trnctl.operators import hpa
 from workloads import config as workload_config
 from workloads import llm_serve
 from workloads.errors import WorkloadConfigError
@@ -185,20 +187,176 @@ def test_api_key_only_as_a_secret_reference():
     assert "--api-key" not in vllm_container(result)["command"]
 
 
-def test_scaled_object_scales_on_waiting_requests_from_the_platform_prometheus():
+def scaled_object(result) -> dict:
+    return result.by_type("kubernetes:keda.sh/v1alpha1:ScaledObject")[0].inputs
+
+
+def test_scaled_object_scales_on_requests_in_flight_from_the_platform_prometheus():
     result = rendered_serve()
-    so = result.by_type("kubernetes:keda.sh/v1alpha1:ScaledObject")[0].inputs
+    so = scaled_object(result)
     dep = deployment(result)
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                             "name": dep["metadata"]["name"]}
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
     trigger = so["spec"]["triggers"][0]
-    assert trigger["type"] == "prometheus"
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert trigger["metadata"]["serverAddress"] == platform_outputs()["monitoring"]["prometheusUrl"]
-    assert trigger["metadata"]["query"].startswith(f"sum({llm_serve.WAITING_METRIC}{{")
-    assert f'namespace="{dep["metadata"]["namespace"]}"' in trigger["metadata"]["query"]
-    assert trigger["metadata"]["threshold"] == "4"
+    query = trigger["metadata"]["query"]
+    assert llm_serve.RUNNING_METRIC in query and llm_serve.WAITING_METRIC in query
+    assert f'namespace="{dep["metadata"]["namespace"]}"' in query
+    assert trigger["metadata"]["threshold"] == "4"  # maxNumSeqs of the stack file: a full replica
     assert so["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1, "behavior": "currentReplicasIfHigher"}
+
+
+def test_a_missing_metric_is_an_error_that_triggers_the_fallback():
+    """kedacore/keda@v2.20.2 pkg/scalers/prometheus_scaler.go ExecutePromQuery: an empty result is
+    0 without error unless ignoreNullValues is false; only an error counts towards the fallback
+    (pkg/fallback/fallback.go). So: no `or vector(0)`, and ignoreNullValues false."""
+    trigger = scaled_object(rendered_serve())["spec"]["triggers"][0]["metadata"]
+    assert "vector(" not in trigger["query"]
+    assert trigger["ignoreNullValues"] == "false"
+
+
+def test_no_cooldown_period_where_keda_never_reads_it():
+    """KEDA reads cooldownPeriod only in scaleToZeroOrIdle (kedacore/keda@v2.20.2
+    pkg/scaling/executor/scale_scaledobjects.go), reached with minReplicaCount 0 or an
+    idleReplicaCount; scale-down pacing with minReplicaCount >= 1 is the HPA behavior's window."""
+    spec = scaled_object(rendered_serve())["spec"]
+    assert spec["minReplicaCount"] >= 1 and "idleReplicaCount" not in spec
+    assert "cooldownPeriod" not in spec
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+
+
+DEPLOYMENT_POD = "llm-serve-usw2-6d4f9b7c8-{}"  # ReplicaSet pod names: <deployment>-<hash>-<suffix>
+# (replicas now, requests running per replica, requests waiting per replica) -> replicas the HPA
+# chooses, with maxNumSeqs 4 and min/max 1/3 of the stack file.
+LOAD_LEVELS = {
+    "all full, queue drained: keep them": ((3, 4, 0), 3),
+    "full and queueing: grow (to max)": ((2, 4, 3), 3),
+    "one full, a little queue: add one": ((1, 4, 2), 2),
+    "within the HPA tolerance: no change": ((3, 4, 0.25), 3),  # 12.75 / 12 = 1.06
+    "light load: shrink": ((3, 1, 0), 1),
+    "idle: min replicas": ((2, 0, 0), 1),
+}
+
+
+def load_series(pods: int, running: float, waiting: float) -> list[dict]:
+    """What Prometheus holds for `pods` replicas (labels as the workload PodMonitor adds them),
+    plus another Deployment's pod in the namespace that must not count."""
+    series = []
+    for i in range(pods):
+        pod = f'namespace="ml-shared", pod="{DEPLOYMENT_POD.format(f"p{i}")}", model_name="m"'
+        series += [{"series": f"{llm_serve.RUNNING_METRIC}{{{pod}}}", "values": f"{running}x10"},
+                   {"series": f"{llm_serve.WAITING_METRIC}{{{pod}}}", "values": f"{waiting}x10"}]
+    other = 'namespace="ml-shared", pod="other-serve-6d4f9b7c8-zz", model_name="m"'
+    series += [{"series": f"{llm_serve.RUNNING_METRIC}{{{other}}}", "values": "100x10"},
+               {"series": f"{llm_serve.WAITING_METRIC}{{{other}}}", "values": "100x10"}]
+    return series
+
+
+def test_hpa_replicas_for_load_levels(tmp_path):
+    """The rendered query, evaluated by promtool on each load level, gives the value KEDA hands
+    the HPA; the HPA's AverageValue rule (trnctl/operators/hpa.py, from kubernetes
+    replica_calculator.go) turns it into replicas. The old waiting-only query scaled a full
+    fleet down to minReplicas as soon as its queue drained."""
+    from tests.test_monitoring_rules import promtool
+
+    spec = scaled_object(rendered_serve())["spec"]
+    trigger = spec["triggers"][0]["metadata"]
+    tests = []
+    for name, ((pods, running, waiting), _) in LOAD_LEVELS.items():
+        total = pods * (running + waiting)
+        tests.append({"name": name, "interval": "1m", "input_series": load_series(pods, running, waiting),
+                      "promql_expr_test": [{"expr": trigger["query"], "eval_time": "5m",
+                                            "exp_samples": [{"labels": "{}", "value": total}]}]})
+    tests.append({"name": "no vLLM series: empty result (an error for KEDA, so the fallback applies)",
+                  "interval": "1m", "input_series": [{"series": 'up{job="x"}', "values": "1x10"}],
+                  "promql_expr_test": [{"expr": trigger["query"], "eval_time": "5m", "exp_samples": []}]})
+    (tmp_path / "rules.yaml").write_text("groups: []\n")
+    (tmp_path / "tests.yaml").write_text(json.dumps({"rule_files": ["rules.yaml"], "tests": tests}))
+    proc = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    chosen = {name: hpa.external_average_value_replicas(
+        pods * (running + waiting), float(trigger["threshold"]), pods,
+        min_replicas=spec["minReplicaCount"], max_replicas=spec["maxReplicaCount"])
+        for name, ((pods, running, waiting), _) in LOAD_LEVELS.items()}
+    assert chosen == {name: expected for name, (_, expected) in LOAD_LEVELS.items()}
+
+
+def test_hpa_rule_matches_the_upstream_formula():
+    # ceil(13 / 4) = 4 outside the tolerance; 11 / (4 x 3) = 0.92 within 0.1 keeps 3; clamped to max.
+    assert hpa.external_average_value_replicas(13, 4, 2, min_replicas=1, max_replicas=10) == 4
+    assert hpa.external_average_value_replicas(11, 4, 3, min_replicas=1, max_replicas=10) == 3
+    assert hpa.external_average_value_replicas(40, 4, 3, min_replicas=1, max_replicas=5) == 5
+    assert hpa.external_average_value_replicas(0, 4, 3, min_replicas=2, max_replicas=5) == 2
+
+
+# --------------------------------------------------------------------------- working directory
+
+# What the vLLM image gives a container that sets no workingDir, and who owns it:
+# aws-neuron/deep-learning-containers@2.26.1 vllm/inference/0.9.1/Dockerfile.neuronx clones the fork to
+# /opt/vllm as root (no USER, no chown) and ends on `WORKDIR /opt/vllm`.
+IMAGE_WORKDIR, IMAGE_WORKDIR_OWNER = "/opt/vllm", 0
+
+
+def writable_by_pod(pod: dict, container: dict, path: str) -> bool:
+    """Can the container's user create files at `path`? The longest volumeMount covering it decides:
+    an emptyDir is created mode 0777 (kubernetes pkg/volume/emptydir/empty_dir.go), read-only mounts
+    are not writable; outside every mount the image's directory is writable only by its owner."""
+    uid = container.get("securityContext", {}).get("runAsUser", pod["securityContext"]["runAsUser"])
+    covering = [m for m in container["volumeMounts"]
+                if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not covering:
+        return path.startswith(IMAGE_WORKDIR) and uid == IMAGE_WORKDIR_OWNER
+    mount = max(covering, key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    return "emptyDir" in volume and not mount.get("readOnly", False)
+
+
+def render_hugging_face(tmp_path, hub: str = "meta-llama/Meta-Llama-3-8B-Instruct"):
+    cfg = changed("model", {"huggingFace": hub, "parametersBillion": 8.0})
+    cfg["trn-workloads:hfToken"] = {"secure": "v1:REPLACE"}
+    project = project_with_stack(tmp_path, "workloads", STACK, cfg)
+    return run_program(project, STACK, stack_references=refs())
+
+
+def test_hugging_face_model_is_saved_in_a_writable_working_directory(tmp_path):
+    """The Neuron loader saves a Hugging Face model to `local-models/<id>` relative to the
+    working directory (upstreaming-to-vllm@dd417b3 neuronx_distributed.py); the pod's user must
+    be able to write there, with room for the float32 weights it saves."""
+    result = render_hugging_face(tmp_path)
+    assert validate(result).ok
+    pod = deployment(result)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"][2] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    cwd = c.get("workingDir", IMAGE_WORKDIR)
+    saved = posixpath.join(cwd, llm_serve.LOADER_SAVE_DIR, c["command"][2])
+    assert writable_by_pod(pod, c, saved), f"{saved} is not writable by uid {pod['securityContext']['runAsUser']}"
+    mount = max((m for m in c["volumeMounts"] if saved.startswith(m["mountPath"] + "/")), key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    size_gib = int(volume["emptyDir"]["sizeLimit"].removesuffix("Gi"))
+    assert size_gib * 2**30 >= 8e9 * 4  # 8B float32 parameters
+    assert c["resources"]["requests"]["ephemeral-storage"] == volume["emptyDir"]["sizeLimit"]
+    assert "ephemeral-storage" not in c["resources"]["limits"]
+
+
+def test_the_image_workdir_alone_is_not_writable():
+    """The check can fail: without a workingDir the loader would write under root's /opt/vllm."""
+    pod = copy.deepcopy(deployment(rendered_serve())["spec"]["template"]["spec"])
+    c = pod["containers"][0]
+    del c["workingDir"]
+    assert not writable_by_pod(pod, c, posixpath.join(IMAGE_WORKDIR, "local-models", "org/model"))
+    assert writable_by_pod(pod, c, posixpath.join(llm_serve.WORK_DIR, "local-models", "org/model"))
+
+
+def test_a_finetuned_model_on_fsx_needs_only_a_small_working_directory():
+    pod = deployment(rendered_serve())["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["workingDir"] == llm_serve.WORK_DIR and writable_by_pod(pod, c, llm_serve.WORK_DIR + "/x")
+    volume = next(v for v in pod["volumes"] if v["name"] == llm_serve.WORK_VOLUME)
+    assert volume["emptyDir"] == {"sizeLimit": f"{llm_serve.WORK_DIR_MIN_GIB}Gi"}
 
 
 # --------------------------------------------------------------------------- StackReference chain
@@ -206,8 +364,8 @@ def test_scaled_object_scales_on_waiting_requests_from_the_platform_prometheus()
 
 def test_offline_render_answers_the_finetune_reference_by_rendering_that_stack():
     bag, _ = config_bag(REPO / "workloads", STACK)
-    assert _referenced_stacks("trn-workloads", bag) == [PLATFORM_REF, FINETUNE_REF]
-    answered = _render_references(REPO / "workloads", "trn-workloads", bag)
+    assert _referenced_stacks("trn-workloads", bag) == {PLATFORM_REF: "platformStack", FINETUNE_REF: "llmServe.model.finetuneStack"}
+    answered = _render_references(REPO / "workloads", "trn-workloads", bag, STACK)
     assert set(answered) == {PLATFORM_REF, FINETUNE_REF}
     finetune = answered[FINETUNE_REF]["outputs"]
     assert finetune["workload"] == "lora-finetune"
@@ -280,7 +438,7 @@ def test_the_stack_file_parses_to_the_expected_settings():
     assert (s.pool, s.track, s.neuron_devices) == ("inf2", "xla", 1)
     assert s.model.finetune_stack == FINETUNE_REF and s.model.version == "1.0.0"
     assert s.autoscaling.prometheus_url == platform_outputs()["monitoring"]["prometheusUrl"]
-    assert (s.autoscaling.min_replicas, s.autoscaling.max_replicas, s.autoscaling.waiting_per_replica) == (1, 3, 4)
+    assert (s.autoscaling.min_replicas, s.autoscaling.max_replicas, s.autoscaling.requests_per_replica) == (1, 3, 4)
 
 
 BAD = {
@@ -306,6 +464,8 @@ BAD = {
     "unknown key": (changed("maxModelLength", 4096), "llmServe.maxModelLength: unknown key"),
     "host memory": (changed("memoryGiB", 512), "llmServe.cpu/memoryGiB: 8 vCPU / 512 GiB do not fit"),
     "dtype": (changed("dtype", "float32"), "llmServe.dtype"),
+    "old autoscaling key": (changed("autoscaling.waitingRequestsPerReplica", 4),
+                            "llmServe.autoscaling.waitingRequestsPerReplica: no longer used"),
 }
 
 
@@ -370,3 +530,29 @@ def test_bad_config_stops_the_program_before_any_resource(tmp_path):
         run_program(project, "bad", stack_references=refs())
     assert "llmServe.tensorParallelSize" in str(err.value)
     assert err.value.registered_resources == 0
+
+
+def test_native_track_passes_neuron_overrides_in_additional_config():
+    """The vLLM Neuron plugin reads additional_config["override_neuron_config"]
+    (vllm-project/vllm-neuron@0.2.0 neuronx_distributed_model_loader.py), not `neuron_config`."""
+    serving = parse(BASE).serving
+    flag, value = llm_serve.TRACK_OPTIONS["native"](serving)
+    assert flag == "--additional-config"
+    assert json.loads(value) == {"override_neuron_config": {
+        "enable_bucketing": True, "context_encoding_buckets": [512, 1024, 2048],
+        "token_generation_buckets": [512, 1024, 2048]}}
+    # the xla fork takes the same overrides through its own flag
+    assert llm_serve.TRACK_OPTIONS["xla"](serving) == ["--override-neuron-config",
+                                                       json.dumps(json.loads(value)["override_neuron_config"],
+                                                                  separators=(",", ":"))]
+
+
+def test_native_vllm_neuron_pin_is_the_plugin_at_its_git_branch():
+    """The DLC recipe installs the plugin from vllm-project/vllm-neuron branch release-<version>
+    (aws-neuron/deep-learning-containers@2.32.0 vllm/inference/0.24.0.1.1.0/Dockerfile.neuronx);
+    its version is <vLLM>.<plugin> (Neuron 2.31.0 component index)."""
+    pin = versions.neuron_track("native")["vllm_neuron"]
+    assert pin["repository"] == "https://github.com/vllm-project/vllm-neuron.git"
+    assert pin["branch"] == f"release-{pin['version']}"
+    assert pin["version"].startswith(pin["vllm"] + ".") and len(pin["version"].split(".")) == 6
+    assert llm_serve.serving_tracks() == ("xla",)  # native: flags ready, image not confirmed for SDK 2.34

@@ -52,14 +52,19 @@ BAD = {
     "retention": ({"retention": "15 days"}, "monitoring.retention: must be a duration in h, d, w or y such as 15d"),
     "idle": ({"neuronIdleAfter": "1 hour"}, "monitoring.neuronIdleAfter: must be a Prometheus duration"),
     "volume": ({"prometheusStorageGiB": 2}, "monitoring.prometheusStorageGiB: must be 10 to 16384 (GiB)"),
-    "p99": ({"servingP99LatencySeconds": 0}, "monitoring.servingP99LatencySeconds: must be greater than 0"),
+    "ttft": ({"servingTimeToFirstTokenP99Seconds": 0},
+             "monitoring.servingTimeToFirstTokenP99Seconds: must be greater than 0"),
+    "tpot": ({"servingTimePerOutputTokenP99Seconds": 0},
+             "monitoring.servingTimePerOutputTokenP99Seconds: must be greater than 0"),
+    "end-to-end p99": ({"servingP99LatencySeconds": 10},
+                       "monitoring.servingP99LatencySeconds: replaced by servingTimeToFirstTokenP99Seconds"),
     "topic": ({"snsTopicArn": "alerts"}, "monitoring.snsTopicArn: must be an SNS topic ARN"),
     "workspace": ({"remoteWriteWorkspaceArn": "ws-1"},
                   "monitoring.remoteWriteWorkspaceArn: must be an Amazon Managed Service for Prometheus workspace ARN"),
     "workspace region": ({"remoteWriteWorkspaceArn": WORKSPACE.replace("us-west-2", "eu-west-1")},
                          "monitoring.remoteWriteWorkspaceArn: the workspace is in eu-west-1, the stack in us-west-2"),
     "email": ({"alertEmails": ["not-an-address"]}, "monitoring.alertEmails[0]: 'not-an-address' is not an e-mail"),
-    "unknown key": ({"retentionDays": 3}, "monitoring.retentionDays: unknown key; known keys:"),
+    "unknown key": ({"retentionDays": 3}, "monitoring.retentionDays: unknown key; did you mean retention? known keys:"),
 }
 
 
@@ -301,7 +306,7 @@ def test_render_summary_lists_the_releases_and_rule_counts():
     block = text[text.index("monitoring:"):]
     assert f"kube-prometheus-stack {versions.KUBE_PROMETHEUS_STACK_VERSION}" in block
     assert f"prometheus-cloudwatch-exporter {versions.CLOUDWATCH_EXPORTER_VERSION}" in block
-    assert "rules: 6 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
+    assert "rules: 7 alerting, 5 recording; 4 ServiceMonitors, 3 PodMonitors; 5 dashboards" in block
 
 
 # --------------------------------------------------------------------------- values vs the pinned charts

@@ -202,6 +202,7 @@ def test_mpirun_starts_one_launch_per_node():
     command = mpirun_command(4, launch_cmd)
     assert command[:3] == ["mpirun", "-np", "4"] and command[-len(launch_cmd):] == launch_cmd
     assert "ppr:1:node" in command and ["-x", "TRN_BACKEND"] == command[command.index("TRN_BACKEND") - 1:][:2]
+    assert ["-x", "MASTER_ADDR"] == command[command.index("MASTER_ADDR") - 1:][:2]
     with pytest.raises(ValueError, match="nodes must be >= 1"):
         mpirun_command(0, launch_cmd)
 
@@ -277,19 +278,21 @@ def test_presets_are_consistent():
         assert preset.num_attention_heads % preset.num_kv_heads == 0, name
 
 
-def test_rank_and_master_come_from_mpi(tmp_path):
+def test_rank_comes_from_open_mpi_and_master_from_the_forwarded_env():
+    """What a rank sees comes from mpirun (tests/test_operators_mpi.py derives it from the MPIJob's pods)."""
     run = cfg(preset="llama2-7b")
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("# workers\nllama-worker-0.llama.ns.svc slots=1\nllama-worker-1.llama.ns.svc slots=1\n")
-    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_MCA_orte_default_hostfile": str(hostfile)}
-    assert node_rank(run, env) == 1
-    assert master_address(run, env) == "llama-worker-0.llama.ns.svc"
-    assert master_address(run, {**env, "MASTER_ADDR": "10.0.0.5"}) == "10.0.0.5"
+    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+           "MASTER_ADDR": "llama-worker-0.llama.ns.svc"}
+    assert node_rank(run, env) == 1 and master_address(run, env) == "llama-worker-0.llama.ns.svc"
     with pytest.raises(ConfigError, match="mpirun started 2 processes but the run config has nodes=4"):
         node_rank(run, {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="one process per node"):
+        node_rank(run, {**env, "OMPI_COMM_WORLD_LOCAL_RANK": "1"})
     with pytest.raises(ConfigError, match="OMPI_COMM_WORLD_RANK is not set"):
         node_rank(run, {})
-    assert node_rank(cfg(preset="small"), {}) == 0
+    with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
+        master_address(run, {"OMPI_COMM_WORLD_RANK": "1"})
+    assert node_rank(cfg(preset="small"), {}) == 0 and master_address(cfg(preset="small"), {}) == "localhost"
 
 
 def test_write_nxdt_config_is_atomic_and_repeatable(tmp_path):
@@ -305,7 +308,6 @@ def test_write_nxdt_config_is_atomic_and_repeatable(tmp_path):
 def _mpi_free_env(monkeypatch, tmp_path):
     monkeypatch.delenv("OMPI_COMM_WORLD_RANK", raising=False)
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    monkeypatch.setenv("OMPI_MCA_orte_default_hostfile", str(tmp_path / "absent"))
 
 
 def test_cli_dry_run_prints_yaml_env_and_command_and_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -327,7 +329,7 @@ def test_cli_dry_run_prints_yaml_env_and_command_and_writes_nothing(tmp_path, ca
     assert not run_dir.exists()
 
 
-def test_cli_rejects_bad_config_and_refuses_to_train_off_neuron(tmp_path, capsys, monkeypatch):
+def test_cli_rejects_bad_config_and_missing_inputs_on_the_cpu_path(tmp_path, capsys, monkeypatch):
     _mpi_free_env(monkeypatch, tmp_path)
     config = tmp_path / "run.json"
     config.write_text(json.dumps({**PATHS, "preset": "small", "global_batch_size": 6}))
@@ -339,8 +341,8 @@ def test_cli_rejects_bad_config_and_refuses_to_train_off_neuron(tmp_path, capsys
     assert "not valid JSON" in capsys.readouterr().err
 
     config.write_text(json.dumps({**PATHS, "preset": "small", "run_dir": str(tmp_path / "run")}))
-    assert launch_main(["--config", str(config), "--mode", "train"]) == 2  # TRN_BACKEND=cpu in tests
-    assert "training needs the Neuron backend" in capsys.readouterr().err
+    assert launch_main(["--config", str(config), "--mode", "train"]) == 2  # TRN_BACKEND=cpu: the stand-in
+    assert "_text_document.bin" in capsys.readouterr().err  # it reads the dataset, which is not there
     assert not (tmp_path / "run").exists()
 
 
@@ -366,3 +368,40 @@ def test_on_neuron_the_launcher_writes_the_yaml_then_execs_torchrun(tmp_path, mo
     assert file == "neuron_parallel_compile" and args == build_command(run, "precompile")
     assert written == config_yaml(run, "precompile")
     assert env["NEURON_CC_FLAGS"] == build_env(run, "precompile")["NEURON_CC_FLAGS"] and "PATH" in env
+
+
+def test_cpu_stand_in_meets_every_rank_at_rank0(tmp_path):
+    """On the CPU path each node writes the YAML, finds its inputs and meets rank 0 at MASTER_ADDR:master_port."""
+    import threading
+
+    from tests.loopback import free_port
+    from trn_workloads.nemo import standin
+
+    data = tmp_path / "data" / "corpus_text_document"
+    data.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        data.with_name(data.name + suffix).write_bytes(b"x")
+    (tmp_path / "tok").mkdir()
+    run = load_run_config({**PATHS, "preset": "llama2-7b", "nodes": 3, "tensor_parallel_size": 8,
+                           "global_batch_size": 12, "dataset_prefix": str(data), "tokenizer": str(tmp_path / "tok"),
+                           "run_dir": str(tmp_path / "run"), "master_port": free_port()})
+    results: dict[int, object] = {}
+
+    def node(rank: int) -> None:
+        try:
+            standin.run(run, "train", rank=rank, master="127.0.0.1", timeout=20)
+            results[rank] = "ok"
+        except Exception as err:  # reported below
+            results[rank] = err
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (2, 1, 0)]  # workers before rank 0 listens
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {0: "ok", 1: "ok", 2: "ok"}
+    assert (tmp_path / "run" / "nxdt-config" / "train.yaml").read_text() == config_yaml(run, "train")
+    with pytest.raises(standin.RendezvousError, match="could not reach rank 0"):
+        standin.rendezvous("127.0.0.1", free_port(), 1, 2, timeout=1)
+    with pytest.raises(standin.RendezvousError, match="1 of 2 ranks arrived"):
+        standin.rendezvous("127.0.0.1", free_port(), 0, 2, timeout=1)

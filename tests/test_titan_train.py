@@ -109,6 +109,35 @@ def test_bad_run_config_is_a_clear_error(tmp_path):
         config_from_dict({**base, "nodes": 3}, max_nodes=2)
 
 
+def titan_python(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    if not TITAN_PYTHON.exists():
+        pytest.fail(f"{TITAN_PYTHON} not found: `make setup` creates .venv-titan")
+    return subprocess.run([str(TITAN_PYTHON), *args], env={**os.environ, "PYTHONPATH": str(REPO / "images")},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_installed_torchtitan_has_every_name_and_signature_the_trainer_uses():
+    """The image build's check (trn_workloads.titan.titan_api) against a real torchtitan: PyPI 0.3.0 here."""
+    proc = titan_python("-m", "trn_workloads.titan.titan_api")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("torchtitan 0.3.0: 12 symbols and 9 call signatures fit the trainer")
+
+
+def test_every_layer_attends_with_sdpa_not_the_stock_flex_attention():
+    """Issue 22 item 13: model_spec takes no runtime, so the Neuron pods build what this builds."""
+    code = ("from trn_workloads.titan import titan_api\n"
+            "from trn_workloads.titan.config import RunConfig\n"
+            "from trn_workloads.titan.train import model_spec\n"
+            "api = titan_api.load()\n"
+            "stock = api.model_registry('8B').model.layers\n"
+            "ours = model_spec(RunConfig(dataset_prefix='/x', run_dir='/y', model_flavor='8B')).model.layers\n"
+            "print(len(ours), sorted({type(l.attention.inner_attention).__qualname__ for l in stock}),"
+            " sorted({type(l.attention.inner_attention).__qualname__ for l in ours}))\n")
+    proc = titan_python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["32", "['FlexAttention.Config']", "['ScaledDotProductAttention.Config']"]
+
+
 def test_a_dataset_tokenized_for_a_bigger_vocabulary_is_refused(dataset):
     if not TITAN_PYTHON.exists():
         pytest.fail(f"{TITAN_PYTHON} not found: `make setup` creates .venv-titan")

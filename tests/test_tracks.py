@@ -20,6 +20,7 @@ from tests.test_titan import rejected
 from workloads import registry
 from workloads.common import build_args
 from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WORKLOAD_TRACKS, WORKLOADS
+from workloads.errors import WorkloadConfigError
 
 PLATFORM = "organization/trn-platform/mixed-use2"  # the test-local mixed platform below
 PIN_FILE = Path(__file__).resolve().parent.parent / "images" / "neuron-sdk.json"
@@ -38,22 +39,52 @@ def test_two_tracks_pin_disjoint_families_and_cover_every_neuron_family():
     assert neuron_families <= set(xla["families"]) | set(native["families"])
     for name in ("xla", "native"):
         track = versions.neuron_track(name)
-        for base in track["base_images"].values():
+        for base in filter(None, track["base_images"].values()):  # null: not pinned (test below)
             assert f"sdk{track['neuron_sdk']}" in base and f"py{track['python'].replace('.', '')}" in base
             assert ":latest" not in base
         assert all(VERSION.match(track[k]) for k in ("neuron_sdk", "torch"))
-    assert all(b.endswith("-ubuntu26.04") for b in native["base_images"].values())  # 2.33+ DLCs: 26.04 only
+    assert all(b.endswith("-ubuntu26.04") for b in filter(None, native["base_images"].values()))  # 2.33+: 26.04 only
     with pytest.raises(KeyError, match="allowed values: native, xla"):
         versions.neuron_track("jax")
 
 
-def test_every_workload_and_every_image_declares_a_track():
+def test_no_base_image_is_a_dlc_neuron_no_longer_publishes():
+    """pytorch-training-neuronx is not published from Neuron 2.31.0 (announce-no-longer-publish-
+    pytorch-training-dlc): the native track (2.34.0) cannot build on it. Its TorchNeuron training
+    DLC is not pinned (the tag could not be read here), and building a native training image says so."""
+    assert versions.base_image_problems("xla") == {}
+    assert set(versions.base_image_problems("native")) == {"training"}
+    assert ("tracks.native.base_images.training is not pinned: the repository and tag of the TorchNeuron training DLC"
+            in versions.base_image_problems("native")["training"])
+    # the rule itself, on the pin this track had before
+    old_pin = versions.neuron_track("native")
+    old_pin["base_images"] = old_pin["base_images"] | {
+        "training": "public.ecr.aws/neuron/pytorch-training-neuronx:2.14.0-neuronx-py314-sdk2.34.0-ubuntu26.04"}
+    assert versions.base_image_problems("native", old_pin)["training"].endswith(
+        "Neuron does not publish public.ecr.aws/neuron/pytorch-training-neuronx from SDK 2.31.0 on (the track pins 2.34.0)")
+    with pytest.raises(WorkloadConfigError, match=r"image.build: images/titan cannot be built: neuron-sdk.json "
+                                                  r"tracks.native.base_images.training is not pinned"):
+        build_args("titan")
+    assert versions.base_image("native", "inference") == versions.neuron_track("native")["base_images"]["inference"]
+
+
+def test_every_workload_and_every_image_declares_a_track(monkeypatch):
     assert sorted(WORKLOAD_TRACKS) == sorted(WORKLOADS) == sorted(registry.WORKLOADS)
     assert sorted(IMAGE_TRACKS) == sorted(IMAGE_DIRS)
     assert {t for w in registry.WORKLOADS.values() for t in w.tracks} == {"xla", "native"}
     assert all(w.tracks and set(w.tracks) <= set(versions.NEURON_TRACKS) for w in registry.WORKLOADS.values())
-    assert build_args("titan") == {"BASE_IMAGE": versions.neuron_track("native")["base_images"]["training"],
-                                   "NEURON_SDK_VERSION": "2.34.0"}
+    assert build_args("nemo")["BASE_IMAGE"] == versions.neuron_track("xla")["base_images"]["training"]
+    native = versions.neuron_track("native")
+    # Neither the fork's commit nor the TorchNeuron training DLC may be recorded yet (tests/test_titan_api.py,
+    # test_no_base_image_is_a_dlc_neuron_no_longer_publishes): give both to see the rest of the args.
+    source = {**native["torchtitan_neuron_source"], "commit": "0" * 40}
+    training = "registry.example/torchneuron-training:test"
+    patched = {**native, "torchtitan_neuron_source": source, "base_images": {**native["base_images"], "training": training}}
+    monkeypatch.setattr(versions, "neuron_track", lambda name, real=versions.neuron_track: (
+        patched if name == "native" else real(name)))
+    assert build_args("titan") == {"BASE_IMAGE": training, "NEURON_SDK_VERSION": "2.34.0",
+                                   "TORCHTITAN_NEURON_REPOSITORY": source["repository"],
+                                   "TORCHTITAN_NEURON_COMMIT": "0" * 40}
     assert "LABEL trn-platform/neuron-track=${TRACK}" in (PIN_FILE.parent / "titan" / "Dockerfile").read_text()
 
 
@@ -144,13 +175,15 @@ def test_on_a_single_track_platform_the_message_says_what_pool_to_add(tmp_path):
     titan_on_trn1 = with_setting(stack_config("workloads", "titan-pretrain-use2"), "trn-workloads:titan", "pool",
                                  "trn1-efa")
     titan_on_trn1.update({"trn-workloads:platformStack": "organization/trn-platform/dev-usw2", "aws:region": "us-west-2"})
-    assert ("titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; this workload needs the native "
-            "track (trn2, trn3); pools of platform stack organization/trn-platform/dev-usw2 that would work: none "
-            "(add a trn2, trn3 pool to the platform)") in rejected(tmp_path / "a", titan_on_trn1, platform_refs("dev-usw2"))
+    assert ("titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; no pool of platform stack "
+            "organization/trn-platform/dev-usw2 can run this workload: it needs the native Neuron track (trn2, trn3) and "
+            "the platform's accelerator pools are inf2 (xla track), trn1-efa (xla track), trn1-single (xla track); add a "
+            "trn2, trn3 pool to the platform") in rejected(tmp_path / "a", titan_on_trn1, platform_refs("dev-usw2"))
 
     nemo_on_trn2 = with_setting(stack_config("workloads", "nemo-pretrain-usw2"), "trn-workloads:nemo", "pool", "trn2-efa")
     nemo_on_trn2.update({"trn-workloads:platformStack": "organization/trn-platform/dev-trn2-use2", "aws:region": "us-east-2"})
-    assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; this workload needs the xla "
-            "track (trn1, trn1n, inf2); pools of platform stack organization/trn-platform/dev-trn2-use2 that would "
-            "work: none (add a trn1, trn1n, inf2 pool to the platform)") in rejected(
+    assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; no pool of platform stack "
+            "organization/trn-platform/dev-trn2-use2 can run this workload: it needs the xla Neuron track (trn1, trn1n, "
+            "inf2) and the platform's accelerator pools are trn2-block (native track), trn2-efa (native track); add a "
+            "trn1, trn1n, inf2 pool to the platform") in rejected(
         tmp_path / "b", nemo_on_trn2, platform_refs("dev-trn2-use2"))

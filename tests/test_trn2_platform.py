@@ -56,7 +56,18 @@ def test_trn2_catalog_facts(name):
     assert "trn2-arch.rst" in raw["_source"] and "moto 5.2.5" in raw["_source"]
 
 
-@pytest.mark.parametrize("name", TRN2_TYPES + ("trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "inf2.xlarge",
+def test_trn2_3xlarge_is_one_trainium2_chip():
+    """EC2's recorded DescribeInstanceTypes (moto 5.2.5) and the Neuron docs: one Trainium2 (8
+    NeuronCore-v3, 96 GiB), 12 vCPU, 128 GiB, one EFA interface; sold on-demand, spot and in blocks."""
+    t = catalog.instance_type("trn2.3xlarge")
+    assert (t.family, t.neuron_devices, t.neuron_cores, t.device_memory_gib) == ("trn2", 1, 8, 96)
+    assert (t.vcpu, t.memory_gib, t.efa_interfaces, t.instance_store_gib) == (12, 128, 1, 470)
+    assert t.logical_neuron_cores == {1: 8, 2: 4} and not t.ultraserver and not t.unverified
+    assert set(t.usage_classes) == {"capacity-block", "on-demand", "spot"}
+    assert "trn2.3xlarge" in botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType").enum
+
+
+@pytest.mark.parametrize("name", TRN2_TYPES + ("trn2.3xlarge", "trn1.2xlarge", "trn1.32xlarge", "trn1n.32xlarge", "inf2.xlarge",
                                                "inf2.48xlarge"))
 def test_catalog_agrees_with_ec2_describe_instance_types(name):
     ec2 = EC2_TYPES[name]
@@ -79,26 +90,64 @@ def test_lnc_exists_only_on_trn2_and_trn3():
         assert catalog.family_lnc(family) is None
 
 
-def test_trn3_has_no_instance_type_because_ec2_offers_none_here():
-    """EC2's API model (botocore) names no Trn3 instance type and the offerings snapshot has
-    none: the catalog keeps the chip facts and the reason, no invented types."""
+# The Trn3 names Neuron's own sources give: chart 1.9.0 values.yaml neuronInstances
+# (aws-neuron/neuron-helm-charts@b77a6f90) and the driver's v4_platform_map
+# (aws-neuron/aws-neuron-driver@9cc489ec v4/neuron_dhal_v4.c), its -dev/-es variants left out.
+NEURON_CHART_TRN3 = ("trn3.48xlarge", "trn3e.24xlarge")
+NEURON_DRIVER_TRN3 = ("trn3e.24xlarge", "trn3.48xlarge", "trn3p.48xlarge")
+
+
+def test_trn3_types_are_the_ones_neuron_names_with_their_facts_marked_unverified():
+    """EC2's API model (botocore) and its recorded answers (moto) name no Trn3 type, which is no
+    evidence: the catalog lists the types Neuron's chart and driver name, every EC2 fact of them
+    marked unverified, and records no region or offering for them (preflight asks EC2)."""
     ec2_types = botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType").enum
-    assert not [t for t in ec2_types if t.startswith("trn3")]
-    assert catalog.instance_types_of("trn3") == ()
-    assert catalog.family_regions("trn3") == ()
-    assert "botocore" in catalog.family_not_offered("trn3")
+    assert not [t for t in ec2_types if t.startswith("trn3")] and not [t for t in EC2_TYPES if t.startswith("trn3")]
+    assert set(catalog.instance_types_of("trn3")) == {*NEURON_CHART_TRN3, *NEURON_DRIVER_TRN3}
+    assert "Neuron" in catalog.family_unverified("trn3") and catalog.family_not_offered("trn3") is None
     fam = json.loads((catalog.DATA / "instance_types.json").read_text())["families"]["trn3"]
     assert fam["chip"] == {"physicalNeuronCores": 8, "deviceMemoryGiB": 144}  # trainium3.rst
+    for name in catalog.instance_types_of("trn3"):
+        t = catalog.instance_type(name)
+        assert {"vcpu", "memoryGiB", "neuronDevices", "efaInterfaces", "usageClasses"} <= set(t.unverified), name
+        # per chip as Trainium3 is documented: 8 NeuronCore-v4, 144 GiB; LNC 2 pairs them
+        assert t.neuron_cores == 8 * t.neuron_devices and t.device_memory_gib == 144 * t.neuron_devices
+        assert t.logical_neuron_cores == {1: t.neuron_cores, 2: t.neuron_cores // 2}
     for region in catalog.known_regions():
         offers = json.loads((catalog.DATA / "offerings-snapshot.json").read_text())[region]["offerings"]
-        assert not [t for t in offers if t.startswith("trn3")]
+        assert not [t for t in offers if t.startswith("trn3")]  # no recorded "not offered" either
+
+
+def test_a_trn3_pool_is_accepted_offline_in_any_region():
+    """No offline refusal: the family has no recorded regions, preflight's live offerings decide."""
+    pool = {"name": "t3", "family": "trn3", "instanceTypes": ["trn3.48xlarge", "trn3e.24xlarge"], "maxNodes": 2}
+    for region in ("us-east-2", "us-west-2"):
+        (parsed,) = [p for p in parse_pools(pool, region=region) if p.family == "trn3"]
+        assert (parsed.lnc, parsed.efa, parsed.limits["aws.amazon.com/neuron"]) == (2, True, "32")
+
+
+def test_a_trn3_pool_renders_and_validates(tmp_path):
+    from trnctl.render import cost_summary, render_stack
+    from tests.platform_helpers import project_with_stack
+
+    cfg = copy.deepcopy(BASE)
+    cfg[POOLS].insert(2, {"name": "trn3-efa", "family": "trn3", "instanceTypes": ["trn3.48xlarge"], "maxNodes": 2})
+    project = project_with_stack(tmp_path, "platform", "trn3", cfg)
+    result, problems = render_stack(project, "trn3", tmp_path / "out")
+    assert problems == []
+    assert result.outputs["nodePools"]["trn3-efa"]["neuronCoresPerNode"] == 64  # LNC 2 on 16 chips x 8 cores
+    # no list price for Trn3 yet: the render says so instead of failing, `trnctl cost` in one line
+    assert cost_summary(result, project).startswith("cost: not estimated: ")
+    assert "no on-demand price for trn3.48xlarge in us-east-2" in cost_summary(result, project)
+    from trnctl import cli
+    assert cli.main(["cost", "trn3", "--project-dir", str(project)]) == 2
 
 
 def test_trn2_offerings_snapshot_matches_ec2_recorded_offerings():
     base = Path(moto.__file__).parent / "ec2" / "resources" / "instance_type_offerings" / "availability-zone-id"
     for region in catalog.known_regions():
         recorded = json.loads(gzip.open(base / f"{region}.json.gz", "rt").read())
-        for t in TRN2_TYPES:
+        for t in (*TRN2_TYPES, "trn2.3xlarge"):
             want = sorted(o["Location"] for o in recorded if o["InstanceType"] == t)
             assert sorted(catalog.snapshot_offerings(region, t)) == want, (region, t)
     assert catalog.snapshot_offerings("us-east-2", "trn2.48xlarge") == ("use2-az1", "use2-az2", "use2-az3")
@@ -146,7 +195,8 @@ BAD_POOLS = {
     "block on inf2": ({"name": "i", "family": "inf2", "instanceTypes": ["inf2.xlarge"], "maxNodes": 1,
                        "capacityTypes": ["capacity-block"], "capacityBlockIds": ["cr-0b10c0000000a0001"]},
                       "nodePools[0] (i).capacityTypes: capacity-block is not offered for inf2.xlarge; "
-                      "accelerator types sold as capacity-block: trn1.32xlarge, trn2.48xlarge, trn2u.48xlarge"),
+                      "accelerator types sold as capacity-block: trn1.32xlarge, trn2.3xlarge, trn2.48xlarge, "
+                      "trn2u.48xlarge"),
     "block without ids": (TRN2 | {"capacityTypes": ["capacity-block"]},
                           "nodePools[0] (t2).capacityBlockIds: required when capacityTypes contains 'capacity-block'"),
     "ids without block": (TRN2 | {"capacityBlockIds": ["cr-0b10c0000000a0001"]},
@@ -163,11 +213,9 @@ BAD_POOLS = {
                       "nodePools[0] (t2).capacityBlockIds: cr-0b10c0000000a0001 is also in capacityReservationIds"),
     "spot on trn2u": (TRN2 | {"instanceTypes": ["trn2u.48xlarge"], "capacityTypes": ["spot"]},
                       "nodePools[0] (t2).capacityTypes: spot is not offered for trn2u.48xlarge"),
-    "trn3": ({"name": "t3", "family": "trn3", "instanceTypes": ["trn3.48xlarge"], "maxNodes": 4},
-             "nodePools[0] (t3).family: trn3 cannot be used: no Trn3 instance type is listed by the EC2 API model"),
     "wrong type for family": (TRN2 | {"instanceTypes": ["trn1.32xlarge"]},
-                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed; allowed values: "
-                              "trn2.48xlarge, trn2u.48xlarge"),
+                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed for family trn2 (it is a "
+                              "type of family trn1); allowed values: trn2.3xlarge, trn2.48xlarge, trn2u.48xlarge; or set family: trn1"),
 }
 
 
@@ -178,7 +226,9 @@ def test_bad_trn2_pool_config_names_the_key_and_the_allowed_values(case):
 
 
 def test_trn2_outside_its_regions_is_rejected():
-    assert "nodePools[0] (t2).family: trn2 is not offered in us-west-2; regions offering it: us-east-2, ap-south-2" \
+    assert "nodePools[0] (t2).family: trn2 not offered in us-west-2 (infra/data/offerings-snapshot.json); " \
+        "offered: trn2 in ap-south-2, ap-southeast-4, sa-east-1, us-east-2; remove this pool or set aws:region to one offering it: " \
+        "ap-south-2, ap-southeast-4, sa-east-1, us-east-2" \
         in rejected(TRN2, region="us-west-2")
 
 
@@ -249,7 +299,12 @@ def test_trn2_stack_exports_lnc_cores_and_tracks():
         assert {k: pools[name][k] for k in ("lnc", "neuronCoresPerNode", "track", "efaPerNode", "maxNodes")} == {
             "lnc": 2, "neuronCoresPerNode": 64, "track": "native", "efaPerNode": 16, "maxNodes": 4}
     assert pools["cpu"]["track"] is None and pools["cpu"]["lnc"] is None
-    assert out["neuronTracks"] == {"xla": [], "native": ["trn2-efa", "trn2-block"]}
+    # trn2-dev lists trn2.3xlarge and, while EC2's recorded offerings have none in us-east-2, the
+    # trn2.48xlarge fallback: its per-node exports are the largest type's, without EFA (one node)
+    assert pools["trn2-dev"]["instanceTypes"] == ["trn2.3xlarge", "trn2.48xlarge"]
+    assert {k: pools["trn2-dev"][k] for k in ("lnc", "neuronCoresPerNode", "track", "efaPerNode", "maxNodes")} == {
+        "lnc": 2, "neuronCoresPerNode": 64, "track": "native", "efaPerNode": 0, "maxNodes": 1}
+    assert out["neuronTracks"] == {"xla": [], "native": ["trn2-efa", "trn2-block", "trn2-dev"]}
     assert out["region"] == "us-east-2"
 
 

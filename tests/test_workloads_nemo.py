@@ -32,7 +32,8 @@ def test_workers_take_whole_efa_nodes_of_the_platform_pool():
     launcher = train["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     assert launcher["nodeSelector"] == rendered_platform("dev-usw2").outputs["nodePools"]["cpu"]["nodeSelector"]
     command = launcher["containers"][0]["command"]
-    assert command[:3] == ["mpirun", "-np", "4"]
+    # the launcher takes rank 0's host from its hostfile, then execs mpirun (trn_workloads.nemo.mpirun)
+    assert command[:6] == ["python", "-m", "trn_workloads.nemo.mpirun", "--nodes", "4", "--"]
     assert command[-6:] == ["python", "-m", "trn_workloads.nemo.launch", "--config", "/etc/run/run.json", "--mode"] \
         or command[-7:-1] == ["python", "-m", "trn_workloads.nemo.launch", "--config", "/etc/run/run.json", "--mode"]
     assert command[-1] == "train"

@@ -16,9 +16,11 @@ whose `platformStack` points at it:
   capacity reservations    EC2 DescribeCapacityReservations: exists, active, type, AZ
   Neuron capacity          EC2 DescribeInstanceTypes: each accelerator type reports NeuronInfo
                            (Karpenter sizes aws.amazon.com/neuron from it)
+  catalog facts            the same answer against the catalog's unverified facts (Trn3)
   Capacity Blocks          the same call for each capacityBlockIds entry: a Capacity Block,
                            started and not ended (dates printed), instance type, AZ, its
-                           prepaid cost at the price file's block rate
+                           prepaid cost at the price file's block rate, and when runs on it
+                           must stop (trnctl/operators/karpenter.py)
   workload images          ECR DescribeImages: the repository and the tag/digest exist
   Hugging Face token       set as a secret where the workload downloads from the Hub
 
@@ -43,8 +45,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from trnctl import exitcodes
 from infra import catalog, network
 from trnctl import aws_ops, cost
+from trnctl.operators import karpenter
 from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
-from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stacks_in
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stack_argument, stack_file, stacks_in
+from stackfiles.placeholders import Placeholder, find_placeholders
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -72,9 +76,9 @@ QUOTA_CODES: dict[tuple[str, str], tuple[str, str]] = {
 QUOTA_GROUP = {"trn1": "Trn", "trn1n": "Trn", "trn2": "Trn", "trn3": "Trn", "inf2": "Inf", "cpu": "Standard"}
 # Capacity types that launch into reservations, not against the On-Demand/Spot vCPU quotas.
 RESERVATION_CAPACITY_TYPES = ("reserved", "capacity-block")
-# A block ending this soon still passes, with a warning: EC2 starts terminating its instances
-# 30 min (60 for UltraServers) before the end, Karpenter drains them 10 min before that
-# (karpenter-provider-aws v1.14 website/content/en/v1.14/tasks/odcrs.md, "Capacity Blocks").
+# A block ending this soon still passes, with a warning. When its nodes are drained and reclaimed
+# (Karpenter from 40 minutes before the end, EC2 from 30, or 60 on UltraServer types) is
+# trnctl/operators/karpenter.py.
 BLOCK_ENDING_SOON = timedelta(hours=24)
 # A short Standard quota slows CPU pools down but leaves the accelerators usable: warn only.
 BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
@@ -82,7 +86,6 @@ BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
 # What the workloads download from the Hugging Face Hub unless given a /shared path
 # (defaults of workloads/nemo.py, ray_pretrain.py and lora.py).
 HUB_REFERENCE_DEFAULT = "meta-llama/Llama-2-7b-hf"
-HF_TOKEN_PLACEHOLDER = "REPLACE-WITH"  # the example ciphertext in workloads/Pulumi.*.yaml
 
 
 # --------------------------------------------------------------------------- pure: credentials and region
@@ -335,6 +338,65 @@ def neuron_capacity_findings(cfg: PlatformConfig, neuron_info: dict[str, dict | 
     return out
 
 
+# --------------------------------------------------------------------------- pure: unverified catalog facts
+
+
+def ec2_facts(item: dict) -> dict[str, Any]:
+    """A DescribeInstanceTypes entry as the catalog's keys (infra/data/instance_types.json)."""
+    devices = (item.get("NeuronInfo") or {}).get("NeuronDevices", [])
+    return {
+        "vcpu": item.get("VCpuInfo", {}).get("DefaultVCpus"),
+        "memoryGiB": item.get("MemoryInfo", {}).get("SizeInMiB", 0) // 1024,
+        "neuronDevices": sum(d.get("Count", 0) for d in devices),
+        "neuronCores": sum(d.get("Count", 0) * d.get("CoreInfo", {}).get("Count", 0) for d in devices),
+        "efaInterfaces": (item.get("NetworkInfo", {}).get("EfaInfo") or {}).get("MaximumEfaInterfaces", 0),
+        "instanceStoreGiB": (item.get("InstanceStorageInfo") or {}).get("TotalSizeInGB", 0),
+        "usageClasses": sorted(item.get("SupportedUsageClasses", [])),
+    }
+
+
+def catalog_facts(t: catalog.InstanceType) -> dict[str, Any]:
+    return {"vcpu": t.vcpu, "memoryGiB": t.memory_gib, "neuronDevices": t.neuron_devices, "neuronCores": t.neuron_cores,
+            "efaInterfaces": t.efa_interfaces, "instanceStoreGiB": t.instance_store_gib,
+            "usageClasses": sorted(t.usage_classes)}
+
+
+def unverified_type_findings(cfg: PlatformConfig, described: dict[str, dict]) -> list[Finding]:
+    """For pools using types whose catalog facts no EC2 answer confirmed (Trn3, named by Neuron's
+    sources only): the live DescribeInstanceTypes answer against those facts. The pool's Karpenter
+    limits, its EFA requests and the NeuronCores it exports are computed from them."""
+    out = []
+    for pool in cfg.accelerator_pools:
+        for name in pool.instance_types:
+            t = catalog.instance_type(name)
+            if not t.unverified:
+                continue
+            check = f"catalog facts: {name}"
+            if name not in described:
+                out.append(Finding(check, WARN, f"EC2 does not describe {name} in {cfg.region}: its facts in the catalog "
+                                                f"({', '.join(t.unverified)}) come from Neuron's sources only",
+                                   "see the offerings row; run preflight again where EC2 offers the type"))
+                continue
+            ours, ec2 = catalog_facts(t), ec2_facts(described[name])
+            # usageClasses: the catalog leaves them open; only the pool's capacity types must be sold.
+            differ = {k: (ours[k], ec2[k]) for k in ours if k in t.unverified and k != "usageClasses" and ours[k] != ec2[k]}
+            # "reserved" (an ODCR) is no EC2 usage class; the other capacity types are.
+            unsold = [c for c in pool.capacity_types if c != "reserved" and c not in ec2["usageClasses"]]
+            if not differ and not unsold:
+                out.append(Finding(check, PASS, f"EC2 confirms the catalog's facts: {ec2['vcpu']} vCPU, {ec2['memoryGiB']} GiB, "
+                                                f"{ec2['neuronDevices']} Neuron devices, {ec2['efaInterfaces']} EFA interfaces"))
+                continue
+            problems = [f"{k} {a} in the catalog, {b} from EC2" for k, (a, b) in differ.items()]
+            if unsold:
+                problems.append(f"EC2 sells it as {', '.join(ec2['usageClasses'])}, not {', '.join(unsold)}")
+            out.append(Finding(check, FAIL, f"{name}: " + "; ".join(problems) + " (pool limits, EFA requests and exported "
+                                             "NeuronCores are computed from the catalog)",
+                               f"set {name} in infra/data/instance_types.json to EC2's answer and drop the confirmed keys "
+                               f"from its `unverified` list" + (f"; remove {', '.join(unsold)} from nodePools ({pool.name})"
+                                                                f".capacityTypes" if unsold else "")))
+    return out
+
+
 # --------------------------------------------------------------------------- pure: Capacity Blocks
 
 
@@ -347,6 +409,12 @@ def _when(value: Any) -> datetime | None:
 
 def _date_text(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if value else "?"
+
+
+def _is_ultraserver(instance_type: str) -> bool:
+    """An UltraServer type of the catalog (a type the catalog lacks is judged as an ordinary one:
+    the pool row already fails on it)."""
+    return instance_type in catalog.all_instance_types() and catalog.instance_type(instance_type).ultraserver
 
 
 def capacity_block_findings(cfg: PlatformConfig, reservations: dict[str, dict | None], offerings: dict[str, set[str]],
@@ -381,6 +449,8 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
     start, end = _when(res.get("StartDate")), _when(res.get("EndDate"))
     az_id = res.get("AvailabilityZoneId") or zone_ids_by_name.get(res.get("AvailabilityZone", ""), "?")
     dates = f"{_date_text(start)} to {_date_text(end)}"
+    ultraserver = _is_ultraserver(itype)
+    stop_by = karpenter.stop_by_time(end, ultraserver) if end else None
     problems, fixes, status = [], [], PASS
     if start and now < start:
         status = FAIL
@@ -395,11 +465,19 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
         status = FAIL
         problems.append(f"state is {state!r}, not 'active' ({dates})")
         fixes.append(f"check the block's payment and state, or remove it from {key}")
+    elif end and ultraserver:
+        # EC2 reclaims UltraServer blocks before Karpenter drains them: nothing stops the run in time.
+        status = WARN
+        reclaim, drain = karpenter.ec2_reclaim_time(end, True), karpenter.drain_time(end)
+        problems.append(f"UltraServer block: EC2 terminates its instances from {_date_text(reclaim)}, before Karpenter "
+                        f"drains them ({_date_text(drain)}): runs must checkpoint and stop by {_date_text(stop_by)}")
+        fixes.append(f"end training runs on {pool.name} by {_date_text(stop_by)} (the last checkpoint before it is what "
+                     f"survives), or buy an extension")
     elif end and end - now < BLOCK_ENDING_SOON:
         status = WARN
-        problems.append(f"ends {_date_text(end)}: EC2 terminates its instances from 30 minutes before the end "
-                        f"(60 for UltraServers), Karpenter drains them 10 minutes earlier")
-        fixes.append("checkpoint before then, or buy an extension")
+        problems.append(f"ends {_date_text(end)}: Karpenter drains its nodes from {_date_text(stop_by)}, EC2 terminates "
+                        f"them from {_date_text(karpenter.ec2_reclaim_time(end, False))}")
+        fixes.append(f"checkpoint and stop by {_date_text(stop_by)}, or buy an extension")
     if itype not in pool.instance_types:
         status = FAIL
         problems.append(f"it is for {itype}; the pool launches {', '.join(pool.instance_types)}")
@@ -417,6 +495,8 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
                         f"prepaid instances unused")
         fixes.append(f"set nodePools ({pool.name}).maxNodes to at least {count}")
     summary = f"Capacity Block {state}, {itype} x{count} in {az_id}, {dates}"
+    if stop_by:
+        summary += f", runs must stop by {_date_text(stop_by)}"
     if start and end:
         hours = (end - start).total_seconds() / 3600
         try:
@@ -469,12 +549,11 @@ def workload_requirements(project_dir: Path, stack: str) -> WorkloadRequirements
 
     bag = read_stack_bag(Path(project_dir), stack)
     raw, _ = raw_from_bag(bag, wconfig.PROJECT)
-    secret_keys, placeholders = set(), set()
+    secret_keys = set()
+    placeholders = {p.key.partition(":")[2] for p in find_placeholders(Path(project_dir), stack)}
     for key, value in list(raw.items()):
         if isinstance(value, dict) and set(value) == {"secure"}:
             secret_keys.add(f"{wconfig.PROJECT}:{key}")
-            if HF_TOKEN_PLACEHOLDER in str(value["secure"]) or not value["secure"]:
-                placeholders.add(key)
             raw[key] = "<secret>"  # the parser only needs to know it is a set string
     try:
         cfg = wconfig.parse(raw, stack=stack, secret_keys=secret_keys)
@@ -645,10 +724,10 @@ def fetch_quotas(quotas: Any, codes: list[str]) -> dict[str, float | str]:
     return out
 
 
-def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
-    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes. A type the region
-    does not know fails a batched call: then each type is asked alone, and one EC2 cannot
-    describe is left out (the offerings rows report it)."""
+def fetch_instance_types(ec2: Any, instance_types: list[str]) -> dict[str, dict]:
+    """{instance type: its DescribeInstanceTypes entry}. A type the region does not know fails a
+    batched call: then each type is asked alone, and one EC2 cannot describe is left out (the
+    offerings rows report it)."""
     types = sorted(set(instance_types))
     try:
         items = list(aws_ops.paginate(ec2, "describe_instance_types", "InstanceTypes", InstanceTypes=types))
@@ -659,7 +738,16 @@ def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | N
                 items += ec2.describe_instance_types(InstanceTypes=[t])["InstanceTypes"]
             except ClientError:
                 continue
-    return {item["InstanceType"]: item.get("NeuronInfo") for item in items}
+    return {item["InstanceType"]: item for item in items}
+
+
+def fetch_neuron_info(ec2: Any, instance_types: list[str]) -> dict[str, dict | None]:
+    """{instance type: its NeuronInfo, or None} from DescribeInstanceTypes."""
+    return neuron_info_of(fetch_instance_types(ec2, instance_types))
+
+
+def neuron_info_of(described: dict[str, dict]) -> dict[str, dict | None]:
+    return {t: item.get("NeuronInfo") for t, item in described.items()}
 
 
 def fetch_reservations(ec2: Any, ids: list[str]) -> dict[str, dict | None]:
@@ -695,12 +783,34 @@ def fetch_image(ecr: Any, repository_name: str, image: ImageRef) -> tuple[str, s
     return "found", f"pushed {pushed:%Y-%m-%d %H:%M}" if pushed else ""
 
 
+def placeholder_finding(stack: str, placeholder: Placeholder) -> Finding:
+    """An example value `pulumi up` would use as written (stackfiles/placeholders.py): blocking."""
+    return Finding(f"placeholder: {stack}", FAIL, f"{placeholder.key} = {placeholder.value}: {placeholder.why}",
+                   placeholder.fix)
+
+
+def offline_findings(placeholders: dict[str, list[Placeholder]], workloads: list[WorkloadRequirements]) -> list[Finding]:
+    """What preflight checks from the stack files alone, before any AWS call."""
+    out = [placeholder_finding(stack, p) for stack, found in placeholders.items() for p in found]
+    for req in workloads:
+        token_is_placeholder = any(p.key.endswith(":hfToken") for p in placeholders.get(req.stack, []))
+        if req.problems:
+            out.append(workload_config_finding(req))
+        elif not token_is_placeholder:  # its placeholder row above says what to do
+            out.append(hf_token_finding(req))
+    return out
+
+
 def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[WorkloadRequirements] = (),
-                  now: datetime | None = None) -> list[Finding]:
-    """`now` (UTC) is when Capacity Block dates are judged; the current time unless given."""
+                  now: datetime | None = None, placeholders: dict[str, list[Placeholder]] | None = None) -> list[Finding]:
+    """`now` (UTC) is when Capacity Block dates are judged; the current time unless given.
+    The checks that need no AWS come first (placeholders, workload configs, HF tokens), so a
+    machine without credentials still learns what to fix in the stack files."""
+    findings = offline_findings(placeholders or {}, workloads)
     identity, region_info, error = fetch_identity(clients, cfg.region)
-    findings = identity_findings(identity, cfg.region, region_info, error)
-    if has_blocking(findings):
+    identity_rows = identity_findings(identity, cfg.region, region_info, error)
+    findings += identity_rows
+    if has_blocking(identity_rows):
         return findings  # every later check needs working credentials in a usable region
     findings.append(fetch_endpoint_finding(cfg, clients.public_ip))
 
@@ -711,7 +821,9 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
 
     accelerator_types = [t for p in cfg.accelerator_pools for t in p.instance_types]
     if accelerator_types:
-        findings += neuron_capacity_findings(cfg, fetch_neuron_info(clients.ec2, accelerator_types))
+        described = fetch_instance_types(clients.ec2, accelerator_types)
+        findings += neuron_capacity_findings(cfg, neuron_info_of(described))
+        findings += unverified_type_findings(cfg, described)
 
     needs = quota_needs(cfg)
     codes = sorted({QUOTA_CODES[k][0] for k in needs})
@@ -728,8 +840,7 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
 
     for req in workloads:
         if req.problems:
-            findings.append(workload_config_finding(req))
-            continue
+            continue  # its config row is above
         for image in req.images:
             repo_name = f"{cfg.cluster_name}/{image.repository}"
             if image.repository not in cfg.ecr_repositories:
@@ -740,12 +851,28 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
                 continue
             outcome, detail = fetch_image(clients.ecr, repo_name, image)
             findings.append(image_finding(req.stack, cfg.cluster_name, cfg.stack, image, outcome, detail))
-        findings.append(hf_token_finding(req))
     return findings
 
 
+def platform_stack_argument(value: str, project_dir: Path, workloads_dir: Path) -> tuple[str, Path, str | None]:
+    """(platform stack, its project dir, note) for what the user named: a platform stack by name
+    or file, or a workload stack, whose platform (its `platformStack`) is what gets checked."""
+    stack, folder = stack_argument(value)
+    project_dir = folder if folder is not None and (folder / "Pulumi.yaml").exists() else project_dir
+    if stack_file(project_dir, stack).exists() or not stack_file(workloads_dir, stack).exists():
+        return stack, project_dir, None  # a platform stack (or none at all: load_stack_file names the file)
+    ref = str(read_stack_bag(workloads_dir, stack).get("trn-workloads:platformStack", ""))
+    platform = ref.rsplit("/", 1)[-1]
+    if not platform:
+        raise ConfigError([f"{stack_file(workloads_dir, stack)}: trn-workloads:platformStack: required key is missing"],
+                          f"config for workload stack {stack!r}")
+    return platform, project_dir, (f"{stack} is a workload stack of platform stack {platform} ({ref}): checking "
+                                   f"{platform}, with its workload stacks")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", help="platform stack, by name or file (dev-usw2, Pulumi.dev-usw2.yaml), or a "
+                                      "workload stack (compile-usw2): its platform stack is checked")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
                         help="workloads project; its stacks that point at <stack> are checked too")
@@ -754,16 +881,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, clients: Clients | None = None) -> int:
     """`clients` replaces the default read-only clients (tests)."""
     try:
-        cfg = load_stack_file(args.project_dir, args.stack)
+        stack, project_dir, note = platform_stack_argument(args.stack, args.project_dir, args.workloads_dir)
+        cfg = load_stack_file(project_dir, stack)
         workloads = []
         if args.workloads_dir.is_dir():
             workloads = [workload_requirements(args.workloads_dir, s)
-                         for s in workload_stacks_for(args.workloads_dir, args.stack)]
+                         for s in workload_stacks_for(args.workloads_dir, stack)]
     except ConfigError as err:
         return exitcodes.bad_input(err)
-    print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
+    placeholders = {stack: find_placeholders(project_dir, stack)}
+    placeholders.update({w.stack: find_placeholders(args.workloads_dir, w.stack) for w in workloads})
+    if note:
+        print(f"note: {note}")
+    print(f"preflight for stack {stack}: cluster {cfg.cluster_name} in {cfg.region}"
           f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
-    findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
+    findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads,
+                             placeholders={k: v for k, v in placeholders.items() if v})
     print(render(findings))
     blocking = [f for f in findings if f.status == FAIL]
     warnings = [f for f in findings if f.status == WARN]

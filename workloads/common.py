@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ class Paths:
         return f"{self.mount}/neuron-cache"
 
     @property
+    def neff_cache(self) -> str:
+        # TorchNeuron's NEFF cache (native track) has its own layout (<2-hex>/<2-hex>/<hash>.neff): its own directory.
+        return f"{self.mount}/neff-cache"
+
+    @property
     def hf_home(self) -> str:
         return f"{self.mount}/hf-home"
 
@@ -63,7 +69,27 @@ def labels(cfg: WorkloadStackConfig, component: str) -> dict[str, str]:
             "app.kubernetes.io/managed-by": "pulumi"}
 
 
-def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str | None) -> list[dict]:
+# TorchNeuron's persistent NEFF cache directory (eager and torch.compile alike; default /tmp/neff_cache,
+# safe for concurrent writers on a shared file system): "TorchNeuron environment variables",
+# https://awsdocs-neuron.readthedocs-hosted.com/en/latest/torch/reference/env-vars.html, and "What are
+# Neuron Compiler artifacts?", https://awsdocs-neuron.readthedocs-hosted.com/en/latest/compiler/about-compiler-artifacts.html
+NEFF_CACHE_ENV = "TORCH_NEURONX_NEFF_CACHE_DIR"
+
+
+def compile_cache_env(track: str, paths: Paths) -> list[dict]:
+    """The compile cache on FSx as the track's software reads it: PyTorch/XLA (xla) reads
+    NEURON_COMPILE_CACHE_URL and neuronx-cc's --cache_dir; TorchNeuron (native) reads only
+    TORCH_NEURONX_NEFF_CACHE_DIR, and has no use for the XLA-era settings."""
+    if track == "xla":
+        return [{"name": "NEURON_CC_FLAGS", "value": f"--cache_dir={paths.neuron_cache}"},
+                {"name": "NEURON_COMPILE_CACHE_URL", "value": paths.neuron_cache}]
+    if track == "native":
+        return [{"name": NEFF_CACHE_ENV, "value": paths.neff_cache}]
+    raise ValueError(f"Neuron track {track!r}; allowed values: xla, native")
+
+
+def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str | None,
+               track: str = "xla") -> list[dict]:
     env = [
         {"name": "AWS_REGION", "value": platform.region},
         {"name": "RUN_DIR", "value": paths.run_dir},
@@ -74,10 +100,7 @@ def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str
         {"name": "TRN_BACKEND", "value": "neuron" if neuron else "cpu"},
     ]
     if neuron:
-        env += [
-            {"name": "NEURON_CC_FLAGS", "value": f"--cache_dir={paths.neuron_cache}"},
-            {"name": "NEURON_COMPILE_CACHE_URL", "value": paths.neuron_cache},
-        ]
+        env += compile_cache_env(track, paths)
     if hf_secret:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": HF_TOKEN_KEY}}})
     return env
@@ -165,10 +188,13 @@ def check_track(platform: Platform, pool: PoolScheduling, tracks: tuple[str, ...
     families = ", ".join(f for t in tracks for f in versions.neuron_track(t)["families"])
     needs = f"the {tracks[0]} track" if len(tracks) == 1 else f"one of the {', '.join(tracks)} tracks"
     would = sorted({p for t in tracks for p in platform.neuron_tracks.get(t) or []})
+    if not would:  # one reason, not a list of pools that would not work either
+        raise WorkloadConfigError([f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the "
+                                   f"{pool.track or 'no'} Neuron track; {platform.would_work(True)}"])
     raise WorkloadConfigError([
         f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the {pool.track or 'no'} Neuron track; "
         f"this workload needs {needs} ({families}); pools of platform stack {platform.stack} that would "
-        f"work: {', '.join(would) or f'none (add a {families} pool to the platform)'}"])
+        f"work: {', '.join(would)}"])
 
 
 # --------------------------------------------------------------------------- component
@@ -271,10 +297,30 @@ class WorkloadBase(pulumi.ComponentResource):
 
 
 def build_args(image_dir: str) -> dict[str, str]:
-    """Build args from the image's Neuron track in images/neuron-sdk.json."""
+    """Build args from the image's Neuron track in images/neuron-sdk.json; the titan image also
+    gets the TorchTitan Neuron fork's repository and commit (tracks.native.torchtitan_neuron_source)."""
     pin = versions.neuron_track(IMAGE_TRACKS[image_dir])
-    base = pin["base_images"]["inference" if image_dir == "serve" else "training"]
-    return {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
+    problems = []
+    base = None
+    try:
+        base = versions.base_image(IMAGE_TRACKS[image_dir], "inference" if image_dir == "serve" else "training")
+    except versions.UnpinnedBaseImage as err:
+        problems.append(f"image.build: images/{image_dir} cannot be built: {err}; or set image.build to "
+                        "false and give image.digest of an image built elsewhere")
+    args = {"BASE_IMAGE": base, "NEURON_SDK_VERSION": pin["neuron_sdk"]}
+    if image_dir == "titan":
+        source = pin["torchtitan_neuron_source"]
+        key = f"images/neuron-sdk.json tracks.{IMAGE_TRACKS[image_dir]}.torchtitan_neuron_source.commit"
+        if not re.fullmatch(r"[0-9a-f]{40}", source["commit"] or ""):
+            problems.append(
+                f"image.build: the titan image installs TorchTitan Neuron {pin['torchtitan_neuron']} from "
+                f"{source['repository']} at one commit, and {key} is {source['commit']!r}, not a 40-hex commit; "
+                f"set it (git ls-remote {source['repository']}), or set image.build to false and give image.digest "
+                "of a titan image built elsewhere")
+        args |= {"TORCHTITAN_NEURON_REPOSITORY": source["repository"], "TORCHTITAN_NEURON_COMMIT": source["commit"]}
+    if problems:
+        raise WorkloadConfigError(problems)
+    return args
 
 
 def build_and_push(name: str, *, repo_url: str, image_dir: str, tag: str, parent: pulumi.Resource) -> pulumi.Output[str]:

@@ -70,9 +70,9 @@ def _nemo_run_config(raw: dict, *, paths: dict, pool: PoolScheduling, key: str) 
 
 
 def _nemo_mpirun(nodes: int, launch: list[str]) -> list[str]:
-    from trn_workloads.nemo import mpirun_command
+    from trn_workloads.nemo.mpirun import launcher_command
 
-    return mpirun_command(nodes, launch)
+    return launcher_command(nodes, launch)
 
 
 nemo_launcher = SimpleNamespace(run_config=_nemo_run_config, mpirun_command=_nemo_mpirun)

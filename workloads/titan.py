@@ -1,5 +1,6 @@
 """Llama 3 pretraining with TorchTitan Neuron on trn2/trn3 (the native Neuron track), as one
-gang-scheduled Volcano Job.
+gang-scheduled Volcano Job, after the data step (workloads/dataprep.py, the NeMo workload's)
+when `titan.data` is set: a CPU-pool Job that writes the corpus the trainer reads.
 
 One pod per node (all its Neuron devices and EFA interfaces), `torchrun` in each with one
 process per logical NeuronCore at the pool's LNC setting. Volcano's `pytorch` plugin gives
@@ -22,9 +23,11 @@ from infra import versions
 from infra.monitoring.scrape import METRICS_PORT as METRICS_PORT_NAME
 from infra.monitoring.scrape import WORKLOAD_SCRAPE_LABEL
 from stackfiles import ConfigReader
-from workloads.common import (RUN_CONFIG_FILE, WorkloadBase, common_env, container, json_config_map, labels,
+from workloads.common import (RUN_CONFIG_FILE, Paths, WorkloadBase, build_args, common_env, container, json_config_map, labels,
                               pod_spec, resources_for, wait_for)
-from workloads.config import WORKLOAD_TRACKS, WorkloadStackConfig
+from workloads import dataprep
+from workloads.config import IMAGE_DIRS, WORKLOAD_TRACKS, WorkloadStackConfig
+from workloads.dataprep import DataSettings
 from workloads.entrypoints import titan_trainer
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
@@ -39,6 +42,8 @@ NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
 # Job object itself. The templates set what they ask for (non-root uid, RuntimeDefault seccomp,
 # no service account token, security contexts); the policy pack checks every pod spec of any kind.
 CHECKOV_POD_CHECKS = ("CKV_K8S_23", "CKV_K8S_29", "CKV_K8S_31", "CKV_K8S_38")
+# The Llama 3 tokenizer (vocabulary 128256, the flavors' in trn_workloads/titan/config.py): gated, needs hfToken.
+LLAMA3_TOKENIZER = "meta-llama/Meta-Llama-3-8B"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class TitanSettings:
     run: dict  # the trainer's RunConfig as JSON (validated)
     deadline_seconds: int
     tensorboard_pool: str | None  # a CPU pool for TensorBoard over the run's logs, or None
+    data: DataSettings | None  # the data step this stack runs before training, or None (corpus prepared elsewhere)
 
 
 def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> TitanSettings:
@@ -55,42 +61,58 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> T
     r = ConfigReader(section, "titan", problems)
     pool_name = r.get("pool", str, "trn2-efa")
     nodes = r.get("nodes", int, 1, check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64")
-    dataset_prefix = r.get("datasetPrefix", str, f"{platform.storage.mount_path}/data/{stack.stack}/corpus_text_document")
+    data_raw = r.get("data", dict, None)
+    dataset_prefix = r.get("datasetPrefix", str, None)
     peak = r.get("peakTflopsPerCore", float, None, check=lambda v: None if v > 0 else "must be positive")
     run_raw = r.get("run", dict, {})
     deadline = r.get("deadlineSeconds", int, 14 * 24 * 3600)
     tensorboard = r.get("tensorboard", bool, True)
     tensorboard_pool = r.get("tensorboardPool", str, "cpu")
     r.finish()
+    data = None
+    if data_raw is not None:
+        # The data step the NeMo workload runs, with this stack's image and CPU pool: the corpus it writes is what trains.
+        data = dataprep.parse(data_raw, key="titan.data", platform=platform, stack=stack,
+                              default_tokenizer=LLAMA3_TOKENIZER, problems=problems)
+        if dataset_prefix is not None:
+            problems.append(f"titan.datasetPrefix: titan.data writes the corpus to {data.dataset_prefix} and training "
+                            "reads it there; remove datasetPrefix (or remove titan.data to read a corpus prepared elsewhere)")
+        dataset_prefix = data.dataset_prefix
+    elif dataset_prefix is None:
+        problems.append(f"titan: no corpus; add titan.data (inputs, tokenizer: the data step this stack runs on the "
+                        f"CPU pool) or titan.datasetPrefix (<prefix>{dataprep.DATASET_SUFFIX} of a corpus already on "
+                        f"{platform.storage.mount_path})")
     run = None
     try:
         pool = platform.pool(pool_name, key="titan.pool", accelerator=True)
         if nodes > 1 and not pool.efa_per_node:
             problems.append(f"titan.pool: {pool_name!r} has no EFA; {nodes} nodes need an EFA pool: "
                             f"{', '.join(sorted(p for p, s in platform.pools.items() if s.efa_per_node)) or 'none'}")
-        mount = platform.storage.mount_path
+        paths = Paths(mount=platform.storage.mount_path, stack=stack.stack, run_id=stack.run_id)
         owned = {"nodes": nodes, "processes_per_node": pool.neuron_cores_per_node, "dataset_prefix": dataset_prefix,
-                 "run_dir": f"{mount}/runs/{stack.stack}/{stack.run_id}", "compile_cache": f"{mount}/neuron-cache",
+                 "run_dir": paths.run_dir, "compile_cache": paths.neff_cache,
                  "peak_tflops_per_process": peak, "metrics_port": TRAINING_METRICS_PORT}
         run = titan_trainer.run_config(run_raw, owned=owned, max_nodes=pool.max_nodes, key="titan.run")
         if tensorboard:
             platform.pool(tensorboard_pool, key="titan.tensorboardPool", accelerator=False)
+        if stack.image.build and IMAGE_DIRS.get(stack.image.repository) == "titan":
+            build_args("titan")  # the fork's commit pin must be complete before `pulumi up` builds
     except WorkloadConfigError as e:
         problems += e.problems
     if problems:
         raise WorkloadConfigError(problems)
     return TitanSettings(pool=pool_name, nodes=nodes, run=run, deadline_seconds=deadline,
-                         tensorboard_pool=tensorboard_pool if tensorboard else None)
+                         tensorboard_pool=tensorboard_pool if tensorboard else None, data=data)
 
 
 def trainer_env(platform: Platform, base: WorkloadBase, pool: PoolScheduling) -> list[dict]:
-    """The common env with the native track's SDK version, the pool's LNC for the Neuron
-    runtime (NEURON_LOGICAL_NC_CONFIG, Neuron docs "Logical NeuronCore configuration") and
-    EFA for the collectives."""
+    """The common env with the native track's SDK version and NEFF cache on FSx (no XLA cache
+    settings), the pool's LNC for the Neuron runtime (NEURON_LOGICAL_NC_CONFIG, Neuron docs
+    "Logical NeuronCore configuration") and EFA for the collectives."""
     (track,) = WORKLOAD_TRACKS["titan-pretrain"]
     native = versions.neuron_track(track)
     env = [{**e, "value": native["neuron_sdk"]} if e["name"] == "NEURON_SDK_VERSION" else e
-           for e in common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret)]
+           for e in common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret, track=track)]
     if pool.lnc is not None:
         env.append({"name": "NEURON_LOGICAL_NC_CONFIG", "value": str(pool.lnc)})
     if pool.efa_per_node:  # as the NeMo launcher sets them (trn_workloads/nemo/command.py build_env)
@@ -151,10 +173,15 @@ class TitanPretrainWorkload(pulumi.ComponentResource):
         run_config = json_config_map(f"{cfg.stack}-run", namespace=ns, data=s.run, cfg=cfg, component="config",
                                      opts=base.run_opts())
         job_name = f"{cfg.stack}-train"
+        before_training: list[pulumi.Resource] = [run_config]
+        if s.data is not None:
+            self.data = dataprep.job(f"{name}-data", base=base, data=s.data, image=base.image,
+                                     tokenizer_dir=dataprep.tokenizer_dir(base.platform.storage.mount_path, cfg.stack))
+            before_training.append(self.data)
         job = volcano_job(job_name, base=base, s=s, config_map=run_config.metadata["name"], image=base.image)
         self.job = k8s.apiextensions.CustomResource(
             f"{name}-train", api_version=job["apiVersion"], kind=job["kind"], metadata=job["metadata"],
-            spec=job["spec"], opts=base.run_opts(run_config))
+            spec=job["spec"], opts=base.run_opts(*before_training))
         run_dir = s.run["run_dir"]
         self.outputs = {
             "followTraining": f"kubectl -n {ns} logs -f {job_name}-{MASTER_TASK}-0",
@@ -162,7 +189,10 @@ class TitanPretrainWorkload(pulumi.ComponentResource):
             "checkpoints": f"{run_dir}/checkpoints",
             "tensorboardLogs": f"{run_dir}/tensorboard",
             "worldSize": s.run["nodes"] * s.run["processes_per_node"],
+            "datasetPrefix": s.run["dataset_prefix"],
         }
+        if s.data is not None:
+            self.outputs["followDataPrep"] = dataprep.follow_command(base)
         if s.tensorboard_pool:
             self.outputs["tensorboard"] = base.tensorboard(name, logdir=f"{run_dir}/tensorboard",
                                                            pool=base.platform.pools[s.tensorboard_pool])

@@ -17,6 +17,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from infra.monitoring import rules
 from infra.monitoring.values import (
+    CLOUDWATCH_OFFSET,  # CloudWatch samples carry CloudWatch's timestamps, delay_seconds old
     CLOUDWATCH_PERIOD_SECONDS,  # CloudWatch sums per period: / period = per second
 )
 
@@ -24,8 +25,8 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")  # the chart
 POOL = rules.NODEPOOL_LABEL
 CAPACITY = "label_karpenter_sh_capacity_type"
 PER_SECOND = f" / {CLOUDWATCH_PERIOD_SECONDS}"  # CloudWatch sums per period -> per second
-FSX_OPERATIONS = ("aws_fsx_data_read_operations_sum + aws_fsx_data_write_operations_sum"
-                  " + aws_fsx_metadata_operations_sum")
+FSX_OPERATIONS = (f"aws_fsx_data_read_operations_sum {CLOUDWATCH_OFFSET} + aws_fsx_data_write_operations_sum "
+                  f"{CLOUDWATCH_OFFSET} + aws_fsx_metadata_operations_sum {CLOUDWATCH_OFFSET}")
 
 
 @dataclass(frozen=True)
@@ -123,14 +124,17 @@ def training() -> Dashboard:
 
 
 def serving() -> Dashboard:
-    def quantile(q: float, histogram: str) -> str:
-        return f"histogram_quantile({q}, sum by (le, workload) (rate({histogram}_bucket[5m])))"
+    def quantile(q: float, *histograms: str) -> str:
+        rates = " or ".join(f"rate({h}_bucket[5m])" for h in histograms)
+        return f"histogram_quantile({q}, sum by (le, workload) ({rates}))"
     return Dashboard("trn-serving", "trn-platform / Serving", (
-        "vLLM: request latency p50/p99, time to first token p99, requests running and waiting, tokens/s"), (
+        "vLLM: request latency p50/p99, time to first token and time per output token p99 (what the alerts "
+        "watch), requests running and waiting, tokens/s"), (
         _panel("End-to-end latency p50 / p99", "s",
                (quantile(0.5, "vllm:e2e_request_latency_seconds"), "p50 {{workload}}"),
                (quantile(0.99, "vllm:e2e_request_latency_seconds"), "p99 {{workload}}")),
-        _panel("Time to first token p99", "s", (quantile(0.99, "vllm:time_to_first_token_seconds"), "{{workload}}")),
+        _panel("Time to first token p99", "s", (quantile(0.99, *rules.TIME_TO_FIRST_TOKEN), "{{workload}}")),
+        _panel("Time per output token p99", "s", (quantile(0.99, *rules.TIME_PER_OUTPUT_TOKEN), "{{workload}}")),
         _panel("Requests running / waiting", "short",
                ("sum by (workload) (vllm:num_requests_running)", "running {{workload}}"),
                ("sum by (workload) (vllm:num_requests_waiting)", "waiting {{workload}}")),
@@ -146,9 +150,10 @@ def storage() -> Dashboard:
         "FSx for Lustre: free capacity, read and write throughput, operations (CloudWatch through the exporter, "
         "about 10 minutes behind)"), (
         _panel("FSx free capacity", "bytes",
-               ("max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum)", "{{file_system_id}}")),
-        _panel("FSx throughput", "Bps", per_fs("aws_fsx_data_read_bytes_sum", "read {{file_system_id}}"),
-               per_fs("aws_fsx_data_write_bytes_sum", "write {{file_system_id}}")),
+               (f"max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum {CLOUDWATCH_OFFSET})",
+                "{{file_system_id}}")),
+        _panel("FSx throughput", "Bps", per_fs(f"aws_fsx_data_read_bytes_sum {CLOUDWATCH_OFFSET}", "read {{file_system_id}}"),
+               per_fs(f"aws_fsx_data_write_bytes_sum {CLOUDWATCH_OFFSET}", "write {{file_system_id}}")),
         _panel("FSx operations/s", "ops", per_fs(FSX_OPERATIONS)),
     ))
 

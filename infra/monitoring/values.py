@@ -33,6 +33,10 @@ ON_SYSTEM_NODES = {"nodeSelector": SYSTEM_POOL_LABEL,
 NODE_LABELS_EXPORTED = ("karpenter.sh/nodepool", "karpenter.sh/capacity-type",
                         "node.kubernetes.io/instance-type", "trn-platform/pool")
 
+# Pod labels kube-state-metrics exports on kube_pod_labels: the idle-node alert leaves out nodes
+# of serving and compile pods and of training jobs that have not stepped yet (rules.py).
+POD_LABELS_EXPORTED = ("app.kubernetes.io/component", "app.kubernetes.io/instance")
+
 # Requests of the always-on pods this stack puts on the system nodes (also what the cost
 # estimate reports). node-exporter runs on every node and is counted per node.
 SYSTEM_REQUESTS = {
@@ -62,16 +66,21 @@ def remote_write_url(region: str, workspace_id: str) -> str:
 
 
 def alertmanager_config(*, sns_topic_arn: str, region: str) -> dict:
-    """Every alert to one SNS topic (its subscriptions are the e-mail addresses); Alertmanager
-    signs with SigV4 using its service account's role. Watchdog/InfoInhibitor (the chart's
-    always-firing meta alerts) go nowhere."""
+    """Every warning and critical alert to one SNS topic (its subscriptions are the e-mail
+    addresses); Alertmanager signs with SigV4 using its service account's role. Watchdog and
+    InfoInhibitor (the chart's always-firing meta alerts) and every `severity: info` alert go
+    nowhere: this config replaces the chart's (Helm replaces lists), whose inhibit_rules hide info
+    alerts through InfoInhibitor (kube-prometheus-stack 88.5.3 values.yaml alertmanager.config);
+    routing them to `null` keeps the chart's info rules (CPUThrottlingHigh, KubeQuotaAlmostFull,
+    NodeCPUHighUsage, ...) off the on-call's mail without depending on that inhibition."""
     return {
         "global": {"resolve_timeout": "5m"},
         "route": {
             "receiver": "platform-sns",
             "group_by": ["alertname", "nodepool", "node", "namespace"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']}],
+            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']},
+                       {"receiver": "null", "matchers": ['severity = "info"']}],
         },
         "receivers": [
             {"name": "null"},
@@ -150,7 +159,8 @@ def kube_prometheus_stack_values(cfg: MonitoringConfig, *, cluster_name: str, re
                                        "searchNamespace": cfg.namespace}},
         },
         "kube-state-metrics": {**ON_SYSTEM_NODES, "resources": _resources(SYSTEM_REQUESTS["kube-state-metrics"]),
-                               "metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_EXPORTED)}]"]},
+                               "metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_EXPORTED)}]",
+                                                         f"pods=[{','.join(POD_LABELS_EXPORTED)}]"]},
         # node-exporter on every node, Neuron nodes included (EFA counters: infiniband collector).
         "prometheus-node-exporter": {"tolerations": [{"operator": "Exists"}],
                                      "resources": _resources(NODE_EXPORTER_REQUESTS)},
@@ -163,11 +173,16 @@ def kube_prometheus_stack_values(cfg: MonitoringConfig, *, cluster_name: str, re
 FSX_CLOUDWATCH_METRICS = (("FreeDataStorageCapacity", "Sum"), ("DataReadBytes", "Sum"), ("DataWriteBytes", "Sum"),
                           ("DataReadOperations", "Sum"), ("DataWriteOperations", "Sum"), ("MetadataOperations", "Sum"))
 CLOUDWATCH_PERIOD_SECONDS = 60
+# The exporter asks CloudWatch for data at least delay_seconds old and exposes each sample with
+# CloudWatch's own timestamp, so an instant query at "now" finds nothing; rules and dashboards
+# read it `offset` by the delay (prometheus/cloudwatch_exporter@v0.16.0 README.md "Timestamps").
+CLOUDWATCH_DELAY_SECONDS = 600
+CLOUDWATCH_OFFSET = f"offset {CLOUDWATCH_DELAY_SECONDS // 60}m"
 
 
 def cloudwatch_exporter_values(*, region: str, file_system_id: str, service_account_annotations: dict) -> dict:
     config = {
-        "region": region, "period_seconds": CLOUDWATCH_PERIOD_SECONDS, "delay_seconds": 600,
+        "region": region, "period_seconds": CLOUDWATCH_PERIOD_SECONDS, "delay_seconds": CLOUDWATCH_DELAY_SECONDS,
         "metrics": [{"aws_namespace": "AWS/FSx", "aws_metric_name": name, "aws_dimensions": ["FileSystemId"],
                      "aws_dimension_select": {"FileSystemId": [file_system_id]}, "aws_statistics": [stat]}
                     for name, stat in FSX_CLOUDWATCH_METRICS],

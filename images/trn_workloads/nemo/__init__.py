@@ -8,6 +8,8 @@ on Neuron) trains a Megatron-style Llama on Megatron `.bin/.idx` data; we run it
     config    RunConfig + load_run_config(): preset + overrides, derived values checked
     nxdt      nxdt_config(cfg, mode): the NxD Training YAML tree; write_nxdt_config()
     command   build_env(cfg, mode), build_command(cfg, mode), mpirun_command(nodes, launch)
+    mpirun    python -m trn_workloads.nemo.mpirun --nodes N -- <launch>: the MPIJob launcher's command
+              (rank 0's host from the launcher's hostfile, forwarded as MASTER_ADDR by mpirun -x)
     launch    python -m trn_workloads.nemo.launch --config run.json --mode train|precompile
 
 The Pulumi stack imports PRESETS and load_run_config (pool limits checked at preview time)

@@ -23,9 +23,10 @@ from trn_workloads.nemo.nxdt import PRECISION_ENV, RUNTIME_SETTINGS, check_mode,
 ORCHESTRATOR = "training_orchestrator.py"
 
 # What mpirun forwards from the launcher pod to the processes it starts on the workers
-# (ssh does not carry the pod environment). build_env() sets everything else itself.
+# (ssh does not carry the pod environment). build_env() sets everything else itself. MASTER_ADDR is
+# set in the launcher by trn_workloads.nemo.mpirun from the hostfile only the launcher has.
 FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "TRN_BACKEND", "AWS_REGION",
-                 "RUN_DIR", "HF_HOME", "NEURON_SDK_VERSION", "ARTIFACTS_BUCKET")
+                 "RUN_DIR", "HF_HOME", "NEURON_SDK_VERSION", "ARTIFACTS_BUCKET", "MASTER_ADDR")
 
 
 def build_env(cfg: RunConfig, mode: str) -> dict[str, str]:

@@ -7,7 +7,11 @@ the run config, works out this node's rank (OMPI_COMM_WORLD_RANK) and the rank-0
 the environment from `build_env`. `--dry-run` prints the YAML, environment and command
 instead and writes nothing.
 
-Exit status: 2 bad config, MPI environment or unwritable run dir; otherwise torchrun's own.
+On the CPU path (TRN_BACKEND=cpu) it runs `standin` instead of torchrun: the YAML, the input files and a
+rendezvous of every node at rank 0's address, without Neuron.
+
+Exit status: 2 bad config, MPI environment, missing inputs or unwritable run dir; 1 a rank that did not meet
+rank 0 (CPU path); otherwise torchrun's own.
 """
 from __future__ import annotations
 
@@ -20,18 +24,22 @@ from pathlib import Path
 from typing import Mapping
 
 from trn_workloads import accel
+from trn_workloads.nemo import standin
 from trn_workloads.nemo.command import build_command, build_env
 from trn_workloads.nemo.config import ConfigError, RunConfig, read_run_config
 from trn_workloads.nemo.nxdt import MODES, config_path, config_yaml, write_nxdt_config
 
-# The MPI Operator (v2) mounts the hostfile here and points Open MPI at it.
-DEFAULT_HOSTFILE = "/etc/mpi/hostfile"
 OPEN_FILES = 65535  # 32 ranks x (dataloader, checkpoint shards, EFA endpoints)
 
 
 def node_rank(cfg: RunConfig, env: Mapping[str, str]) -> int:
-    """This node's rank: Open MPI's world rank (one rank per node), 0 for a single node."""
+    """This node's rank: Open MPI's world rank (one rank per node), 0 for a single node. Open MPI defines
+    OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK on every process it starts
+    (https://docs.open-mpi.org/en/v5.0.x/tuning-apps/environment-var.html)."""
     rank, size = env.get("OMPI_COMM_WORLD_RANK"), env.get("OMPI_COMM_WORLD_SIZE")
+    if env.get("OMPI_COMM_WORLD_LOCAL_RANK") not in (None, "0"):
+        raise ConfigError(f"OMPI_COMM_WORLD_LOCAL_RANK={env['OMPI_COMM_WORLD_LOCAL_RANK']}: mpirun must start one "
+                          f"process per node (--map-by ppr:1:node); torchrun starts the per-core processes")
     if rank is None:
         if cfg.num_nodes == 1:
             return 0
@@ -44,18 +52,15 @@ def node_rank(cfg: RunConfig, env: Mapping[str, str]) -> int:
 
 
 def master_address(cfg: RunConfig, env: Mapping[str, str]) -> str:
-    """Rank 0's host: MASTER_ADDR if set, else the first host of the MPI hostfile."""
+    """Rank 0's host: MASTER_ADDR, which the MPIJob launcher (trn_workloads.nemo.mpirun) takes from its hostfile
+    and mpirun forwards with `-x`; `localhost` for a single node started without it. A worker pod has no
+    hostfile: the MPI operator mounts /etc/mpi in the launcher only (trnctl/operators/mpi.py)."""
     if env.get("MASTER_ADDR"):
         return env["MASTER_ADDR"]
-    hostfile = Path(env.get("OMPI_MCA_orte_default_hostfile") or DEFAULT_HOSTFILE)
-    if hostfile.is_file():
-        for line in hostfile.read_text().splitlines():
-            host = line.split("#", 1)[0].split()
-            if host:
-                return host[0]
     if cfg.num_nodes == 1:
         return "localhost"
-    raise ConfigError(f"cannot find rank 0's address: MASTER_ADDR is unset and {hostfile} lists no hosts")
+    raise ConfigError(f"nodes={cfg.num_nodes} but MASTER_ADDR is not set: multi-node runs are started by the MPIJob "
+                      f"launcher (python -m trn_workloads.nemo.mpirun), which sets it and forwards it with mpirun -x")
 
 
 def render(env: Mapping[str, str], command: list[str], *, yaml_path: Path, yaml_text: str) -> str:
@@ -68,9 +73,6 @@ def render(env: Mapping[str, str], command: list[str], *, yaml_path: Path, yaml_
 def _exec_on_neuron(command: list[str], env: dict[str, str], cfg: RunConfig, mode: str) -> None:
     """Write the NxD Training YAML and hand the process over to torchrun; the only step that
     needs a Neuron host. Every node writes the same YAML (atomically), so none waits for another."""
-    if not accel.is_neuron():
-        raise ConfigError("training needs the Neuron backend (trn1 node with the Neuron SDK); "
-                          "use --dry-run to see the command on other machines")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     if soft < wanted:
@@ -96,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"node {rank}/{cfg.num_nodes}: {args.mode} with NxD Training, data-parallel {cfg.data_parallel_size}, "
               f"gradient accumulation {cfg.gradient_accumulation}, run dir {cfg.run_dir}", flush=True)
-        _exec_on_neuron(command, env, cfg, args.mode)
+        if accel.is_neuron():
+            _exec_on_neuron(command, env, cfg, args.mode)
+        else:  # the CPU path (TRN_BACKEND=cpu): what the step needs from its pod, without Neuron
+            standin.run(cfg, args.mode, rank=rank, master=master)
+    except standin.RendezvousError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError, OSError) as err:  # OSError: the YAML could not be written
         print(f"error: {err}", file=sys.stderr)
         return 2

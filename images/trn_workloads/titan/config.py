@@ -39,8 +39,11 @@ class RunConfig:
     fsdp_size: int = -1  # -1: every process not used by TP
     checkpoint_every_n_steps: int = 500
     log_every_n_steps: int = 10
-    compile: bool = True  # torch.compile with the Neuron backend (Neuron path only)
-    compile_cache: str | None = None
+    # Eager by default: TorchNeuron recommends torch.compile for TorchTitan with SimpleFSDP, and this trainer
+    # shards with FSDP2 (Neuron docs torch/reference/best-practices-pytorch-neuron.html). True compiles
+    # TorchTitan's per-block regions with backend="neuron" (Neuron path only; the CPU run stays eager).
+    compile: bool = False
+    compile_cache: str | None = None  # TorchNeuron's NEFF cache (TORCH_NEURONX_NEFF_CACHE_DIR) on FSx
     peak_tflops_per_process: float | None = None  # for the MFU estimate (bf16 dense, per NeuronCore)
     metrics_port: int | None = None  # rank 0 serves trn_workloads.training_metrics here (None: off)
     metrics_addr: str = "0.0.0.0"

@@ -7,14 +7,16 @@ saves of model + optimizer + step to <run_dir>/checkpoints/step_<n> and resume f
 newest complete one, TensorBoard scalars (loss, tokens/s, MFU estimate) and a
 metrics.jsonl on rank 0.
 
-The Neuron/CPU difference is confined to `Runtime` below: device and process-group
-backend, bf16 and torch.compile(backend="neuron") on Neuron; on CPU gloo, fp32, SDPA
-attention (FlexAttention has no CPU backward in torch 2.13) and plain-sum FSDP
-reductions (gloo has no PREMUL_SUM).
+Every TorchTitan name comes through titan_api (the image build checks them against the pinned
+fork). The Neuron/CPU difference is confined to `Runtime` below: device and process-group backend
+and bf16 on Neuron; on CPU gloo, fp32 and plain-sum FSDP reductions (gloo has no PREMUL_SUM).
+Attention is SDPA on both (see build_model), and the run is eager unless the config asks for
+torch.compile, so the CPU test runs the code the Neuron pods run.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trn_workloads import accel
+from trn_workloads.titan import titan_api
 from trn_workloads.titan.config import ConfigError, RunConfig, load
 
 log = logging.getLogger("trn_workloads.titan")
 CHECKPOINT_DIR = "checkpoints"
+NEFF_CACHE_ENV = "TORCH_NEURONX_NEFF_CACHE_DIR"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -70,16 +74,14 @@ class OptimizerState:
         self.optimizer = optimizer
 
     def state_dict(self) -> dict:
-        from torchtitan.components.optimizer.utils import get_flat_optim_state_dict, init_optim_state
-
-        init_optim_state(self.optimizer)
-        return get_flat_optim_state_dict(self.optimizer)
+        api = titan_api.load()
+        api.init_optim_state(self.optimizer)
+        return api.get_flat_optim_state_dict(self.optimizer)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        from torchtitan.components.optimizer.utils import init_optim_state, load_flat_optim_state_dict
-
-        init_optim_state(self.optimizer)
-        load_flat_optim_state_dict(self.optimizer, state_dict)
+        api = titan_api.load()
+        api.init_optim_state(self.optimizer)
+        api.load_flat_optim_state_dict(self.optimizer, state_dict)
 
 
 def lr_factor(step: int, cfg: RunConfig) -> float:
@@ -90,27 +92,39 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def model_spec(cfg: RunConfig):
+    """TorchTitan's Llama 3 spec of cfg.model_flavor with SDPA attention. It takes no Runtime: the
+    Neuron pods build the model the CPU test builds."""
+    api = titan_api.load()
+    spec = api.model_registry(cfg.model_flavor)
+    # SDPA on every path, never the stock FlexAttention: TorchNeuron runs FlexAttention only inside
+    # torch.compile(backend="neuron") and recommends compiling with SimpleFSDP, which this trainer
+    # (FSDP2 fully_shard) does not use (Neuron docs: torch/compile/about-torch-compile.html,
+    # torch/reference/best-practices-pytorch-neuron.html "With TorchTitan, use SimpleFSDP for
+    # torch.compile workloads"). Stock flex_attention refuses other device types in eager (torch 2.13
+    # torch/nn/attention/flex_attention.py _validate_device: cuda, cpu, xpu, hpu, mps). SDPA is one ATen op
+    # that eager mode dispatches; it is plain causal attention over the packed stream (no per-document
+    # mask, so get_attention_masks is not called). torch-neuronx v2.34.0's release notes say its
+    # TorchTitan Neuron MoE recipes moved from sdpa to the models' own attention: worth measuring on trn2.
+    for layer in spec.model.layers:
+        layer.attention.inner_attention = api.ScaledDotProductAttention.Config()
+    return spec
+
+
 def build_model(cfg: RunConfig, rt: Runtime, parallel_dims):
     import torch
-    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
-    from torchtitan.models.llama3 import model_registry, parallelize_llama
 
-    spec = model_registry(cfg.model_flavor)
-    if rt.device_type == "cpu":
-        from torchtitan.models.common.attention import ScaledDotProductAttention
-
-        for layer in spec.model.layers:
-            layer.attention.inner_attention = ScaledDotProductAttention.Config()
+    api = titan_api.load()
+    spec = model_spec(cfg)
     with torch.device("meta"):
         model = spec.model.build()
     _, flops_per_token = spec.model.get_nparams_and_flops(model, cfg.seq_len)  # on the unsharded meta model
-    model = parallelize_llama(
-        model, parallel_dims=parallel_dims,
-        training=TrainingConfig(seq_len=cfg.seq_len, local_batch_size=cfg.local_batch_size,
-                                mixed_precision_param=rt.dtype, mixed_precision_reduce="float32"),
-        parallelism=ParallelismConfig(data_parallel_shard_degree=cfg.fsdp, tensor_parallel_degree=cfg.tensor_parallel_size,
-                                      spmd_backend="partial_dtensor"),
-        compile_config=CompileConfig(enable=rt.compile, backend="neuron"), ac_config=None, dump_folder=cfg.run_dir)
+    model = api.parallelize_llama(model, **titan_api.parallelize_kwargs(
+        parallel_dims=parallel_dims,
+        training=api.TrainingConfig(**titan_api.training_kwargs(seq_len=cfg.seq_len, local_batch_size=cfg.local_batch_size,
+                                                                dtype=rt.dtype)),
+        parallelism=api.ParallelismConfig(**titan_api.parallelism_kwargs(fsdp=cfg.fsdp, tp=cfg.tensor_parallel_size)),
+        compile_config=api.CompileConfig(**titan_api.compile_kwargs(enable=rt.compile)), dump_folder=cfg.run_dir))
     if rt.pg_backend == "gloo":
         from torch.distributed.fsdp import FSDPModule
 
@@ -130,25 +144,25 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    import torchtitan.distributed.parallel_dims as titan_parallel_dims
-    from torchtitan.components.checkpointer.base import ModelWrapper
-    from torchtitan.distributed import ParallelDims
-    from torchtitan.distributed.utils import clip_grad_norm_
 
     from trn_workloads.titan.data import TokenSamples
 
+    api = titan_api.load()
+    if cfg.compile_cache:
+        # TorchNeuron's persistent NEFF cache (eager and torch.compile alike), set before Runtime.detect
+        # imports torch_neuronx: https://awsdocs-neuron.readthedocs-hosted.com/en/latest/torch/reference/env-vars.html.
+        # The pod env already names it (workloads/common.py compile_cache_env); this covers a run
+        # started by hand from the same run config. CPU runs never read it.
+        os.environ.setdefault(NEFF_CACHE_ENV, cfg.compile_cache)
     rt = Runtime.detect(cfg)
-    if cfg.compile_cache and rt.device_type == "neuron":
-        os.environ.setdefault("NEURON_COMPILE_CACHE_URL", cfg.compile_cache)
     dist.init_process_group(rt.pg_backend)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world != cfg.world_size:
         raise RuntimeError(f"torchrun started {world} processes; the run config expects {cfg.nodes} nodes x "
                            f"{cfg.processes_per_node} = {cfg.world_size}")
     # torchtitan resolves the mesh device from CUDA-like modules at import; name ours.
-    titan_parallel_dims.device_type = rt.device_type
-    dims = ParallelDims(dp_replicate=1, dp_shard=cfg.fsdp, cp=1, tp=cfg.tensor_parallel_size, pp=1, ep=1,
-                        world_size=world, spmd_backend="partial_dtensor")
+    importlib.import_module(titan_api.DEVICE_TYPE_MODULE).device_type = rt.device_type
+    dims = api.ParallelDims(**titan_api.parallel_dims_kwargs(dp_shard=cfg.fsdp, tp=cfg.tensor_parallel_size, world_size=world))
     dims.build_mesh()
     batch_mesh = dims.get_mesh("batch")
     dp_rank, dp_size = batch_mesh.get_local_rank(), batch_mesh.size()
@@ -162,7 +176,7 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
 
     # torchtitan's Stateful views: canonical model keys (fused QKV split back into wq/wk/wv)
     # and a flat, FQN-keyed optimizer state; DCP saves and reshards them.
-    state = {"model": ModelWrapper(model), "optimizer": OptimizerState(optimizer), "step": torch.tensor(0)}
+    state = {"model": api.ModelWrapper(model), "optimizer": OptimizerState(optimizer), "step": torch.tensor(0)}
     start = 0
     newest = newest_checkpoint(cfg.run_dir)
     if newest is not None:
@@ -194,11 +208,10 @@ def train(cfg: RunConfig, *, max_steps_this_run: int | None = None) -> int:
                                                batch_size=cfg.local_batch_size)).to(rt.device_type)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         positions = torch.arange(cfg.seq_len, device=rt.device_type).expand(inputs.shape[0], -1)
-        masks = None if rt.device_type == "cpu" else model.get_attention_masks(positions)
-        logits = model(inputs, positions, masks)
+        logits = model(inputs, positions, None)  # SDPA: causal, no mask object
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
         loss.backward()
-        grad_norm = clip_grad_norm_(list(model.parameters()), cfg.max_grad_norm, foreach=True)
+        grad_norm = api.clip_grad_norm_(list(model.parameters()), **titan_api.clip_kwargs(max_norm=cfg.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()

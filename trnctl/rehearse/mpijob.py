@@ -1,0 +1,173 @@
+"""Rehearsal of MPIJobs (nemo-pretrain): workers running the image's sshd as the pod user, then the launcher's real
+Open MPI `mpirun` over ssh, as the MPI operator sequences them.
+
+An addition to the runner (trnctl/rehearse/runner.py) for what it does not model yet, kept here so the runner's
+owner can fold it in:
+- Per-pod await inside one MPIJob: with launcherCreationPolicy WaitForWorkersReady the launcher pod exists only once
+  every worker is ready (trnctl.operators.mpi.launcher_waits_for_workers); the MPIJob is complete when the launcher
+  Job completes; the workers (sshd, never exiting) are then deleted (runPolicy.cleanPodPolicy Running).
+- The nemo image's build-time files the sandbox has no copy of (images/nemo/Dockerfile RUN step): the sshd config
+  and host key under the user's home, and the ssh client config in /etc/ssh/ssh_config.d (port 2222, no host key
+  checking). They are written here with the Dockerfile's values.
+- Loopback only: each worker's sshd listens on its pod address (`-o ListenAddress`, as overlay.bind_substitutions
+  does for `--host`), and Open MPI's out-of-band and TCP transports are kept on `lo`
+  (OMPI_MCA_oob_tcp_if_include / btl_tcp_if_include, Open MPI 4.1 MCA parameters).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from trnctl import operators
+from trnctl.operators import mpi
+from trnctl.rehearse.sandbox_patch import bwrap_argv_through
+from trnctl.rehearse.runner import PodResult, Rehearsal
+
+# images/nemo/Dockerfile: ARG SSH_PORT=2222; the sshd config and host key it writes under /home/trn; the client
+# config it writes to /etc/ssh/ssh_config.d/mpi-workers.conf.
+SSH_PORT = 2222
+SSHD_CONFIG = (f"Port {SSH_PORT}\nHostKey /home/trn/.sshd/host_ed25519\nPidFile /home/trn/.sshd/sshd.pid\n"
+               "StrictModes no\nPasswordAuthentication no\nPermitUserEnvironment no\n"
+               "AuthorizedKeysFile /home/trn/.ssh/authorized_keys\n")
+SSH_CLIENT_CONFIG = f"Host *\n    Port {SSH_PORT}\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n"
+LOOPBACK_ONLY_ENV = {"OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_include": "lo"}
+
+
+class MPIRehearsal(Rehearsal):
+    """A Rehearsal whose MPIJob steps run workers, then the launcher, then clean the workers up."""
+
+    def _image_files(self, pod: dict, container: str) -> None:
+        """The nemo image's build-time sshd files in the container's home (the sandbox's writable home)."""
+        cdir = self.work / "pods" / pod["metadata"]["name"] / "containers" / container
+        home = cdir / "home"
+        (home / ".sshd").mkdir(parents=True, exist_ok=True)
+        key = home / ".sshd" / "host_ed25519"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                           capture_output=True, timeout=30)
+        (home / ".sshd_config").write_text(SSHD_CONFIG)
+        client = cdir / "ssh_config.d"
+        client.mkdir(parents=True, exist_ok=True)
+        (client / "mpi-workers.conf").write_text(SSH_CLIENT_CONFIG)
+        # Owned by this process's user, which the sandbox's user namespace maps to the pod's uid (the image's
+        # `chown -R 1000:1000 /home/trn`).
+
+    def _start_container(self, pod: dict, container: dict, dirs, hosts: Path):
+        if mpi.JOB_ROLE_LABEL not in pod["metadata"]["labels"]:
+            return super()._start_container(pod, container, dirs, hosts)
+        self._image_files(pod, container["name"])
+        pod = _with_overlay(pod, container["name"], self.addresses.pod(pod["metadata"]["name"]))
+        client = self.work / "pods" / pod["metadata"]["name"] / "containers" / container["name"] / "ssh_config.d"
+
+        def with_client_config(argv: list[str]) -> list[str]:
+            _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
+            at = argv.index("--proc")
+            return argv[:at] + ["--ro-bind", str(client), "/etc/ssh/ssh_config.d"] + argv[at:]
+
+        with bwrap_argv_through(with_client_config):
+            return super()._start_container(pod, container, dirs, hosts)
+
+    def run_step(self, index: int) -> list[PodResult]:
+        mpijobs = [o for o in self.stack.steps[index] if operators.key_of(o) in mpi.KINDS]
+        if not mpijobs:
+            return super().run_step(index)
+        results: list[PodResult] = []
+        for job in mpijobs:
+            results += self._run_mpijob(job, index)
+        return results
+
+    def _run_mpijob(self, job: dict, index: int) -> list[PodResult]:
+        deadline = time.monotonic() + self.step_timeout
+        pods = mpi.pods(job, self.stack.ctx)
+        workers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "worker"]
+        launchers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "launcher"]
+        owner = operators.describe(job)
+        results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
+        for worker in workers:
+            res = results[worker["metadata"]["name"]]
+            try:
+                self._start_pod(worker, res, deadline)
+            except Exception as exc:  # kubelet refusals, sandbox errors: recorded on the pod
+                res.problem = str(exc)
+        self._refresh_hosts()
+        pending = [w for w in workers if not results[w["metadata"]["name"]].problem]
+        while pending and time.monotonic() < deadline:
+            pending = [w for w in pending if not self._worker_ready(w, results[w["metadata"]["name"]])]
+            if pending:
+                time.sleep(0.3)
+        for w in pending:
+            res = results[w["metadata"]["name"]]
+            res.problem = res.problem or f"not ready within the step bound of {self.step_timeout:.0f}s"
+            res.log_tail = self._log_tail(res.name)
+        if not any(r.problem for r in results.values()):
+            for launcher in launchers:  # WaitForWorkersReady: created now
+                res = results[launcher["metadata"]["name"]]
+                try:
+                    self._start_pod(launcher, res, deadline)
+                except Exception as exc:
+                    res.problem = str(exc)
+                    continue
+                while not self._poll(res, launcher, "complete"):
+                    if time.monotonic() > deadline:
+                        res.problem = f"not complete within the step bound of {self.step_timeout:.0f}s"
+                        res.log_tail = self._log_tail(res.name)
+                        break
+                    time.sleep(0.5)
+        for r in results.values():
+            self._check_bindings(r)
+        # cleanPodPolicy Running: the operator deletes the workers once the launcher is done
+        names = {w["metadata"]["name"] for w in workers}
+        self.stop_pods(lambda pod: pod["metadata"]["name"] in names, grace=5)
+        return list(results.values())
+
+    def _worker_ready(self, worker: dict, res: PodResult) -> bool:
+        """A worker without a readiness probe is ready once running (its sshd listening here)."""
+        name = worker["metadata"]["name"]
+        mains = [c for c in self.containers if c.pod == name and c.name in {x["name"] for x in worker["spec"]["containers"]}]
+        if any(c.proc.poll() is not None for c in mains):
+            res.exit_code = next(c.proc.poll() for c in mains if c.proc.poll() is not None)
+            res.problem = f"container exited with {res.exit_code}"
+            res.log_tail = self._log_tail(name)
+            return True
+        try:
+            socket.create_connection((self.addresses.pod(name), SSH_PORT), timeout=1).close()
+        except OSError:
+            return False
+        res.ready = True
+        self.ready.add(name)
+        self._refresh_hosts()
+        return True
+
+
+# A uid outside the sandbox's one-uid user namespace: files it owns show as the overflow uid inside, i.e. not
+# the pod user, as the kubelet's root-owned Secret files are not in the cluster.
+NOT_THE_POD_USER = 65534
+
+
+def _kubelet_owned(volume: Path) -> None:
+    """The ssh Secret's files as the kubelet leaves them: owned by root (group fsGroup), not by the pod user.
+    The sandbox maps this machine's user to the pod's uid, so files it writes would look owned by the pod user,
+    and ssh refuses a private key its user owns with mode 0644 (OpenSSH authfile.c sshkey_perm_ok); the real
+    key file (root-owned, 0644: the Secret volume default) passes that check."""
+    if volume.exists():
+        for path in [volume, *volume.rglob("*")]:
+            os.lchown(path, NOT_THE_POD_USER, NOT_THE_POD_USER)
+
+
+def _with_overlay(pod: dict, container: str, address: str) -> dict:
+    """Loopback-only Open MPI env on every MPIJob container, and the worker's sshd on its own address."""
+    pod = copy.deepcopy(pod)
+    for c in pod["spec"]["containers"]:
+        if c["name"] != container:
+            continue
+        c["env"] = [e for e in c.get("env") or [] if e["name"] not in LOOPBACK_ONLY_ENV] + [
+            {"name": k, "value": v} for k, v in LOOPBACK_ONLY_ENV.items()]
+        command = c.get("command") or []
+        if command[:1] == ["/usr/sbin/sshd"]:
+            c["command"] = [*command, "-o", f"ListenAddress={address}"]
+    return pod
+
