@@ -122,3 +122,20 @@ def test_burst_through_the_service_raises_the_scaledobject_query_then_fallback_a
     assert all(not applied for _, applied in observed[:-1])
     metric, applied = observed[-1]
     assert applied and metric == threshold * keda.fallback_replicas(scaled, 1)
+
+
+def test_autoscaler_check_reports_the_query_and_fails_one_that_selects_no_pod(serve):
+    r, result = serve
+    assert any(n.startswith("ScaledObject/llm-serve-usw2: query = ") for n in result.notes), result.report()
+    scaled = next(o for o in r.stack.objects if o["kind"] == "ScaledObject")
+    trigger = keda.prometheus_triggers(scaled)[0]
+    original = trigger["metadata"]["query"]
+    # the defect: a pod pattern that no Deployment pod name matches (a Deployment pod is <rs>-<hash>-<suffix>)
+    trigger["metadata"]["query"] = original.replace("-[a-z0-9]+-[a-z0-9]+", "-[0-9]+")
+    try:
+        problems = r.check_autoscalers(type(result)(r.stack.name), timeout=8)
+    finally:
+        trigger["metadata"]["query"] = original
+    # the stack turns ignoreNullValues off, so KEDA counts an empty result as a failure (not as 0)
+    assert trigger["metadata"]["ignoreNullValues"] == "false"
+    assert problems and "never answered" in problems[0] and "ScaledObject/llm-serve-usw2" in problems[0]
