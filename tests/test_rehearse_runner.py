@@ -142,3 +142,11 @@ def test_ctrl_c_stops_every_pod_and_removes_every_directory(tmp_path):
     assert not session_alive(proc.pid)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps
+
+
+def test_a_stack_whose_render_fails_is_bad_input_in_one_line(monkeypatch, capsys):
+    from trnctl.rehearse import overlay
+    monkeypatch.setattr(overlay, "stack_overlays", lambda: {"compile": {"compile": {"batchSize": 0}}})
+    assert main(["rehearse", "compile-usw2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: rehearse compile-usw2: the render fails:") and "batchSize" in err[0]
