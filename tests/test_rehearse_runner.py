@@ -150,3 +150,15 @@ def test_a_stack_whose_render_fails_is_bad_input_in_one_line(monkeypatch, capsys
     assert main(["rehearse", "compile-usw2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: rehearse compile-usw2: the render fails:") and "batchSize" in err[0]
+
+
+def test_only_runs_the_named_step_and_an_unknown_step_is_bad_input(tmp_path):
+    from trnctl.rehearse.runner import RehearsalError
+    stack = hand_stack([job("first", ["false"])], [job("second", ["true"])])
+    with Rehearsal(stack, work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        by_name = r.run(only="second")
+        by_number = r.run(only="1")
+        with pytest.raises(RehearsalError, match="no step 'third'; steps: 0: Job/first; 1: Job/second"):
+            r.run(only="third")
+    assert by_name.ok and [p.step for p in by_name.pods] == [1] and by_name.pods[0].name.startswith("second-")
+    assert by_number.ok and [p.step for p in by_number.pods] == [1]
