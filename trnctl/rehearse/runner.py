@@ -472,6 +472,16 @@ class Rehearsal:
         c = next(x for x in self.containers if x.pod == pod and x.name == container)
         if not c.child_pid:
             raise RehearsalError(f"pod {pod} container {container}: no sandbox pid to enter")
+        # bwrap reports the child before it has pivoted into the sandbox's root: wait until the child's root is
+        # the sandbox's (its /etc/hosts is the pod's hosts file)
+        hosts = os.stat(self.work / "pods" / pod / "hosts")
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                seen = os.stat(f"/proc/{c.child_pid}/root/etc/hosts")
+                if (seen.st_dev, seen.st_ino) == (hosts.st_dev, hosts.st_ino):
+                    break
+            time.sleep(0.05)
         env = [f"{k}={v}" for k, v in c.process.env.items()]
         # -r/-w: the sandbox's root and working directory (bwrap pivoted the root in its mount namespace)
         argv = ["nsenter", "-t", str(c.child_pid), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--preserve-credentials",
