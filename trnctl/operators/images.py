@@ -37,6 +37,7 @@ class ImageConfig:
     # libcontainer/init_linux.go setupUser; "/" for a uid without an entry)
     user_name: str = ""
     home: str = "/"
+    account_uid: int | None = None  # that account's uid (and group id); None = the USER's
     env: tuple[tuple[str, str], ...] = ()
     # image path -> repository path, for each `COPY <repo code> <image path>` of our Dockerfiles
     code: tuple[tuple[str, str], ...] = ()
@@ -44,6 +45,11 @@ class ImageConfig:
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
+
+    def account(self) -> tuple[str, int, str] | None:
+        """(name, uid = gid, home) of the image's own account, if it has one."""
+        uid = self.account_uid if self.account_uid is not None else self.uid_gid()[0]
+        return (self.user_name, uid, self.home) if self.user_name and uid is not None else None
 
     def uid_gid(self) -> tuple[int | None, int | None]:
         """USER as numbers. A uid without a group takes its primary group from the image's /etc/passwd;
@@ -59,9 +65,12 @@ class ImageConfig:
 # Upstream images, from their Dockerfiles at the pinned tag.
 UPSTREAM: dict[str, ImageConfig] = {
     # vllm/inference/0.9.1/Dockerfile.neuronx: stage prod/repo `WORKDIR /opt/vllm` (the vLLM fork checkout,
-    # installed with `pip install -e .`), final stage ENTRYPOINT/CMD, no USER (root).
+    # installed with `pip install -e .`), final stage ENTRYPOINT/CMD, no USER (root). Base stage
+    # `useradd -m model-server` on ubuntu:22.04 (which has no uid-1000 user): model-server is uid 1000 with
+    # home /home/model-server, so a pod with runAsUser 1000 gets HOME=/home/model-server.
     "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx": ImageConfig(
         entrypoint=("python", "/usr/local/bin/vllm_entrypoint.py"), cmd=("/bin/bash",), workdir="/opt/vllm",
+        user_name="model-server", home="/home/model-server", account_uid=1000,
         env=(("LANG", "C.UTF-8"), ("VLLM_TARGET_DEVICE", "neuron")),
         source=f"{DLC_SOURCE}:vllm/inference/0.9.1/Dockerfile.neuronx"),
     # pytorch/training/2.8.0/Dockerfile.neuronx: WORKDIR /, final ENTRYPOINT/CMD, no USER.
@@ -175,12 +184,24 @@ def parse_dockerfile(text: str, base: ImageConfig, args: dict[str, str], *, cont
                        env=tuple(env.items()), code=tuple(code), source=source, user_name=user_name, home=home)
 
 
-def base_image_config(image: str) -> ImageConfig:
-    try:
-        return UPSTREAM[_repository(image)]
-    except KeyError:
+# The tags the UPSTREAM entries were read for (the Dockerfiles at aws-neuron/deep-learning-containers@2.26.1).
+UPSTREAM_TAGS = {
+    "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx": ("0.9.1-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+    "public.ecr.aws/neuron/pytorch-training-neuronx": ("2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+    "public.ecr.aws/neuron/pytorch-inference-neuronx": ("2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+}
+
+
+def base_image_config(image: str | None) -> ImageConfig:
+    if not image:  # e.g. the native track's training DLC, not pinned yet (images/neuron-sdk.json)
+        return ImageConfig(source="base image not pinned: its ENTRYPOINT/CMD/WORKDIR/USER/ENV are unknown")
+    repo = _repository(image)
+    tag = image.split("@", 1)[0][len(repo) + 1:]
+    if repo not in UPSTREAM or tag not in UPSTREAM_TAGS.get(repo, ()):
         raise KeyError(f"image {image!r}: no ENTRYPOINT/CMD/WORKDIR/USER recorded for it in "
-                       f"trnctl/operators/images.py UPSTREAM; known: {', '.join(sorted(UPSTREAM))}") from None
+                       f"trnctl/operators/images.py UPSTREAM (read from its Dockerfile at the pinned tag); "
+                       f"known: {', '.join(f'{r}:{t}' for r, ts in sorted(UPSTREAM_TAGS.items()) for t in ts)}")
+    return UPSTREAM[repo]
 
 
 def our_image(name: str) -> ImageConfig:
@@ -193,7 +214,7 @@ def our_image(name: str) -> ImageConfig:
     if name == "titan":
         sdk = json.loads((IMAGES_DIR / "neuron-sdk.json").read_text())
         args["BASE_IMAGE"] = sdk["tracks"]["native"]["base_images"]["training"]
-    base = replace(base_image_config(args["BASE_IMAGE"]))
+    base = replace(base_image_config(args.get("BASE_IMAGE")))
     return parse_dockerfile(path.read_text(), base, args, source=str(path.relative_to(REPO_ROOT)))
 
 

@@ -6,8 +6,15 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
     with Rehearsal(stack, step_timeout=300) as r:      # cleanup of processes and directories on exit
         result = r.run()                              # every step; r.run(only="2") one step
         r.service_address("ml-shared", "compile-usw2-serve")  # the Service's 127.0.200.x (kube-proxy stand-in)
+        r.exec_in(pod_name, container, ["sh", "-c", "..."])   # as `kubectl exec`: the pod's namespaces, user, env
         r.stop_pods(lambda pod: ...); r.run_step(i)   # e.g. stop a step and run it again (resume tests)
-    result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)]
+        r.start_prometheus(); r.url_in_cluster("http://kps-prometheus.monitoring.svc:9090")  # platform services
+    result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)],
+    result.notes (e.g. each ScaledObject's reading), result.problems; result.report() is what the CLI prints
+
+Subclass hooks (as trnctl/rehearse/rayjob.py and mpijob.py use them): `run_step(index)` for a step whose
+pods must start in an order of their own, `_start_container(pod, container, dirs, hosts)`; an operator module
+may define `await_kind(obj) -> "complete" | "ready"`.
 
 - A step is the set of pods `operators.all_pods` makes of the objects `stack.steps[i]` applies (apply order =
   the render's dependsOn order, trnctl/rehearse/stack.py), with the Services, ConfigMaps and Secrets of every
@@ -25,6 +32,10 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
 - A pod fails on: a container exiting non-zero (Jobs) or at all (long-running pods), the step time bound,
   a listening socket outside 127.0.0.0/8, or what the kubelet refuses (missing Secret key, ...). The result
   names the pod, the step and the log tail.
+- After the last step, each ScaledObject's Prometheus trigger is read as KEDA would (trnctl/operators/keda.py)
+  from the platform's Prometheus (trnctl/rehearse/prometheus.py); a query that never answers is a problem.
+- Not modelled: Job retries (backoffLimit: the first failed pod fails the rehearsal), container restarts,
+  liveness probes, resource limits, scheduling (every pod runs on this one "node").
 - Cleanup: every process group is SIGTERMed then SIGKILLed, every directory removed (also on Ctrl-C, a
   failing step, and at interpreter exit through `atexit`), unless keep=True keeps the directories.
 """
@@ -78,6 +89,7 @@ class RehearsalResult:
     stack: str
     pods: list[PodResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +100,7 @@ class RehearsalResult:
         for p in self.pods:
             if p.problem and p.log_tail:
                 lines += [f"--- log tail of {p.name}:", p.log_tail]
+        lines += self.notes
         lines += [f"problem: {p}" for p in self.problems]
         lines.append(f"rehearsal of {self.stack}: {'ok' if self.ok else 'FAILED'}")
         return "\n".join(lines)
@@ -137,11 +150,19 @@ class Rehearsal:
         self.forwarders: list = []
         self.s3_server = None
         self.s3_endpoint: str | None = None
+        self.prometheus = None
+        self.all_pods: list[dict] = []
         self._closed = False
         _LIVE.add(self)
         objects = stack.all_objects()
         self.objects = objects
-        self.pods_by_step = [operators.all_pods(step, stack.ctx) for step in stack.steps]
+        try:
+            self.pods_by_step = [operators.all_pods(step, stack.ctx) for step in stack.steps]
+        except ModuleNotFoundError as exc:
+            self.close()
+            kinds = sorted({operators.describe(o) for step in stack.steps for o in step
+                            if operators.CONTROLLERS.get(operators.key_of(o)) == exc.name})
+            raise RehearsalError(f"{', '.join(kinds)}: no operator module {exc.name} to run its pods") from None
         self.all_pods = [p for step in self.pods_by_step for p in step]
         self.services = operators.all_services(objects, stack.ctx)
         self.config_objects = operators.all_config_objects(objects, stack.ctx)
@@ -173,6 +194,8 @@ class Rehearsal:
         if self.s3_server is not None:
             with contextlib.suppress(Exception):
                 self.s3_server.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
         shutil.rmtree(self.memory, ignore_errors=True)
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -192,9 +215,11 @@ class Rehearsal:
         self.s3_endpoint = f"http://{address}:{port}"
         bucket = self.stack.platform.outputs.get("artifactsBucket")
         if bucket:
-            boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2", aws_access_key_id="rehearsal",
-                         aws_secret_access_key="rehearsal").create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+            s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2",
+                              aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+            # moto keeps its state per process: a second rehearsal in one process finds the bucket there
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
 
     # ------------------------------------------------------------------ names and addresses
     def cluster_names(self) -> dict[str, str]:
@@ -222,6 +247,29 @@ class Rehearsal:
 
     def service_address(self, namespace: str, name: str) -> str:
         return self.addresses.service(namespace, name)
+
+    def url_in_cluster(self, url: str) -> str:
+        """A cluster URL (http://<service>.<ns>.svc[.cluster.local]:<port>/...) with the host replaced by the
+        rehearsal's address for that Service (how a controller such as KEDA reaches it)."""
+        from urllib.parse import urlsplit, urlunsplit
+        parts = urlsplit(url)
+        labels = parts.hostname.split(".")
+        if len(labels) >= 2:
+            host = self.addresses.service(labels[1], labels[0])
+            return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+        return url
+
+    def monitors(self) -> list[dict]:
+        return [o for o in self.objects if o.get("apiVersion") == "monitoring.coreos.com/v1"]
+
+    def start_prometheus(self, namespace: str = "monitoring", service: str = "kps-prometheus"):
+        """The platform's Prometheus (its Service address) scraping what its PodMonitors select here."""
+        from trnctl.rehearse.prometheus import Prometheus
+        if self.prometheus is None or self.prometheus.proc is None or self.prometheus.proc.poll() is not None:
+            address = self.addresses.service(namespace, service)
+            self.prometheus = Prometheus(self.work / "prometheus", address, self.monitors(), self.all_pods,
+                                         self.addresses.pod).start()
+        return self.prometheus
 
     def _refresh_hosts(self) -> None:
         names = self.cluster_names()
@@ -272,7 +320,37 @@ class Rehearsal:
                 result.problems.append(f"step {i} failed: " + "; ".join(f"pod {p.name}: {p.problem}" for p in step_result
                                                                         if p.problem))
                 break
+        else:
+            if only is None:
+                result.problems += self.check_autoscalers(result)
         return result
+
+    def check_autoscalers(self, result: RehearsalResult, timeout: float = 60.0) -> list[str]:
+        """Each ScaledObject's Prometheus trigger, read as KEDA reads it from the platform's Prometheus (started
+        here, scraping what its PodMonitors select): it must answer (a query that selects nothing is an error
+        with ignoreNullValues false, and KEDA would fall back). Adds one line per trigger to the report."""
+        from trnctl.operators import keda
+        problems = []
+        for so in [o for o in self.stack.objects if operators.key_of(o) == ("keda.sh/v1alpha1", "ScaledObject")]:
+            for trigger in keda.prometheus_triggers(so):
+                self.start_prometheus()
+                server = self.url_in_cluster(trigger["metadata"]["serverAddress"])
+                deadline, error, value = time.monotonic() + timeout, "", None
+                while time.monotonic() < deadline:
+                    try:
+                        value = keda.execute_prom_query(server, trigger)
+                        break
+                    except keda.MetricError as exc:
+                        error = str(exc)
+                        time.sleep(1)
+                name = operators.describe(so)
+                if value is None:
+                    problems.append(f"{name}: its Prometheus query never answered within {timeout:.0f}s ({error}); "
+                                    f"KEDA would count failures and fall back")
+                else:
+                    result.notes.append(f"{name}: query = {value:g} (threshold {trigger['metadata'].get('threshold')}, "
+                                        f"active {keda.is_active(value, trigger)})")
+        return problems
 
     def _step_index(self, only: str) -> int:
         if only.isdigit() and int(only) < len(self.pods_by_step):
@@ -406,6 +484,16 @@ class Rehearsal:
         c = next(x for x in self.containers if x.pod == pod and x.name == container)
         if not c.child_pid:
             raise RehearsalError(f"pod {pod} container {container}: no sandbox pid to enter")
+        # bwrap reports the child before it has pivoted into the sandbox's root: wait until the child's root is
+        # the sandbox's (its /etc/hosts is the pod's hosts file)
+        hosts = os.stat(self.work / "pods" / pod / "hosts")
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                seen = os.stat(f"/proc/{c.child_pid}/root/etc/hosts")
+                if (seen.st_dev, seen.st_ino) == (hosts.st_dev, hosts.st_ino):
+                    break
+            time.sleep(0.05)
         env = [f"{k}={v}" for k, v in c.process.env.items()]
         # -r/-w: the sandbox's root and working directory (bwrap pivoted the root in its mount namespace)
         argv = ["nsenter", "-t", str(c.child_pid), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--preserve-credentials",
@@ -489,6 +577,7 @@ class Rehearsal:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     c.proc.wait(timeout=10)
             self.ready.discard(c.pod)
+            _reap_session(c.proc.pid)
         self.containers = [c for c in self.containers if c not in victims]
 
     def _check_bindings(self, res: PodResult) -> None:
@@ -518,6 +607,17 @@ def _with_env(pod: dict, container: str, env: dict[str, str]) -> dict:
             c["env"] = [e for e in c.get("env") or [] if e["name"] not in env] + [
                 {"name": k, "value": v} for k, v in env.items()]
     return pod
+
+
+def _reap_session(leader: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the sandbox's session is left (the pid namespace's processes die with its
+    init, asynchronously); SIGKILL stragglers."""
+    end = time.monotonic() + timeout
+    while (pids := network._session_pids(leader)) and time.monotonic() < end:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
