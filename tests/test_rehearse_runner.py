@@ -185,3 +185,16 @@ def test_configmap_and_secret_volumes_are_files_with_their_modes_inside_the_pod(
     lines = out.stdout.splitlines()
     assert lines[:3] == ["600 /etc/cfg/a", "644 /etc/cfg/sub/b", "400 /var/sec/token"], out.stderr
     assert lines[3:] == ["a", "sub", "s3cret1"]  # no key c; the volume is read-only
+
+
+def test_a_native_sidecar_runs_beside_the_job_and_does_not_hold_it_up(tmp_path):
+    """An init container with restartPolicy Always (a native sidecar, Kubernetes 1.29+) starts and keeps running;
+    the main container starts after it and the Job completes when the main container exits."""
+    pod_job = job("with-sidecar", ["sh", "-c", "exit 0"])
+    pod_job["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "sidecar", "image": IMAGE, "restartPolicy": "Always", "command": ["sh", "-c", "sleep 600"]}]
+    with Rehearsal(hand_stack([pod_job]), work_dir=tmp_path / "work", s3=False, step_timeout=30) as r:
+        result = r.run()
+    assert result.ok, result.report()
+    [pod] = result.pods
+    assert pod.exit_code == 0 and not pod.problem
