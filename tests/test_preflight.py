@@ -203,12 +203,20 @@ def test_reservations_missing_inactive_and_mismatched_are_caught(tmp_path):
 
     offerings = {"trn1.32xlarge": {"usw2-az1", "usw2-az4"}, "trn1.2xlarge": {"usw2-az1", "usw2-az4"},
                  "inf2.xlarge": {"usw2-az1"}, "inf2.8xlarge": {"usw2-az1"}}
-    rows = {f.check: f for f in preflight.reservation_findings(cfg, found, offerings, ["usw2-az1", "usw2-az4"], {})}
+    # trn1-efa is a multi-node EFA pool: it runs in one AZ, the first listed that offers it (infra/network.py
+    # pool_zone_ids). With the reservation's AZ listed second it is outside the pool, and the fix says to list it first.
+    second = {f.check: f for f in preflight.reservation_findings(cfg, found, offerings, ["usw2-az1", "usw2-az4"], {})}
+    outside = second[f"reservation: {ids[0]}"]
+    assert outside.status == "FAIL" and "the pool's AZ IDs are usw2-az1" in outside.detail
+    assert "list usw2-az4 first in network.availabilityZoneIds" in outside.fix
+    rows = {f.check: f for f in preflight.reservation_findings(cfg, found, offerings, ["usw2-az4", "usw2-az1"], {})}
     active, expired, block, wrong, absent = (rows[f"reservation: {rid}"] for rid in ids + [missing])
     assert active.status == "PASS" and "trn1.32xlarge x4 (4 free) in usw2-az4" in active.detail
     assert expired.status == "FAIL" and "state is 'expired'" in expired.detail
     assert "renew or replace it, or remove it from nodePools[1] (trn1-efa).capacityReservationIds[1]" in expired.fix
-    assert block.status == "WARN" and "Capacity Block not started yet" in block.detail
+    # the block is in usw2-az1, the active reservation in usw2-az4: one EFA pool cannot use both (one AZ per gang)
+    assert block.status == "FAIL" and "Capacity Block not started yet" in block.detail
+    assert "it is in usw2-az1" in block.detail and "the pool's AZ IDs are usw2-az4" in block.detail
     assert wrong.status == "FAIL" and "it is for trn1n.32xlarge" in wrong.detail and "in usw2-az3" in wrong.detail
     assert "add trn1n.32xlarge to nodePools (trn1-efa).instanceTypes" in wrong.fix
     assert "add usw2-az3 to network.availabilityZoneIds" in wrong.fix

@@ -177,7 +177,8 @@ def test_whole_run_on_the_trn2_stack(aws_env):
     assert rows["offerings: trn2-dev"].detail.startswith("trn2.3xlarge not offered in the chosen AZs; trn2.3xlarge "
                                                          "in no AZ of us-east-2; trn2.48xlarge in use2-az1")
     # moto's offerings (recorded from EC2) put trn2.48xlarge in all three use2 AZ IDs
-    assert rows["offerings: trn2-efa"].detail.startswith("AZ IDs use2-az1, use2-az2: trn2.48xlarge in use2-az1, "
+    # a multi-node EFA pool runs in one AZ (infra/network.py pool_zone_ids)
+    assert rows["offerings: trn2-efa"].detail.startswith("AZ IDs use2-az1: trn2.48xlarge in use2-az1, "
                                                          "use2-az2, use2-az3")
     assert rows[f"capacity block: {rid}"].detail.startswith("Capacity Block active, trn2.48xlarge x4 in use2-az1")
     assert {"GetCallerIdentity", "DescribeInstanceTypeOfferings", "DescribeInstanceTypes",

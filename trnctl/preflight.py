@@ -271,12 +271,23 @@ def reservation_findings(cfg: PlatformConfig, reservations: dict[str, dict | Non
                                    f"check the id and region (`aws ec2 describe-capacity-reservations "
                                    f"--capacity-reservation-ids {rid} --region {cfg.region}`) or remove it from {key}"))
                 continue
-            out.append(_reservation_finding(check, key, pool, res, pool_zones, zone_ids_by_name))
+            out.append(_reservation_finding(check, key, pool, res, pool_zones, zone_ids_by_name, chosen))
     return out
 
 
+def _zone_mismatch(az_id: str, res: dict, pool_zones: list[str], chosen: list[str]) -> tuple[str, str]:
+    """A reservation outside the pool's AZs: what is wrong and the fix. A multi-node EFA pool runs in
+    one AZ, the first of network.availabilityZoneIds that offers its types (infra/network.py
+    pool_zone_ids), so a reservation in another listed AZ needs that AZ listed first, not added."""
+    problem = f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are {', '.join(pool_zones) or 'none'}"
+    if len(pool_zones) == 1 and az_id in chosen:
+        return problem, (f"list {az_id} first in network.availabilityZoneIds (a multi-node EFA pool runs in one AZ, the "
+                         f"first listed that offers its types)")
+    return problem, f"add {az_id} to network.availabilityZoneIds" + (" and list it first" if len(pool_zones) == 1 else "")
+
+
 def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, pool_zones: list[str],
-                         zone_ids_by_name: dict[str, str]) -> Finding:
+                         zone_ids_by_name: dict[str, str], chosen: list[str]) -> Finding:
     kind = "Capacity Block" if res.get("ReservationType") == "capacity-block" else "capacity reservation"
     state, itype = res.get("State", "?"), res.get("InstanceType", "?")
     az_id = res.get("AvailabilityZoneId") or zone_ids_by_name.get(res.get("AvailabilityZone", ""), "?")
@@ -296,9 +307,9 @@ def _reservation_finding(check: str, key: str, pool: NodePoolConfig, res: dict, 
         fixes.append(f"add {itype} to nodePools ({pool.name}).instanceTypes or use a reservation for the pool's types")
     if az_id not in pool_zones:
         status = FAIL
-        problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
-                        f"{', '.join(pool_zones) or 'none'}")
-        fixes.append(f"add {az_id} to network.availabilityZoneIds")
+        problem, fix = _zone_mismatch(az_id, res, pool_zones, chosen)
+        problems.append(problem)
+        fixes.append(fix)
     if kind == "Capacity Block":
         fixes.append(f"list it under nodePools ({pool.name}).capacityBlockIds (capacity type capacity-block) "
                      f"to have its dates and cost checked")
@@ -434,12 +445,12 @@ def capacity_block_findings(cfg: PlatformConfig, reservations: dict[str, dict | 
                                    f"check the id and region (`aws ec2 describe-capacity-reservations "
                                    f"--capacity-reservation-ids {rid} --region {cfg.region}`) or remove it from {key}"))
                 continue
-            out.append(_capacity_block_finding(rid, key, pool, res, pool_zones, zone_ids_by_name, now, cfg.region))
+            out.append(_capacity_block_finding(rid, key, pool, res, pool_zones, zone_ids_by_name, now, cfg.region, chosen))
     return out
 
 
 def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict, pool_zones: list[str],
-                            zone_ids_by_name: dict[str, str], now: datetime, region: str) -> Finding:
+                            zone_ids_by_name: dict[str, str], now: datetime, region: str, chosen: list[str]) -> Finding:
     check = f"capacity block: {rid}"
     if res.get("ReservationType") != "capacity-block":
         return Finding(check, FAIL, f"{key}: {rid} is a {res.get('ReservationType', 'default')} capacity reservation, "
@@ -485,9 +496,9 @@ def _capacity_block_finding(rid: str, key: str, pool: NodePoolConfig, res: dict,
                      f"nodePools ({pool.name}).instanceTypes")
     if az_id not in pool_zones:
         status = FAIL
-        problems.append(f"it is in {az_id} ({res.get('AvailabilityZone', '?')}); the pool's AZ IDs are "
-                        f"{', '.join(pool_zones) or 'none'}")
-        fixes.append(f"add {az_id} to network.availabilityZoneIds")
+        problem, fix = _zone_mismatch(az_id, res, pool_zones, chosen)
+        problems.append(problem)
+        fixes.append(fix)
     count = res.get("TotalInstanceCount", 0)
     if status == PASS and count > pool.max_nodes:
         status = WARN
