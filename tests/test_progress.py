@@ -100,13 +100,15 @@ def test_last_step_of_ray_metrics_jsonl(tmp_path):
     assert progress.last_step_jsonl(path) == 30
 
 
-def test_counter_counts_steps_done_including_the_redone_ones():
+def test_counter_counts_steps_done_while_watching_including_the_redone_ones():
     p = progress.Progress()
-    # 500: a resumed attempt's first read; 480: restarted from the checkpoint at 480 (20 steps redone)
-    for step in (None, 500, 500, 520, 480, None, 530):
+    # 500: what the files show at start (an earlier attempt, the precompile run): a position, no steps of this attempt
+    p.observe(None)
+    p.observe(500)
+    assert "trn_training_steps_total 0.0" in generate_latest(p.registry).decode()  # no first step yet: no hang alert
+    for step in (500, 520, 480, None, 530):  # 480: restarted from the checkpoint at 480, 20 steps redone
         p.observe(step)
-    text = generate_latest(p.registry).decode()
-    assert "trn_training_steps_total 570.0" in text  # 500 + 20 + 50
+    assert "trn_training_steps_total 70.0" in generate_latest(p.registry).decode()  # 20 + 50
 
 
 def test_served_over_http(tmp_path):
@@ -116,6 +118,7 @@ def test_served_over_http(tmp_path):
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=p.registry)
     try:
+        p.observe(0)
         p.observe(7)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "trn_training_steps_total 7.0" in body

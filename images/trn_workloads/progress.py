@@ -6,10 +6,9 @@ Training), read from what they write to the shared file system.
 
 It runs as a native sidecar (an init container with `restartPolicy: Always`) of the pod that
 lives exactly as long as the training attempt: the RayJob's submitter, the MPIJob's launcher
-(workloads/progress.py). The counter starts at the step the files show when it starts (a
-resumed attempt continues from its checkpoint's step) and counts every step done after that,
-redone steps after a restart from a checkpoint included, so the counter moves while the job
-works:
+(workloads/progress.py). The counter starts at 0 and counts every step done after the position
+the files showed when it started (redone steps after a restart from a checkpoint included), so
+it moves while the job works and passes 0 with the attempt's first step:
 
 - Ray Train (images/trn_workloads/ray_train/loop.py): world rank 0 appends one JSON object per
   log interval to metrics.jsonl, with `step` = optimizer steps done;
@@ -113,20 +112,22 @@ def latest_step_tensorboard(logdir: Path) -> int | None:
 
 
 class Progress:
-    """The counter of steps done (redone steps after a restart from a checkpoint count again, as
-    in a trainer that counts its own steps) and the position it last saw."""
+    """The counter of steps done while this sidecar watches (redone steps after a restart from a
+    checkpoint count again), and the position it last saw. Like a trainer's own counter it starts
+    at 0 with the attempt: what the files showed at start (an earlier attempt's, the precompile
+    run's lines) only sets the position, so the counter passes 0 with this attempt's first step."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self.steps = Counter("trn_training_steps", "Optimizer steps done by this job", registry=self.registry)
-        self.position = 0
+        self.position: int | None = None
 
     def observe(self, step: int | None) -> None:
         """Training is at `step` now: count the steps since the last position; a smaller step is a
         restart from an earlier checkpoint (the position rewinds, the counter never goes back)."""
         if step is None:
             return
-        if step > self.position:
+        if self.position is not None and step > self.position:
             self.steps.inc(step - self.position)
         self.position = step
 
