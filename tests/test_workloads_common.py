@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.config import load_stack_file
-from infra.nodepools import NEURON_TAINT, pool_scheduling
+from infra.nodepools import NEURON_TAINT, pool_scheduling, rendered_daemonset_pods
 from trnctl.validation import validate_objects
 from workloads import common
 from workloads.errors import WorkloadConfigError
@@ -25,7 +25,7 @@ def platform_values(stack: str = "dev-usw2") -> dict:
         "clusterName": cfg.cluster_name, "region": cfg.region, "kubernetesVersion": cfg.kubernetes_version,
         "identityMode": cfg.identity, "oidcProviderArn": "arn:aws:iam::111122223333:oidc-provider/x",
         "oidcIssuer": "oidc.eks.us-west-2.amazonaws.com/id/X",
-        "nodePools": {p.name: pool_scheduling(p) for p in cfg.node_pools},
+        "nodePools": {p.name: pool_scheduling(p, daemonset_pods=rendered_daemonset_pods(cfg)) for p in cfg.node_pools},
         "sharedStorage": {"pvcName": cfg.fsx.pvc_name, "namespace": cfg.fsx.pvc_namespace,
                           "mountPath": cfg.fsx.mount_path},
         "workloadNamespace": cfg.fsx.pvc_namespace,
