@@ -112,10 +112,21 @@ def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str
     return env
 
 
-def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str, memory: str,
-                  cpu_limit: str | None = None) -> dict:
-    """Requests = limits for devices (extended resources must match); CPU/memory requests
-    sized by the caller, memory limit equal to the request (no OOM surprises on a shared node)."""
+def node_share(pool: PoolScheduling, share: float = 1.0) -> tuple[str, str]:
+    """(cpu, memory) requests of `share` of what a workload pod may request on one node of `pool`
+    (the platform's schedulable*PerNode outputs: Karpenter's pre-launch allocatable minus DaemonSets),
+    rounded down, so a pod sized from it fits the first node Karpenter launches of that type."""
+    return (f"{int(pool.schedulable_millicpu_per_node * share)}m",
+            f"{int(pool.schedulable_memory_mib_per_node * share)}Mi")
+
+
+def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str | None = None,
+                  memory: str | None = None, cpu_limit: str | None = None) -> dict:
+    """Requests = limits for devices (extended resources must match); CPU/memory requests sized by
+    the caller, or the whole node's schedulable share when not given (node_share); memory limit equal
+    to the request (no OOM surprises on a shared node)."""
+    whole_cpu, whole_memory = node_share(pool)
+    cpu, memory = cpu or whole_cpu, memory or whole_memory
     req = {"cpu": cpu, "memory": memory}
     lim = {"cpu": cpu_limit or cpu, "memory": memory}
     if neuron_devices:
