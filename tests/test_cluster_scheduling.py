@@ -134,3 +134,13 @@ def test_requests_above_the_node_are_certain_to_fail(today):
     found = mandatory(rules(scheduling.check(edit(today, "Deployment ml-shared/llm-serve-usw2", too_big)),
                             "scheduling/does-not-fit"))
     assert len(found) == 1 and "memory 204800Mi (200.0Gi) requested" in found[0].message
+
+
+def test_a_rendered_daemonset_the_exported_room_does_not_count_fails_the_render(today):
+    """A DaemonSet on the trn1 pools that the platform's outputs did not count: the exported room is too big."""
+    def heavier(ds):
+        ds["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "1Gi"
+    assert rules(scheduling.check(today), "scheduling/exported-room") == []
+    found = rules(scheduling.check(edit(today, "DaemonSet kube-system/neuron-monitor", heavier)), "scheduling/exported-room")
+    assert {f.objects[0] for f in found} == {"NodePool trn1-efa", "NodePool trn1-single", "NodePool inf2"}
+    assert all(f.severity == "mandatory" and "schedulableMemoryMiBPerNode" in f.message for f in found)

@@ -144,6 +144,31 @@ def check(model: Model) -> list[Finding]:
                                 f"pool's schedulableMilliCpuPerNode/schedulableMemoryMiBPerNode platform outputs "
                                 f"(workloads/common.py node_requests), not the instance's total"))
     findings += _gang_findings(model)
+    findings += _exported_room_findings(model)
+    return findings
+
+
+def _exported_room_findings(model: Model) -> list[Finding]:
+    """The platform's per-pool schedulable outputs, which workloads size their per-node pods from, must
+    not promise more than Karpenter's first node of the pool's largest type holds next to the DaemonSets
+    this render actually lands there (a DaemonSet added to the render but not to the platform's
+    infra/nodepools.py rendered_daemonset_pods would otherwise make every whole-node pod unschedulable)."""
+    findings = []
+    exported = (model.platform.outputs or {}).get("nodePools") or {}
+    for pool in pools(model):
+        out = exported.get(pool.name) or {}
+        if "schedulableMemoryMiBPerNode" not in out or not pool.instance_types:
+            continue
+        itype = max(pool.instance_types, key=lambda t: (allocatable(t)["memory"], allocatable(t)["cpu"]))
+        room = schedulable(model, pool, itype)
+        have = {"schedulableMilliCpuPerNode": int(room["cpu"] * 1000), "schedulableMemoryMiBPerNode": int(room["memory"] // 2**20)}
+        over = [f"{k} {out[k]} > {v}" for k, v in have.items() if int(out.get(k, 0)) > v]
+        if over:
+            findings.append(Finding(f"{RULE}/exported-room", MANDATORY, (obj_id(pool.obj),),
+                                    f"platform output nodePools.{pool.name} promises more than a {itype} node of pool "
+                                    f"{pool.name} holds after the rendered DaemonSets ({'; '.join(over)}): pods sized from it "
+                                    f"stay Pending; fix: count every DaemonSet of the render in infra/nodepools.py "
+                                    f"rendered_daemonset_pods / unrendered_daemonset_pods"))
     return findings
 
 
