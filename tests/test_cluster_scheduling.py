@@ -43,8 +43,7 @@ def test_the_platform_exports_what_the_cluster_model_computes(today):
     over the same DaemonSets (the rendered neuron-monitor included)."""
     outputs = today.platform.outputs["nodePools"]
     for pool in scheduling.pools(today):
-        itype = max(pool.instance_types, key=lambda t: (karpenter.allocatable(t)["memory"], karpenter.allocatable(t)["cpu"]))
-        room = scheduling.schedulable(today, pool, itype)
+        room = scheduling.schedulable(today, pool, scheduling.largest_type(pool))
         assert outputs[pool.name]["schedulableMemoryMiBPerNode"] == int(room["memory"] // 2**20), pool.name
         assert outputs[pool.name]["schedulableMilliCpuPerNode"] == int(room["cpu"] * 1000), pool.name
     # trn1.32xlarge: 481894 MiB allocatable - node-exporter 64 - neuron-monitor 128 + 48 MiB

@@ -40,6 +40,12 @@ def daemonset_pods(model: Model) -> list[dict]:
     return rendered + unrendered_daemonset_pods()
 
 
+def largest_type(pool: Pool) -> str:
+    """The pool's type the platform sizes per-node outputs from (infra/config.py NodePoolConfig.largest_instance)."""
+    from infra import catalog
+    return max(pool.instance_types, key=lambda t: (catalog.instance_type(t).vcpu, catalog.instance_type(t).memory_gib))
+
+
 def schedulable(model: Model, pool: Pool, instance_type: str, *, vm_overhead: bool = True) -> dict[str, float]:
     return karpenter.schedulable(pool, instance_type, daemonset_pods(model), vm_overhead=vm_overhead)
 
@@ -159,7 +165,7 @@ def _exported_room_findings(model: Model) -> list[Finding]:
         out = exported.get(pool.name) or {}
         if "schedulableMemoryMiBPerNode" not in out or not pool.instance_types:
             continue
-        itype = max(pool.instance_types, key=lambda t: (allocatable(t)["memory"], allocatable(t)["cpu"]))
+        itype = largest_type(pool)
         room = schedulable(model, pool, itype)
         have = {"schedulableMilliCpuPerNode": int(room["cpu"] * 1000), "schedulableMemoryMiBPerNode": int(room["memory"] // 2**20)}
         over = [f"{k} {out[k]} > {v}" for k, v in have.items() if int(out.get(k, 0)) > v]
