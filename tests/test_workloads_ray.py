@@ -106,6 +106,7 @@ BAD = {
     "stack-owned key": (changed("run.num_workers", 8), "ray.run.num_workers: set by the stack"),
     "unknown model": (changed("run.model", "llama9"), "ray.run.model: must be one of ['llama2-7b', 'tiny'], got 'llama9'"),
     "head on an accelerator pool": (changed("headPool", "inf2"), "ray.headPool: pool 'inf2' is an accelerator pool"),
+    "no deadline": (changed("deadlineSeconds", 0), "ray.deadlineSeconds: must be 1 to 2147483647 seconds"),
 }
 
 

@@ -55,7 +55,10 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> R
     run_raw = r.get("run", dict, {})
     inputs = r.str_list("dataInputs", required=True)
     tokenizer = r.get("tokenizer", str, "meta-llama/Llama-2-7b-hf")
-    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600)
+    # each step's RayJob activeDeadlineSeconds (an int32 KubeRay requires positive: trnctl/operators/kuberay.py)
+    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600,
+                     check=lambda v: None if 1 <= v <= kuberay.RAYJOB_DEADLINE_MAX
+                     else f"must be 1 to {kuberay.RAYJOB_DEADLINE_MAX} seconds")
     r.finish()
     pool = None
     try:
@@ -184,6 +187,9 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                           "annotations": wait_for(f"jsonpath={{.status.jobDeploymentStatus}}={wait_state}",
                                                   s.deadline_seconds if wait_state == "Complete" else 3600)},
                 spec={"entrypoint": " ".join(entrypoint), "submissionMode": "K8sJobMode",
+                      # KubeRay fails the step (DeadlineExceeded) once it has run this long, node launch included,
+                      # so `pulumi up`'s wait for Complete (same bound) ends too (trnctl/operators/kuberay.py).
+                      "activeDeadlineSeconds": s.deadline_seconds,
                       # The driver runs on the CPU head; driver and workers must agree on the backend.
                       "runtimeEnvYAML": f"env_vars:\n  TRN_BACKEND: {backend}\n",
                       "rayClusterSpec": cluster_spec,

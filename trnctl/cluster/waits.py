@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trnctl.cluster import ADVISORY, MANDATORY, Finding, Model, obj_id
+from trnctl.cluster import MANDATORY, Finding, Model, obj_id
 
 RULE = "waits"
 DEFAULT_TIMEOUT_SECONDS = 600  # await.go: `timeout := 10 * time.Minute`; deployment.go/job.go DefaultXTimeoutMins = 10
@@ -131,9 +131,9 @@ def check(model: Model) -> list[Finding]:
         need, why = needed_seconds(obj)
         terminal = aw.what == "Job Complete" or any(w in aw.what for w in TERMINAL_WORDS)
         if need is None and terminal:
-            # Under the 10-minute default the update surely fails; a timeout someone chose is advisory.
-            severity = MANDATORY if aw.timeout_seconds == DEFAULT_TIMEOUT_SECONDS else ADVISORY
-            findings.append(Finding(f"{RULE}/unbounded", severity, (obj_id(obj),),
+            # Whatever the timeout, a step that may run for ever under a bounded wait fails the update while it
+            # still legitimately runs, and nothing stops it: every stack sets a deadline, so this is mandatory.
+            findings.append(Finding(f"{RULE}/unbounded", MANDATORY, (obj_id(obj),),
                                     f"`pulumi up` waits for {aw.what} up to {aw.timeout_seconds}s ({aw.source}) but the step has "
                                     f"{why}; fix: set activeDeadlineSeconds, or annotate {SKIP_AWAIT}: 'true' when nothing "
                                     f"depends on its completion"))
