@@ -153,3 +153,20 @@ def test_ray_gang_fits_its_nodes_and_the_queue_covers_it_exactly(platform):
 def test_wait_annotations_bound_the_wait():
     assert common.wait_for("jsonpath={.status.jobStatus}=SUCCEEDED", 3600) == {
         "pulumi.com/waitFor": "jsonpath={.status.jobStatus}=SUCCEEDED", "pulumi.com/timeoutSeconds": "3600"}
+
+
+def test_workload_programs_take_the_await_rules_from_the_provider_module_not_the_validator():
+    """workloads/common.py sets its waits from trnctl/operators/pulumi_kubernetes.py; the validator
+    (trnctl.cluster) is never loaded by a workload program."""
+    import subprocess
+    import sys
+    code = ("import sys; from workloads import common; "
+            "common.job_await(60); common.rollout_await({'name': 'c'}); common.wait_for('condition=Ready', 60); "
+            "print(sorted(m for m in sys.modules if m.startswith('trnctl.cluster')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=str(common.REPO_ROOT))
+    assert out.stdout.strip() == "[]", out.stdout
+    from trnctl.operators import pulumi_kubernetes
+    assert common.job_await(60) == {pulumi_kubernetes.TIMEOUT_ANNOTATION: "60"}
+    assert common.rollout_await({"name": "c"}) == {
+        pulumi_kubernetes.TIMEOUT_ANNOTATION: str(pulumi_kubernetes.PROVISIONING_ALLOWANCE_SECONDS)}

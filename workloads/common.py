@@ -18,6 +18,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
+from trnctl.operators.pulumi_kubernetes import TIMEOUT_ANNOTATION, WAIT_FOR, rollout_budget_seconds
 from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
@@ -375,20 +376,18 @@ def json_config_map(name: str, *, namespace: str, data: dict, cfg: WorkloadStack
 def job_await(deadline_seconds: int) -> dict:
     """`pulumi up` awaits a batch/v1 Job until Complete, 10 minutes by default (pulumi-kubernetes
     provider/pkg/await/job.go): wait as long as the Job may run (its activeDeadlineSeconds), or
-    the update fails while the Job is still legitimately running (trnctl/cluster/waits.py)."""
-    from trnctl.cluster.waits import TIMEOUT_ANNOTATION
+    the update fails while the Job is still legitimately running (trnctl/operators/pulumi_kubernetes.py)."""
     return {TIMEOUT_ANNOTATION: str(deadline_seconds)}
 
 
 def rollout_await(*containers: dict) -> dict:
     """`pulumi up` awaits a Deployment's rollout, 10 minutes by default (pulumi-kubernetes
     provider/pkg/await/deployment.go): wait for node launch, image pull and the containers' startup
-    probe budget (trnctl/cluster/waits.py rollout_budget_seconds)."""
-    from trnctl.cluster.waits import TIMEOUT_ANNOTATION, rollout_budget_seconds
+    probe budget (trnctl/operators/pulumi_kubernetes.py rollout_budget_seconds)."""
     return {TIMEOUT_ANNOTATION: str(rollout_budget_seconds({"containers": list(containers)}))}
 
 
 def wait_for(condition: str, timeout_seconds: int) -> dict:
     """Annotations that make `pulumi up` wait for a custom resource (MPIJob, RayJob) to reach
     `condition` before creating what depends on it (pulumi-kubernetes >= 4.18)."""
-    return {"pulumi.com/waitFor": condition, "pulumi.com/timeoutSeconds": str(timeout_seconds)}
+    return {WAIT_FOR: condition, TIMEOUT_ANNOTATION: str(timeout_seconds)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from trnctl.operators.kubernetes import pod_requests, tolerates
+from trnctl.operators.kubernetes import match_expression, pod_requests, tolerates
 
 # Karpenter marks a Capacity Block "expiring" 40 minutes before its end, whatever the instance type,
 # stops launching into it and deletes the NodeClaims launched into it (drain, then terminate).
@@ -188,7 +188,6 @@ class Pool:
         return True
 
     def _requirement_possible(self, expr: dict, labels: dict) -> bool:
-        from trnctl.cluster import match_expression
         if expr["key"] in labels:
             return match_expression(expr, labels)
         allowed = self.values(expr["key"])

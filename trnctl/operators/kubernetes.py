@@ -644,3 +644,25 @@ def _tolerates(tol: dict, taint: dict) -> bool:
     if tol["key"] != taint.get("key"):
         return False
     return tol.get("operator", "Equal") == "Exists" or str(tol.get("value", "")) == str(taint.get("value", ""))
+
+
+def match_expression(expr: dict, labels: dict[str, str]) -> bool:
+    """One selector requirement; also the node-selector operators Gt and Lt
+    (kubernetes/kubernetes pkg/apis/core/v1/helper NodeSelectorRequirementsAsSelector)."""
+    key, op, values = expr["key"], expr["operator"], [str(v) for v in expr.get("values") or []]
+    present = key in labels
+    if op == "In":
+        return present and labels[key] in values
+    if op == "NotIn":
+        return not present or labels[key] not in values
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt") and present:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return have > want if op == "Gt" else have < want
+    return False
