@@ -57,7 +57,7 @@ def test_training_pods_fill_the_node_karpenter_launches_exactly(today):
                if o["kind"] == "MPIJob" and o["metadata"]["name"] == "nemo-pretrain-usw2-train")
     requests = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"]["requests"]
     assert requests["memory"] == f"{outputs['schedulableMemoryMiBPerNode']}Mi"
-    assert requests["cpu"] == f"{outputs['schedulableMilliCpuPerNode']}m"
+    assert requests["cpu"] == str(outputs["schedulableMilliCpuPerNode"] // 1000)  # whole cores (workloads/common.py node_share)
 
 
 @pytest.mark.parametrize("key,extra", [("memory", 2**20), ("cpu", 0.001)])

@@ -139,14 +139,14 @@ def test_ray_gang_fits_its_nodes_and_the_queue_covers_it_exactly(platform):
     pool = platform.pool("trn1-efa", key="k")
     worker = worker_resources(pool)["requests"]
     # exactly what Karpenter's first trn1.32xlarge offers after kube-reserved, VM overhead and the DaemonSets
-    assert worker["cpu"] == f"{pool.schedulable_millicpu_per_node}m" and pool.schedulable_millicpu_per_node < 128000
+    assert worker["cpu"] == str(pool.schedulable_millicpu_per_node // 1000) == "127"
     assert worker["memory"] == f"{pool.schedulable_memory_mib_per_node}Mi"
     assert pool.schedulable_memory_mib_per_node < 512 * 1024 * (1 - 0.075)
     assert worker["aws.amazon.com/neuron"] == "16" and worker["vpc.amazonaws.com/efa"] == "8"
     gang = gang_resources(pool, workers=4)
     assert gang["aws.amazon.com/neuron"] == "64" and gang["vpc.amazonaws.com/efa"] == "32"
     # the head's requests plus four workers', to the millicore and the MiB
-    assert gang["cpu"] == f"{4000 + 4 * pool.schedulable_millicpu_per_node}m"
+    assert gang["cpu"] == str(4 + 4 * 127)
     assert gang["memory"] == f"{16 * 1024 + 4 * pool.schedulable_memory_mib_per_node}Mi"
 
 

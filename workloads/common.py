@@ -116,9 +116,12 @@ def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str
 def node_share(pool: PoolScheduling, share: float = 1.0) -> tuple[str, str]:
     """(cpu, memory) requests of `share` of what a workload pod may request on one node of `pool`
     (the platform's schedulable*PerNode outputs: Karpenter's pre-launch allocatable minus DaemonSets),
-    rounded down, so a pod sized from it fits the first node Karpenter launches of that type."""
-    return (f"{int(pool.schedulable_millicpu_per_node * share)}m",
-            f"{int(pool.schedulable_memory_mib_per_node * share)}Mi")
+    rounded down, so a pod sized from it fits the first node Karpenter launches of that type. CPU in
+    whole cores from one core up: KubeRay rounds the CPU quantity up for Ray's --num-cpus
+    (trnctl/operators/kuberay.py), which must not exceed the pod's CPU quota."""
+    millicpu = int(pool.schedulable_millicpu_per_node * share)
+    cpu = str(millicpu // 1000) if millicpu >= 1000 else f"{millicpu}m"
+    return cpu, f"{int(pool.schedulable_memory_mib_per_node * share)}Mi"
 
 
 def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str | None = None,

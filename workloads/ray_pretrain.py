@@ -91,9 +91,9 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> R
 
 def gang_resources(pool: PoolScheduling, workers: int) -> dict:
     """Requests of the whole gang (head + workers): the Queue's capability is exactly this."""
-    cpu = HEAD_CPU * 1000 + workers * pool.schedulable_millicpu_per_node
+    cpu = HEAD_CPU + workers * (pool.schedulable_millicpu_per_node // 1000)  # node_share: whole cores
     memory = HEAD_MEMORY_GIB * 1024 + workers * pool.schedulable_memory_mib_per_node
-    out = {"cpu": f"{cpu}m", "memory": f"{memory}Mi", "aws.amazon.com/neuron": str(workers * pool.neuron_devices_per_node)}
+    out = {"cpu": str(cpu), "memory": f"{memory}Mi", "aws.amazon.com/neuron": str(workers * pool.neuron_devices_per_node)}
     if pool.efa_per_node:
         out["vpc.amazonaws.com/efa"] = str(workers * pool.efa_per_node)
     return out
