@@ -603,6 +603,15 @@ def config_objects(obj: dict, ctx) -> list[dict]:
     return []
 
 
+# RayJob spec.activeDeadlineSeconds (ray-project/kuberay@v1.7.0 ray-operator/apis/ray/v1/rayjob_types.go, *int32;
+# utils/validation.go ValidateRayJobSpec: must be positive): counted from status.startTime, which KubeRay sets when
+# it initializes the RayJob, before it creates the RayCluster (rayjob_controller.go initRayJobStatusIfNeed), so
+# node launch and image pulls count; once passed, in Initializing or Running, KubeRay sets jobDeploymentStatus
+# Failed with reason DeadlineExceeded (checkActiveDeadlineAndUpdateStatusIfNeeded) and, with
+# shutdownAfterJobFinishes, deletes the cluster.
+RAYJOB_DEADLINE_MAX = 2**31 - 1
+
+
 def admission_problems(obj: dict, ctx) -> list[str]:
     """What KubeRay v1.7.0 refuses or never acts on, one message per problem."""
     problems: list[str] = []
@@ -616,6 +625,11 @@ def admission_problems(obj: dict, ctx) -> list[str]:
         if not spec.get("rayClusterSpec") and not selector:
             problems.append(f"{what}: one of rayClusterSpec or clusterSelector must be set "
                             f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec)")
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline is not None and not (isinstance(deadline, int) and 0 < deadline <= RAYJOB_DEADLINE_MAX):
+            problems.append(f"{what}: activeDeadlineSeconds {deadline!r} must be a positive int32 "
+                            f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec; ray-operator/apis/ray/v1/"
+                            f"rayjob_types.go ActiveDeadlineSeconds *int32)")
         if selector and spec.get("submissionMode") == "SidecarMode":
             problems.append(f"{what}: clusterSelector is not supported in SidecarMode "
                             f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec)")
