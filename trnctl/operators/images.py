@@ -37,6 +37,7 @@ class ImageConfig:
     # libcontainer/init_linux.go setupUser; "/" for a uid without an entry)
     user_name: str = ""
     home: str = "/"
+    account_uid: int | None = None  # that account's uid (and group id); None = the USER's
     env: tuple[tuple[str, str], ...] = ()
     # image path -> repository path, for each `COPY <repo code> <image path>` of our Dockerfiles
     code: tuple[tuple[str, str], ...] = ()
@@ -44,6 +45,11 @@ class ImageConfig:
 
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
+
+    def account(self) -> tuple[str, int, str] | None:
+        """(name, uid = gid, home) of the image's own account, if it has one."""
+        uid = self.account_uid if self.account_uid is not None else self.uid_gid()[0]
+        return (self.user_name, uid, self.home) if self.user_name and uid is not None else None
 
     def uid_gid(self) -> tuple[int | None, int | None]:
         """USER as numbers. A uid without a group takes its primary group from the image's /etc/passwd;
@@ -59,9 +65,12 @@ class ImageConfig:
 # Upstream images, from their Dockerfiles at the pinned tag.
 UPSTREAM: dict[str, ImageConfig] = {
     # vllm/inference/0.9.1/Dockerfile.neuronx: stage prod/repo `WORKDIR /opt/vllm` (the vLLM fork checkout,
-    # installed with `pip install -e .`), final stage ENTRYPOINT/CMD, no USER (root).
+    # installed with `pip install -e .`), final stage ENTRYPOINT/CMD, no USER (root). Base stage
+    # `useradd -m model-server` on ubuntu:22.04 (which has no uid-1000 user): model-server is uid 1000 with
+    # home /home/model-server, so a pod with runAsUser 1000 gets HOME=/home/model-server.
     "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx": ImageConfig(
         entrypoint=("python", "/usr/local/bin/vllm_entrypoint.py"), cmd=("/bin/bash",), workdir="/opt/vllm",
+        user_name="model-server", home="/home/model-server", account_uid=1000,
         env=(("LANG", "C.UTF-8"), ("VLLM_TARGET_DEVICE", "neuron")),
         source=f"{DLC_SOURCE}:vllm/inference/0.9.1/Dockerfile.neuronx"),
     # pytorch/training/2.8.0/Dockerfile.neuronx: WORKDIR /, final ENTRYPOINT/CMD, no USER.

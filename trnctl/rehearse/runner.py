@@ -136,11 +136,19 @@ class Rehearsal:
         self.forwarders: list = []
         self.s3_server = None
         self.s3_endpoint: str | None = None
+        self.prometheus = None
+        self.all_pods: list[dict] = []
         self._closed = False
         _LIVE.add(self)
         objects = stack.all_objects()
         self.objects = objects
-        self.pods_by_step = [operators.all_pods(step, stack.ctx) for step in stack.steps]
+        try:
+            self.pods_by_step = [operators.all_pods(step, stack.ctx) for step in stack.steps]
+        except ModuleNotFoundError as exc:
+            self.close()
+            kinds = sorted({operators.describe(o) for step in stack.steps for o in step
+                            if operators.CONTROLLERS.get(operators.key_of(o)) == exc.name})
+            raise RehearsalError(f"{', '.join(kinds)}: no operator module {exc.name} to run its pods") from None
         self.all_pods = [p for step in self.pods_by_step for p in step]
         self.services = operators.all_services(objects, stack.ctx)
         self.config_objects = operators.all_config_objects(objects, stack.ctx)
@@ -172,6 +180,8 @@ class Rehearsal:
         if self.s3_server is not None:
             with contextlib.suppress(Exception):
                 self.s3_server.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
         shutil.rmtree(self.memory, ignore_errors=True)
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -221,6 +231,29 @@ class Rehearsal:
 
     def service_address(self, namespace: str, name: str) -> str:
         return self.addresses.service(namespace, name)
+
+    def url_in_cluster(self, url: str) -> str:
+        """A cluster URL (http://<service>.<ns>.svc[.cluster.local]:<port>/...) with the host replaced by the
+        rehearsal's address for that Service (how a controller such as KEDA reaches it)."""
+        from urllib.parse import urlsplit, urlunsplit
+        parts = urlsplit(url)
+        labels = parts.hostname.split(".")
+        if len(labels) >= 2:
+            host = self.addresses.service(labels[1], labels[0])
+            return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+        return url
+
+    def monitors(self) -> list[dict]:
+        return [o for o in self.objects if o.get("apiVersion") == "monitoring.coreos.com/v1"]
+
+    def start_prometheus(self, namespace: str = "monitoring", service: str = "kps-prometheus"):
+        """The platform's Prometheus (its Service address) scraping what its PodMonitors select here."""
+        from trnctl.rehearse.prometheus import Prometheus
+        if self.prometheus is None or self.prometheus.proc is None or self.prometheus.proc.poll() is not None:
+            address = self.addresses.service(namespace, service)
+            self.prometheus = Prometheus(self.work / "prometheus", address, self.monitors(), self.all_pods,
+                                         self.addresses.pod).start()
+        return self.prometheus
 
     def _refresh_hosts(self) -> None:
         names = self.cluster_names()

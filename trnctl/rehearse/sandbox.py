@@ -100,10 +100,11 @@ def passwd_lines(proc: ContainerProcess) -> tuple[str, str]:
     img = proc.image
     passwd = ["root:x:0:0:root:/root:/bin/bash", "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin"]
     group = ["root:x:0:", "nogroup:x:65534:"]
-    uid, gid = img.uid_gid()
-    if img.user_name and uid is not None:
-        passwd.append(f"{img.user_name}:x:{uid}:{gid}::{img.home}:/bin/bash")
-        group.append(f"{img.user_name}:x:{gid}:")
+    account = img.account()
+    if account:
+        name, uid, home = account
+        passwd.append(f"{name}:x:{uid}:{uid}::{home}:/bin/bash")
+        group.append(f"{name}:x:{uid}:")
     return "\n".join(passwd) + "\n", "\n".join(group) + "\n"
 
 
@@ -139,7 +140,9 @@ def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: 
             os.chmod(script, 0o755)
         stand_in_bin = [f"{STAND_IN_DIR}/bin"]
     env.setdefault("PATH", ":".join([*stand_in_bin, f"{venv}/bin", DEFAULT_PATH]))
-    env.setdefault("HOME", proc.image.home if proc.uid == proc.image.uid_gid()[0] else "/")
+    account = proc.image.account()
+    home = account[2] if account and account[1] == proc.uid else "/"
+    env.setdefault("HOME", home)
     env.setdefault("HOSTNAME", proc.hostname)  # the runtime sets it (containerd pkg/cri: WithEnv HOSTNAME)
 
     argv = ["bwrap", "--unshare-user", "--uid", str(proc.uid), "--gid", str(proc.gid),
@@ -154,22 +157,33 @@ def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: 
             argv += ["--symlink", os.readlink(p), f"/{link}"]
         elif p.exists():
             argv += ["--ro-bind", str(p), f"/{link}"]
-    argv += ["--ro-bind", "/etc", "/etc", "--ro-bind", str(hosts), "/etc/hosts",
-             "--ro-bind", str(cdir / "etc" / "passwd"), "/etc/passwd",
-             "--ro-bind", str(cdir / "etc" / "group"), "/etc/group",
-             "--ro-bind", str(cdir / "etc" / "hostname"), "/etc/hostname",
-             "--proc", "/proc", "--dev", "/dev",
+    # /etc: this machine's entries one by one on a tmpfs, so the pod's own files and the mount points of
+    # its volumes (/etc/run, /etc/mpi, ...) can be placed; remounted read-only at the end, as is /.
+    own = {"hosts": hosts, "passwd": cdir / "etc" / "passwd", "group": cdir / "etc" / "group",
+           "hostname": cdir / "etc" / "hostname"}
+    argv += ["--tmpfs", "/etc"]
+    for entry in sorted(os.listdir("/etc")):
+        if entry in own:
+            continue
+        path = Path("/etc") / entry
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), str(path)]
+        elif path.exists():
+            argv += ["--ro-bind", str(path), str(path)]
+    for entry, source in own.items():
+        argv += ["--ro-bind", str(source), f"/etc/{entry}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",  # runc mounts sysfs read-only
              "--ro-bind", str(_python_home(venv)), str(_python_home(venv)),
              "--ro-bind", str(venv), str(venv),
              "--bind", str(cdir / "tmp"), "/tmp"]
-    if proc.image.home not in ("/", "/tmp"):
-        argv += ["--bind", str(cdir / "home"), proc.image.home]
+    if proc.image.home not in ("/", "/tmp"):  # the account's home: owned by it in the image
+        argv += ["--bind" if home == proc.image.home else "--ro-bind", str(cdir / "home"), proc.image.home]
     if commands:
         argv += ["--ro-bind", str(cdir / "bin"), f"{STAND_IN_DIR}/bin",
                  "--ro-bind", str(root / "images" / "trn_workloads"), f"{STAND_IN_DIR}/trn_workloads"]
     for image_path, repo_path in proc.image.code:
         argv += ["--ro-bind", str(root / repo_path), image_path]
-    writable = [proc.image.home, "/tmp"]
+    writable = [w for w in (proc.image.home, "/tmp") if w != "/"]
     if not any(proc.workdir == w or proc.workdir.startswith(w.rstrip("/") + "/") for w in writable) \
             and not any(proc.workdir == m.path or proc.workdir.startswith(m.path.rstrip("/") + "/") for m in proc.mounts):
         argv += ["--ro-bind", str(cdir / "workdir"), proc.workdir]
@@ -186,5 +200,5 @@ def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: 
             host = host / mount.sub_path
             host.mkdir(parents=True, exist_ok=True)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(host), mount.path]
-    argv += ["--chdir", posixpath.normpath(proc.workdir), "--"]
+    argv += ["--remount-ro", "/etc", "--remount-ro", "/", "--chdir", posixpath.normpath(proc.workdir), "--"]
     return argv + list(proc.argv)
