@@ -41,15 +41,15 @@ def with_cluster_change(stack, change):
     return out, job
 
 
-def run_cluster(stack):
+def run_cluster(stack, job):
     with RayRehearsal(stack, step_timeout=150, s3=False) as r:
-        return r.run_step(data_step(stack))
+        return r.run_cluster(job, data_step(stack))
 
 
 def test_workers_join_the_head_with_kuberay_commands(stack):
     broken, job = with_cluster_change(stack, lambda spec: None)
     with RayRehearsal(broken, step_timeout=150, s3=False) as r:
-        results = r.run_step(data_step(stack))
+        results = r.run_cluster(job, data_step(stack))
         head = next(p for p in results if "-head-" in p.name)
         port = job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["port"]
         # asked inside the head pod, through the address workers use (the head Service's cluster DNS name)
@@ -73,7 +73,7 @@ def test_unquoted_resources_crash_every_worker(stack):
         spec["workerGroupSpecs"][0]["rayStartParams"]["resources"] = json.dumps({"neuron_cores": 32})
 
     broken, job = with_cluster_change(stack, unquote)
-    results = run_cluster(broken)
+    results = run_cluster(broken, job)
     workers = [p for p in results if "-worker-" in p.name]
     assert len(workers) == 2
     for p in workers:
