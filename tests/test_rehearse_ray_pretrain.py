@@ -87,21 +87,28 @@ def test_precompile_rayjob_on_the_cpu_path(stack, shared, data_done):
     assert "precompile: nothing to compile on the cpu backend" in log, log
 
 
-def checkpoints(shared: Path, run: dict) -> list[Path]:
-    root = on_pvc(shared, run["run_dir"]) / run["run_name"]
-    return sorted(p.parent for p in root.glob("step-*/meta.json"))
+def registered_step(shared: Path, run: dict) -> int | None:
+    """The step of the newest checkpoint Ray Train has registered in its run's snapshot on the shared volume, which
+    is what a new run with the same name resumes from (a checkpoint directory alone is not).
+    source: ray-project/ray@ray-2.51.1:python/ray/train/v2/_internal/execution/checkpoint/checkpoint_manager.py
+    (_write_state_to_storage, _maybe_load_state_from_storage: checkpoint_manager_snapshot.json)"""
+    snapshot = on_pvc(shared, run["run_dir"]) / run["run_name"] / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return latest["metrics"]["step"] if latest else None
 
 
 def test_train_stopped_and_resubmitted_resumes_from_its_checkpoint(stack, shared, data_done):
     index, job = job_step(stack, "train")
     run = run_json(stack)
     with RayRehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
-        first = r.run_rayjob(job, index, until=lambda: bool(checkpoints(shared, run)))
+        first = r.run_rayjob(job, index, until=lambda: registered_step(shared, run) is not None)
         assert all(not p.problem for p in first), report(first)
         r.stop_rayjob(job)  # the RayJob deleted: KubeRay deletes its cluster and submitter
-        saved = checkpoints(shared, run)
-        assert saved, report(first)
-        saved_step = json.loads((saved[-1] / "meta.json").read_text())["step"]
+        saved_step = registered_step(shared, run)
+        assert saved_step is not None and saved_step < run["steps"], report(first)
         second = r.run_rayjob(job, index)
         submitter = next(p for p in second if "-head-" not in p.name and "-worker-" not in p.name)
         log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text()

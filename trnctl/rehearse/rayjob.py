@@ -162,7 +162,15 @@ class RayRehearsal(Rehearsal):
             for pod in workers:
                 self._start(_owned(pod, job), results, deadline)
             started = time.monotonic()
-            self._await(workers, results, deadline, lambda pod: time.monotonic() - started > WORKER_SETTLE)
+            dashboard = (gcs[0], kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+
+            def joined(pod: dict) -> bool:
+                alive = _alive_node_addresses(*dashboard)
+                if alive is None:  # no dashboard: the worker's `ray start --block` kept running long enough
+                    return time.monotonic() - started > WORKER_SETTLE
+                return self.addresses.pod(pod["metadata"]["name"]) in alive
+
+            self._await(workers, results, deadline, joined)
         return list(results.values())
 
     def _submit(self, job: dict, index: int, until) -> list[PodResult]:
@@ -254,6 +262,18 @@ class RayRehearsal(Rehearsal):
 def _owned(pod: dict, job: dict) -> dict:
     pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = operators.describe(job)
     return pod
+
+
+def _alive_node_addresses(address: str, port: int) -> set[str] | None:
+    """Node IPs the head's GCS knows ALIVE, from the dashboard's state API (None while it does not answer).
+    source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/state/state_head.py (GET /api/v0/nodes)"""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/api/v0/nodes", timeout=5) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    nodes = (((body.get("data") or {}).get("result") or {}).get("result")) or []
+    return {n.get("node_ip") for n in nodes if n.get("state") == "ALIVE"}
 
 
 def _job_status(address: str, port: int, job_id: str) -> dict:
