@@ -97,3 +97,17 @@ class NetworkNamespace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def isolation(enabled: bool = True) -> contextlib.ExitStack:
+    """An ExitStack holding a new namespace entered by the calling thread (empty when not enabled): what a
+    rehearsal opens before it starts anything and closes last."""
+    stack = contextlib.ExitStack()
+    if enabled:
+        try:
+            namespace = stack.enter_context(NetworkNamespace())
+            stack.enter_context(namespace.entered())
+        except BaseException:
+            stack.close()
+            raise
+    return stack

@@ -23,7 +23,6 @@ its own network namespace (trnctl/rehearse/netns.py) so nothing a pod binds is r
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
@@ -111,10 +110,7 @@ class RayRehearsal(Rehearsal):
     """Runs inside its own network namespace (netns.py) from construction to close(), unless isolated=False."""
 
     def __init__(self, *args, isolated: bool = True, **kwargs) -> None:
-        self._isolation = contextlib.ExitStack()
-        if isolated:
-            namespace = self._isolation.enter_context(netns.NetworkNamespace())
-            self._isolation.enter_context(namespace.entered())
+        self._isolation = netns.isolation(isolated)
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
