@@ -89,3 +89,17 @@ def test_torchrun_reading_an_env_var_the_plugin_does_not_set_fails_naming_pod_an
     failed = [p for p in results if p.problem]
     assert failed and all(p.step == index and p.name.startswith(job["metadata"]["name"]) for p in failed), report(results)
     assert any("$(NODE_RANK)" in p.log_tail for p in failed), report(results)
+
+
+def test_pytorch_plugin_without_its_master_task_makes_no_pods_and_says_why(stack, shared):
+    """The pytorch plugin told a master task the Job does not have: Volcano gives no pod MASTER_ADDR/RANK/WORLD_SIZE;
+    the rehearsal starts nothing and names the Job, the step and the upstream rule."""
+    broken = copy.copy(stack)
+    broken.steps = copy.deepcopy(stack.steps)
+    index, job = train_job(broken)
+    job["spec"]["plugins"]["pytorch"] = [a.replace("--master=master", "--master=launcher") for a in job["spec"]["plugins"]["pytorch"]]
+    with VolcanoRehearsal(broken, shared_dir=shared, step_timeout=30, s3=False) as r:
+        [result] = r.run_job(job, index)
+        assert r.containers == []
+    assert result.step == index and f"Job.batch.volcano.sh {job['metadata']['namespace']}/{job['metadata']['name']}" in result.problem
+    assert "master task 'launcher' does not exist" in result.problem and "pytorch.go" in result.problem

@@ -130,11 +130,29 @@ class VolcanoRehearsal(Rehearsal):
         with titan_image_over_empty_base():
             return super()._start_container(pod, container, dirs, hosts)
 
+    def run_step(self, index: int) -> list[PodResult]:
+        jobs = [o for o in self.stack.steps[index] if operators.key_of(o) in volcano.KINDS]
+        if not jobs:
+            return super().run_step(index)
+        rest = [o for o in self.stack.steps[index] if o not in jobs]
+        results = [r for job in jobs for r in self.run_job(job, index)]
+        if rest:  # the step's other objects (Services, ...) as the runner runs them
+            saved, self.stack.steps[index] = self.stack.steps[index], rest
+            try:
+                results += super().run_step(index)
+            finally:
+                self.stack.steps[index] = saved
+        return results
+
     def run_job(self, job: dict, index: int, *, until=None) -> list[PodResult]:
         """Every pod of the Job at once (the gang), then to completion (every container exited 0), to the first
-        failure (named per pod), or until `until()` is true while they run (then left running)."""
-        pods = volcano.pods(job, self.stack.ctx)
+        failure (named per pod), or until `until()` is true while they run (then left running). A Job Volcano
+        refuses (or whose plugins do nothing) makes no pods: one result named after the Job says why."""
         owner = operators.describe(job)
+        refused = volcano.admission_problems(job, self.stack.ctx, self.objects)
+        if refused:
+            return [PodResult(f"(no pods of {owner})", index, owner, problem="; ".join(refused))]
+        pods = volcano.pods(job, self.stack.ctx)
         deadline = time.monotonic() + self.step_timeout
         results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
         for pod in pods:
