@@ -51,3 +51,22 @@ def test_the_namespace_has_only_lo_and_goes_away_with_its_holder():
     assert "UP" in links.split("<", 1)[1].split(">", 1)[0]
     time.sleep(0.1)
     assert holder.poll() is not None
+
+
+def test_the_holder_ends_when_the_process_that_made_it_dies():
+    code = ("from trnctl.rehearse.netns import NetworkNamespace; import os; ns = NetworkNamespace(); "
+            "print(ns.holder.pid, flush=True); os._exit(0)")  # no close(): as if killed
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    pid = int(out.stdout.split()[0])
+    end = time.monotonic() + 5
+    while time.monotonic() < end and alive(pid):
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -2,7 +2,8 @@
 bind 0.0.0.0 whatever they are told) is reachable from outside this machine's loopback, and two rehearsals on one
 machine never meet on a port.
 
-- The namespace is held by an `unshare --net` process (util-linux unshare(1)); `ip link set lo up` in it
+- The namespace is held by an `unshare --net` process (util-linux unshare(1)) that lives as long as a pipe
+  from this process is open (so it never outlives us, even on SIGKILL); `ip link set lo up` in it
   (iproute2) makes 127.0.0.0/8 local there (the kernel gives a new namespace's lo 127.0.0.1/8, down).
 - `entered()` moves the calling thread into it with setns(2) (CLONE_NEWNET) and back on exit. A network namespace
   belongs to a thread: every process the thread starts from then on (bwrap, so every pod's processes) and every
@@ -44,8 +45,9 @@ class NetworkNamespace:
         for tool in ("unshare", "nsenter", "ip"):
             if not shutil.which(tool):
                 raise NamespaceError(f"{tool} not found (Debian packages util-linux, iproute2)")
-        self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"], start_new_session=True,
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The holder waits for EOF on its stdin, a pipe from this process: it ends when we close it or die.
+        self.holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "read _"], start_new_session=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.path = f"/proc/{self.holder.pid}/ns/net"
         outside = os.readlink("/proc/self/ns/net")
         end = time.monotonic() + timeout
@@ -82,6 +84,11 @@ class NetworkNamespace:
             os.close(back)
 
     def close(self) -> None:
+        if self.holder.stdin:
+            with contextlib.suppress(OSError):
+                self.holder.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.holder.wait(timeout=5)
         if self.holder.poll() is None:
             self.holder.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
