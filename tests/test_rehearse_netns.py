@@ -33,6 +33,9 @@ def test_a_pod_binding_every_interface_is_reachable_only_inside_the_namespace():
             with ns.entered():
                 inside = [connects(a, port) for a in ("127.0.0.1", "127.0.10.7")]
             outside = [connects(a, port) for a in ("127.0.0.1", "127.0.10.7")]
+            with ns.entered():  # this machine's namespace asked from inside the rehearsal's
+                probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+                from_inside_out = subprocess.run(ns.outside_argv([sys.executable, "-c", probe]), capture_output=True)
             # the port is free in this machine's namespace: something here can bind it while the pod holds it there
             with socket.socket() as s:
                 s.bind(("127.0.0.1", port))
@@ -41,6 +44,7 @@ def test_a_pod_binding_every_interface_is_reachable_only_inside_the_namespace():
             server.wait(timeout=10)
     assert inside == [True, True]
     assert outside == [False, False]
+    assert from_inside_out.returncode != 0 and b"ConnectionRefused" in from_inside_out.stderr
 
 
 def test_the_namespace_has_only_lo_and_goes_away_with_its_holder():

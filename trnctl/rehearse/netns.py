@@ -46,10 +46,13 @@ class NetworkNamespace:
             if not shutil.which(tool):
                 raise NamespaceError(f"{tool} not found (Debian packages util-linux, iproute2)")
         # The holder waits for EOF on its stdin, a pipe from this process: it ends when we close it or die.
+        self._outside: int | None = None
         self.holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "read _"], start_new_session=True,
                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.path = f"/proc/{self.holder.pid}/ns/net"
-        outside = os.readlink("/proc/self/ns/net")
+        # the namespace the creating thread was in ("this machine's"), for commands run from outside
+        self._outside = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+        outside = os.readlink(f"/proc/self/fd/{self._outside}")
         end = time.monotonic() + timeout
         while True:  # unshare(1) has made the namespace once the holder's link differs from ours
             with contextlib.suppress(OSError):
@@ -68,6 +71,10 @@ class NetworkNamespace:
     def nsenter_argv(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net={self.path}", "--", *argv]
 
+    def outside_argv(self, argv: list[str]) -> list[str]:
+        """argv run in the namespace this one was made from (this machine's), from wherever it is started."""
+        return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{self._outside}", "--", *argv]
+
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """The calling thread (and what it starts from now on) inside the namespace, then back where it was."""
@@ -84,6 +91,9 @@ class NetworkNamespace:
             os.close(back)
 
     def close(self) -> None:
+        if self._outside is not None:
+            os.close(self._outside)
+            self._outside = None
         if self.holder.stdin:
             with contextlib.suppress(OSError):
                 self.holder.stdin.close()
@@ -106,10 +116,11 @@ class NetworkNamespace:
         self.close()
 
 
-def isolation(enabled: bool = True) -> contextlib.ExitStack:
-    """An ExitStack holding a new namespace entered by the calling thread (empty when not enabled): what a
-    rehearsal opens before it starts anything and closes last."""
+def isolation(enabled: bool = True) -> tuple[contextlib.ExitStack, NetworkNamespace | None]:
+    """(an ExitStack holding a new namespace entered by the calling thread, the namespace); (empty, None) when not
+    enabled: what a rehearsal opens before it starts anything and closes last."""
     stack = contextlib.ExitStack()
+    namespace = None
     if enabled:
         try:
             namespace = stack.enter_context(NetworkNamespace())
@@ -117,4 +128,4 @@ def isolation(enabled: bool = True) -> contextlib.ExitStack:
         except BaseException:
             stack.close()
             raise
-    return stack
+    return stack, namespace

@@ -110,7 +110,7 @@ class RayRehearsal(Rehearsal):
     """Runs inside its own network namespace (netns.py) from construction to close(), unless isolated=False."""
 
     def __init__(self, *args, isolated: bool = True, **kwargs) -> None:
-        self._isolation = netns.isolation(isolated)
+        self._isolation, self.namespace = netns.isolation(isolated)
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
