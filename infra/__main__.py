@@ -22,7 +22,7 @@ from infra.karpenter import NAMESPACE as karpenter_namespace  # noqa: E402
 from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
 from infra.monitoring import Monitoring, MonitoringArgs  # noqa: E402
 from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
-from infra.prices import load_prices  # noqa: E402
+from infra.prices import has_prices, load_prices  # noqa: E402
 from infra.registry import Registry, RegistryArgs  # noqa: E402
 from infra.storage import SharedStorage, SharedStorageArgs  # noqa: E402
 
@@ -67,10 +67,11 @@ addons = Addons("addons", AddonsArgs(
         neuron_limit=sum(int(lim.get("aws.amazon.com/neuron", 0)) for lim in accel_limits))))
 # -- observability: metrics, Neuron monitor, dashboards, alerts -----------------------------
 if cfg.monitoring.enabled:
-    prices = load_prices(cfg.region)
-    # Trn3 has no list price yet (no EC2 type either, infra/data/instance_types.json): the $/h
-    # rules and dashboard leave unpriced types out, and say so here.
-    unpriced = sorted({t for p in cfg.accelerator_pools for t in p.instance_types} - set(prices.ec2_per_hour))
+    # A region without list prices (infra/data/prices.json) gets no $/h recording rules; Trn3 has no
+    # list price yet (no EC2 type either, infra/data/instance_types.json): the $/h rules and dashboard
+    # leave unpriced types out, and say so here.
+    prices = load_prices(cfg.region) if has_prices(cfg.region) else None
+    unpriced = sorted({t for p in cfg.accelerator_pools for t in p.instance_types} - set(prices.ec2_per_hour)) if prices else []
     if unpriced:
         pulumi.log.warn(f"no on-demand price for {', '.join(unpriced)} in {cfg.region} (infra/data/prices.json): "
                         "the accelerator $/h rules and dashboard leave them out")
@@ -80,7 +81,7 @@ if cfg.monitoring.enabled:
         accelerator_pools=[p.name for p in cfg.accelerator_pools], fsx_file_system_id=storage.file_system.id,
         fsx_capacity_gib=cfg.fsx.storage_capacity_gib,
         accelerator_prices={t: prices.instance(t) for p in cfg.accelerator_pools for t in p.instance_types
-                            if t not in unpriced},
+                            if t not in unpriced} if prices else {},
         neuron_monitor_image=versions.neuron_monitor_image(), karpenter_namespace=karpenter_namespace,
         kuberay_namespace="kuberay-system", volcano_namespace="volcano-system", tags=tags))
     pulumi.export("monitoring", monitoring.outputs)

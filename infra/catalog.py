@@ -4,7 +4,8 @@
 logical NeuronCores, device memory, EFA interfaces, EC2 usage classes) and, per family,
 its Logical NeuronCore (LNC) settings.
 `offerings-snapshot.json` is a snapshot of DescribeInstanceTypeOfferings for the offline
-render only; live deployments and preflight ask EC2.
+render only (every region offering an accelerator family, generated from moto's recording by
+scripts/offerings_snapshot.py); live deployments and preflight ask EC2.
 """
 from __future__ import annotations
 
@@ -125,7 +126,12 @@ def cpu_instance_types() -> tuple[str, ...]:
 
 
 def family_regions(family: str) -> tuple[str, ...]:
-    return tuple(_instance_data()["families"][family]["regions"])
+    """Regions where EC2 offers a type of the family, from the offerings snapshot (one source:
+    scripts/offerings_snapshot.py); ("*",) for the CPU family, offered everywhere."""
+    if not _instance_data()["families"][family].get("accelerator"):
+        return ("*",)
+    types = instance_types_of(family)
+    return tuple(r for r in known_regions() if any(_offerings()[r]["offerings"].get(t) for t in types))
 
 
 def family_in_region(family: str, region: str) -> bool:

@@ -172,6 +172,7 @@ NAT_MODES = ("single", "per-az")
 IDENTITY_MODES = ("pod-identity", "irsa")
 ENVIRONMENTS = ("dev", "staging", "prod")
 ECR_DEFAULT = ("compile", "serve", "nemo", "ray-train", "finetune")
+OFFERINGS_FILE = "infra/data/offerings-snapshot.json"  # the offline offerings (scripts/offerings_snapshot.py)
 
 # FSx for Lustre: capacity steps and throughput tiers per deployment type (FSx user guide,
 # "Storage capacity" and "Throughput capacity").
@@ -235,8 +236,66 @@ def s3_path_problem(value: str) -> str | None:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformConfig:
-    """Turn the raw project config (keys without the project prefix) into a PlatformConfig."""
+@dataclass(frozen=True)
+class SiblingStack:
+    """What another stack file of the same project claims that must not collide with this one."""
+    file: str
+    cluster_name: str
+    region: str | None
+    vpc_cidr: str
+
+
+def sibling_stacks(project_dir: Path, stack: str) -> list[SiblingStack]:
+    """The other platform stack files next to `stack`, as much as a collision check needs (a
+    sibling that does not even read is its own render's problem, not this one's)."""
+    out = []
+    for other in stackfiles.stacks_in(project_dir):
+        if other == stack:
+            continue
+        try:
+            raw, region = raw_from_bag(read_stack_bag(project_dir, other))
+        except ConfigError:
+            continue
+        network = raw.get("network") if isinstance(raw.get("network"), dict) else {}
+        out.append(SiblingStack(f"Pulumi.{other}.yaml", str(raw.get("clusterName") or f"trn-{other}"), region,
+                                str(network.get("vpcCidr") or NetworkConfig.vpc_cidr)))
+    return out
+
+
+def _check_siblings(stack: str, cluster_name: str, region: str, vpc_cidr: str, siblings: list[SiblingStack],
+                    problems: list[str]) -> None:
+    """A copied stack file keeps the original's clusterName (IAM roles, the budget and the SQS queue
+    are named after it: IAM and Budgets names are account-wide, so a clash in any region fails) and
+    its VPC CIDR (overlapping VPCs in one region cannot be peered or share a transit gateway)."""
+    same_name = [s.file for s in siblings if s.cluster_name == cluster_name]
+    if same_name:
+        problems.append(f"clusterName: {cluster_name!r} is also the cluster name of {', '.join(same_name)}: its IAM "
+                        f"roles and budget would collide; set clusterName: trn-{stack} (or remove the key: that is the "
+                        f"default)")
+    try:
+        mine = ipaddress.ip_network(vpc_cidr)
+    except ValueError:
+        return  # reported by the network section
+    taken = []
+    for s in siblings:
+        try:
+            if s.region == region and ipaddress.ip_network(s.vpc_cidr).overlaps(mine):
+                taken.append(s)
+        except ValueError:
+            continue
+    if taken:
+        used = [ipaddress.ip_network(s.vpc_cidr) for s in siblings if s.region == region] + [mine]
+        free = next((c for c in (ipaddress.ip_network(f"10.{i}.0.0/16") for i in range(40, 256))
+                     if not any(c.overlaps(u) for u in used)), None)
+        problems.append(f"network.vpcCidr: {vpc_cidr} overlaps the VPC of "
+                        f"{', '.join(f'{s.file} ({s.vpc_cidr})' for s in taken)} in {region}; set network.vpcCidr "
+                        f"to a free range{f', e.g. {free}' if free else ''}")
+
+
+def parse(raw: dict[str, Any], *, stack: str, region: str | None,
+          siblings: list[SiblingStack] = ()) -> PlatformConfig:
+    """Turn the raw project config (keys without the project prefix) into a PlatformConfig;
+    `siblings` are the project's other stack files (load_stack_file passes them)."""
     problems: list[str] = []
     if not region:
         problems.append("aws:region: required key is missing; set it with `pulumi config set aws:region us-west-2`")
@@ -245,13 +304,7 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
 
     environment = root.get("environment", str, "dev", allowed=ENVIRONMENTS)
     cluster_name = root.get("clusterName", str, f"trn-{stack}", check=name_problem)
-    version_value = root.data.get("kubernetesVersion")
-    if isinstance(version_value, (int, float)) and not isinstance(version_value, bool):
-        # YAML reads an unquoted 1.30 as the number 1.3: a version is never a number.
-        problems.append(f"kubernetesVersion: {version_value!r} is a number in the stack file; quote it "
-                        f"(kubernetesVersion: \"{version_value}\"); allowed values: "
-                        f"{', '.join(versions.SUPPORTED_KUBERNETES_VERSIONS)}")
-        root.data = {**root.data, "kubernetesVersion": None}
+    # An unquoted kubernetesVersion: 1.30 (the number 1.3) is told to quote it as written (ConfigReader).
     k8s_version = root.get("kubernetesVersion", str, versions.SUPPORTED_KUBERNETES_VERSIONS[-1],
                            allowed=versions.SUPPORTED_KUBERNETES_VERSIONS)
     identity = root.get("identity", str, "pod-identity", allowed=IDENTITY_MODES)
@@ -259,7 +312,9 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     network = _parse_network(root.get("network", dict, {}), problems)
     endpoint = _parse_endpoint(root.get("endpoint", dict, {}), problems)
     system_nodes = _parse_system_nodes(root.get("systemNodes", dict, {}), problems)
-    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), region, problems)
+    # An unknown region is reported once (below); its pools are not also told their family is missing there.
+    known_region = region if region in catalog.known_regions() else ""
+    pools, pools_complete = _parse_pools(root.get("nodePools", list, None, required=True), known_region, problems)
     fsx = _parse_fsx(root.get("fsx", dict, {}), problems)
     ecr = root.str_list("ecrRepositories", ECR_DEFAULT)
     _check_ecr_names(ecr, cluster_name, problems)
@@ -269,14 +324,19 @@ def parse(raw: dict[str, Any], *, stack: str, region: str | None) -> PlatformCon
     monitoring = _parse_monitoring(root.get("monitoring", dict, {}), budget, region, problems)
     root.finish()
 
-    if region and region not in catalog.known_regions():
-        problems.append(f"aws:region: {region!r} has no offering data here; supported regions: {', '.join(catalog.known_regions())}")
+    if region and not known_region:
+        problems.append(f"aws:region: {region!r} has no offering data here: EC2 offers no trn1, trn1n, trn2 or inf2 type there "
+                        f"as recorded in {OFFERINGS_FILE}; supported regions: {', '.join(catalog.known_regions())}; "
+                        f"choose one of them, or, if EC2 offers Trainium/Inferentia there now, extend {OFFERINGS_FILE} "
+                        f"(scripts/offerings_snapshot.py regenerates it)")
     if pools_complete:
         _check_presets_fit(presets, pools, problems)
     _check_azs(network, region, pools, problems)
+    if siblings and cluster_name:
+        _check_siblings(stack, cluster_name, region, network.vpc_cidr, list(siblings), problems)
 
     if problems:
-        raise ConfigError(problems, f"config for stack {stack!r}")
+        raise ConfigError(problems, f"config for stack {stack!r} (Pulumi.{stack}.yaml)")
     return PlatformConfig(
         stack=stack, region=region, environment=environment, cluster_name=cluster_name,
         kubernetes_version=k8s_version, network=network, endpoint=endpoint, identity=identity,
@@ -372,18 +432,31 @@ def _parse_system_nodes(data: dict, problems: list[str]) -> SystemNodesConfig:
     return cfg
 
 
+def _family_of(instance_type: str) -> str | None:
+    return next((f for f in FAMILIES if instance_type in catalog.instance_types_of(f)), None)
+
+
 def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[list[NodePoolConfig], bool]:
     """The valid pools, and whether every configured pool is among them (checks across pools
     would report nonsense about a pool that was left out for its own errors)."""
     pools: list[NodePoolConfig] = []
     complete = True
+    missing_family: dict[str, list[str]] = {}  # family not offered in the region -> its pools (one message)
     for i, item in enumerate(items or []):
         r = ConfigReader(item, f"nodePools[{i}]", problems)
         name = r.get("name", str, f"pool-{i}", required=True, check=name_problem)
         family = r.get("family", str, "cpu", required=True, allowed=FAMILIES)
         allowed_types = catalog.instance_types_of(family)
-        # A family without instance types (trn3) is reported once, below, with the reason.
-        types = r.str_list("instanceTypes", (), allowed=allowed_types or None, required=True)
+        # A family without instance types (trn3) is reported once, below, with the reason; a type of
+        # another family is one mistake with two fixes, said in one message.
+        types = r.str_list("instanceTypes", (), required=True)
+        for j, t in enumerate(types):
+            if allowed_types and t not in allowed_types:
+                other = _family_of(t)
+                fix = f"; or set family: {other}" if other else ""
+                problems.append(f"nodePools[{i}].instanceTypes[{j}]: {t!r} is not allowed for family {family}"
+                                f"{f' (it is a type of family {other})' if other else ''}; allowed values: {', '.join(allowed_types)}{fix}")
+        types = tuple(t for t in types if not allowed_types or t in allowed_types)
         # None when missing or invalid (already reported): later checks must not echo a made-up 0.
         max_nodes = r.get("maxNodes", int, None, required=True,
                           check=lambda v: None if 1 <= v <= 64 else f"{v} is not allowed; must be 1 to 64")
@@ -410,7 +483,7 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
             complete = False
             continue
         if not types or max_nodes is None:
-            if not types and "instanceTypes" in (item if isinstance(item, dict) else {}):
+            if isinstance(item, dict) and item.get("instanceTypes") == []:  # not when its entries were refused above
                 problems.append(f"{where}.instanceTypes: must not be empty; allowed for {family}: {', '.join(allowed_types)}")
             complete = False
             continue
@@ -434,13 +507,20 @@ def _parse_pools(items: list | None, region: str, problems: list[str]) -> tuple[
         # A family EC2 gives no facts for (trn3) has no recorded regions: preflight's live
         # DescribeInstanceTypeOfferings decides, not this offline check.
         if region and not catalog.family_unverified(family) and not catalog.family_in_region(family, region):
-            problems.append(f"{where}.family: {family} is not offered in {region}; regions offering it: "
-                            f"{', '.join(catalog.family_regions(family))}")
+            missing_family.setdefault(family, []).append(f"nodePools[{i}] ({name})")
         pools.append(NodePoolConfig(
             name=name, family=family, instance_types=types, max_nodes=max_nodes, capacity_types=capacity,
             efa=efa, capacity_reservation_ids=reservations, capacity_block_ids=blocks, lnc=lnc,
             root_volume_gib=root_gib, consolidate_after=consolidate_after, disruption_budget_nodes=budget_nodes,
         ))
+    if missing_family:  # one mistake (the region), one message, however many pools and families it hits
+        where = [w for ws in missing_family.values() for w in ws]
+        offering = [f"{family} in {', '.join(catalog.family_regions(family))}" for family in missing_family]
+        every = [r for r in catalog.known_regions() if all(catalog.family_in_region(f, r) for f in missing_family)]
+        problems.append(f"{', '.join(where)}.family: {', '.join(missing_family)} not offered in {region} "
+                        f"({OFFERINGS_FILE}); offered: {'; '.join(offering)}; remove "
+                        f"{'this pool' if len(where) == 1 else 'these pools'} or set aws:region to one offering "
+                        f"{'it' if len(missing_family) == 1 else 'all of them'}: {', '.join(every) or 'none'}")
     names = [p.name for p in pools]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"nodePools: name {dup!r} is used more than once")
@@ -629,5 +709,6 @@ def from_pulumi(stack: str) -> PlatformConfig:
 
 
 def load_stack_file(project_dir: Path, stack: str) -> PlatformConfig:
+    """A stack file as the offline tools read it, compared with the other stack files next to it."""
     raw, region = raw_from_bag(read_stack_bag(project_dir, stack))
-    return parse(raw, stack=stack, region=region)
+    return parse(raw, stack=stack, region=region, siblings=sibling_stacks(project_dir, stack))

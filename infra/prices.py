@@ -66,6 +66,23 @@ def _price_data() -> dict[str, Any]:
     return json.loads(PRICES_FILE.read_text())
 
 
+def priced_regions() -> tuple[str, ...]:
+    return tuple(sorted(_price_data()["regions"]))
+
+
+def has_prices(region: str) -> bool:
+    """Whether infra/data/prices.json has list prices for the region. The offerings snapshot
+    covers every region with Trainium/Inferentia; prices only some: a region without them
+    renders with its cost estimate marked "no price data" (no_price_data()) and no $/h rules."""
+    return region in _price_data()["regions"]
+
+
+def no_price_data(region: str) -> str:
+    """The one line a cost estimate prints for a region the price file does not cover."""
+    return (f"no price data for {region}: {PRICES_FILE.relative_to(PRICES_FILE.parents[2])} prices "
+            f"{', '.join(priced_regions())}; add a {region!r} entry there (sources in its _source) to get an estimate")
+
+
 def load_prices(region: str) -> Prices:
     data = _price_data()
     if region not in data["regions"]:

@@ -54,6 +54,16 @@ def stacks_in(project_dir: Path) -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in Path(project_dir).glob("Pulumi.*.yaml"))
 
 
+def stack_argument(value: str) -> tuple[str, Path | None]:
+    """A stack as a user names it on the command line: a name (`dev-usw2`) or the stack file's
+    path (`Pulumi.dev-usw2.yaml`, `workloads/Pulumi.compile-usw2.yaml`, what tab completion
+    gives). Returns the stack name and, for a path, the project directory holding it."""
+    path = Path(value)
+    if path.name.startswith("Pulumi.") and path.name.endswith((".yaml", ".yml")):
+        return path.name[len("Pulumi."):].rsplit(".", 1)[0], path.parent
+    return value, None
+
+
 def read_stack_bag(project_dir: Path, stack: str) -> dict[str, Any]:
     """The flat config bag of `Pulumi.<stack>.yaml` (values as YAML gives them).
 

@@ -3,6 +3,7 @@ config with: one mapping at a time, every problem recorded (key, what is wrong, 
 allowed values) and raised together as one `ConfigError` before any resource exists."""
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 
@@ -27,6 +28,7 @@ class ConfigReader:
             data = {}
         self.data = data
         self.used: set[str] = set()
+        self.missing: dict[str, str] = {}  # required key -> its "missing" problem (a typo in finish() replaces it)
 
     def key(self, k: str) -> str:
         return f"{self.where}.{k}" if self.where else k
@@ -36,7 +38,8 @@ class ConfigReader:
         self.used.add(k)
         if k not in self.data or self.data[k] is None:
             if required:
-                self.problems.append(f"{self.key(k)}: required key is missing")
+                self.missing[k] = f"{self.key(k)}: required key is missing"
+                self.problems.append(self.missing[k])
             return default
         value = self.data[k]
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -47,7 +50,8 @@ class ConfigReader:
             ok = isinstance(value, typ)
         if not ok:
             want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            self.problems.append(f"{self.key(k)}: expected {want}, got {type(value).__name__} {value!r}")
+            self.problems.append(f"{self.key(k)}: expected {want}, got {type(value).__name__} {value!r}"
+                                 + _yaml_hint(k, value, typ, allowed))
             return default
         if allowed is not None and value not in allowed:
             self.problems.append(f"{self.key(k)}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
@@ -67,7 +71,7 @@ class ConfigReader:
         out = []
         for i, item in enumerate(items):
             if not isinstance(item, str):
-                self.problems.append(f"{self.key(k)}[{i}]: expected str, got {item!r}")
+                self.problems.append(f"{self.key(k)}[{i}]: expected str, got {item!r}" + _yaml_hint(f"{k}[{i}]", item, str, allowed))
             elif allowed is not None and item not in allowed:
                 self.problems.append(f"{self.key(k)}[{i}]: {item!r} is not allowed; allowed values: {', '.join(allowed)}")
             else:
@@ -75,6 +79,34 @@ class ConfigReader:
         return tuple(out)
 
     def finish(self) -> None:
+        """Unknown keys, each with the known key it is closest to (difflib). A misspelt required
+        key is one mistake: its "required key is missing" problem is replaced, not repeated."""
         unknown = sorted(set(self.data) - self.used)
         for k in unknown:
-            self.problems.append(f"{self.key(k)}: unknown key; known keys: {', '.join(sorted(self.used))}")
+            close = difflib.get_close_matches(str(k), sorted(self.used), n=1, cutoff=0.6)
+            if close and close[0] in self.missing and close[0] not in self.data:
+                self.problems.remove(self.missing.pop(close[0]))
+                self.problems.append(f"{self.key(k)}: unknown key; did you mean {close[0]}? (a required key; "
+                                     f"rename {k} to {close[0]})")
+            elif close:
+                self.problems.append(f"{self.key(k)}: unknown key; did you mean {close[0]}? known keys: "
+                                     f"{', '.join(sorted(self.used))}")
+            else:
+                self.problems.append(f"{self.key(k)}: unknown key; known keys: {', '.join(sorted(self.used))}")
+
+
+def _yaml_hint(k: str, value: Any, typ: type | tuple, allowed: tuple | None) -> str:
+    """The fix for the two ways YAML typing trips a stack file: a number in quotes is a string,
+    and an unquoted 1.30 is the number 1.3 (so the fix is to quote what was written, not 1.3)."""
+    wants = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(value, str) and (int in wants or float in wants):
+        try:
+            number = int(value) if int in wants else float(value)
+        except ValueError:
+            return ""
+        return f"; remove the quotes ({k}: {number})"
+    if str in wants and isinstance(value, (int, float)) and not isinstance(value, bool):
+        example = f", e.g. {k}: \"{allowed[-1]}\"" if allowed else ""
+        return (f"; YAML read an unquoted value as a number (1.30 becomes 1.3): quote it exactly as written in the "
+                f"stack file{example}" + (f"; allowed values: {', '.join(map(str, allowed))}" if allowed else ""))
+    return ""

@@ -70,7 +70,8 @@ ACCEPTED_TODAY_BUT_WRONG = {
     "pool name characters": (pool_changed(3, name="CPU"), "nodePools[3].name: 'CPU' must be lowercase letters"),
     "maxNodes too large": (pool_changed(1, maxNodes=100), "nodePools[1].maxNodes: 100 is not allowed; must be 1 to 64"),
     "unquoted kubernetes version": (changed("kubernetesVersion", 1.34),
-                                    'kubernetesVersion: 1.34 is a number in the stack file; quote it (kubernetesVersion: "1.34")'),
+                                    'kubernetesVersion: expected str, got float 1.34; YAML read an unquoted value as a number '
+                                    '(1.30 becomes 1.3): quote it exactly as written'),
 }
 
 
@@ -91,7 +92,7 @@ def test_bad_max_nodes_is_reported_as_given_and_never_as_zero(bad, tmp_path):
 
 def test_unknown_region_lists_regions_not_the_data_files_comment(tmp_path):
     message = problems_for(tmp_path, changed("aws:region", "mars-east-1"))
-    assert "supported regions: us-east-2, us-west-2" in message
+    assert f"supported regions: {', '.join(catalog.known_regions())};" in message and "us-east-1, us-east-2, us-west-2" in message
     assert "_comment" not in message
     assert "_comment" not in catalog.known_regions()
 

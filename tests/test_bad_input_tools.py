@@ -46,7 +46,8 @@ def test_unquoted_kubernetes_version_is_a_clear_error_before_rendering(tmp_path,
     project = _platform_project(tmp_path, "s", cfg)
     assert render.main(["s", "--project-dir", str(project), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert 'kubernetesVersion: 1.34 is a number in the stack file; quote it (kubernetesVersion: "1.34")' in err
+    assert ('kubernetesVersion: expected str, got float 1.34; YAML read an unquoted value as a number '
+            '(1.30 becomes 1.3): quote it exactly as written') in err
     assert "Traceback" not in err and not (tmp_path / "out" / "resources.json").exists()
 
 
@@ -57,7 +58,7 @@ def test_missing_platform_stack_names_platform_stack(tmp_path, capsys):
     project = project_with_stack(tmp_path / "wl", "workloads", "w", cfg)
     assert render.main(["w", "--project-dir", str(project), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "trn-workloads:platformStack: platform stack 'dev-usw9' does not exist" in err
+    assert "platformStack: platform stack 'dev-usw9' does not exist" in err
     assert "dev-use2, dev-usw2" in err
 
 

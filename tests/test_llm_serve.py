@@ -364,8 +364,8 @@ def test_a_finetuned_model_on_fsx_needs_only_a_small_working_directory():
 
 def test_offline_render_answers_the_finetune_reference_by_rendering_that_stack():
     bag, _ = config_bag(REPO / "workloads", STACK)
-    assert _referenced_stacks("trn-workloads", bag) == [PLATFORM_REF, FINETUNE_REF]
-    answered = _render_references(REPO / "workloads", "trn-workloads", bag)
+    assert _referenced_stacks("trn-workloads", bag) == {PLATFORM_REF: "platformStack", FINETUNE_REF: "llmServe.model.finetuneStack"}
+    answered = _render_references(REPO / "workloads", "trn-workloads", bag, STACK)
     assert set(answered) == {PLATFORM_REF, FINETUNE_REF}
     finetune = answered[FINETUNE_REF]["outputs"]
     assert finetune["workload"] == "lora-finetune"

@@ -64,7 +64,7 @@ BAD = {
     "workspace region": ({"remoteWriteWorkspaceArn": WORKSPACE.replace("us-west-2", "eu-west-1")},
                          "monitoring.remoteWriteWorkspaceArn: the workspace is in eu-west-1, the stack in us-west-2"),
     "email": ({"alertEmails": ["not-an-address"]}, "monitoring.alertEmails[0]: 'not-an-address' is not an e-mail"),
-    "unknown key": ({"retentionDays": 3}, "monitoring.retentionDays: unknown key; known keys:"),
+    "unknown key": ({"retentionDays": 3}, "monitoring.retentionDays: unknown key; did you mean retention? known keys:"),
 }
 
 

@@ -340,8 +340,7 @@ def test_neuron_device_plugin_affinity_covers_every_trainium_and_inferentia_gene
 def test_efa_plugin_image_is_regional_current_and_its_affinity_lists_our_efa_types():
     for region in catalog.known_regions():
         values = addons.efa_values(region=region, instance_types=addons.efa_instance_types())
-        assert values["image"]["repository"] == \
-            f"602401143452.dkr.ecr.{region}.amazonaws.com/eks/aws-efa-k8s-device-plugin"
+        assert values["image"]["repository"] == f"{versions.eks_image_registry(region)}/eks/aws-efa-k8s-device-plugin"
         assert values["image"]["tag"] == versions.EFA_PLUGIN_IMAGE_TAG == "v0.5.20"
         listed = set(values["supportedInstanceLabels"]["values"])
         efa_in_catalog = {t for f in ("trn1", "trn1n", "inf2") for t in catalog.instance_types_of(f)

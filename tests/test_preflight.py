@@ -300,10 +300,15 @@ def test_cli_prints_one_table_and_fails_on_blocking_findings(aws_env, tmp_path, 
     assert "FAIL" in next(line for line in lines if line.startswith("quota: Trn on-demand"))
     assert "FAIL" in next(line for line in lines if line.startswith("image: compile-usw2 (compile)"))
     assert "WARN" in next(line for line in lines if line.startswith("image: compile-usw2 (serve)"))
-    assert "FAIL" in next(line for line in lines if line.startswith("hf token: lora-finetune-usw2"))
+    # lora's example token is one row: the placeholder (not also an "hf token" row)
+    assert "trn-workloads:hfToken = secure:" in next(ln for ln in lines if ln.startswith("placeholder: lora"))
+    assert not [ln for ln in lines if ln.startswith("hf token: lora-finetune-usw2")]
     assert "FAIL" in next(line for line in lines if line.startswith("api endpoint"))
     assert "add 192.0.2.50/32" in out
-    assert "4 blocking" in out
+    # the example values of dev-usw2 (its CIDR and alert address) and lora's token, before any AWS row
+    placeholders = [i for i, line in enumerate(lines) if line.startswith("placeholder: ")]
+    assert len(placeholders) == 3 and max(placeholders) < min(i for i, ln in enumerate(lines) if ln.startswith("credentials"))
+    assert "6 blocking" in out
 
 
 def test_cli_bad_stack_is_a_clear_error(capsys):

@@ -175,13 +175,15 @@ def test_on_a_single_track_platform_the_message_says_what_pool_to_add(tmp_path):
     titan_on_trn1 = with_setting(stack_config("workloads", "titan-pretrain-use2"), "trn-workloads:titan", "pool",
                                  "trn1-efa")
     titan_on_trn1.update({"trn-workloads:platformStack": "organization/trn-platform/dev-usw2", "aws:region": "us-west-2"})
-    assert ("titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; this workload needs the native "
-            "track (trn2, trn3); pools of platform stack organization/trn-platform/dev-usw2 that would work: none "
-            "(add a trn2, trn3 pool to the platform)") in rejected(tmp_path / "a", titan_on_trn1, platform_refs("dev-usw2"))
+    assert ("titan.pool: pool 'trn1-efa' (trn1.32xlarge) runs the xla Neuron track; no pool of platform stack "
+            "organization/trn-platform/dev-usw2 can run this workload: it needs the native Neuron track (trn2, trn3) and "
+            "the platform's accelerator pools are inf2 (xla track), trn1-efa (xla track), trn1-single (xla track); add a "
+            "trn2, trn3 pool to the platform") in rejected(tmp_path / "a", titan_on_trn1, platform_refs("dev-usw2"))
 
     nemo_on_trn2 = with_setting(stack_config("workloads", "nemo-pretrain-usw2"), "trn-workloads:nemo", "pool", "trn2-efa")
     nemo_on_trn2.update({"trn-workloads:platformStack": "organization/trn-platform/dev-trn2-use2", "aws:region": "us-east-2"})
-    assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; this workload needs the xla "
-            "track (trn1, trn1n, inf2); pools of platform stack organization/trn-platform/dev-trn2-use2 that would "
-            "work: none (add a trn1, trn1n, inf2 pool to the platform)") in rejected(
+    assert ("nemo.pool: pool 'trn2-efa' (trn2.48xlarge) runs the native Neuron track; no pool of platform stack "
+            "organization/trn-platform/dev-trn2-use2 can run this workload: it needs the xla Neuron track (trn1, trn1n, "
+            "inf2) and the platform's accelerator pools are trn2-block (native track), trn2-efa (native track); add a "
+            "trn1, trn1n, inf2 pool to the platform") in rejected(
         tmp_path / "b", nemo_on_trn2, platform_refs("dev-trn2-use2"))

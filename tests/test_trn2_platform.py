@@ -214,8 +214,8 @@ BAD_POOLS = {
     "spot on trn2u": (TRN2 | {"instanceTypes": ["trn2u.48xlarge"], "capacityTypes": ["spot"]},
                       "nodePools[0] (t2).capacityTypes: spot is not offered for trn2u.48xlarge"),
     "wrong type for family": (TRN2 | {"instanceTypes": ["trn1.32xlarge"]},
-                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed; allowed values: "
-                              "trn2.3xlarge, trn2.48xlarge, trn2u.48xlarge"),
+                              "nodePools[0].instanceTypes[0]: 'trn1.32xlarge' is not allowed for family trn2 (it is a "
+                              "type of family trn1); allowed values: trn2.3xlarge, trn2.48xlarge, trn2u.48xlarge; or set family: trn1"),
 }
 
 
@@ -226,8 +226,10 @@ def test_bad_trn2_pool_config_names_the_key_and_the_allowed_values(case):
 
 
 def test_trn2_outside_its_regions_is_rejected():
-    assert ("nodePools[0] (t2).family: trn2 is not offered in us-west-2; regions offering it: us-east-2, ap-south-2, "
-            "ap-southeast-4, sa-east-1") in rejected(TRN2, region="us-west-2")
+    assert "nodePools[0] (t2).family: trn2 not offered in us-west-2 (infra/data/offerings-snapshot.json); " \
+        "offered: trn2 in ap-south-2, ap-southeast-4, sa-east-1, us-east-2; remove this pool or set aws:region to one offering it: " \
+        "ap-south-2, ap-southeast-4, sa-east-1, us-east-2" \
+        in rejected(TRN2, region="us-west-2")
 
 
 def test_trn2_stack_with_a_bad_lnc_fails_before_any_resource(tmp_path):

@@ -27,10 +27,24 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """This checkout's version (pyproject.toml) and the Neuron SDK pins its images use."""
+    import tomllib
+    from pathlib import Path
+
+    from infra import versions
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    tracks = ", ".join(f"{t} {versions.neuron_track(t)['neuron_sdk']}" for t in versions.NEURON_TRACKS)
+    return f"trnctl {project['version']} ({project['name']}; Neuron SDK tracks: {tracks})"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="trnctl", description=__doc__.split("\n\n")[0],
                                   epilog="exit codes: 0 ok, 1 findings, 2 bad input",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=version())
     sub = top.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).split("\n\n")[0],

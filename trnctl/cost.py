@@ -22,7 +22,7 @@ from typing import Any
 
 from infra import catalog
 from infra.config import PlatformConfig
-from infra.prices import PRICES_FILE, PriceError, Prices, load_prices  # noqa: F401 (part of the estimate's API)
+from infra.prices import PRICES_FILE, PriceError, Prices, has_prices, load_prices, no_price_data  # noqa: F401 (part of the estimate's API)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +191,10 @@ def summary_for_render(result, project_dir: Path) -> str | None:
     from infra import config
 
     if result.project == config.PROJECT:
-        return estimate_platform(config.load_stack_file(project_dir, result.stack)).format()
+        cfg = config.load_stack_file(project_dir, result.stack)
+        if not has_prices(cfg.region):
+            return f"cost estimate {cfg.stack}: {no_price_data(cfg.region)}"
+        return estimate_platform(cfg).format()
     platform_ref = config.read_stack_bag(project_dir, result.stack).get(f"{result.project}:platformStack")
     if not platform_ref:
         return None
@@ -244,8 +247,31 @@ def autoscaler_maximums(manifests: list[tuple[str, dict]]) -> dict[str, int]:
     return out
 
 
+def hourly(result, project_dir: Path) -> float | None:
+    """One $/h for a render: a platform's always-on total, a workload's peak while it runs;
+    None without list prices for the region (or for a workload that holds no accelerator)."""
+    from infra import config
+
+    if result.project == config.PROJECT:
+        cfg = config.load_stack_file(project_dir, result.stack)
+        return estimate_platform(cfg).always_on_per_hour if has_prices(cfg.region) else None
+    platform_ref = config.read_stack_bag(project_dir, result.stack).get(f"{result.project}:platformStack")
+    if not platform_ref:
+        return None
+    platform = config.load_stack_file(REPO_ROOT, str(platform_ref).split("/")[-1])
+    costs = workload_costs(result.stack, result.manifests, platform)
+    return costs[1] if costs else None
+
+
 def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: PlatformConfig) -> str | None:
-    """Accelerator nodes a workload occupies at its peak, priced per pool: everything
+    """The workload's cost block (workload_costs); None when it holds no accelerator."""
+    costs = workload_costs(stack, manifests, platform)
+    return "\n".join(costs[0]) if costs else None
+
+
+def workload_costs(stack: str, manifests: list[tuple[str, dict]],
+                   platform: PlatformConfig) -> tuple[list[str], float | None] | None:
+    """(lines, $/h at the peak; None without prices). Accelerator nodes a workload occupies at its peak, priced per pool: everything
     long-running (Deployments, Pods, RayClusters) plus the largest of its batch steps
     (data, precompile and train run one after another, never together). Deployments that an
     autoscaler may grow are priced once more at the autoscaler's maximum."""
@@ -267,6 +293,8 @@ def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: Pl
                     scaled_up.setdefault(pool, []).extend([need] * most)
         if target is not long_running and target:
             steps.append(target)
+    if not has_prices(platform.region):
+        return [f"cost while running {stack}: {no_price_data(platform.region)}"], None
     prices = load_prices(platform.region)
 
     def priced(pods: dict[str, list[PodNeed]]) -> list[tuple[str, list[PodNeed], str, int, float]]:
@@ -304,7 +332,7 @@ def workload_summary(stack: str, manifests: list[tuple[str, dict]], platform: Pl
         grown = ", ".join(f"{pool} {len(needs)} pod(s)" for pool, needs in sorted(scaled_up.items())
                           if len(needs) != len(long_running.get(pool, [])))
         lines.append(f"  at the autoscalers' maximum ({grown}): ${scaled_total:,.2f}/h")
-    return "\n".join(lines)
+    return lines, total
 
 
 def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
@@ -334,8 +362,8 @@ def _replicated_pod_specs(obj: dict) -> list[tuple[int, dict]]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("stack", help="a platform stack (always-on and per-pool $/h) or a workload stack "
-                                      "(the accelerators it holds while running)")
+    parser.add_argument("stack", nargs="?", help="a platform stack (always-on and per-pool $/h) or a workload stack "
+                                                 "(the accelerators it holds while running), by name or file")
     parser.add_argument("--project-dir", type=Path, default=None,
                         help="'.' (platform) or 'workloads'; found from the stack name by default")
 
@@ -347,13 +375,18 @@ def run(args) -> int:
     from stackfiles import ConfigError
     from trnctl import exitcodes, render
 
+    if not args.stack:
+        return render.list_stacks("cost")
     try:
-        project_dir = args.project_dir or render.find_project_dir(args.stack)
+        stack, project_dir = render.resolve_stack(args.stack, args.project_dir)
         if (Path(project_dir) / "Pulumi.yaml").exists() and render.read_project(project_dir)["name"] == config.PROJECT:
-            print(estimate_platform(config.load_stack_file(project_dir, args.stack)).format())
+            cfg = config.load_stack_file(project_dir, stack)
+            if not has_prices(cfg.region):  # what `trnctl cost` cannot do: say which file to extend
+                raise PriceError(f"stack {stack!r} (aws:region {cfg.region}): {no_price_data(cfg.region)}")
+            print(estimate_platform(cfg).format())
             return exitcodes.OK
-        result = render.run_program(Path(project_dir), args.stack)
+        result = render.run_program(Path(project_dir), stack)
     except (ConfigError, render.RenderError, PriceError) as exc:  # PriceError: a type without a list price (Trn3)
         return exitcodes.bad_input(exc)
-    print(summary_for_render(result, Path(project_dir)) or f"{args.stack}: requests no accelerators")
+    print(summary_for_render(result, Path(project_dir)) or f"{stack}: requests no accelerators")
     return exitcodes.OK

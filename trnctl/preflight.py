@@ -47,7 +47,8 @@ from infra import catalog, network
 from trnctl import aws_ops, cost
 from trnctl.operators import karpenter
 from infra.config import NodePoolConfig, PlatformConfig, load_stack_file
-from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stacks_in
+from stackfiles import ConfigError, raw_from_bag, read_stack_bag, stack_argument, stack_file, stacks_in
+from stackfiles.placeholders import Placeholder, find_placeholders
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -85,7 +86,6 @@ BLOCKING_QUOTA_GROUPS = ("Trn", "Inf")
 # What the workloads download from the Hugging Face Hub unless given a /shared path
 # (defaults of workloads/nemo.py, ray_pretrain.py and lora.py).
 HUB_REFERENCE_DEFAULT = "meta-llama/Llama-2-7b-hf"
-HF_TOKEN_PLACEHOLDER = "REPLACE-WITH"  # the example ciphertext in workloads/Pulumi.*.yaml
 
 
 # --------------------------------------------------------------------------- pure: credentials and region
@@ -549,12 +549,11 @@ def workload_requirements(project_dir: Path, stack: str) -> WorkloadRequirements
 
     bag = read_stack_bag(Path(project_dir), stack)
     raw, _ = raw_from_bag(bag, wconfig.PROJECT)
-    secret_keys, placeholders = set(), set()
+    secret_keys = set()
+    placeholders = {p.key.partition(":")[2] for p in find_placeholders(Path(project_dir), stack)}
     for key, value in list(raw.items()):
         if isinstance(value, dict) and set(value) == {"secure"}:
             secret_keys.add(f"{wconfig.PROJECT}:{key}")
-            if HF_TOKEN_PLACEHOLDER in str(value["secure"]) or not value["secure"]:
-                placeholders.add(key)
             raw[key] = "<secret>"  # the parser only needs to know it is a set string
     try:
         cfg = wconfig.parse(raw, stack=stack, secret_keys=secret_keys)
@@ -784,12 +783,34 @@ def fetch_image(ecr: Any, repository_name: str, image: ImageRef) -> tuple[str, s
     return "found", f"pushed {pushed:%Y-%m-%d %H:%M}" if pushed else ""
 
 
+def placeholder_finding(stack: str, placeholder: Placeholder) -> Finding:
+    """An example value `pulumi up` would use as written (stackfiles/placeholders.py): blocking."""
+    return Finding(f"placeholder: {stack}", FAIL, f"{placeholder.key} = {placeholder.value}: {placeholder.why}",
+                   placeholder.fix)
+
+
+def offline_findings(placeholders: dict[str, list[Placeholder]], workloads: list[WorkloadRequirements]) -> list[Finding]:
+    """What preflight checks from the stack files alone, before any AWS call."""
+    out = [placeholder_finding(stack, p) for stack, found in placeholders.items() for p in found]
+    for req in workloads:
+        token_is_placeholder = any(p.key.endswith(":hfToken") for p in placeholders.get(req.stack, []))
+        if req.problems:
+            out.append(workload_config_finding(req))
+        elif not token_is_placeholder:  # its placeholder row above says what to do
+            out.append(hf_token_finding(req))
+    return out
+
+
 def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[WorkloadRequirements] = (),
-                  now: datetime | None = None) -> list[Finding]:
-    """`now` (UTC) is when Capacity Block dates are judged; the current time unless given."""
+                  now: datetime | None = None, placeholders: dict[str, list[Placeholder]] | None = None) -> list[Finding]:
+    """`now` (UTC) is when Capacity Block dates are judged; the current time unless given.
+    The checks that need no AWS come first (placeholders, workload configs, HF tokens), so a
+    machine without credentials still learns what to fix in the stack files."""
+    findings = offline_findings(placeholders or {}, workloads)
     identity, region_info, error = fetch_identity(clients, cfg.region)
-    findings = identity_findings(identity, cfg.region, region_info, error)
-    if has_blocking(findings):
+    identity_rows = identity_findings(identity, cfg.region, region_info, error)
+    findings += identity_rows
+    if has_blocking(identity_rows):
         return findings  # every later check needs working credentials in a usable region
     findings.append(fetch_endpoint_finding(cfg, clients.public_ip))
 
@@ -819,8 +840,7 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
 
     for req in workloads:
         if req.problems:
-            findings.append(workload_config_finding(req))
-            continue
+            continue  # its config row is above
         for image in req.images:
             repo_name = f"{cfg.cluster_name}/{image.repository}"
             if image.repository not in cfg.ecr_repositories:
@@ -831,12 +851,28 @@ def run_preflight(cfg: PlatformConfig, clients: Clients, workloads: list[Workloa
                 continue
             outcome, detail = fetch_image(clients.ecr, repo_name, image)
             findings.append(image_finding(req.stack, cfg.cluster_name, cfg.stack, image, outcome, detail))
-        findings.append(hf_token_finding(req))
     return findings
 
 
+def platform_stack_argument(value: str, project_dir: Path, workloads_dir: Path) -> tuple[str, Path, str | None]:
+    """(platform stack, its project dir, note) for what the user named: a platform stack by name
+    or file, or a workload stack, whose platform (its `platformStack`) is what gets checked."""
+    stack, folder = stack_argument(value)
+    project_dir = folder if folder is not None and (folder / "Pulumi.yaml").exists() else project_dir
+    if stack_file(project_dir, stack).exists() or not stack_file(workloads_dir, stack).exists():
+        return stack, project_dir, None  # a platform stack (or none at all: load_stack_file names the file)
+    ref = str(read_stack_bag(workloads_dir, stack).get("trn-workloads:platformStack", ""))
+    platform = ref.rsplit("/", 1)[-1]
+    if not platform:
+        raise ConfigError([f"{stack_file(workloads_dir, stack)}: trn-workloads:platformStack: required key is missing"],
+                          f"config for workload stack {stack!r}")
+    return platform, project_dir, (f"{stack} is a workload stack of platform stack {platform} ({ref}): checking "
+                                   f"{platform}, with its workload stacks")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", help="platform stack, by name or file (dev-usw2, Pulumi.dev-usw2.yaml), or a "
+                                      "workload stack (compile-usw2): its platform stack is checked")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--workloads-dir", default=Path("workloads"), type=Path,
                         help="workloads project; its stacks that point at <stack> are checked too")
@@ -845,16 +881,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, clients: Clients | None = None) -> int:
     """`clients` replaces the default read-only clients (tests)."""
     try:
-        cfg = load_stack_file(args.project_dir, args.stack)
+        stack, project_dir, note = platform_stack_argument(args.stack, args.project_dir, args.workloads_dir)
+        cfg = load_stack_file(project_dir, stack)
         workloads = []
         if args.workloads_dir.is_dir():
             workloads = [workload_requirements(args.workloads_dir, s)
-                         for s in workload_stacks_for(args.workloads_dir, args.stack)]
+                         for s in workload_stacks_for(args.workloads_dir, stack)]
     except ConfigError as err:
         return exitcodes.bad_input(err)
-    print(f"preflight for stack {args.stack}: cluster {cfg.cluster_name} in {cfg.region}"
+    placeholders = {stack: find_placeholders(project_dir, stack)}
+    placeholders.update({w.stack: find_placeholders(args.workloads_dir, w.stack) for w in workloads})
+    if note:
+        print(f"note: {note}")
+    print(f"preflight for stack {stack}: cluster {cfg.cluster_name} in {cfg.region}"
           f"{', workload stacks ' + ', '.join(w.stack for w in workloads) if workloads else ''}\n")
-    findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads)
+    findings = run_preflight(cfg, clients or Clients.for_region(cfg.region), workloads,
+                             placeholders={k: v for k, v in placeholders.items() if v})
     print(render(findings))
     blocking = [f for f in findings if f.status == FAIL]
     warnings = [f for f in findings if f.status == WARN]

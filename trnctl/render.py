@@ -31,7 +31,7 @@ import yaml
 
 from infra.config import PROJECT as PLATFORM_PROJECT
 from infra.config import load_stack_file
-from stackfiles import ConfigError, stack_file, stacks_in
+from stackfiles import ConfigError, stack_argument, stack_file, stacks_in
 from trnctl import exitcodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def run_program(project_dir: Path, stack: str, *, stack_references: dict | None 
             raise
 
     if stack_references is None:
-        stack_references = _render_references(project_dir, name, bag)
+        stack_references = _render_references(project_dir, name, bag, stack)
 
     # Each program run gets a fresh event loop: the SDK creates futures on the current
     # loop, and a caller may have closed its own (asyncio.run does).
@@ -176,53 +176,58 @@ def _resolve_outputs(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     return values, secret
 
 
-def _render_references(project_dir: Path, project: str, bag: dict[str, str]) -> dict[str, dict]:
+def _render_references(project_dir: Path, project: str, bag: dict[str, str], stack_name: str) -> dict[str, dict]:
     """Answer the program's StackReferences by rendering the stacks of this repository they
     name: the platform stack (`platformStack`) and any workload stack a section names under
     a key ending in `Stack` (llm-serve's `llmServe.model.finetuneStack`), which in turn
     renders its own references (platform -> lora-finetune -> llm-serve)."""
+    from workloads.errors import WorkloadConfigError
+
     refs: dict[str, dict] = {}
-    for ref in _referenced_stacks(project, bag):
+    for ref, key in _referenced_stacks(project, bag).items():
         org_project, _, stack = ref.rpartition("/")
         if org_project.endswith(f"/{project}") or org_project == project:
             # Another stack of this project: from the same directory when its file is there
             # (tests copy a project to tmp), else from the repository's workload stacks.
             source = project_dir if (project_dir / f"Pulumi.{stack}.yaml").exists() else REPO_ROOT / "workloads"
             if not stack_file(source, stack).exists():
-                raise ConfigError([f"{ref}: workload stack {stack!r} does not exist (no {stack_file(source, stack)}); "
-                                   f"workload stacks here: {', '.join(stacks_in(source)) or 'none'}"],
-                                  "workload stack config")
+                raise WorkloadConfigError([f"{key}: {ref!r} names workload stack {stack!r}, which does not exist (no "
+                                           f"{stack_file(source, stack)}); workload stacks here: "
+                                           f"{', '.join(stacks_in(source)) or 'none'}"], stack=stack_name)
             rendered = run_program(source, stack)
         else:
             if not stack_file(REPO_ROOT, stack).exists():
-                raise ConfigError([f"{project}:platformStack: platform stack {stack!r} does not exist (no "
-                                   f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
-                                   f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], "workload stack config")
+                raise WorkloadConfigError([f"platformStack: platform stack {stack!r} does not exist (no "
+                                           f"{stack_file(REPO_ROOT, stack)}); platform stacks here: "
+                                           f"{', '.join(stacks_in(REPO_ROOT)) or 'none'}"], stack=stack_name)
             rendered = run_program(REPO_ROOT, stack, stack_references={})
         refs[ref] = {"outputs": rendered.outputs, "secret": sorted(rendered.secret_outputs)}
     return refs
 
 
-def _referenced_stacks(project: str, bag: dict[str, str]) -> list[str]:
-    found = [bag[f"{project}:platformStack"]] if bag.get(f"{project}:platformStack") else []
+def _referenced_stacks(project: str, bag: dict[str, str]) -> dict[str, str]:
+    """Stack references the config names -> the key naming each (for messages about it)."""
+    found: dict[str, str] = {}
+    if bag.get(f"{project}:platformStack"):
+        found[bag[f"{project}:platformStack"]] = "platformStack"
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key.endswith("Stack") and isinstance(value, str) and value.count("/") == 2:
-                    found.append(value)
-                walk(value)
+                    found.setdefault(value, f"{where}.{key}")
+                walk(value, f"{where}.{key}")
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
 
     for key, value in bag.items():
         if key.startswith(f"{project}:") and value[:1] == "{":
             try:
-                walk(json.loads(value))
+                walk(json.loads(value), key.removeprefix(f"{project}:"))
             except ValueError:
                 continue
-    return list(dict.fromkeys(found))
+    return found
 
 
 def _kube_version_from_refs(refs: dict[str, dict]) -> str | None:
@@ -329,7 +334,8 @@ def summary(result: RenderResult) -> str:
             spec = r.inputs["spec"]
             reqs = {q["key"]: q["values"] for q in spec["template"]["spec"]["requirements"] if "values" in q}
             types = ",".join(reqs.get("node.kubernetes.io/instance-type", []))
-            lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} limits {spec.get('limits')}")
+            zones = ",".join(reqs.get("topology.k8s.aws/zone-id", [])) or "any"
+            lines.append(f"  {r.inputs['metadata']['name']:<14} {types:<40} AZ IDs {zones:<19} limits {spec.get('limits')}")
     from infra.monitoring import summary_lines  # releases, rule counts, monitors, dashboards
 
     lines += summary_lines(result.resources)
@@ -353,6 +359,10 @@ def render_stack(project_dir: Path, stack: str, out_dir: Path, *, check: bool = 
         problems += [f"provider schema: {i}" for i in schema_issues]
         violations = policy_violations(result)
         from policy.rules import format_report
+        from policy.rules.base import RULES
+        mandatory = sum(v.severity == "mandatory" for v in violations)
+        print(f"policy rules (policy/rules): {len(RULES)} rules over {len(result.resources)} resources, "
+              f"{mandatory} mandatory and {len(violations) - mandatory} advisory violation(s)")
         if violations:
             print(format_report(violations))
         problems += [f"policy {v.rule} ({v.severity}) on {v.resource}: {v.message}" for v in violations
@@ -370,23 +380,65 @@ def find_project_dir(stack: str, root: Path = REPO_ROOT) -> Path:
                       f"stacks here: {', '.join(stacks)}; or pass --project-dir")
 
 
+def resolve_stack(value: str, project_dir: Path | None) -> tuple[str, Path]:
+    """The stack name and its project from what the user typed: a name (the project is found
+    from it) or a stack file path such as Pulumi.dev-usw2.yaml (the project is its folder)."""
+    stack, folder = stack_argument(value)
+    if project_dir is None and folder is not None:
+        if not stack_file(folder, stack).exists():
+            raise RenderError(f"{value}: no such stack file; stacks here: {', '.join(stack_listing())}")
+        project_dir = folder
+    return stack, Path(project_dir) if project_dir else find_project_dir(stack)
+
+
+def stack_listing(root: Path = REPO_ROOT) -> list[str]:
+    """Every stack of the repository, as `trnctl render` takes them."""
+    return stacks_in(root) + stacks_in(root / "workloads")
+
+
+def list_stacks(command: str, root: Path = REPO_ROOT) -> int:
+    """A bare `trnctl <command>`: the stacks it could take, and exit 2 (no stack named)."""
+    print(f"platform stacks (Pulumi.<stack>.yaml): {', '.join(stacks_in(root)) or 'none'}")
+    print(f"workload stacks (workloads/Pulumi.<stack>.yaml): {', '.join(stacks_in(root / 'workloads')) or 'none'}")
+    return exitcodes.bad_input(RenderError(f"name a stack, e.g. trnctl {command} dev-usw2 (or its file, Pulumi.dev-usw2.yaml)"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="stack name, e.g. dev-usw2 or compile-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", nargs="?", help="stack name or its file, e.g. dev-usw2, Pulumi.dev-usw2.yaml or "
+                                                 "compile-usw2; without it, the stacks are listed")
     parser.add_argument("--project-dir", type=Path, default=None,
                         help="the stack's project: '.' (platform) or 'workloads'; found from the stack name by default")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default build/render/<stack>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default build/render/<stack>; with --all, the folder of one per stack)")
     parser.add_argument("--no-check", action="store_true", help="write files without validation and policy checks")
+    parser.add_argument("--all", action="store_true",
+                        help="every platform and workload stack of the repository, going on after a failure, "
+                             "then a table (stack, resources, findings, placeholders, $/h)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from infra.config import ConfigError
+@dataclass
+class StackOutcome:
+    """One stack of `trnctl render --all`: what its render found (the summary table's row)."""
+    stack: str
+    code: int
+    resources: int | None = None
+    findings: int | None = None
+    placeholders: int | None = None
+    per_hour: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def render_and_report(project_dir: Path, stack: str, out: Path, *, check: bool) -> StackOutcome:
+    """Render one stack and print what `trnctl render <stack>` prints; the outcome for --all."""
+    from stackfiles.placeholders import find_placeholders
+
     try:
-        project_dir = args.project_dir or find_project_dir(args.stack)
-        out = args.out or Path("build") / "render" / args.stack
-        result, problems = render_stack(project_dir, args.stack, out, check=not args.no_check)
-    except (ConfigError, RenderError) as exc:
-        return exitcodes.bad_input(exc)
+        result, problems = render_stack(project_dir, stack, out, check=check)
+    except ConfigError as exc:
+        return StackOutcome(stack, exitcodes.bad_input(exc), note="bad input")
     print(summary(result))
+    print(placeholder_summary(project_dir, stack))
     estimate = cost_summary(result, project_dir)
     if estimate:
         print(estimate)
@@ -395,14 +447,81 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(problems)} blocking problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
-        return exitcodes.FINDINGS
-    return exitcodes.OK
+    from trnctl import cost
+
+    return StackOutcome(stack, exitcodes.FINDINGS if problems else exitcodes.OK, len(result.resources), len(problems),
+                        len(find_placeholders(Path(project_dir), stack)), cost.hourly(result, Path(project_dir)),
+                        note="findings" if problems else "ok")
+
+
+def render_all(out_root: Path, *, check: bool, root: Path = REPO_ROOT) -> int:
+    """Every stack, one after another, with a `[i/n] stack ...` header; a failure is recorded and
+    the next stack rendered; the exit code is the worst of them (0 only when all are clean)."""
+    import time
+    import traceback
+
+    stacks = [(root, s) for s in stacks_in(root)] + [(root / "workloads", s) for s in stacks_in(root / "workloads")]
+    outcomes = []
+    for i, (project_dir, stack) in enumerate(stacks, 1):
+        print(f"\n[{i}/{len(stacks)}] {stack} ...", flush=True)
+        started = time.monotonic()
+        try:
+            outcome = render_and_report(project_dir, stack, Path(out_root) / stack, check=check)
+        except Exception:  # noqa: BLE001 - a crash of one stack must not hide the others
+            traceback.print_exc()
+            outcome = StackOutcome(stack, exitcodes.FINDINGS, note="crashed (traceback above)")
+        outcome.seconds = time.monotonic() - started
+        outcomes.append(outcome)
+        sys.stdout.flush()
+    print("\n" + render_all_table(outcomes))
+    failed = [o.stack for o in outcomes if o.code != exitcodes.OK]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} stacks rendered clean"
+          + (f"; not clean: {', '.join(failed)}" if failed else ""))
+    return max((o.code for o in outcomes), default=exitcodes.OK)
+
+
+def render_all_table(outcomes: list[StackOutcome]) -> str:
+    def cell(value, fmt="{}"):
+        return "-" if value is None else fmt.format(value)
+
+    head = f"{'stack':<22} {'resources':>9} {'findings':>8} {'placeholders':>12} {'$/h':>9} {'seconds':>7}  result"
+    rows = [f"{o.stack:<22} {cell(o.resources):>9} {cell(o.findings):>8} {cell(o.placeholders):>12} "
+            f"{cell(o.per_hour, '{:,.2f}'):>9} {o.seconds:>7.1f}  {o.note}" for o in outcomes]
+    return "\n".join([head, "-" * len(head), *rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.config import ConfigError
+    if args.all:
+        if args.stack:
+            return exitcodes.bad_input(RenderError(f"--all renders every stack: leave out {args.stack!r}"))
+        return render_all(args.out or Path("build") / "render", check=not args.no_check)
+    if not args.stack:
+        return list_stacks("render")
+    try:
+        stack, project_dir = resolve_stack(args.stack, args.project_dir)
+    except (ConfigError, RenderError) as exc:
+        return exitcodes.bad_input(exc)
+    out = args.out or Path("build") / "render" / stack
+    return render_and_report(project_dir, stack, out, check=not args.no_check).code
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trnctl render", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def placeholder_summary(project_dir: Path, stack: str) -> str:
+    """Example values of the stack file that `pulumi up` would use as written; preflight fails on them."""
+    from stackfiles.placeholders import find_placeholders
+
+    found = find_placeholders(Path(project_dir), stack)
+    if not found:
+        return "placeholders: none (no example value left in the stack file)"
+    lines = [f"placeholders: {len(found)} example value(s) that `pulumi up` would use as written "
+             f"(the render passes; `trnctl preflight` fails on them):"]
+    return "\n".join(lines + [f"  - {p.line()}" for p in found])
 
 
 def cost_summary(result: RenderResult, project_dir: Path) -> str | None:

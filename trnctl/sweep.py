@@ -442,14 +442,20 @@ def _cluster_still_exists(eks: Any, cluster: str) -> str | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stack", help="platform stack name, e.g. dev-usw2 (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("stack", help="platform stack, by name or file, e.g. dev-usw2 or Pulumi.dev-usw2.yaml")
     parser.add_argument("--project-dir", default=".", type=Path, help="directory of the platform's Pulumi.yaml")
     parser.add_argument("--yes", action="store_true", help="delete what is listed (default: list only)")
 
 
 def run(args: argparse.Namespace, timing: Timing = Timing()) -> int:
+    from trnctl.preflight import platform_stack_argument
     try:
-        cfg = load_stack_file(args.project_dir, args.stack)
+        stack, project_dir, note = platform_stack_argument(args.stack, args.project_dir, Path(args.project_dir) / "workloads")
+        if note:  # a sweep deletes: never switch stacks on the user's behalf
+            raise ConfigError([f"{args.stack}: {note.split(':')[0]}; sweep the platform stack: trnctl sweep {stack}"],
+                              "stack for sweep")
+        cfg = load_stack_file(project_dir, stack)
+        args.stack = stack
     except ConfigError as err:
         return exitcodes.bad_input(err)
     clients = Clients.for_region(cfg.region, read_only=not args.yes)

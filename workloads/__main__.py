@@ -14,12 +14,23 @@ import pulumi  # noqa: E402
 
 from workloads import config, registry  # noqa: E402
 from workloads.common import WorkloadBase, WorkloadBaseArgs  # noqa: E402
+from workloads.errors import WorkloadConfigError  # noqa: E402
 from workloads.platform import read_platform  # noqa: E402
 
-cfg = config.from_pulumi(pulumi.get_stack())
-platform = read_platform(cfg.platform_stack, region=cfg.region)
+stack = pulumi.get_stack()
+problems: list[str] = []
+cfg = config.from_pulumi(stack, problems)
 workload = registry.WORKLOADS[cfg.workload]
-settings = workload.parse(cfg.section, platform=platform, stack=cfg)
+try:
+    # Every problem at once: the common keys' and the workload section's (when the workload and
+    # its platform are known), in one message naming the stack and its file.
+    if config.common_keys_usable(problems):
+        platform = read_platform(cfg.platform_stack, region=cfg.region)
+        settings = workload.parse(cfg.section, platform=platform, stack=cfg)
+except WorkloadConfigError as err:
+    problems += err.problems
+if problems:
+    raise WorkloadConfigError(problems, stack=stack)
 
 base = WorkloadBase(cfg.stack, WorkloadBaseArgs(config=cfg, platform=platform,
                                                 s3_prefixes=[f"workloads/{cfg.stack}"]))

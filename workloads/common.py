@@ -188,10 +188,13 @@ def check_track(platform: Platform, pool: PoolScheduling, tracks: tuple[str, ...
     families = ", ".join(f for t in tracks for f in versions.neuron_track(t)["families"])
     needs = f"the {tracks[0]} track" if len(tracks) == 1 else f"one of the {', '.join(tracks)} tracks"
     would = sorted({p for t in tracks for p in platform.neuron_tracks.get(t) or []})
+    if not would:  # one reason, not a list of pools that would not work either
+        raise WorkloadConfigError([f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the "
+                                   f"{pool.track or 'no'} Neuron track; {platform.would_work(True)}"])
     raise WorkloadConfigError([
         f"{key}: pool {pool.name!r} ({', '.join(pool.instance_types)}) runs the {pool.track or 'no'} Neuron track; "
         f"this workload needs {needs} ({families}); pools of platform stack {platform.stack} that would "
-        f"work: {', '.join(would) or f'none (add a {families} pool to the platform)'}"])
+        f"work: {', '.join(would)}"])
 
 
 # --------------------------------------------------------------------------- component

@@ -75,8 +75,12 @@ class WorkloadStackConfig:
 
 
 def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(),
-          region: str | None = None) -> WorkloadStackConfig:
-    problems: list[str] = []
+          region: str | None = None, problems: list[str] | None = None) -> WorkloadStackConfig:
+    """The keys every workload stack has. With `problems` given, what is wrong is appended there
+    and a config of defaults returned, so the caller can go on to check the workload's own
+    section and report everything at once; otherwise a WorkloadConfigError is raised."""
+    collect = problems is not None
+    problems = problems if collect else []
     r = ConfigReader(raw, "", problems)
     platform_stack = r.get("platformStack", str, "", required=True, check=platform_stack_problem)
     workload = r.get("workload", str, "compile", required=True, allowed=WORKLOADS)
@@ -107,8 +111,8 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
     for name, value in sections.items():
         if value is not None and name != wanted:
             problems.append(f"{name}: section of another workload; workload {workload!r} reads section {wanted!r}")
-    if problems:
-        raise WorkloadConfigError(problems)
+    if problems and not collect:
+        raise WorkloadConfigError(problems, stack=stack)
     return WorkloadStackConfig(stack=stack, platform_stack=platform_stack, region=region, workload=workload,
                                version=version,
                                run_id=run_id, image=image, hf_token_set=hf_token is not None,
@@ -116,7 +120,13 @@ def parse(raw: dict[str, Any], *, stack: str, secret_keys: set[str] = frozenset(
                                api_key_set=api_key is not None)
 
 
-def from_pulumi(stack: str) -> WorkloadStackConfig:
+def common_keys_usable(problems: list[str]) -> bool:
+    """Whether the workload's own section can be checked after these problems of the common keys:
+    not when the workload or its platform stack is itself unknown."""
+    return not any(p.startswith(("workload:", "platformStack:")) for p in problems)
+
+
+def from_pulumi(stack: str, problems: list[str] | None = None) -> WorkloadStackConfig:
     from pulumi.runtime import config as runtime_config
 
     bag = dict(runtime_config.get_config_env())
@@ -124,4 +134,4 @@ def from_pulumi(stack: str) -> WorkloadStackConfig:
     secret_keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
     check_namespaces(bag, PROJECT)
     raw, region = raw_from_bag(bag, PROJECT)
-    return parse(raw, stack=stack, secret_keys=secret_keys, region=region)
+    return parse(raw, stack=stack, secret_keys=secret_keys, region=region, problems=problems)

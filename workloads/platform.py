@@ -67,22 +67,49 @@ class Platform:
     neuron_tracks: dict[str, list[str]] = field(default_factory=dict)  # track -> pools whose hardware runs it
     workload_tracks: tuple[str, ...] | None = None  # set for a workload's parse: the tracks its pools must run
 
+    def would_work(self, accelerator: bool | None) -> str:
+        """The pools a workload may name here (of the kind, on hardware running its track), or why none."""
+        return _would_work(self, accelerator)
+
     def pool(self, name: str, *, key: str, accelerator: bool | None = None) -> PoolScheduling:
         """The named pool, or a config error naming `key` and the pools that exist (or, for an
         accelerator pool whose hardware does not run the workload's track, the pools that do)."""
         if name not in self.pools:
             raise WorkloadConfigError([f"{key}: pool {name!r} does not exist in platform stack {self.stack}; "
-                                       f"allowed values: {', '.join(sorted(self.pools))}"])
+                                       f"{self.would_work(accelerator)}"])
         pool = self.pools[name]
         if accelerator is not None and pool.is_accelerator != accelerator:
-            wanted = [p for p, s in self.pools.items() if s.is_accelerator == accelerator]
             raise WorkloadConfigError([f"{key}: pool {name!r} is {'an accelerator' if pool.is_accelerator else 'a CPU'} "
-                                       f"pool; allowed values: {', '.join(sorted(wanted))}"])
+                                       f"pool; {self.would_work(accelerator)}"])
         if pool.is_accelerator and self.workload_tracks is not None:
             from workloads.common import check_track
 
             check_track(self, pool, self.workload_tracks, key)
         return pool
+
+
+def _usable(platform: Platform, accelerator: bool | None) -> list[str]:
+    """Pools of the platform a workload may name: of the wanted kind and, for accelerator
+    pools, on hardware that runs one of the workload's Neuron tracks."""
+    return sorted(n for n, p in platform.pools.items()
+                  if (accelerator is None or p.is_accelerator == accelerator)
+                  and (not p.is_accelerator or platform.workload_tracks is None or p.track in platform.workload_tracks))
+
+
+def _would_work(platform: Platform, accelerator: bool | None) -> str:
+    """"allowed values: ..." listing only pools that would work, or why no pool of this platform can."""
+    usable = _usable(platform, accelerator)
+    if usable:
+        return f"allowed values: {', '.join(usable)}"
+    from infra import versions
+
+    tracks = platform.workload_tracks or ()
+    families = ", ".join(f for t in tracks for f in versions.neuron_track(t)["families"])
+    present = ", ".join(f"{n} ({p.track} track)" for n, p in sorted(platform.pools.items()) if p.is_accelerator)
+    return (f"no pool of platform stack {platform.stack} can run this workload: it needs the "
+            f"{' or '.join(tracks)} Neuron track ({families}) and the platform's accelerator pools are "
+            f"{present or 'none'}; add a {families} pool to the platform, or set platformStack to a platform "
+            f"stack that has one")
 
 
 def check_region(platform: Platform, region: str | None) -> None:

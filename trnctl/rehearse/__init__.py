@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = rehearse(args.stack, keep=args.keep, only=args.only, step_timeout=args.step_timeout)
     except (ConfigError, RenderError, WorkloadConfigError) as exc:
-        return exitcodes.bad_input(f"rehearse {args.stack}: the render fails: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        problems = getattr(exc, "problems", None) or str(exc).strip("'\"").splitlines()
+        text = "; ".join(p.strip() for p in problems if p.strip()) or repr(exc)
+        return exitcodes.bad_input(f"rehearse {args.stack}: the render fails: {text}")
     except (RehearsalError, SandboxError) as exc:
         return exitcodes.bad_input(f"rehearse {args.stack}: {exc}")
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ Prometheus Operator's rules, trnctl/operators/prometheus_operator.py). Scrape in
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,11 @@ class PrometheusError(RuntimeError):
     pass
 
 
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:  # each job its own target list, no YAML anchors
+        return True
+
+
 class Prometheus:
     def __init__(self, work: Path, address: str, monitors: list[dict], pods: list[dict], address_of,
                  external_labels: dict | None = None) -> None:
@@ -38,9 +44,10 @@ class Prometheus:
         config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
                              "external_labels": external_labels or {}},
                   "scrape_configs": scrape}
+        self.expects_targets = any(c["static_configs"] for c in scrape)
         work.mkdir(parents=True, exist_ok=True)
         self.config_path = work / "prometheus.yml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.config_path.write_text(yaml.dump(config, Dumper=_NoAliases, sort_keys=False))
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> "Prometheus":
@@ -56,9 +63,11 @@ class Prometheus:
             if self.proc.poll() is not None:
                 raise PrometheusError(f"prometheus exited with {self.proc.returncode}: "
                                       + (self.work / "prometheus.log").read_text()[-2000:])
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
+            with contextlib.suppress(OSError, ValueError):
+                # ready, and the scrape manager has its targets (it applies discovery updates every 5 s)
+                with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=2) as r:
+                    active = json.loads(r.read())["data"]["activeTargets"]
+                    if not self.expects_targets or any(t.get("health") == "up" for t in active):
                         return self
             time.sleep(0.5)
         raise PrometheusError(f"prometheus not ready within {timeout:.0f}s")

@@ -77,6 +77,7 @@ class RehearsalResult:
     stack: str
     pods: list[PodResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,7 @@ class RehearsalResult:
         for p in self.pods:
             if p.problem and p.log_tail:
                 lines += [f"--- log tail of {p.name}:", p.log_tail]
+        lines += self.notes
         lines += [f"problem: {p}" for p in self.problems]
         lines.append(f"rehearsal of {self.stack}: {'ok' if self.ok else 'FAILED'}")
         return "\n".join(lines)
@@ -201,9 +203,11 @@ class Rehearsal:
         self.s3_endpoint = f"http://{address}:{port}"
         bucket = self.stack.platform.outputs.get("artifactsBucket")
         if bucket:
-            boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2", aws_access_key_id="rehearsal",
-                         aws_secret_access_key="rehearsal").create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+            s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-west-2",
+                              aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+            # moto keeps its state per process: a second rehearsal in one process finds the bucket there
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
 
     # ------------------------------------------------------------------ names and addresses
     def cluster_names(self) -> dict[str, str]:
@@ -304,7 +308,37 @@ class Rehearsal:
                 result.problems.append(f"step {i} failed: " + "; ".join(f"pod {p.name}: {p.problem}" for p in step_result
                                                                         if p.problem))
                 break
+        else:
+            if only is None:
+                result.problems += self.check_autoscalers(result)
         return result
+
+    def check_autoscalers(self, result: RehearsalResult, timeout: float = 60.0) -> list[str]:
+        """Each ScaledObject's Prometheus trigger, read as KEDA reads it from the platform's Prometheus (started
+        here, scraping what its PodMonitors select): it must answer (a query that selects nothing is an error
+        with ignoreNullValues false, and KEDA would fall back). Adds one line per trigger to the report."""
+        from trnctl.operators import keda
+        problems = []
+        for so in [o for o in self.stack.objects if operators.key_of(o) == ("keda.sh/v1alpha1", "ScaledObject")]:
+            for trigger in keda.prometheus_triggers(so):
+                self.start_prometheus()
+                server = self.url_in_cluster(trigger["metadata"]["serverAddress"])
+                deadline, error, value = time.monotonic() + timeout, "", None
+                while time.monotonic() < deadline:
+                    try:
+                        value = keda.execute_prom_query(server, trigger)
+                        break
+                    except keda.MetricError as exc:
+                        error = str(exc)
+                        time.sleep(1)
+                name = operators.describe(so)
+                if value is None:
+                    problems.append(f"{name}: its Prometheus query never answered within {timeout:.0f}s ({error}); "
+                                    f"KEDA would count failures and fall back")
+                else:
+                    result.notes.append(f"{name}: query = {value:g} (threshold {trigger['metadata'].get('threshold')}, "
+                                        f"active {keda.is_active(value, trigger)})")
+        return problems
 
     def _step_index(self, only: str) -> int:
         if only.isdigit() and int(only) < len(self.pods_by_step):
@@ -516,6 +550,7 @@ class Rehearsal:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     c.proc.wait(timeout=10)
             self.ready.discard(c.pod)
+            _reap_session(c.proc.pid)
         self.containers = [c for c in self.containers if c not in victims]
 
     def _check_bindings(self, res: PodResult) -> None:
@@ -545,6 +580,17 @@ def _with_env(pod: dict, container: str, env: dict[str, str]) -> dict:
             c["env"] = [e for e in c.get("env") or [] if e["name"] not in env] + [
                 {"name": k, "value": v} for k, v in env.items()]
     return pod
+
+
+def _reap_session(leader: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the sandbox's session is left (the pid namespace's processes die with its
+    init, asynchronously); SIGKILL stragglers."""
+    end = time.monotonic() + timeout
+    while (pids := network._session_pids(leader)) and time.monotonic() < end:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _wait(proc: subprocess.Popen, deadline: float) -> int | None:

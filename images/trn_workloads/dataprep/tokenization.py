@@ -87,21 +87,59 @@ def _tokenizer_files(name_or_dir: str, hf_token: str | None) -> list[Path]:
         return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
     from huggingface_hub import hf_hub_download
     try:
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:  # huggingface_hub < 0.23 (older training images)
-        from huggingface_hub.utils import EntryNotFoundError
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
+    # Without a reachable Hub, hf_hub_download retries each file for ~23 s (huggingface_hub 0.36.2
+    # file_download.py: http_backoff max_retries=5, waits 1+2+4+8+8 s) and then raises
+    # LocalEntryNotFoundError, a subclass of EntryNotFoundError ("no such file"). So look once,
+    # quickly, and read only the local HF cache when the Hub cannot be reached.
+    unreachable = hub_unreachable()
     files = []
     for name in TOKENIZER_FILES:
         try:
-            files.append(Path(hf_hub_download(name_or_dir, name, token=hf_token)))
+            files.append(Path(hf_hub_download(name_or_dir, name, token=hf_token, local_files_only=bool(unreachable))))
+        except LocalEntryNotFoundError as err:  # before EntryNotFoundError: it is one
+            if name == "tokenizer.json":
+                raise ValueError(hub_unreachable_message(name_or_dir, unreachable or str(err))) from None
         except EntryNotFoundError:
             if name == "tokenizer.json":
                 raise ValueError(f"--tokenizer {name_or_dir!r}: the repo has no tokenizer.json (no fast tokenizer)") from None
-        except Exception as err:  # noqa: BLE001 - network, auth, no such repo: all end the run the same way
+        except Exception as err:  # noqa: BLE001 - auth, no such repo: all end the run the same way
             raise ValueError(f"--tokenizer {name_or_dir!r}: cannot load a tokenizer from this Hugging Face id "
                              f"(set HF_TOKEN for gated models): {err}") from err
     return files
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here, or None when it answers a TCP
+    connect. HF_HUB_OFFLINE=1 counts as unreachable (the user said so); HF_ENDPOINT is honoured
+    (huggingface_hub.constants.ENDPOINT, HF_HUB_OFFLINE)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError as err:
+        return f"{url.hostname}: {err}"
+    return None
+
+
+def hub_unreachable_message(name: str, why: str) -> str:
+    # `huggingface-cli download REPO FILES... --local-dir DIR [--token T]`: huggingface_hub 0.36.2
+    # commands/download.py (the version pinned in images/*/requirements.txt).
+    return (f"--tokenizer {name!r}: the Hugging Face Hub cannot be reached from here ({why}) and {name}'s "
+            f"tokenizer.json is not in the local Hugging Face cache; pass a local directory that holds "
+            f"tokenizer.json instead (--tokenizer /shared/tokenizers/{name.rsplit('/', 1)[-1]}; in a workload stack, "
+            f"the data section's tokenizer key), made on a machine with network by `huggingface-cli download "
+            f"{name} tokenizer.json tokenizer_config.json special_tokens_map.json --local-dir <dir>` "
+            f"(add --token for gated models) and copied to /shared")
 
 
 def _configured_eos(files: list[Path]) -> str | None:
