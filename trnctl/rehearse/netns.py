@@ -10,8 +10,13 @@ machine never meet on a port.
   thread it starts (the S3 stand-in, the Service forwarders, probes run from it) live in the namespace; the rest of
   this process stays outside. setns(2) with CLONE_NEWNET needs CAP_SYS_ADMIN: root here and in CI.
 - `nsenter_argv(argv)` is the same for one command started from outside (`nsenter --net=<path> -- argv`).
-Adoption by the runner: `with netns.NetworkNamespace() as ns, ns.entered():` around the Rehearsal's lifetime
-(before it starts its S3 stand-in and forwarders, until close()), or `nsenter_argv` over each bwrap command line.
+- `outside_argv(argv)` runs a command back in this machine's namespace (tests: what is reachable from outside).
+Adoption by the runner (RayRehearsal and VolcanoRehearsal do this today): `self._isolation, self.namespace =
+netns.isolation()` first in Rehearsal.__init__ (before the S3 stand-in and the forwarders start: their threads must
+be created inside), `self._isolation.close()` last in close(). Then the per-pod 127.0.x.y addresses, hosts files,
+forwarders and probes work unchanged, `exec_in`'s nsenter (no -n) inherits the namespace, and the "listens outside
+127.0.0.0/8" check can accept 0.0.0.0/:: (only lo exists). Prepending `nsenter_argv` to each bwrap command instead
+would leave the runner's own probes, forwarders and S3 stand-in outside, unable to reach the pods.
 """
 from __future__ import annotations
 
