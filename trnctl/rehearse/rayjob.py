@@ -58,8 +58,8 @@ RAY_PRETRAIN_OVERLAY = {"ray-pretrain": {"ray": {
 RAY_RUN_SCALE = {"num_workers": 2, "global_batch_size": 2}
 
 # source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/job/job_head.py (GET /api/jobs/{job_or_submission_id})
-# and ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils/dashboard_httpclient/dashboard_httpclient.go
-# (GetJobInfo: the RayJob controller's view of the job)
+# and ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils (the dashboard HTTP client: JobPath "/api/jobs/",
+# GetJobInfo, the RayJob controller's view of the job; file within utils/ not confirmed at the tag here)
 JOB_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}  # ray-2.51.1:python/ray/dashboard/modules/job/common.py JobStatus
 
 
