@@ -4,12 +4,14 @@ precompile, then train on the CPU path at tiny scale; the train RayJob stopped (
 after its first checkpoint and resubmitted: training resumes from the checkpoint on the shared volume."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 
 from trnctl.operators import kuberay
+from trnctl.rehearse import rayjob
 from trnctl.rehearse.rayjob import RAY_PRETRAIN_OVERLAY, RayRehearsal, scale_run_config, seed_ray_inputs
 from trnctl.rehearse.stack import load
 
@@ -118,3 +120,22 @@ def test_train_stopped_and_resubmitted_resumes_from_its_checkpoint(stack, shared
     metrics = [json.loads(line) for line in (on_pvc(shared, run["run_dir"]) / run["run_name"] / "metrics.jsonl")
                .read_text().splitlines()]
     assert metrics[-1]["step"] == run["steps"]
+
+
+def test_a_failing_ray_job_fails_its_submitter_pod_as_kuberay_sees_it(stack, tmp_path):
+    """The data RayJob's entrypoint reading an input that is not there: the Ray job FAILS while the submitter's
+    `ray job logs --follow` exits all the same; the rehearsal reads the job's status from the dashboard, as KubeRay
+    does, and names the submitter pod and the step."""
+    seed_ray_inputs(tmp_path, CLAIM)
+    broken = copy.copy(stack)
+    broken.steps = copy.deepcopy(stack.steps)
+    index, job = job_step(broken, "data")
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(rayjob.RAY_CORPUS, "/shared/rehearsal/missing.jsonl")
+    with RayRehearsal(broken, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
+        results = r.run_step(index)
+    failed = [p for p in results if p.problem]
+    assert [p.name for p in failed] == [p.name for p in results if "-head-" not in p.name and "-worker-" not in p.name]
+    [submitter] = failed
+    assert submitter.step == index and submitter.problem.startswith(f"Ray job {kuberay.submission_id(job)} FAILED"), \
+        report(results)
+    assert "missing.jsonl" in submitter.log_tail, submitter.log_tail
