@@ -109,6 +109,19 @@ def titan_image_over_empty_base() -> Iterator[None]:
         images.image_config = original
 
 
+def policy_action(job: dict, task: str, event: str) -> str:
+    """The action Volcano's job controller takes on `event` (PodFailed, PodEvicted, ...) of a pod of `task`: the
+    task's policies first, then the Job's; none matching = SyncJob (no restart).
+    source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/job_controller_util.go (applyPolicies)"""
+    tasks = {t["name"]: t for t in job["spec"].get("tasks") or []}
+    for policies in ((tasks.get(task) or {}).get("policies") or [], job["spec"].get("policies") or []):
+        for policy in policies:
+            events = policy.get("events") or ([policy["event"]] if policy.get("event") else [])
+            if event in events and policy.get("action"):
+                return policy["action"]
+    return "SyncJob"
+
+
 class VolcanoRehearsal(Rehearsal):
     """Runs inside its own network namespace (netns.py) from construction to close(), unless isolated=False."""
 
@@ -148,45 +161,55 @@ class VolcanoRehearsal(Rehearsal):
         """Every pod of the Job at once (the gang), then to completion (every container exited 0), to the first
         failure (named per pod), or until `until()` is true while they run (then left running). A Job Volcano
         refuses (or whose plugins do nothing) makes no pods: one result named after the Job says why."""
+        results = self.start_job(job, index)
+        return self.await_job(job, results, until=until)
+
+    def start_job(self, job: dict, index: int) -> dict[str, PodResult]:
         owner = operators.describe(job)
         refused = volcano.admission_problems(job, self.stack.ctx, self.objects)
         if refused:
-            return [PodResult(f"(no pods of {owner})", index, owner, problem="; ".join(refused))]
+            name = f"(no pods of {owner})"
+            return {name: PodResult(name, index, owner, problem="; ".join(refused))}
         pods = volcano.pods(job, self.stack.ctx)
-        deadline = time.monotonic() + self.step_timeout
+        self._deadline = time.monotonic() + self.step_timeout
         results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
         for pod in pods:
             name = pod["metadata"]["name"]
             self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != name] + [pod]
             try:
-                self._start_pod(pod, results[name], deadline)
+                self._start_pod(pod, results[name], self._deadline)
             except Exception as exc:  # kubelet refusals (a missing ConfigMap key, ...): recorded on the pod
                 results[name].problem = str(exc).strip("'")
         self._refresh_hosts()
-        pending = [p for p in pods if not results[p["metadata"]["name"]].problem]
+        return results
+
+    def await_job(self, job: dict, results: dict[str, PodResult], *, until=None) -> list[PodResult]:
+        pending = [name for name, r in results.items() if not r.problem and any(c.pod == name for c in self.containers)]
         while pending and not any(r.problem for r in results.values()):
-            for pod in list(pending):
-                name = pod["metadata"]["name"]
+            for name in list(pending):
                 codes = [c.proc.poll() for c in self.containers if c.pod == name]
                 failed = next((code for code in codes if code not in (None, 0)), None)
                 if failed is not None:
                     results[name].exit_code = failed
                     results[name].problem = f"container exited with {failed}"
                     results[name].log_tail = self._log_tail(name)
-                    pending.remove(pod)
+                    pending.remove(name)
                 elif codes and all(code == 0 for code in codes):
                     results[name].exit_code = 0
-                    pending.remove(pod)
+                    pending.remove(name)
             if not pending or (until is not None and until()):
                 break
-            if time.monotonic() > deadline:
-                for pod in pending:
-                    name = pod["metadata"]["name"]
+            if time.monotonic() > self._deadline:
+                for name in pending:
                     results[name].problem = f"not complete within the step bound of {self.step_timeout:.0f}s"
                     results[name].log_tail = self._log_tail(name)
                 break
             time.sleep(0.5)
         return list(results.values())
+
+    def kill_pod(self, name: str) -> None:
+        """SIGKILL one pod's containers (a node or process lost mid-run); the pod stays known, as failed."""
+        self.stop_pods(lambda pod: pod["metadata"]["name"] == name, grace=0.0)
 
     def stop_job(self, job: dict) -> None:
         """Delete the Job's pods (every pod it owns)."""
