@@ -143,3 +143,10 @@ def test_dns_names_of_services_and_headless_pods():
 def test_unknown_kind_has_no_controller_and_a_missing_module_fails_only_when_used():
     assert operators.controller_for({"apiVersion": "v1", "kind": "ConfigMap"}) is None
     assert operators.controller_for({"apiVersion": "batch/v1", "kind": "Job"}) is kubernetes
+
+
+def test_an_upstream_image_is_known_only_at_the_tag_its_dockerfile_was_read():
+    with pytest.raises(KeyError, match="no ENTRYPOINT/CMD/WORKDIR/USER recorded"):
+        images.image_config("public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.29.0.1.2.0-neuronx-py314-sdk2.34.0-ubuntu26.04")
+    titan = images.our_image("titan")  # its base (the native track's training DLC) is not pinned yet
+    assert titan.workdir == "/tmp" and titan.entrypoint == () and titan.user == "1000"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trnctl.operators import keda
+from trnctl.operators import hpa, keda
 from trnctl.rehearse import overlay
 from trnctl.rehearse.runner import Rehearsal
 from trnctl.rehearse.stack import load
@@ -108,6 +108,11 @@ def test_burst_through_the_service_raises_the_scaledobject_query_then_fallback_a
     assert outcome["done"].returncode == 0 and "done" in outcome["done"].stdout, outcome["done"].stderr
     assert peak > threshold, f"query peaked at {peak}, threshold {threshold}"
     assert keda.is_active(peak, trigger)
+    # the HPA KEDA feeds (trnctl/operators/hpa.py) would scale out on that reading
+    desired = hpa.external_average_value_replicas(peak, threshold, 1, min_replicas=scaled["spec"]["minReplicaCount"],
+                                                  max_replicas=scaled["spec"]["maxReplicaCount"])
+    print(f"burst of {BURST}: query peaked at {peak:g} (threshold {threshold:g}) -> HPA wants {desired} replicas")
+    assert desired > 1
 
     prometheus.stop()
     tracker = keda.FallbackTracker(scaled)

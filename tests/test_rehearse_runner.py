@@ -150,3 +150,38 @@ def test_a_stack_whose_render_fails_is_bad_input_in_one_line(monkeypatch, capsys
     assert main(["rehearse", "compile-usw2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: rehearse compile-usw2: the render fails:") and "batchSize" in err[0]
+
+
+def test_only_runs_the_named_step_and_an_unknown_step_is_bad_input(tmp_path):
+    from trnctl.rehearse.runner import RehearsalError
+    stack = hand_stack([job("first", ["false"])], [job("second", ["true"])])
+    with Rehearsal(stack, work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        by_name = r.run(only="second")
+        by_number = r.run(only="1")
+        with pytest.raises(RehearsalError, match="no step 'third'; steps: 0: Job/first; 1: Job/second"):
+            r.run(only="third")
+    assert by_name.ok and [p.step for p in by_name.pods] == [1] and by_name.pods[0].name.startswith("second-")
+    assert by_number.ok and [p.step for p in by_number.pods] == [1]
+
+
+def test_configmap_and_secret_volumes_are_files_with_their_modes_inside_the_pod(tmp_path):
+    d = deployment("files", ["sleep", "600"])
+    spec = d["spec"]["template"]["spec"]
+    spec["volumes"] = [{"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "a", "mode": 0o600},
+                                                                              {"key": "b", "path": "sub/b"}]}},
+                       {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o400}}]
+    spec["containers"][0]["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/cfg"},
+                                             {"name": "sec", "mountPath": "/var/sec"}]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "ns"},
+          "data": {"a": "alpha", "b": "beta", "c": "not projected"}}
+    sec = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec", "namespace": "ns"},
+           "stringData": {"token": "s3cret"}}
+    with Rehearsal(hand_stack([cm, sec], [d]), work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        result = r.run()
+        assert result.ok, result.report()
+        pod = result.pods[0].name
+        out = r.exec_in(pod, "main", ["sh", "-c", "stat -L -c '%a %n' /etc/cfg/a /etc/cfg/sub/b /var/sec/token; "
+                                      "ls /etc/cfg; cat /var/sec/token; touch /etc/cfg/x 2>&1 | grep -c Read-only"])
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["600 /etc/cfg/a", "644 /etc/cfg/sub/b", "400 /var/sec/token"], out.stderr
+    assert lines[3:] == ["a", "sub", "s3cret1"]  # no key c; the volume is read-only

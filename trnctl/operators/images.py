@@ -184,12 +184,24 @@ def parse_dockerfile(text: str, base: ImageConfig, args: dict[str, str], *, cont
                        env=tuple(env.items()), code=tuple(code), source=source, user_name=user_name, home=home)
 
 
-def base_image_config(image: str) -> ImageConfig:
-    try:
-        return UPSTREAM[_repository(image)]
-    except KeyError:
+# The tags the UPSTREAM entries were read for (the Dockerfiles at aws-neuron/deep-learning-containers@2.26.1).
+UPSTREAM_TAGS = {
+    "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx": ("0.9.1-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+    "public.ecr.aws/neuron/pytorch-training-neuronx": ("2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+    "public.ecr.aws/neuron/pytorch-inference-neuronx": ("2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04",),
+}
+
+
+def base_image_config(image: str | None) -> ImageConfig:
+    if not image:  # e.g. the native track's training DLC, not pinned yet (images/neuron-sdk.json)
+        return ImageConfig(source="base image not pinned: its ENTRYPOINT/CMD/WORKDIR/USER/ENV are unknown")
+    repo = _repository(image)
+    tag = image.split("@", 1)[0][len(repo) + 1:]
+    if repo not in UPSTREAM or tag not in UPSTREAM_TAGS.get(repo, ()):
         raise KeyError(f"image {image!r}: no ENTRYPOINT/CMD/WORKDIR/USER recorded for it in "
-                       f"trnctl/operators/images.py UPSTREAM; known: {', '.join(sorted(UPSTREAM))}") from None
+                       f"trnctl/operators/images.py UPSTREAM (read from its Dockerfile at the pinned tag); "
+                       f"known: {', '.join(f'{r}:{t}' for r, ts in sorted(UPSTREAM_TAGS.items()) for t in ts)}")
+    return UPSTREAM[repo]
 
 
 def our_image(name: str) -> ImageConfig:
@@ -202,7 +214,7 @@ def our_image(name: str) -> ImageConfig:
     if name == "titan":
         sdk = json.loads((IMAGES_DIR / "neuron-sdk.json").read_text())
         args["BASE_IMAGE"] = sdk["tracks"]["native"]["base_images"]["training"]
-    base = replace(base_image_config(args["BASE_IMAGE"]))
+    base = replace(base_image_config(args.get("BASE_IMAGE")))
     return parse_dockerfile(path.read_text(), base, args, source=str(path.relative_to(REPO_ROOT)))
 
 

@@ -36,7 +36,8 @@ GENERATED_SUFFIX_LEN = 5
 # (ConfigMapVolumeSourceDefaultMode, SecretVolumeSourceDefaultMode, ProjectedVolumeSourceDefaultMode = 0644)
 DEFAULT_VOLUME_FILE_MODE = 0o644
 # source: kubernetes/kubernetes@v1.34.0:pkg/volume/volume_linux.go (SetVolumeOwnership: with fsGroup, files get
-# group fsGroup and the group bits roMask 0440 for read-only volume plugins: configMap, secret, projected)
+# group fsGroup and the group bits roMask 0440 for read-only volume plugins: configMap, secret, projected;
+# read here at commit 03e060242dcb, the rule `chmod(mode | roMask)` for GetAttributes().ReadOnly)
 FSGROUP_READONLY_MASK = 0o440
 # source: kubernetes/kubernetes@v1.34.0:plugin/pkg/admission/serviceaccount/admission.go (DefaultAPITokenMountPath)
 SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -210,7 +211,8 @@ def expand(text: str, env: dict[str, str]) -> str:
     """`$(VAR)` expansion as the kubelet applies it to env values, command and args: a defined VAR is
     replaced, an undefined one is left as written, `$$` is an escaped `$`, anything else passes through.
     source: kubernetes/kubernetes@v1.34.0:third_party/forked/golang/expansion/expand.go (Expand,
-    tryReadVariableName; behaviour as its expand_test.go cases)."""
+    tryReadVariableName; read at commit 02604f7db394; behaviour as the cases of its expand_test.go read at
+    490ffa432a87, used as fixtures in tests/test_operators_kubernetes.py)."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:

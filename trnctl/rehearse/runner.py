@@ -6,8 +6,15 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
     with Rehearsal(stack, step_timeout=300) as r:      # cleanup of processes and directories on exit
         result = r.run()                              # every step; r.run(only="2") one step
         r.service_address("ml-shared", "compile-usw2-serve")  # the Service's 127.0.200.x (kube-proxy stand-in)
+        r.exec_in(pod_name, container, ["sh", "-c", "..."])   # as `kubectl exec`: the pod's namespaces, user, env
         r.stop_pods(lambda pod: ...); r.run_step(i)   # e.g. stop a step and run it again (resume tests)
-    result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)]
+        r.start_prometheus(); r.url_in_cluster("http://kps-prometheus.monitoring.svc:9090")  # platform services
+    result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)],
+    result.notes (e.g. each ScaledObject's reading), result.problems; result.report() is what the CLI prints
+
+Subclass hooks (as trnctl/rehearse/rayjob.py and mpijob.py use them): `run_step(index)` for a step whose
+pods must start in an order of their own, `_start_container(pod, container, dirs, hosts)`; an operator module
+may define `await_kind(obj) -> "complete" | "ready"`.
 
 - A step is the set of pods `operators.all_pods` makes of the objects `stack.steps[i]` applies (apply order =
   the render's dependsOn order, trnctl/rehearse/stack.py), with the Services, ConfigMaps and Secrets of every
@@ -24,6 +31,10 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
 - A pod fails on: a container exiting non-zero (Jobs) or at all (long-running pods), the step time bound,
   a listening socket outside 127.0.0.0/8, or what the kubelet refuses (missing Secret key, ...). The result
   names the pod, the step and the log tail.
+- After the last step, each ScaledObject's Prometheus trigger is read as KEDA would (trnctl/operators/keda.py)
+  from the platform's Prometheus (trnctl/rehearse/prometheus.py); a query that never answers is a problem.
+- Not modelled: Job retries (backoffLimit: the first failed pod fails the rehearsal), container restarts,
+  liveness probes, resource limits, scheduling (every pod runs on this one "node").
 - Cleanup: every process group is SIGTERMed then SIGKILLed, every directory removed (also on Ctrl-C, a
   failing step, and at interpreter exit through `atexit`), unless keep=True keeps the directories.
 """
@@ -472,6 +483,16 @@ class Rehearsal:
         c = next(x for x in self.containers if x.pod == pod and x.name == container)
         if not c.child_pid:
             raise RehearsalError(f"pod {pod} container {container}: no sandbox pid to enter")
+        # bwrap reports the child before it has pivoted into the sandbox's root: wait until the child's root is
+        # the sandbox's (its /etc/hosts is the pod's hosts file)
+        hosts = os.stat(self.work / "pods" / pod / "hosts")
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                seen = os.stat(f"/proc/{c.child_pid}/root/etc/hosts")
+                if (seen.st_dev, seen.st_ino) == (hosts.st_dev, hosts.st_ino):
+                    break
+            time.sleep(0.05)
         env = [f"{k}={v}" for k, v in c.process.env.items()]
         # -r/-w: the sandbox's root and working directory (bwrap pivoted the root in its mount namespace)
         argv = ["nsenter", "-t", str(c.child_pid), "-U", "-m", "-p", "-u", "-i", "-r", "-w", "--preserve-credentials",
