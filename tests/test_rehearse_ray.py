@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -41,22 +43,28 @@ def with_cluster_change(stack, change):
     return out, job
 
 
-def run_cluster(stack):
+def run_cluster(stack, job):
     with RayRehearsal(stack, step_timeout=150, s3=False) as r:
-        return r.run_step(data_step(stack))
+        return r.run_cluster(job, data_step(stack))
 
 
 def test_workers_join_the_head_with_kuberay_commands(stack):
     broken, job = with_cluster_change(stack, lambda spec: None)
     with RayRehearsal(broken, step_timeout=150, s3=False) as r:
-        results = r.run_step(data_step(stack))
+        results = r.run_cluster(job, data_step(stack))
         head = next(p for p in results if "-head-" in p.name)
         port = job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["port"]
         # asked inside the head pod, through the address workers use (the head Service's cluster DNS name)
         cluster = kuberay.rayjob_cluster(job, broken.ctx)
         status = r.exec_in(head.name, "ray-head", ["ray", "status", "--address",
                                                    f"{kuberay.head_fqdn(cluster, broken.ctx)}:{port}"], timeout=60)
+        # Ray's GCS binds every interface: reachable inside the rehearsal's network namespace, not from this machine's
+        probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)"
+        reach = {where: subprocess.run(argv([sys.executable, "-c", probe, address, port]), capture_output=True).returncode
+                 for address in (r.addresses.pod(head.name), "127.0.0.1")
+                 for where, argv in ((f"inside {address}", list), (f"outside {address}", r.namespace.outside_argv))}
     assert status.returncode == 0, status.stderr
+    assert reach == {k: (0 if k.startswith("inside") else 1) for k in reach}, reach
     nodes = status.stdout.split("Node status", 1)[1].split("Pending:", 1)[0]
     assert " 2 trn1-efa" in nodes and " 1 headgroup" in nodes, status.stdout  # RAY_NODE_TYPE_NAME = ray.io/group
     # each worker's --resources reached Ray whole: 2 x 32 NeuronCores; --num-cpus from the limits (2 x 120, head 0)
@@ -73,7 +81,7 @@ def test_unquoted_resources_crash_every_worker(stack):
         spec["workerGroupSpecs"][0]["rayStartParams"]["resources"] = json.dumps({"neuron_cores": 32})
 
     broken, job = with_cluster_change(stack, unquote)
-    results = run_cluster(broken)
+    results = run_cluster(broken, job)
     workers = [p for p in results if "-worker-" in p.name]
     assert len(workers) == 2
     for p in workers:
