@@ -67,8 +67,10 @@ def test_workers_join_the_head_with_kuberay_commands(stack):
     assert reach == {k: (0 if k.startswith("inside") else 1) for k in reach}, reach
     nodes = status.stdout.split("Node status", 1)[1].split("Pending:", 1)[0]
     assert " 2 trn1-efa" in nodes and " 1 headgroup" in nodes, status.stdout  # RAY_NODE_TYPE_NAME = ray.io/group
-    # each worker's --resources reached Ray whole: 2 x 32 NeuronCores; --num-cpus from the limits (2 x 120, head 0)
-    assert "/64.0 neuron_cores" in status.stdout and "/240.0 CPU" in status.stdout, status.stdout
+    # each worker's --resources reached Ray whole: 2 x 32 NeuronCores; --num-cpus from each worker's CPU limit (head 0)
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    cpus = workers["replicas"] * int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert "/64.0 neuron_cores" in status.stdout and f"/{cpus}.0 CPU" in status.stdout, status.stdout
     by_type = {kind: [p for p in results if f"-{kind}-" in p.name] for kind in ("head", "worker")}
     assert len(by_type["head"]) == 1 and len(by_type["worker"]) == 2
     for p in by_type["head"] + by_type["worker"]:
