@@ -8,23 +8,21 @@ import pytest
 
 from trn_workloads.nemo.command import FORWARDED_ENV
 from trnctl.operators import mpi
-from trnctl.rehearse.mpijob import MPIRehearsal
-from trnctl.rehearse.stack import load
+from trnctl.rehearse import overlay
+from trnctl.rehearse.runner import Rehearsal
 
 pytestmark = pytest.mark.slow
 
 STACK = "nemo-pretrain-usw2"
-NODES = 2
-OVERLAY = {"nemo-pretrain": {"nemo": {"run": {"nodes": NODES, "steps": 20, "checkpoint_every_n_steps": 10,
-                                              "precompile_steps": 2}}}}
+NODES = overlay.NEMO_OVERLAY["nemo-pretrain"]["nemo"]["run"]["nodes"]
 
 
 @pytest.fixture(scope="module")
 def stack():
-    return load(STACK, OVERLAY)
+    return overlay.load(STACK)
 
 
-def seed_inputs(r: MPIRehearsal, stack) -> None:
+def seed_inputs(r: Rehearsal, stack) -> None:
     """What the data step leaves on FSx and the training step reads (the stand-in checks they exist)."""
     import json
     run = json.loads(next(o for o in stack.objects if o["kind"] == "ConfigMap")["data"]["run.json"])
@@ -42,7 +40,7 @@ def mpijob_step(stack, suffix: str) -> int:
 
 @pytest.mark.parametrize("mode", ["precompile", "train"])
 def test_every_rank_reaches_rank0_over_ssh_and_mpirun(stack, mode):
-    with MPIRehearsal(stack, step_timeout=120, s3=False) as r:
+    with Rehearsal(stack, step_timeout=120, s3=False) as r:
         seed_inputs(r, stack)
         results = r.run_step(mpijob_step(stack, f"-{mode}"))
         report = "\n".join(p.line() + ("\n" + p.log_tail if p.problem else "") for p in results)
@@ -66,7 +64,7 @@ def test_without_master_addr_forwarded_the_rehearsal_fails_naming_pod_and_step(s
     launch = container["command"][container["command"].index("--") + 1:]
     from trn_workloads.nemo.command import mpirun_command
     container["command"] = mpirun_command(NODES, launch, forward_env=tuple(n for n in FORWARDED_ENV if n != "MASTER_ADDR"))
-    with MPIRehearsal(broken, step_timeout=120, s3=False) as r:
+    with Rehearsal(broken, step_timeout=120, s3=False) as r:
         seed_inputs(r, broken)
         results = r.run_step(index)
     [failed] = [p for p in results if p.problem]

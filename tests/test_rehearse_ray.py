@@ -13,7 +13,7 @@ import pytest
 
 from tests.loopback import free_port
 from trnctl.operators import kuberay
-from trnctl.rehearse.rayjob import RayRehearsal
+from trnctl.rehearse.runner import Rehearsal
 from trnctl.rehearse.stack import load
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,13 @@ def with_cluster_change(stack, change):
 
 
 def run_cluster(stack, job):
-    with RayRehearsal(stack, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, step_timeout=150, s3=False) as r:
         return r.run_cluster(job, data_step(stack))
 
 
 def test_workers_join_the_head_with_kuberay_commands(stack):
     broken, job = with_cluster_change(stack, lambda spec: None)
-    with RayRehearsal(broken, step_timeout=150, s3=False) as r:
+    with Rehearsal(broken, step_timeout=150, s3=False) as r:
         results = r.run_cluster(job, data_step(stack))
         head = next(p for p in results if "-head-" in p.name)
         port = job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["port"]

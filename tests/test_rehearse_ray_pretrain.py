@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from trnctl.operators import kuberay
-from trnctl.rehearse import rayjob
-from trnctl.rehearse.rayjob import RAY_PRETRAIN_OVERLAY, RayRehearsal, scale_run_config, seed_ray_inputs
-from trnctl.rehearse.stack import load
+from trnctl.rehearse import overlay
+from trnctl.rehearse.overlay import seed_ray_inputs
+from trnctl.rehearse.runner import Rehearsal
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,7 @@ CLAIM = "fsx-shared"
 
 @pytest.fixture(scope="module")
 def stack():
-    loaded = load(STACK, RAY_PRETRAIN_OVERLAY)
-    loaded.objects = scale_run_config(loaded.objects)
-    loaded.steps = [scale_run_config(step) for step in loaded.steps]
-    return loaded
+    return overlay.load(STACK)
 
 
 def run_json(stack) -> dict:
@@ -57,7 +54,7 @@ def report(results) -> str:
 @pytest.fixture(scope="module")
 def data_done(stack, shared):
     index, job = job_step(stack, "data")
-    with RayRehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
         results = r.run_step(index)
         submitter = next(p for p in results if p.name.startswith(f"{job['metadata']['name']}-") and "-head-" not in p.name
                          and "-worker-" not in p.name)
@@ -80,7 +77,7 @@ def test_data_rayjob_submitted_through_the_head_service(stack, shared, data_done
 
 def test_precompile_rayjob_on_the_cpu_path(stack, shared, data_done):
     index, job = job_step(stack, "precompile")
-    with RayRehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
         results = r.run_step(index)
         submitter = next(p for p in results if p.name.startswith(f"{job['metadata']['name']}-") and "-head-" not in p.name
                          and "-worker-" not in p.name)
@@ -105,7 +102,7 @@ def registered_step(shared: Path, run: dict) -> int | None:
 def test_train_stopped_and_resubmitted_resumes_from_its_checkpoint(stack, shared, data_done):
     index, job = job_step(stack, "train")
     run = run_json(stack)
-    with RayRehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
         first = r.run_rayjob(job, index, until=lambda: registered_step(shared, run) is not None)
         assert all(not p.problem for p in first), report(first)
         r.stop_rayjob(job)  # the RayJob deleted: KubeRay deletes its cluster and submitter
@@ -130,8 +127,8 @@ def test_a_failing_ray_job_fails_its_submitter_pod_as_kuberay_sees_it(stack, tmp
     broken = copy.copy(stack)
     broken.steps = copy.deepcopy(stack.steps)
     index, job = job_step(broken, "data")
-    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(rayjob.RAY_CORPUS, "/shared/rehearsal/missing.jsonl")
-    with RayRehearsal(broken, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(overlay.RAY_CORPUS, "/shared/rehearsal/missing.jsonl")
+    with Rehearsal(broken, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
         results = r.run_step(index)
     failed = [p for p in results if p.problem]
     assert [p.name for p in failed] == [p.name for p in results if "-head-" not in p.name and "-worker-" not in p.name]

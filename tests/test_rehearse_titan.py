@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from trnctl.operators import volcano
-from trnctl.rehearse.stack import load
-from trnctl.rehearse.volcanojob import TITAN_OVERLAY, VolcanoRehearsal, scale_processes, seed_titan_inputs
+from trnctl.rehearse import overlay
+from trnctl.rehearse.overlay import seed_titan_inputs
+from trnctl.rehearse.runner import Rehearsal
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +26,7 @@ CLAIM = "fsx-shared"
 
 @pytest.fixture(scope="module")
 def stack():
-    loaded = load(STACK, TITAN_OVERLAY)
-    loaded.objects = scale_processes(loaded.objects)
-    loaded.steps = [scale_processes(step) for step in loaded.steps]
-    return loaded
+    return overlay.load(STACK)
 
 
 def train_job(stack) -> tuple[int, dict]:
@@ -60,7 +58,7 @@ def report(results) -> str:
 def test_master_and_worker_train_with_volcano_env_then_resume(stack, shared):
     index, job = train_job(stack)
     run = run_json(stack)
-    with VolcanoRehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
         first = r.run_job(job, index, until=lambda: bool(checkpoint_steps(shared, run)))
         assert all(not p.problem for p in first), report(first)
         r.stop_job(job)  # the gang's pods deleted (Volcano's RestartJob, or the Job deleted and applied again)
@@ -85,7 +83,7 @@ def test_torchrun_reading_an_env_var_the_plugin_does_not_set_fails_naming_pod_an
     for task in job["spec"]["tasks"]:
         c = task["template"]["spec"]["containers"][0]
         c["command"] = [a.replace("$(RANK)", "$(NODE_RANK)") for a in c["command"]]
-    with VolcanoRehearsal(broken, shared_dir=shared, step_timeout=90, s3=False) as r:
+    with Rehearsal(broken, shared_dir=shared, step_timeout=90, s3=False) as r:
         results = r.run_job(job, index)
     failed = [p for p in results if p.problem]
     assert failed and all(p.step == index and p.name.startswith(job["metadata"]["name"]) for p in failed), report(results)
@@ -99,7 +97,7 @@ def test_pytorch_plugin_without_its_master_task_makes_no_pods_and_says_why(stack
     broken.steps = copy.deepcopy(stack.steps)
     index, job = train_job(broken)
     job["spec"]["plugins"]["pytorch"] = [a.replace("--master=master", "--master=launcher") for a in job["spec"]["plugins"]["pytorch"]]
-    with VolcanoRehearsal(broken, shared_dir=shared, step_timeout=30, s3=False) as r:
+    with Rehearsal(broken, shared_dir=shared, step_timeout=30, s3=False) as r:
         [result] = r.run_job(job, index)
         assert r.containers == []
     assert result.step == index and f"Job.batch.volcano.sh {job['metadata']['namespace']}/{job['metadata']['name']}" in result.problem
@@ -115,12 +113,11 @@ def test_a_killed_worker_restarts_the_gang_from_the_newest_checkpoint(stack, tmp
     """Issue 24 item 4 (measured recovery), titan: one worker pod killed mid-run; the master's torchrun fails with it;
     the Job's own policy for PodFailed (RestartJob) restarts the gang, which resumes from the newest checkpoint.
     Steps lost (last step logged before the kill - the step resumed from) <= the checkpoint interval."""
-    from trnctl.rehearse.volcanojob import policy_action
     run = run_json(stack)
     seed_titan_inputs(tmp_path, CLAIM, run["dataset_prefix"])
     index, job = train_job(stack)
     name = job["metadata"]["name"]
-    with VolcanoRehearsal(stack, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
+    with Rehearsal(stack, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
         started = r.start_job(job, index)
         r.await_job(job, started, until=lambda: bool(checkpoint_steps(tmp_path, run)))
         r.kill_pod(f"{name}-worker-0")
@@ -128,7 +125,7 @@ def test_a_killed_worker_restarts_the_gang_from_the_newest_checkpoint(stack, tmp
         broken = r.await_job(job, started)  # the master's torchrun loses its peer
         master = next(p for p in broken if p.name == f"{name}-master-0")
         assert master.problem.startswith("container exited with"), report(broken)
-        assert policy_action(job, "worker", "PodFailed") == "RestartJob"
+        assert volcano.policy_action(job, "worker", "PodFailed") == "RestartJob"
         r.stop_job(job)  # RestartJob: every pod of the gang killed and created again
         seen = len(metrics_steps(tmp_path, run))
         again = r.start_job(job, index)

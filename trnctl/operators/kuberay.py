@@ -10,6 +10,8 @@ import copy
 import json
 import math
 import re
+import urllib.error
+import urllib.request
 from typing import Any
 
 import yaml
@@ -689,3 +691,32 @@ def await_kind(obj: dict) -> str:
     JobDeploymentStatusInitializing)."""
     wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
     return "complete" if obj["kind"] == "RayJob" and wait.endswith("=Complete") else "ready"
+
+
+# The Ray job's status as KubeRay reads it (from the head's dashboard; the submitter pod's exit says nothing).
+# source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/job/job_head.py (GET /api/jobs/{job_or_submission_id})
+# and ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils (the dashboard HTTP client: JobPath "/api/jobs/",
+# GetJobInfo, the RayJob controller's view of the job; file within utils/ not confirmed at the tag here)
+JOB_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}  # ray-2.51.1:python/ray/dashboard/modules/job/common.py JobStatus
+
+
+def alive_node_addresses(address: str, port: int) -> set[str] | None:
+    """Node IPs the head's GCS knows ALIVE, from the dashboard's state API (None while it does not answer).
+    source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/state/state_head.py (GET /api/v0/nodes)"""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/api/v0/nodes", timeout=5) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    nodes = (((body.get("data") or {}).get("result") or {}).get("result")) or []
+    return {n.get("node_ip") for n in nodes if n.get("state") == "ALIVE"}
+
+
+def job_status(address: str, port: int, job_id: str) -> dict:
+    """The job's JobDetails from the dashboard, as the RayJob controller reads it to set the RayJob's status
+    ({} while it does not answer or knows no such job)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/api/jobs/{job_id}", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return {}

@@ -11,11 +11,11 @@ machine never meet on a port.
   this process stays outside. setns(2) with CLONE_NEWNET needs CAP_SYS_ADMIN: root here and in CI.
 - `nsenter_argv(argv)` is the same for one command started from outside (`nsenter --net=<path> -- argv`).
 - `outside_argv(argv)` runs a command back in this machine's namespace (tests: what is reachable from outside).
-Adoption by the runner (RayRehearsal and VolcanoRehearsal do this today): `self._isolation, self.namespace =
-netns.isolation()` first in Rehearsal.__init__ (before the S3 stand-in and the forwarders start: their threads must
-be created inside), `self._isolation.close()` last in close(). Then the per-pod 127.0.x.y addresses, hosts files,
-forwarders and probes work unchanged, `exec_in`'s nsenter (no -n) inherits the namespace, and the "listens outside
-127.0.0.0/8" check can accept 0.0.0.0/:: (only lo exists). Prepending `nsenter_argv` to each bwrap command instead
+The runner (runner.Rehearsal) does `self._isolation, self.namespace = netns.isolation()` first in its __init__
+(before the S3 stand-in and the forwarders start: their threads must be created inside), `self._isolation.close()`
+last in close(). Then the per-pod 127.0.x.y addresses, hosts files, forwarders and probes work unchanged,
+`exec_in`'s nsenter (no -n) inherits the namespace, and the "listens outside 127.0.0.0/8" check accepts 0.0.0.0/::
+while `interfaces()` is only lo. Prepending `nsenter_argv` to each bwrap command instead
 would leave the runner's own probes, forwarders and S3 stand-in outside, unable to reach the pods.
 """
 from __future__ import annotations
@@ -72,6 +72,12 @@ class NetworkNamespace:
         if up.returncode != 0:
             self.close()
             raise NamespaceError(f"ip link set lo up in the rehearsal's namespace: {up.stderr.strip()}")
+
+    def interfaces(self) -> list[str]:
+        """The namespace's network interfaces, as its holder sees them (/proc/<pid>/net/dev: one line per interface
+        after the two header lines)."""
+        with open(f"/proc/{self.holder.pid}/net/dev") as f:
+            return [line.split(":", 1)[0].strip() for line in f.read().splitlines()[2:]]
 
     def nsenter_argv(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net={self.path}", "--", *argv]

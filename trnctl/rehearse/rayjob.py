@@ -1,137 +1,39 @@
-"""Rehearsal of ray-pretrain's RayJobs: per RayJob, the cluster KubeRay creates (head, then the workers, each
-running the `ray start` command KubeRay builds through the pod's `/bin/bash -c`, with the real `ray` CLI), then
-the submitter Job's pod running KubeRay's `ray job submit` against the head Service's name, and the Ray job's
-outcome read from the dashboard as KubeRay reads it.
+"""How the runner (trnctl/rehearse/runner.py) runs a RayJob (ray-pretrain): per RayJob, the cluster KubeRay creates
+(head, then the workers, each running the `ray start` command KubeRay builds through the pod's `/bin/bash -c`, with
+the real `ray` CLI), then the submitter Job's pod running KubeRay's `ray job submit` against the head Service's
+name, and the Ray job's outcome read from the dashboard as KubeRay reads it (trnctl.operators.kuberay.job_status).
+A mixin of runner.Rehearsal, which dispatches every RayJob of a step to `run_rayjob`.
 
-An addition to the runner (trnctl/rehearse/runner.py) for what it does not model, kept here so the runner's
-owner can fold it in:
-- Per-pod await inside one RayJob: the head first (ready once its GCS port answers), then the workers (their
-  wait-gcs-ready init container runs `ray health-check` against the head Service's name; a worker is ready once
-  its `ray start --block` has kept running for `WORKER_SETTLE` seconds), then the submitter pod (KubeRay creates
-  the submitter Job once the cluster is ready: rayjob_controller.go JobDeploymentStatusInitializing ->
-  createK8sJobIfNeed). The submitter's exit says nothing about the job: KubeRay reads the job's status from the
-  dashboard (`GET /api/jobs/<submission id>`), and so does `_job_status`.
+- Per-pod await inside one RayJob: the head first (ready once its GCS port answers), then the workers in parallel
+  (their wait-gcs-ready init container runs `ray health-check` against the head Service's name; a worker is ready
+  once the head's dashboard lists its address ALIVE, or its `ray start --block` kept running `WORKER_SETTLE`
+  seconds), then the submitter pod (KubeRay creates the submitter Job once the cluster is ready:
+  rayjob_controller.go JobDeploymentStatusInitializing -> createK8sJobIfNeed).
 - Addresses: `--node-ip-address` and the dashboard host set to the pod's own loopback address.
-- CPU path: the RayJob's runtime env gets the overlay's CPU-path env for the keys it sets (the stack pins
-  `TRN_BACKEND: neuron` for the precompile and train jobs; the runtime env wins over the pod env in Ray, so the
-  overlay must win over the runtime env, as it wins over the pod's own env).
+- CPU path: overlay.cpu_path_job (the runtime env wins over the pod env in Ray, so the overlay must win there too).
 - Stop and resubmit (`stop_rayjob`): the RayJob's cluster and submitter go away as KubeRay deletes them
-  (shutdownAfterJobFinishes, or the RayJob deleted); a new run of the step creates them again with the same
-  names, and the training resumes from the checkpoints on the shared volume.
-Ray 2.51.1's GCS and raylet bind every interface whatever `--node-ip-address` says: run the rehearsal inside
-its own network namespace (trnctl/rehearse/netns.py) so nothing a pod binds is reachable from outside.
+  (shutdownAfterJobFinishes, or the RayJob deleted); a new run creates them again with the same names, and the
+  training resumes from the checkpoints on the shared volume.
+Ray 2.51.1's GCS and raylet bind every interface whatever `--node-ip-address` says: every rehearsal runs inside
+its own network namespace (trnctl/rehearse/netns.py), so nothing a pod binds is reachable from outside.
 """
 from __future__ import annotations
 
 import copy
-import json
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
-import yaml
 
 from trnctl import operators
 from trnctl.operators import OWNER_ANNOTATION, kuberay
-from trnctl.rehearse import netns, overlay
-from trnctl.rehearse.runner import PodResult, Rehearsal
-from trnctl.rehearse.sandbox_patch import bwrap_argv_through
+from trnctl.rehearse import overlay
+from trnctl.rehearse.results import PodResult
 
 WORKER_SETTLE = 15.0  # seconds a worker's `ray start --block` must keep running to count as joined
 
-# Tiny-scale config of the ray-pretrain stack (merged into its stack file before the render, as
-# overlay.STACK_OVERLAYS): the tiny Llama preset, a tokenizer and corpus seeded on the shared volume, a few steps
-# with frequent checkpoints. The render still checks it against 64 Ray Train workers (2 pods x 32 NeuronCores).
-RAY_TOKENIZER = f"/shared/{overlay.SEED_DIR}/ray-tokenizer"
-RAY_CORPUS = f"/shared/{overlay.SEED_DIR}/ray-corpus.jsonl"
-RAY_PRETRAIN_OVERLAY = {"ray-pretrain": {"ray": {
-    "tokenizer": RAY_TOKENIZER, "dataInputs": [RAY_CORPUS],
-    "run": {"model": "tiny", "seq_len": 32, "steps": 30, "global_batch_size": 64, "micro_batch_size": 1,
-            "tensor_parallel_size": 1, "learning_rate": 0.003, "warmup_steps": 2, "checkpoint_interval": 10,
-            "precompile_steps": 2, "max_failures": 0},
-}}}
-# What the rendered run config changes at tiny scale: two gloo processes (one per worker pod) instead of one per
-# NeuronCore (64: the two CPU pods of this machine cannot hold them), a global batch of one micro-batch each.
-RAY_RUN_SCALE = {"num_workers": 2, "global_batch_size": 2}
-
-# source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/job/job_head.py (GET /api/jobs/{job_or_submission_id})
-# and ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils (the dashboard HTTP client: JobPath "/api/jobs/",
-# GetJobInfo, the RayJob controller's view of the job; file within utils/ not confirmed at the tag here)
-JOB_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}  # ray-2.51.1:python/ray/dashboard/modules/job/common.py JobStatus
-
-
-def seed_ray_inputs(shared_root: Path, claim: str) -> list[str]:
-    """The corpus and tokenizer the data RayJob reads (what the FSx data repository association would hold)."""
-    from trn_workloads.dataprep import synthetic
-    root = shared_root / claim
-    corpus, tokenizer = root / RAY_CORPUS.removeprefix("/shared/"), root / RAY_TOKENIZER.removeprefix("/shared/")
-    texts = list(synthetic.generate_documents(120, seed=1, median_words=60))
-    if not corpus.exists():
-        corpus.parent.mkdir(parents=True, exist_ok=True)
-        synthetic.write_jsonl(corpus, texts)
-    if not (tokenizer / "tokenizer.json").exists():
-        synthetic.train_bpe_tokenizer(texts, tokenizer, vocab_size=300)
-    return [RAY_CORPUS, RAY_TOKENIZER]
-
-
-def scale_run_config(objects: list[dict]) -> list[dict]:
-    """The objects with the Ray run config (the ConfigMap's run.json) at RAY_RUN_SCALE."""
-    out = []
-    for obj in objects:
-        if obj.get("kind") == "ConfigMap" and "run.json" in (obj.get("data") or {}):
-            run = json.loads(obj["data"]["run.json"])
-            if "num_workers" in run:
-                obj = copy.deepcopy(obj)
-                obj["data"]["run.json"] = json.dumps({**run, **RAY_RUN_SCALE})
-        out.append(obj)
-    return out
-
-
-def cpu_path_job(job: dict) -> dict:
-    """The RayJob with the overlay's CPU-path env over the env_vars its runtime env sets."""
-    raw = job["spec"].get("runtimeEnvYAML")
-    if not raw:
-        return job
-    runtime = yaml.safe_load(raw) or {}
-    env = runtime.get("env_vars") or {}
-    cpu = overlay.cpu_path_env(None)
-    if not any(k in cpu for k in env):
-        return job
-    job = copy.deepcopy(job)
-    runtime["env_vars"] = {k: cpu.get(k, v) for k, v in env.items()}
-    job["spec"]["runtimeEnvYAML"] = yaml.safe_dump(runtime)
-    return job
-
-
-class RayRehearsal(Rehearsal):
-    """Runs inside its own network namespace (netns.py) from construction to close(), unless isolated=False."""
-
-    def __init__(self, *args, isolated: bool = True, **kwargs) -> None:
-        self._isolation, self.namespace = netns.isolation(isolated)
-        try:
-            super().__init__(*args, **kwargs)
-        except BaseException:
-            self._isolation.close()
-            raise
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._isolation.close()
-
-    def _start_container(self, pod: dict, container: dict, dirs, hosts):
-        with bwrap_argv_through(lambda argv: argv):  # volume mount points under /etc (our run config)
-            return super()._start_container(pod, container, dirs, hosts)
-
-    def run_step(self, index: int) -> list[PodResult]:
-        jobs = [o for o in self.stack.steps[index] if operators.key_of(o) == ("ray.io/v1", "RayJob")]
-        if not jobs:
-            return super().run_step(index)
-        return [r for job in jobs for r in self.run_rayjob(job, index)]
+class RayJobSteps:
+    """Mixin of runner.Rehearsal: a RayJob's cluster, then its submitter, then the Ray job's status."""
 
     def run_rayjob(self, job: dict, index: int, *, until=None) -> list[PodResult]:
         """The RayJob's cluster, then (a RayJob with an entrypoint) its submitter and the Ray job to a terminal
@@ -155,13 +57,12 @@ class RayRehearsal(Rehearsal):
             self._start(_owned(pod, job), results, deadline)
         self._await(head, results, deadline, lambda pod: _answers(*gcs))
         if not any(r.problem for r in results.values()):
-            for pod in workers:
-                self._start(_owned(pod, job), results, deadline)
+            self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
             started = time.monotonic()
             dashboard = (gcs[0], kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
 
             def joined(pod: dict) -> bool:
-                alive = _alive_node_addresses(*dashboard)
+                alive = kuberay.alive_node_addresses(*dashboard)
                 if alive is None:  # no dashboard: the worker's `ray start --block` kept running long enough
                     return time.monotonic() - started > WORKER_SETTLE
                 return self.addresses.pod(pod["metadata"]["name"]) in alive
@@ -172,7 +73,7 @@ class RayRehearsal(Rehearsal):
     def _submit(self, job: dict, index: int, until) -> list[PodResult]:
         """The submitter pod as kuberay.pods builds it (K8sJobMode), then the Ray job's status from the dashboard."""
         ctx = self.stack.ctx
-        submitted = cpu_path_job(job)
+        submitted = overlay.cpu_path_job(job)
         submitters = [p for p in kuberay.pods(submitted, ctx) if kuberay.NODE_TYPE_LABEL not in p["metadata"]["labels"]]
         deadline = time.monotonic() + self.step_timeout
         results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, operators.describe(job))
@@ -192,17 +93,17 @@ class RayRehearsal(Rehearsal):
             self.ready.add(res.name)
             status: dict = {}
             while time.monotonic() < deadline:
-                status = _job_status(*dashboard, job_id)
-                if status.get("status") in JOB_TERMINAL or (until is not None and until()):
+                status = kuberay.job_status(*dashboard, job_id)
+                if status.get("status") in kuberay.JOB_TERMINAL or (until is not None and until()):
                     break
                 if not status and any(c.proc.poll() is not None for c in self.containers if c.pod == res.name):
                     break  # the submitter gave up before the dashboard knew the job
                 time.sleep(1.0)
             state = status.get("status")
-            if until is not None and state not in JOB_TERMINAL and until():
+            if until is not None and state not in kuberay.JOB_TERMINAL and until():
                 continue  # left running, as asked
             if state != "SUCCEEDED":
-                why = f"Ray job {job_id} {state or 'not found'}" if state in JOB_TERMINAL or not status else \
+                why = f"Ray job {job_id} {state or 'not found'}" if state in kuberay.JOB_TERMINAL or not status else \
                     f"Ray job {job_id} still {state} at the step bound of {self.step_timeout:.0f}s"
                 res.problem = f"{why}: {status.get('message', '')}".strip(": ")
             else:
@@ -221,11 +122,14 @@ class RayRehearsal(Rehearsal):
         self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != name] + [pod]
         try:
             if on_loopback:
-                pod = _on_loopback(pod, self.addresses.pod(name))
+                pod = self._on_loopback(pod)
             self._start_pod(pod, results[name], deadline)
         except Exception as exc:  # kubelet refusals, init containers that fail: recorded on the pod
             results[name].problem = str(exc)
             results[name].log_tail = self._log_tail(name)
+
+    def _on_loopback(self, pod: dict) -> dict:
+        return _on_loopback(pod, self.addresses.pod(pod["metadata"]["name"]))
 
     def _await(self, pods: list[dict], results: dict[str, PodResult], deadline: float, ready) -> None:
         pending = [p for p in pods if not results[p["metadata"]["name"]].problem]
@@ -258,27 +162,6 @@ class RayRehearsal(Rehearsal):
 def _owned(pod: dict, job: dict) -> dict:
     pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = operators.describe(job)
     return pod
-
-
-def _alive_node_addresses(address: str, port: int) -> set[str] | None:
-    """Node IPs the head's GCS knows ALIVE, from the dashboard's state API (None while it does not answer).
-    source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/state/state_head.py (GET /api/v0/nodes)"""
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}/api/v0/nodes", timeout=5) as r:
-            body = json.loads(r.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return None
-    nodes = (((body.get("data") or {}).get("result") or {}).get("result")) or []
-    return {n.get("node_ip") for n in nodes if n.get("state") == "ALIVE"}
-
-
-def _job_status(address: str, port: int, job_id: str) -> dict:
-    """The job's JobDetails from the dashboard ({} while it does not answer or knows no such job)."""
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}/api/jobs/{job_id}", timeout=5) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return {}
 
 
 def _answers(address: str, port: int) -> bool:
