@@ -54,15 +54,16 @@ class MPIJobSteps:
         # Owned by this process's user, which the sandbox's user namespace maps to the pod's uid (the image's
         # `chown -R 1000:1000 /home/trn`).
 
-    def _pod_overlay(self, pod: dict, container: dict, dirs) -> tuple[dict, list[tuple[str, str]]]:
+    def mpi_pod_overlay(self, pod: dict, container: dict, dirs) -> tuple[dict, list[tuple[str, str]]]:
         """An MPIJob pod's container: the image's sshd files, loopback-only Open MPI, the ssh client config."""
-        if mpi.JOB_ROLE_LABEL not in pod["metadata"]["labels"]:
-            return super()._pod_overlay(pod, container, dirs)
         self._image_files(pod, container["name"])
         pod = _with_overlay(pod, container["name"], self.addresses.pod(pod["metadata"]["name"]))
-        _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
         client = self.work / "pods" / pod["metadata"]["name"] / "containers" / container["name"] / "ssh_config.d"
         return pod, [(str(client), "/etc/ssh/ssh_config.d")]
+
+    def mpi_volumes_written(self, dirs) -> None:
+        """Once the sandbox has written the pod's volume files: the ssh Secret's as the kubelet owns them."""
+        _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
 
     def run_mpijob(self, job: dict, index: int) -> list[PodResult]:
         deadline = time.monotonic() + self.step_timeout

@@ -66,9 +66,14 @@ TITAN_OVERLAY = {"titan-pretrain": {"titan": {
 }}}
 PROCESSES_PER_POD = 1
 
-# nemo-pretrain: 2 nodes (launcher + 2 workers over ssh), a few steps.
-NEMO_OVERLAY = {"nemo-pretrain": {"nemo": {"run": {"nodes": 2, "steps": 20, "checkpoint_every_n_steps": 10,
-                                                   "precompile_steps": 2}}}}
+# nemo-pretrain: 2 nodes (launcher + 2 workers over ssh), a few steps, a tokenizer and corpus seeded on the shared
+# volume for its data-prep Job (the stack's Hub tokenizer and RedPajama sample are not here), no TensorBoard
+# Deployment (the image's tensorboard is not in the rehearsal's environment).
+NEMO_TOKENIZER = f"/shared/{SEED_DIR}/nemo-tokenizer"
+NEMO_CORPUS = f"/shared/{SEED_DIR}/nemo-corpus.jsonl"
+NEMO_OVERLAY = {"nemo-pretrain": {"nemo": {
+    "tensorboard": False, "data": {"tokenizer": NEMO_TOKENIZER, "inputs": [NEMO_CORPUS], "workers": 1},
+    "run": {"nodes": 2, "steps": 20, "checkpoint_every_n_steps": 10, "precompile_steps": 2}}}}
 
 STACK_OVERLAYS: dict[str, dict] = {
     "lora": {"run": {
@@ -103,18 +108,25 @@ def load(stack: str, overlays: dict[str, dict] | None = None):
     return loaded
 
 
-def seed_ray_inputs(shared_root: Path, claim: str) -> list[str]:
-    """The corpus and tokenizer the data RayJob reads (what the FSx data repository association would hold)."""
+def seed_corpus(shared_root: Path, claim: str, corpus_path: str, tokenizer_path: str, *, documents: int = 120,
+                vocab_size: int = 300) -> list[str]:
+    """A JSONL corpus and a BPE tokenizer trained on it, on the claim's volume (what the FSx data repository
+    association would hold for a data step to read)."""
     from trn_workloads.dataprep import synthetic
     root = shared_root / claim
-    corpus, tokenizer = root / RAY_CORPUS.removeprefix("/shared/"), root / RAY_TOKENIZER.removeprefix("/shared/")
-    texts = list(synthetic.generate_documents(120, seed=1, median_words=60))
+    corpus, tokenizer = root / corpus_path.removeprefix("/shared/"), root / tokenizer_path.removeprefix("/shared/")
+    texts = list(synthetic.generate_documents(documents, seed=1, median_words=60))
     if not corpus.exists():
         corpus.parent.mkdir(parents=True, exist_ok=True)
         synthetic.write_jsonl(corpus, texts)
     if not (tokenizer / "tokenizer.json").exists():
-        synthetic.train_bpe_tokenizer(texts, tokenizer, vocab_size=300)
-    return [RAY_CORPUS, RAY_TOKENIZER]
+        synthetic.train_bpe_tokenizer(texts, tokenizer, vocab_size=vocab_size)
+    return [corpus_path, tokenizer_path]
+
+
+def seed_ray_inputs(shared_root: Path, claim: str) -> list[str]:
+    """The corpus and tokenizer the data RayJob reads."""
+    return seed_corpus(shared_root, claim, RAY_CORPUS, RAY_TOKENIZER)
 
 
 def scale_run_config(objects: list[dict]) -> list[dict]:
@@ -218,6 +230,8 @@ def seed_shared(shared_root: Path, claim: str, workload: str, objects: list[dict
         if not path.exists():
             write_synthetic_csv(path, 400)
         written.append(HOUSING_CSV)
+    if workload == "nemo-pretrain":
+        written += seed_corpus(shared_root, claim, NEMO_CORPUS, NEMO_TOKENIZER)
     if workload == "ray-pretrain":
         written += seed_ray_inputs(shared_root, claim)
     if workload == "titan-pretrain" and objects is not None:

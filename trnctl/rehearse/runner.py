@@ -579,6 +579,8 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
         proc.env.update(bind_env)
         argv = sandbox.bwrap_argv(proc, image=image_ref, dirs=dirs, container=container["name"], hosts=hosts,
                                   commands=overlay.IMAGE_COMMANDS.get(iname), extra_ro_binds=extra_binds)
+        if mpi.JOB_ROLE_LABEL in pod["metadata"].get("labels", {}):
+            self.mpi_volumes_written(dirs)
         info_r, info_w = os.pipe()
         argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
         log = dirs.root / f"{container['name']}.log"
@@ -595,8 +597,10 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
         return c
 
     def _pod_overlay(self, pod: dict, container: dict, dirs: sandbox.PodDirs) -> tuple[dict, list[tuple[str, str]]]:
-        """(the pod as the rehearsal runs it, extra read-only binds): what a controller's runner (mixin) adds for the
-        pods of its kind; nothing here."""
+        """(the pod as the rehearsal runs it, extra read-only binds): what a controller's runner adds for the pods
+        of its kind (the MPI operator's pods: mpijob.py); nothing for the rest."""
+        if mpi.JOB_ROLE_LABEL in pod["metadata"].get("labels", {}):
+            return self.mpi_pod_overlay(pod, container, dirs)
         return pod, []
 
     def stop_pods(self, which: Callable[[dict], bool], grace: float = 10.0) -> None:
