@@ -74,3 +74,10 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_an_ipv4_mapped_loopback_listener_is_inside_and_wildcards_are_not():
+    """Ray's gRPC servers listen dual-stack: their 127.0.x.y shows as ::ffff:127.0.x.y in /proc/net/tcp6."""
+    from trnctl.rehearse.network import _in_loopback_range
+    assert _in_loopback_range("::ffff:127.0.10.1") and _in_loopback_range("127.0.200.3")
+    assert not any(_in_loopback_range(a) for a in ("0.0.0.0", "::", "::ffff:10.0.0.1", "10.1.2.3"))

@@ -614,6 +614,16 @@ def config_objects(obj: dict, ctx) -> list[dict]:
 RAYJOB_DEADLINE_MAX = 2**31 - 1
 
 
+def deletes_cluster_when_finished(job: dict) -> bool:
+    """Whether KubeRay deletes the RayJob's RayCluster once the job ends (Complete or Failed): shutdownAfterJobFinishes
+    on a RayJob that made its own cluster (no clusterSelector) and sets no deletionPolicy; after
+    ttlSecondsAfterFinished (default 0). source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/
+    rayjob_controller.go (case JobDeploymentStatusComplete, JobDeploymentStatusFailed: "Shutdown behavior is defined
+    by the `ShutdownAfterJobFinishes` flag", deleteClusterResources)"""
+    spec = job.get("spec") or {}
+    return bool(spec.get("shutdownAfterJobFinishes")) and not spec.get("clusterSelector") and not spec.get("deletionPolicy")
+
+
 def admission_problems(obj: dict, ctx) -> list[str]:
     """What KubeRay v1.7.0 refuses or never acts on, one message per problem."""
     problems: list[str] = []

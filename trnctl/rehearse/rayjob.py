@@ -41,7 +41,13 @@ class RayJobSteps:
         results = self.run_cluster(job, index)
         if any(r.problem for r in results) or not job["spec"].get("entrypoint"):
             return results
-        return results + self._submit(job, index, until)
+        results += self._submit(job, index, until)
+        finished = not (until is not None and until())
+        if finished and kuberay.deletes_cluster_when_finished(job):
+            for res in results:  # checked while they run, before KubeRay deletes them
+                self._check_bindings(res)
+            self.stop_rayjob(job)
+        return results
 
     def run_cluster(self, job: dict, index: int) -> list[PodResult]:
         ctx = self.stack.ctx
