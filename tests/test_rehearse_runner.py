@@ -204,3 +204,28 @@ def test_configmap_and_secret_volumes_are_files_with_their_modes_inside_the_pod(
     lines = out.stdout.splitlines()
     assert lines[:3] == ["600 /etc/cfg/a", "644 /etc/cfg/sub/b", "400 /var/sec/token"], out.stderr
     assert lines[3:] == ["a", "sub", "s3cret1"]  # no key c; the volume is read-only
+
+
+def volcano_job(name: str, command: list[str]) -> dict:
+    """A Volcano Job of one task, run by the Volcano runner (trnctl/rehearse/volcanojob.py)."""
+    return {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"minAvailable": 1, "schedulerName": "volcano", "queue": "default", "plugins": {"env": []},
+                     "tasks": [{"name": "main", "replicas": 1, "template": {"spec": {
+                         "restartPolicy": "Never", "automountServiceAccountToken": False,
+                         "containers": [{"name": "main", "image": IMAGE, "command": command}]}}}]}}
+
+
+def test_a_step_with_objects_of_several_controller_kinds_runs_each_through_its_controller(tmp_path):
+    """One step holding a Volcano Job and a batch Job: the Volcano Job's pod comes from Volcano's rules (its
+    `<job>-<task>-<index>` name and the env plugin's VC_TASK_INDEX), the Job's from Kubernetes' (generated name); both run."""
+    queue = {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "Queue", "metadata": {"name": "default"},
+             "spec": {"reclaimable": True}}  # Volcano's admission needs the Job's queue
+    step = [volcano_job("gang", ["sh", "-c", "echo task index $VC_TASK_INDEX"]), job("plain", ["sh", "-c", "echo plain"])]
+    with Rehearsal(hand_stack([queue], step), work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        result = r.run()
+        logs = {p.name: (r.work / "pods" / p.name / "main.log").read_text() for p in result.pods}
+    assert result.ok, result.report()
+    gang = next(p for p in result.pods if p.name == "gang-main-0")
+    plain = next(p for p in result.pods if p.name.startswith("plain-"))
+    assert gang.exit_code == 0 and plain.exit_code == 0 and gang.step == plain.step == 1
+    assert "task index 0" in logs[gang.name] and "plain" in logs[plain.name]

@@ -55,25 +55,6 @@ def report(results) -> str:
     return "\n".join(p.line() + "\n" + p.log_tail for p in results)
 
 
-def test_master_and_worker_train_with_volcano_env_then_resume(stack, shared):
-    index, job = train_job(stack)
-    run = run_json(stack)
-    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
-        first = r.run_job(job, index, until=lambda: bool(checkpoint_steps(shared, run)))
-        assert all(not p.problem for p in first), report(first)
-        r.stop_job(job)  # the gang's pods deleted (Volcano's RestartJob, or the Job deleted and applied again)
-        saved = checkpoint_steps(shared, run)
-        assert saved and 0 < saved[-1] < run["steps"], report(first)
-        second = r.run_job(job, index)
-        logs = {p.name: "".join(f.read_text() for f in (r.work / "pods" / p.name).glob("*.log")) for p in second}
-    assert all(not p.problem and p.exit_code == 0 for p in second), report(second)
-    assert sorted(p.name for p in second) == [f"{job['metadata']['name']}-master-0", f"{job['metadata']['name']}-worker-0"]
-    master = logs[f"{job['metadata']['name']}-master-0"]
-    resumed = [int(m) for m in re.findall(r"resumed from \S+ \(step (\d+)\)", master)]
-    assert resumed and resumed[-1] >= saved[-1] > 0, master[-3000:]
-    assert checkpoint_steps(shared, run)[-1] == run["steps"]
-
-
 def test_torchrun_reading_an_env_var_the_plugin_does_not_set_fails_naming_pod_and_step(stack, shared):
     """The defect put back: the node rank read from $(NODE_RANK), which Volcano's pytorch plugin never sets (it sets
     RANK): the kubelet leaves `$(NODE_RANK)` as written and torchrun refuses it on every pod."""
@@ -110,16 +91,21 @@ def metrics_steps(shared: Path, run: dict) -> list[int]:
 
 
 def test_a_killed_worker_restarts_the_gang_from_the_newest_checkpoint(stack, tmp_path):
-    """Issue 24 item 4 (measured recovery), titan: one worker pod killed mid-run; the master's torchrun fails with it;
-    the Job's own policy for PodFailed (RestartJob) restarts the gang, which resumes from the newest checkpoint.
-    Steps lost (last step logged before the kill - the step resumed from) <= the checkpoint interval."""
+    """Issue 24 item 4 (measured recovery), titan: master and worker train with the Volcano plugins' env until the
+    first checkpoint; one worker pod killed mid-run; the master's torchrun fails with it; the Job's own policy for
+    PodFailed (RestartJob) restarts the gang (every pod deleted and created again), which resumes from the newest
+    checkpoint and trains to the end. Steps lost (last step logged before the kill - the step resumed from) <= the
+    checkpoint interval. (This run is also the stop-and-resume rehearsal of issue 20: one titan run, not two.)"""
     run = run_json(stack)
     seed_titan_inputs(tmp_path, CLAIM, run["dataset_prefix"])
     index, job = train_job(stack)
     name = job["metadata"]["name"]
     with Rehearsal(stack, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
         started = r.start_job(job, index)
-        r.await_job(job, started, until=lambda: bool(checkpoint_steps(tmp_path, run)))
+        first = r.await_job(job, started, until=lambda: bool(checkpoint_steps(tmp_path, run)))
+        assert all(not p.problem for p in first), report(first)
+        saved = checkpoint_steps(tmp_path, run)
+        assert saved and 0 < saved[-1] < run["steps"], report(first)
         r.kill_pod(f"{name}-worker-0")
         killed_at, last_step = time.monotonic(), max(metrics_steps(tmp_path, run), default=0)
         broken = r.await_job(job, started)  # the master's torchrun loses its peer
@@ -133,10 +119,13 @@ def test_a_killed_worker_restarts_the_gang_from_the_newest_checkpoint(stack, tmp
         time_to_resume = time.monotonic() - killed_at
         done = r.await_job(job, again)
         log = "".join(f.read_text() for f in (r.work / "pods" / f"{name}-master-0").glob("*.log"))
-    assert all(not p.problem for p in done), report(done)
+    assert all(not p.problem and p.exit_code == 0 for p in done), report(done)
+    assert sorted(p.name for p in done) == [f"{name}-master-0", f"{name}-worker-0"]
     resumed = int(re.findall(r"resumed from \S+ \(step (\d+)\)", log)[-1])
+    assert resumed >= saved[-1] > 0, log[-3000:]
     steps_lost = last_step - resumed
     print(f"titan recovery: last step {last_step}, resumed from {resumed}, steps lost {steps_lost}, "
           f"time to resume {time_to_resume:.1f}s")
     assert 0 <= steps_lost <= run["checkpoint_every_n_steps"]
     assert metrics_steps(tmp_path, run)[-1] == run["steps"]
+    assert checkpoint_steps(tmp_path, run)[-1] == run["steps"]
