@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,17 +55,59 @@ def report(results) -> str:
 
 @pytest.fixture(scope="module")
 def data_done(stack, shared):
+    """The data RayJob: its cluster (asked, while it runs, for `ray status` and what reaches its GCS), then its
+    submitter; one cluster for the join and the submission tests."""
     index, job = job_step(stack, "data")
     with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
-        results = r.run_step(index)
-        submitter = next(p for p in results if p.name.startswith(f"{job['metadata']['name']}-") and "-head-" not in p.name
-                         and "-worker-" not in p.name)
-        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text()
-    return results, log
+        cluster = r.run_cluster(job, index)
+        asked = ask_cluster(r, job, cluster) if not any(p.problem for p in cluster) else None
+        results = cluster + (r.submit_rayjob(job, index, cluster) if asked else [])
+        submitter = next((p for p in results if p.name.startswith(f"{job['metadata']['name']}-")
+                          and "-head-" not in p.name and "-worker-" not in p.name), None)
+        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text() if submitter else ""
+    return results, log, asked
+
+
+def ask_cluster(r: Rehearsal, job: dict, results) -> tuple:
+    """`ray status` inside the head pod through the address workers use (the head Service's cluster DNS name), and
+    whether the GCS port answers inside the rehearsal's network namespace and from this machine's."""
+    head = next(p for p in results if "-head-" in p.name)
+    cluster = kuberay.rayjob_cluster(job, r.stack.ctx)
+    port = kuberay.head_port(cluster)
+    status = r.exec_in(head.name, "ray-head", ["ray", "status", "--address",
+                                               f"{kuberay.head_fqdn(cluster, r.stack.ctx)}:{port}"], timeout=60)
+    # Ray's GCS binds every interface: reachable inside the rehearsal's network namespace, not from this machine's
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)"
+    reach = {where: subprocess.run(argv([sys.executable, "-c", probe, address, str(port)]), capture_output=True).returncode
+             for address in (r.addresses.pod(head.name), "127.0.0.1")
+             for where, argv in ((f"inside {address}", list), (f"outside {address}", r.namespace.outside_argv))}
+    return status, reach
+
+
+def test_workers_join_the_head_with_kuberay_commands(stack, data_done):
+    """Issue 20 defect 1 fixed: the head and two workers run the `ray start` commands KubeRay builds through their
+    pods' `/bin/bash -c` with the real `ray` CLI; the workers join the head with their resources whole."""
+    results, _, asked = data_done
+    index, job = job_step(stack, "data")
+    assert asked, report(results)
+    status, reach = asked
+    assert status.returncode == 0, status.stderr
+    assert reach == {k: (0 if k.startswith("inside") else 1) for k in reach}, reach
+    nodes = status.stdout.split("Node status", 1)[1].split("Pending:", 1)[0]
+    assert " 2 trn1-efa" in nodes and " 1 headgroup" in nodes, status.stdout  # RAY_NODE_TYPE_NAME = ray.io/group
+    # each worker's --resources reached Ray whole: 2 x 32 NeuronCores; --num-cpus from each worker's CPU limit (head 0)
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    cpus = workers["replicas"] * int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert "/64.0 neuron_cores" in status.stdout and f"/{cpus}.0 CPU" in status.stdout, status.stdout
+    by_type = {kind: [p for p in results if f"-{kind}-" in p.name] for kind in ("head", "worker")}
+    assert len(by_type["head"]) == 1 and len(by_type["worker"]) == 2
+    for p in by_type["head"] + by_type["worker"]:
+        assert not p.problem and p.ready, p.line() + "\n" + p.log_tail
+    assert all(p.step == index and p.owner == f"RayJob/{job['metadata']['name']}" for p in results)
 
 
 def test_data_rayjob_submitted_through_the_head_service(stack, shared, data_done):
-    results, log = data_done
+    results, log, _ = data_done
     assert all(not p.problem for p in results), report(results)
     assert len(results) == 4  # head, 2 workers, submitter
     run = run_json(stack)

@@ -41,11 +41,17 @@ class RayJobSteps:
         results = self.run_cluster(job, index)
         if any(r.problem for r in results) or not job["spec"].get("entrypoint"):
             return results
-        results += self._submit(job, index, until)
+        return results + self.submit_rayjob(job, index, results, until=until)
+
+    def submit_rayjob(self, job: dict, index: int, cluster: list[PodResult], *, until=None) -> list[PodResult]:
+        """Once its cluster is ready (`cluster`: run_cluster's results): the submitter and the Ray job to a terminal
+        state (or until `until()`), then the cluster deleted when KubeRay deletes it
+        (kuberay.deletes_cluster_when_finished), its pods' listeners checked before."""
+        results = self._submit(job, index, until)
         finished = not (until is not None and until())
         if finished and kuberay.deletes_cluster_when_finished(job):
-            for res in results:  # checked while they run, before KubeRay deletes them
-                self._check_bindings(res)
+            for res in [*cluster, *results]:
+                self._check_bindings(res)  # while they run, before KubeRay deletes them
             self.stop_rayjob(job)
         return results
 
