@@ -24,7 +24,7 @@ from infra.karpenter import Karpenter, KarpenterArgs  # noqa: E402
 from infra.monitoring import Monitoring, MonitoringArgs  # noqa: E402
 from infra.monitoring import values as monitoring_values  # noqa: E402
 from infra.monitoring.hang import HangWatchdog, HangWatchdogArgs  # noqa: E402
-from infra.nodepools import NodePools, NodePoolsArgs  # noqa: E402
+from infra.nodepools import NodePools, NodePoolsArgs, pool_scheduling, rendered_daemonset_pods  # noqa: E402
 from infra.prices import has_prices, load_prices  # noqa: E402
 from infra.registry import Registry, RegistryArgs  # noqa: E402
 from infra.storage import SharedStorage, SharedStorageArgs  # noqa: E402
@@ -109,7 +109,8 @@ pulumi.export("identityMode", cfg.identity)
 pulumi.export("oidcProviderArn", cluster.identity.oidc_provider_arn)
 pulumi.export("oidcIssuer", cluster.identity.oidc_issuer)
 pulumi.export("availabilityZoneIds", az_ids)
-pulumi.export("nodePools", pools.scheduling)
+pulumi.export("nodePools", {p.name: pool_scheduling(p, daemonset_pods=rendered_daemonset_pods(cfg),
+                                                     zone_ids=pool_zone_ids[p.name]) for p in cfg.node_pools})
 pulumi.export("neuronTracks", pools.tracks)
 pulumi.export("sharedStorage", {"pvcName": storage.pvc_name, "namespace": storage.pvc_namespace,
                                 "mountPath": storage.mount_path, "fileSystemId": storage.file_system.id})

@@ -35,6 +35,9 @@ class InstanceType:
     logical_neuron_cores: dict[int, int] = field(default_factory=dict, hash=False)
     usage_classes: tuple[str, ...] = DEFAULT_USAGE_CLASSES
     ultraserver: bool = False
+    # ENIs of the default network card and IPv4 addresses per ENI (Karpenter's ENI-limited max pods); 0: unknown
+    default_card_interfaces: int = 0
+    ipv4_per_interface: int = 0
     # Facts (instance_types.json keys) no EC2 answer confirms (Trn3): preflight compares them with
     # the live DescribeInstanceTypes answer.
     unverified: tuple[str, ...] = ()
@@ -81,7 +84,8 @@ def instance_type(name: str) -> InstanceType:
                         device_memory_gib=d.get("deviceMemoryGiB", 0),
                         logical_neuron_cores={int(k): v for k, v in d.get("logicalNeuronCores", {}).items()},
                         usage_classes=tuple(d.get("usageClasses", DEFAULT_USAGE_CLASSES)),
-                        ultraserver=d.get("ultraServer", False), unverified=tuple(d.get("unverified", ())))
+                        ultraserver=d.get("ultraServer", False), unverified=tuple(d.get("unverified", ())),
+                        default_card_interfaces=d.get("defaultCardEnis", 0), ipv4_per_interface=d.get("ipv4PerEni", 0))
 
 
 @dataclass(frozen=True)

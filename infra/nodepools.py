@@ -19,6 +19,7 @@ import pulumi_kubernetes as k8s
 
 from infra import catalog, versions
 from infra.config import NodePoolConfig
+from trnctl.operators import karpenter
 
 POOL_LABEL = "trn-platform/pool"
 FAMILY_LABEL = "trn-platform/family"
@@ -52,16 +53,59 @@ KARPENTER_CAPACITY_TYPE = {"on-demand": "on-demand", "spot": "spot", "reserved":
 LNC_CONFIG_FILE = "/opt/aws/neuron/logical_nc_config"
 
 
+# DaemonSets the platform installs through charts and EKS add-ons, which the render does not expand, as
+# the pod templates Karpenter counts against each node (their tolerations and requests as set by our
+# values or the pinned defaults; a DaemonSet without requests reserves nothing for the scheduler):
+# - prometheus-node-exporter: tolerates everything, infra/monitoring/values.py NODE_EXPORTER_REQUESTS
+#   (counted on every pool even with monitoring off: the conservative side);
+# - aws-node (VPC CNI add-on): cpu 25m (aws/amazon-vpc-cni-k8s charts/aws-vpc-cni/values.yaml resources.requests);
+# - kube-proxy (EKS add-on): cpu 100m (EKS kube-proxy add-on manifest, resources.requests.cpu);
+# - Neuron device plugin, EFA device plugin, FSx CSI node, pod identity agent: no requests in the pinned
+#   charts' defaults as read for the cluster model (not re-verified offline for every tag: README).
+def unrendered_daemonset_pods() -> list[dict]:
+    from infra.monitoring.values import NODE_EXPORTER_REQUESTS  # infra.monitoring imports this module
+    return [{"spec": {"tolerations": [{"operator": "Exists"}], "containers": [{"name": name, "resources": {"requests": req}}]}}
+            for name, req in (("node-exporter", NODE_EXPORTER_REQUESTS), ("aws-node", {"cpu": "25m"}),
+                              ("kube-proxy", {"cpu": "100m"}))]
+
+
+def rendered_daemonset_pods(cfg) -> list[dict]:
+    """Pod templates of the DaemonSets the platform renders itself: neuron-monitor on the accelerator
+    pools when monitoring is on, and the burn-in agent on the pools it gates (it stays on the node
+    after the taint is gone). The same pure specs infra/monitoring and infra/burnin register."""
+    from infra import burnin  # imports this module
+    from infra.monitoring import neuron
+    pods = [ds["spec"]["template"] for ds in burnin.manifests(cfg.node_pools) if ds["kind"] == "DaemonSet"]
+    if cfg.monitoring.enabled and cfg.accelerator_pools:
+        ds = neuron.daemonset(image=versions.neuron_monitor_image(), accelerator_pools=[p.name for p in cfg.accelerator_pools])
+        pods.append(ds["spec"]["template"])
+    return pods
+
+
+def schedulable_per_node(pool: NodePoolConfig, daemonset_pods: list[dict], zone_ids: list[str] = ()) -> dict:
+    """What one workload pod may request on a node of the pool's largest type, as Karpenter sizes
+    that type before it has launched one (trnctl/operators/karpenter.py schedulable): its allocatable
+    minus the rendered DaemonSets (`daemonset_pods`, pod templates) and the unrendered ones that land
+    there. Workloads size their per-node pods from these outputs; the cluster model checks them
+    against the render."""
+    obj = {"metadata": {"name": pool.name}, "spec": nodepool_spec(pool, zone_ids=list(zone_ids))}
+    room = karpenter.schedulable(karpenter.Pool.of(obj), pool.largest_instance.name,
+                                 [*daemonset_pods, *unrendered_daemonset_pods()])
+    return {"schedulableMilliCpuPerNode": int(room["cpu"] * 1000), "schedulableMemoryMiBPerNode": int(room["memory"] // 2**20)}
+
+
 def pool_track(pool: NodePoolConfig) -> str | None:
     """The Neuron software track (images/neuron-sdk.json) whose images run on this pool."""
     return versions.neuron_track_for_family(pool.family) if pool.is_accelerator else None
 
 
-def pool_scheduling(pool: NodePoolConfig) -> dict:
+def pool_scheduling(pool: NodePoolConfig, *, daemonset_pods: list[dict], zone_ids: list[str] = ()) -> dict:
     """What a pod needs to land on this pool, and what one node of it offers.
 
     `neuronCoresPerNode` is what the Neuron runtime exposes at the pool's LNC (64 on a
     trn2.48xlarge at LNC=2); `physicalNeuronCoresPerNode` is the hardware count.
+    `vcpuPerNode`/`memoryGiBPerNode` are the instance's; `schedulableMilliCpuPerNode` and
+    `schedulableMemoryMiBPerNode` are what a workload pod may request there (schedulable_per_node).
     """
     big = pool.largest_instance
     tolerations = [{"key": NEURON_TAINT["key"], "operator": "Exists", "effect": NEURON_TAINT["effect"]}] \
@@ -80,6 +124,7 @@ def pool_scheduling(pool: NodePoolConfig) -> dict:
         "memoryGiBPerNode": big.memory_gib,
         "maxNodes": pool.max_nodes,
         "capacityTypes": list(pool.capacity_types),
+        **schedulable_per_node(pool, daemonset_pods, zone_ids),
     }
 
 
@@ -227,6 +272,5 @@ class NodePools(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, nc]))
             self.node_classes[pool.name] = nc
             self.node_pools[pool.name] = np_
-        self.scheduling = {p.name: pool_scheduling(p) for p in args.pools}
         self.tracks = neuron_tracks(args.pools)
         self.register_outputs({"pools": list(self.node_pools)})

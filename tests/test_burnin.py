@@ -374,7 +374,7 @@ def test_nodepool_startup_taint_only_on_gated_accelerator_pools():
     off = config.NodePoolConfig(**{**off.__dict__, "burn_in": config.BurnInConfig(enabled=False)})
     assert "startupTaints" not in nodepools.nodepool_spec(off, zone_ids=["usw2-az1"])["template"]["spec"]
     # Workloads tolerate the Neuron taint only: they never land on a node before its burn-in passed.
-    assert all(t["key"] != nodepools.BURN_IN_TAINT["key"] for t in nodepools.pool_scheduling(TRN1)["tolerations"])
+    assert all(t["key"] != nodepools.BURN_IN_TAINT["key"] for t in nodepools.pool_scheduling(TRN1, daemonset_pods=[])["tolerations"])
 
 
 def test_rbac_is_pinned():

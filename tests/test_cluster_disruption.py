@@ -53,12 +53,17 @@ def test_expiring_nodes_with_a_grace_period_shorter_than_the_longest_job_is_repo
 
     # do-not-disrupt pods hold an expired node's drain until they end (no terminationGracePeriod): no finding
     assert rules(disruption.check(expire("720h")), "disruption/expire-after") == []
-    # a 48h grace period deletes them: the week-long NeMo runs (604800s) and the RayJobs (no deadline) are cut short
+    # a 48h grace period deletes them: the week-long NeMo runs and RayJobs (604800s deadlines) are cut short
     owners = sorted(f.objects[0] for f in rules(disruption.check(expire("720h", "48h")), "disruption/expire-after"))
     assert "MPIJob ml-shared/nemo-pretrain-usw2-train" in owners and "RayJob ml-shared/ray-pretrain-usw2-train" in owners
-    # a grace period beyond the NeMo deadline lets NeMo finish; the RayJobs still have none
+    # a grace period beyond the week-long deadlines lets both finish
     owners = sorted(f.objects[0] for f in rules(disruption.check(expire("720h", "200h")), "disruption/expire-after"))
-    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" not in owners and "RayJob ml-shared/ray-pretrain-usw2-train" in owners
+    assert "MPIJob ml-shared/nemo-pretrain-usw2-train" not in owners and "RayJob ml-shared/ray-pretrain-usw2-train" not in owners
+    # ... unless a RayJob has no activeDeadlineSeconds: no grace period is long enough
+    no_deadline = edit(expire("720h", "200h"), "RayJob ml-shared/ray-pretrain-usw2-train",
+                       lambda job: job["spec"].pop("activeDeadlineSeconds"))
+    owners = sorted(f.objects[0] for f in rules(disruption.check(no_deadline), "disruption/expire-after"))
+    assert "RayJob ml-shared/ray-pretrain-usw2-train" in owners
 
 
 def test_expiring_nodes_evict_gang_pods_without_do_not_disrupt(today):

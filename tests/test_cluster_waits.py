@@ -96,3 +96,14 @@ def test_llm_serve_records_that_pulumi_leaves_its_replicas_to_keda():
     from tests.cluster_helpers import workload_render
     (deployment,) = [r for r in workload_render("llm-serve-usw2").records if r["type"] == "kubernetes:apps/v1:Deployment"]
     assert deployment["options"] == {"ignoreChanges": ["spec.replicas"]}
+
+
+def test_ray_jobs_awaited_to_complete_end_when_the_wait_does():
+    """KubeRay fails a RayJob at spec.activeDeadlineSeconds (v1.7.0); each step sets it from ray.deadlineSeconds."""
+    ray = model("dev-usw2", "ray-pretrain-usw2")
+    assert rules(waits.check(ray), "waits/") == []
+    for job in (o for o in ray.objects if o["kind"] == "RayJob"):
+        assert job["spec"]["activeDeadlineSeconds"] == 7 * 24 * 3600, job["metadata"]["name"]
+    found = rules(waits.check(edit(ray, "RayJob ml-shared/ray-pretrain-usw2-data",
+                                   lambda j: j["spec"].pop("activeDeadlineSeconds"))), "waits/unbounded")
+    assert len(found) == 1 and found[0].severity == "mandatory" and "604800s" in found[0].message

@@ -202,6 +202,8 @@ def test_rayjob_on_an_existing_cluster_is_refused_under_volcano():
     (lambda s: s.pop("rayClusterSpec"), "one of rayClusterSpec or clusterSelector must be set"),
     (lambda s: s.update(clusterSelector={"ray.io/cluster": "c"}, submissionMode="SidecarMode"),
      "clusterSelector is not supported in SidecarMode"),
+    (lambda s: s.update(activeDeadlineSeconds=0), "activeDeadlineSeconds 0 must be a positive int32"),
+    (lambda s: s.update(activeDeadlineSeconds=2**31), "must be a positive int32"),
 ])
 def test_rayjob_spec_validation(change, message):
     job = rayjob("data")

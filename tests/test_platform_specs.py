@@ -128,7 +128,7 @@ def test_nodeclass_imdsv2_encrypted_root_pinned_ami_and_raid0_only_with_instance
 def test_scheduling_facts_select_and_tolerate_exactly_what_the_nodepool_sets(stack):
     cfg = load_stack_file(ROOT, stack)
     for p in cfg.node_pools:
-        facts = nodepools.pool_scheduling(p)
+        facts = nodepools.pool_scheduling(p, daemonset_pods=nodepools.rendered_daemonset_pods(cfg))
         spec = nodepools.nodepool_spec(p, zone_ids=["z"])
         labels = spec["template"]["metadata"]["labels"]
         assert facts["nodeSelector"].items() <= labels.items(), p.name

@@ -63,10 +63,13 @@ def test_failing_job_names_pod_step_and_log_tail_and_stops_the_run(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+WIDE_SERVER = ["python", "-m", "http.server", "8080", "--bind", "0.0.0.0"]
+
+
 def test_a_pod_listening_on_all_addresses_fails_and_everything_is_cleaned_up(tmp_path):
-    server = ["python", "-m", "http.server", "8080", "--bind", "0.0.0.0"]
-    stack = hand_stack([deployment("wide", server, {"tcpSocket": {"port": 8080}, "periodSeconds": 1})])
-    r = Rehearsal(stack, work_dir=tmp_path / "work", s3=False, step_timeout=60)
+    """Outside a namespace of its own (isolated=False), 0.0.0.0 is every interface of this machine: a failure."""
+    stack = hand_stack([deployment("wide", WIDE_SERVER, {"tcpSocket": {"port": 8080}, "periodSeconds": 1})])
+    r = Rehearsal(stack, work_dir=tmp_path / "work", s3=False, step_timeout=60, isolated=False)
     try:
         result = r.run()
         leaders = [c.proc.pid for c in r.containers]
@@ -76,6 +79,22 @@ def test_a_pod_listening_on_all_addresses_fails_and_everything_is_cleaned_up(tmp
     assert pod.ready is True and "listens outside 127.0.0.0/8: 0.0.0.0:8080" in pod.problem
     assert not any(session_alive(pid) for pid in leaders)
     assert not (tmp_path / "work").exists() and not r.memory.exists()
+
+
+def test_in_its_namespace_a_wildcard_bind_passes_only_while_lo_is_the_only_interface(tmp_path):
+    """Inside the rehearsal's own network namespace 0.0.0.0 reaches only `lo`; once the namespace has another
+    interface (a tun device added here), the same pod fails the listener check."""
+    stack = hand_stack([deployment("wide", WIDE_SERVER, {"tcpSocket": {"port": 8080}, "periodSeconds": 1})])
+    with Rehearsal(stack, work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        assert r.namespace.interfaces() == ["lo"]
+        alone = r.run()
+    with Rehearsal(stack, work_dir=tmp_path / "work2", s3=False, step_timeout=60) as r:
+        subprocess.run(r.namespace.nsenter_argv(["ip", "tuntap", "add", "dev", "rehearse0", "mode", "tun"]), check=True,
+                       capture_output=True)
+        widened = r.run()
+    assert alone.ok, alone.report()
+    [pod] = widened.pods
+    assert "listens outside 127.0.0.0/8: 0.0.0.0:8080" in pod.problem
 
 
 def test_service_port_maps_to_target_port_and_names_resolve_inside_pods(tmp_path):
@@ -198,3 +217,28 @@ def test_a_native_sidecar_runs_beside_the_job_and_does_not_hold_it_up(tmp_path):
     assert result.ok, result.report()
     [pod] = result.pods
     assert pod.exit_code == 0 and not pod.problem
+
+
+def volcano_job(name: str, command: list[str]) -> dict:
+    """A Volcano Job of one task, run by the Volcano runner (trnctl/rehearse/volcanojob.py)."""
+    return {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "Job", "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"minAvailable": 1, "schedulerName": "volcano", "queue": "default", "plugins": {"env": []},
+                     "tasks": [{"name": "main", "replicas": 1, "template": {"spec": {
+                         "restartPolicy": "Never", "automountServiceAccountToken": False,
+                         "containers": [{"name": "main", "image": IMAGE, "command": command}]}}}]}}
+
+
+def test_a_step_with_objects_of_several_controller_kinds_runs_each_through_its_controller(tmp_path):
+    """One step holding a Volcano Job and a batch Job: the Volcano Job's pod comes from Volcano's rules (its
+    `<job>-<task>-<index>` name and the env plugin's VC_TASK_INDEX), the Job's from Kubernetes' (generated name); both run."""
+    queue = {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "Queue", "metadata": {"name": "default"},
+             "spec": {"reclaimable": True}}  # Volcano's admission needs the Job's queue
+    step = [volcano_job("gang", ["sh", "-c", "echo task index $VC_TASK_INDEX"]), job("plain", ["sh", "-c", "echo plain"])]
+    with Rehearsal(hand_stack([queue], step), work_dir=tmp_path / "work", s3=False, step_timeout=60) as r:
+        result = r.run()
+        logs = {p.name: (r.work / "pods" / p.name / "main.log").read_text() for p in result.pods}
+    assert result.ok, result.report()
+    gang = next(p for p in result.pods if p.name == "gang-main-0")
+    plain = next(p for p in result.pods if p.name.startswith("plain-"))
+    assert gang.exit_code == 0 and plain.exit_code == 0 and gang.step == plain.step == 1
+    assert "task index 0" in logs[gang.name] and "plain" in logs[plain.name]

@@ -280,12 +280,12 @@ def test_capacity_blocks_are_karpenter_reserved_capacity_selected_by_id():
 
 
 def test_scheduling_outputs_carry_lnc_logical_cores_and_track():
-    facts = nodepools.pool_scheduling(trn2_pool())
+    facts = nodepools.pool_scheduling(trn2_pool(), daemonset_pods=[])
     assert (facts["lnc"], facts["neuronCoresPerNode"], facts["physicalNeuronCoresPerNode"]) == (2, 64, 128)
     assert (facts["track"], facts["efaPerNode"], facts["neuronDevicesPerNode"]) == ("native", 16, 16)
-    assert nodepools.pool_scheduling(trn2_pool(lnc=1))["neuronCoresPerNode"] == 128
+    assert nodepools.pool_scheduling(trn2_pool(lnc=1), daemonset_pods=[])["neuronCoresPerNode"] == 128
     trn1 = NodePoolConfig(name="trn1-efa", family="trn1", instance_types=("trn1.32xlarge",), max_nodes=4, efa=True)
-    facts = nodepools.pool_scheduling(trn1)
+    facts = nodepools.pool_scheduling(trn1, daemonset_pods=[])
     assert (facts["lnc"], facts["neuronCoresPerNode"], facts["track"]) == (None, 32, "xla")
 
 

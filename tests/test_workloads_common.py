@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.config import load_stack_file
-from infra.nodepools import NEURON_TAINT, pool_scheduling
+from infra.nodepools import NEURON_TAINT, pool_scheduling, rendered_daemonset_pods
 from trnctl.validation import validate_objects
 from workloads import common
 from workloads.errors import WorkloadConfigError
@@ -25,7 +25,7 @@ def platform_values(stack: str = "dev-usw2") -> dict:
         "clusterName": cfg.cluster_name, "region": cfg.region, "kubernetesVersion": cfg.kubernetes_version,
         "identityMode": cfg.identity, "oidcProviderArn": "arn:aws:iam::111122223333:oidc-provider/x",
         "oidcIssuer": "oidc.eks.us-west-2.amazonaws.com/id/X",
-        "nodePools": {p.name: pool_scheduling(p) for p in cfg.node_pools},
+        "nodePools": {p.name: pool_scheduling(p, daemonset_pods=rendered_daemonset_pods(cfg)) for p in cfg.node_pools},
         "sharedStorage": {"pvcName": cfg.fsx.pvc_name, "namespace": cfg.fsx.pvc_namespace,
                           "mountPath": cfg.fsx.mount_path},
         "workloadNamespace": cfg.fsx.pvc_namespace,
@@ -138,14 +138,35 @@ def test_build_args_take_the_one_sdk_pin():
 def test_ray_gang_fits_its_nodes_and_the_queue_covers_it_exactly(platform):
     pool = platform.pool("trn1-efa", key="k")
     worker = worker_resources(pool)["requests"]
-    assert int(worker["cpu"]) < pool.vcpu_per_node  # room for kubelet and the daemonsets
-    assert int(worker["memory"].removesuffix("Gi")) < pool.memory_gib_per_node
+    # exactly what Karpenter's first trn1.32xlarge offers after kube-reserved, VM overhead and the DaemonSets
+    assert worker["cpu"] == str(pool.schedulable_millicpu_per_node // 1000) == "127"
+    assert worker["memory"] == f"{pool.schedulable_memory_mib_per_node}Mi"
+    assert pool.schedulable_memory_mib_per_node < 512 * 1024 * (1 - 0.075)
     assert worker["aws.amazon.com/neuron"] == "16" and worker["vpc.amazonaws.com/efa"] == "8"
     gang = gang_resources(pool, workers=4)
     assert gang["aws.amazon.com/neuron"] == "64" and gang["vpc.amazonaws.com/efa"] == "32"
-    assert int(gang["cpu"]) > 4 * int(worker["cpu"])  # plus the head
+    # the head's requests plus four workers', to the millicore and the MiB
+    assert gang["cpu"] == str(4 + 4 * 127)
+    assert gang["memory"] == f"{16 * 1024 + 4 * pool.schedulable_memory_mib_per_node}Mi"
 
 
 def test_wait_annotations_bound_the_wait():
     assert common.wait_for("jsonpath={.status.jobStatus}=SUCCEEDED", 3600) == {
         "pulumi.com/waitFor": "jsonpath={.status.jobStatus}=SUCCEEDED", "pulumi.com/timeoutSeconds": "3600"}
+
+
+def test_workload_programs_take_the_await_rules_from_the_provider_module_not_the_validator():
+    """workloads/common.py sets its waits from trnctl/operators/pulumi_kubernetes.py; the validator
+    (trnctl.cluster) is never loaded by a workload program."""
+    import subprocess
+    import sys
+    code = ("import sys; from workloads import common; "
+            "common.job_await(60); common.rollout_await({'name': 'c'}); common.wait_for('condition=Ready', 60); "
+            "print(sorted(m for m in sys.modules if m.startswith('trnctl.cluster')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=str(common.REPO_ROOT))
+    assert out.stdout.strip() == "[]", out.stdout
+    from trnctl.operators import pulumi_kubernetes
+    assert common.job_await(60) == {pulumi_kubernetes.TIMEOUT_ANNOTATION: "60"}
+    assert common.rollout_await({"name": "c"}) == {
+        pulumi_kubernetes.TIMEOUT_ANNOTATION: str(pulumi_kubernetes.PROVISIONING_ALLOWANCE_SECONDS)}

@@ -8,13 +8,10 @@ import pytest
 
 from tests.platform_helpers import (assert_rejected_before_any_resource, rendered_platform, rendered_workload,
                                     stack_config, with_setting)
+from trnctl.operators.kubernetes import quantity
 from workloads.errors import WorkloadConfigError
 
 STACK = "ray-pretrain-usw2"
-
-
-def quantity(value: str) -> float:
-    return float(value[:-2]) if value.endswith("Gi") else float(value.rstrip("m")) / (1000 if value.endswith("m") else 1)
 
 
 def jobs_by_step(result) -> dict:
@@ -59,7 +56,7 @@ def test_queue_capacity_covers_the_whole_gang():
         for resource in ("cpu", "memory", "aws.amazon.com/neuron", "vpc.amazonaws.com/efa"):
             needed = sum(n * quantity(c["resources"]["requests"].get(resource, "0")) for n, spec in pods
                          for c in spec["containers"])
-            assert quantity(capability[resource]) >= needed, resource
+            assert quantity(capability[resource]) >= needed * (1 - 1e-12), resource  # float sums of millicores
 
 
 def test_jobs_run_in_order():
@@ -109,6 +106,7 @@ BAD = {
     "stack-owned key": (changed("run.num_workers", 8), "ray.run.num_workers: set by the stack"),
     "unknown model": (changed("run.model", "llama9"), "ray.run.model: must be one of ['llama2-7b', 'tiny'], got 'llama9'"),
     "head on an accelerator pool": (changed("headPool", "inf2"), "ray.headPool: pool 'inf2' is an accelerator pool"),
+    "no deadline": (changed("deadlineSeconds", 0), "ray.deadlineSeconds: must be 1 to 2147483647 seconds"),
 }
 
 

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
+from trnctl.operators.pulumi_kubernetes import TIMEOUT_ANNOTATION, WAIT_FOR, rollout_budget_seconds
 from workloads.config import IMAGE_DIRS, IMAGE_TRACKS, WorkloadStackConfig
 from workloads.errors import WorkloadConfigError
 from workloads.platform import Platform, PoolScheduling
@@ -112,10 +113,24 @@ def common_env(platform: Platform, paths: Paths, *, neuron: bool, hf_secret: str
     return env
 
 
-def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str, memory: str,
-                  cpu_limit: str | None = None) -> dict:
-    """Requests = limits for devices (extended resources must match); CPU/memory requests
-    sized by the caller, memory limit equal to the request (no OOM surprises on a shared node)."""
+def node_share(pool: PoolScheduling, share: float = 1.0) -> tuple[str, str]:
+    """(cpu, memory) requests of `share` of what a workload pod may request on one node of `pool`
+    (the platform's schedulable*PerNode outputs: Karpenter's pre-launch allocatable minus DaemonSets),
+    rounded down, so a pod sized from it fits the first node Karpenter launches of that type. CPU in
+    whole cores from one core up: KubeRay rounds the CPU quantity up for Ray's --num-cpus
+    (trnctl/operators/kuberay.py), which must not exceed the pod's CPU quota."""
+    millicpu = int(pool.schedulable_millicpu_per_node * share)
+    cpu = str(millicpu // 1000) if millicpu >= 1000 else f"{millicpu}m"
+    return cpu, f"{int(pool.schedulable_memory_mib_per_node * share)}Mi"
+
+
+def resources_for(pool: PoolScheduling, *, neuron_devices: int = 0, efa: int = 0, cpu: str | None = None,
+                  memory: str | None = None, cpu_limit: str | None = None) -> dict:
+    """Requests = limits for devices (extended resources must match); CPU/memory requests sized by
+    the caller, or the whole node's schedulable share when not given (node_share); memory limit equal
+    to the request (no OOM surprises on a shared node)."""
+    whole_cpu, whole_memory = node_share(pool)
+    cpu, memory = cpu or whole_cpu, memory or whole_memory
     req = {"cpu": cpu, "memory": memory}
     lim = {"cpu": cpu_limit or cpu, "memory": memory}
     if neuron_devices:
@@ -364,20 +379,18 @@ def json_config_map(name: str, *, namespace: str, data: dict, cfg: WorkloadStack
 def job_await(deadline_seconds: int) -> dict:
     """`pulumi up` awaits a batch/v1 Job until Complete, 10 minutes by default (pulumi-kubernetes
     provider/pkg/await/job.go): wait as long as the Job may run (its activeDeadlineSeconds), or
-    the update fails while the Job is still legitimately running (trnctl/cluster/waits.py)."""
-    from trnctl.cluster.waits import TIMEOUT_ANNOTATION
+    the update fails while the Job is still legitimately running (trnctl/operators/pulumi_kubernetes.py)."""
     return {TIMEOUT_ANNOTATION: str(deadline_seconds)}
 
 
 def rollout_await(*containers: dict) -> dict:
     """`pulumi up` awaits a Deployment's rollout, 10 minutes by default (pulumi-kubernetes
     provider/pkg/await/deployment.go): wait for node launch, image pull and the containers' startup
-    probe budget (trnctl/cluster/waits.py rollout_budget_seconds)."""
-    from trnctl.cluster.waits import TIMEOUT_ANNOTATION, rollout_budget_seconds
+    probe budget (trnctl/operators/pulumi_kubernetes.py rollout_budget_seconds)."""
     return {TIMEOUT_ANNOTATION: str(rollout_budget_seconds({"containers": list(containers)}))}
 
 
 def wait_for(condition: str, timeout_seconds: int) -> dict:
     """Annotations that make `pulumi up` wait for a custom resource (MPIJob, RayJob) to reach
     `condition` before creating what depends on it (pulumi-kubernetes >= 4.18)."""
-    return {"pulumi.com/waitFor": condition, "pulumi.com/timeoutSeconds": str(timeout_seconds)}
+    return {WAIT_FOR: condition, TIMEOUT_ANNOTATION: str(timeout_seconds)}

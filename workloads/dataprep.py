@@ -78,7 +78,7 @@ def job(name: str, *, base: WorkloadBase, data: DataSettings, tokenizer_dir: str
     prep = container(name="dataprep", image=image, command=command(data, tokenizer_dir),
                      env=common_env(platform, base.paths, neuron=False, hf_secret=base.hf_secret),
                      mount_path=platform.storage.mount_path,
-                     resources=resources_for(cpu_pool, cpu=str(min(data.workers, cpu_pool.vcpu_per_node - 1)),
+                     resources=resources_for(cpu_pool, cpu=str(min(data.workers, cpu_pool.schedulable_millicpu_per_node // 1000)),
                                              memory="16Gi"))
     return k8s.batch.v1.Job(
         name, metadata={"name": job_name(cfg), "namespace": base.namespace, "labels": labels(cfg, "data"),

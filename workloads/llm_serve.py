@@ -182,11 +182,12 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig,
             problems[-1] += f" (tensor parallel {tp} needs {devices} devices of {cores_per_device} NeuronCores)"
         if model is not None:
             _check_memory(pool, devices, model, max_len, max_seqs, problems)
-        if cpu > pool.vcpu_per_node - 1 or memory > pool.memory_gib_per_node - 4:
+        room_cpu, room_gib = pool.schedulable_millicpu_per_node / 1000, pool.schedulable_memory_mib_per_node / 1024
+        if cpu > room_cpu or memory > room_gib:
             problems.append(f"llmServe.cpu/memoryGiB: {cpu} vCPU / {memory} GiB do not fit a node of pool "
-                            f"{pool_name!r} "
-                            f"(at most {pool.vcpu_per_node - 1} vCPU and {pool.memory_gib_per_node - 4} GiB after "
-                            "system reserve)")
+                            f"{pool_name!r} (at most {room_cpu:g} vCPU and {room_gib:.1f} GiB: what Karpenter's first "
+                            "node of the type offers after kube-reserved and the DaemonSets, the platform's "
+                            "schedulableMilliCpuPerNode/schedulableMemoryMiBPerNode)")
     scaling = _autoscaling(scaling_raw, platform, pool, devices, max_seqs, read_stack, problems)
     if problems:
         raise WorkloadConfigError(problems)

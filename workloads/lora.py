@@ -13,7 +13,7 @@ import pulumi_kubernetes as k8s
 
 from stackfiles import ConfigReader
 from workloads.common import (RUN_CONFIG_FILE, TRAINING_POD_ANNOTATIONS, WorkloadBase, check_devices, common_env, container, job_await,
-                              json_config_map, labels, pod_spec, resources_for)
+                              json_config_map, labels, node_share, pod_spec, resources_for)
 from workloads.config import WorkloadStackConfig
 from workloads.entrypoints import finetune
 from workloads.errors import WorkloadConfigError
@@ -80,9 +80,8 @@ class LoraFinetuneWorkload(pulumi.ComponentResource):
             name="finetune", image=base.image, command=finetune.command(RUN_CONFIG_FILE),
             env=common_env(platform, base.paths, neuron=True, hf_secret=base.hf_secret),
             mount_path=platform.storage.mount_path,
-            resources=resources_for(pool, neuron_devices=s.neuron_devices,
-                                    cpu=str(max(1, int((pool.vcpu_per_node - 8) * share))),
-                                    memory=f"{max(8, int((pool.memory_gib_per_node - 32) * share))}Gi"))
+            resources=resources_for(pool, neuron_devices=s.neuron_devices, cpu=node_share(pool, share)[0],
+                                    memory=node_share(pool, share)[1]))
         self.job = k8s.batch.v1.Job(
             f"{name}-job", metadata={"name": job_name, "namespace": ns, "labels": labels(cfg, "finetune"),
                                      "annotations": job_await(s.deadline_seconds)},

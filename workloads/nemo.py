@@ -94,9 +94,7 @@ def mpijob(name: str, *, base: WorkloadBase, s: NemoSettings, mode: str, config_
                          resources=resources_for(cpu_pool, cpu="1", memory="2Gi"))
     worker = container(name="worker", image=base.image, env=env, mount_path=platform.storage.mount_path,
                        command=WORKER_SSHD, efa=True,
-                       resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
-                                               cpu=str(pool.vcpu_per_node - 8),
-                                               memory=f"{pool.memory_gib_per_node - 32}Gi"))
+                       resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node))
     component = f"{mode}"
     launcher_template = {"metadata": {"labels": labels(cfg, component), "annotations": dict(TRAINING_POD_ANNOTATIONS)},
                          "spec": pod_spec(platform=platform, pool=cpu_pool, containers=[launcher],

@@ -29,6 +29,10 @@ class PoolScheduling:
     vcpu_per_node: int
     memory_gib_per_node: int
     max_nodes: int
+    # What one workload pod may request on a node of the pool's largest type, as Karpenter sizes it before a
+    # first launch, after the DaemonSets (infra/nodepools.py schedulable_per_node): per-node pods size from these.
+    schedulable_millicpu_per_node: int = 0
+    schedulable_memory_mib_per_node: int = 0
     lnc: int | None = None  # Logical NeuronCore setting (trn2/trn3); neuron_cores_per_node counts logical cores
     track: str | None = None  # the Neuron software track its hardware runs (images/neuron-sdk.json), None: CPU
 
@@ -126,12 +130,18 @@ def parse_platform_outputs(stack: str, values: dict[str, Any], kubeconfig: pulum
     if missing:
         raise WorkloadConfigError([f"platformStack: stack {stack} lacks outputs {', '.join(missing)}; "
                                    "run `pulumi up` on the platform stack first"])
+    stale = sorted(name for name, p in values["nodePools"].items() if "schedulableMemoryMiBPerNode" not in p)
+    if stale:
+        raise WorkloadConfigError([f"platformStack: stack {stack} exports no schedulableMilliCpuPerNode/"
+                                   f"schedulableMemoryMiBPerNode for pools {', '.join(stale)} (a platform from before "
+                                   "workloads sized pods from them); run `pulumi up` on the platform stack first"])
     pools = {name: PoolScheduling(
         name=name, node_selector=dict(p["nodeSelector"]), tolerations=list(p["tolerations"]),
         instance_types=list(p["instanceTypes"]), neuron_devices_per_node=int(p["neuronDevicesPerNode"]),
         neuron_cores_per_node=int(p["neuronCoresPerNode"]), efa_per_node=int(p["efaPerNode"]),
         vcpu_per_node=int(p["vcpuPerNode"]), memory_gib_per_node=int(p["memoryGiBPerNode"]),
-        max_nodes=int(p["maxNodes"]), lnc=None if p.get("lnc") is None else int(p["lnc"]),
+        max_nodes=int(p["maxNodes"]), schedulable_millicpu_per_node=int(p["schedulableMilliCpuPerNode"]),
+        schedulable_memory_mib_per_node=int(p["schedulableMemoryMiBPerNode"]), lnc=None if p.get("lnc") is None else int(p["lnc"]),
         track=p.get("track") or _track_of(p)) for name, p in values["nodePools"].items()}
     tracks = values.get("neuronTracks") or {t: sorted(n for n, s in pools.items() if s.track == t)
                                             for t in sorted({s.track for s in pools.values() if s.track})}

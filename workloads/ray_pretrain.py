@@ -34,8 +34,6 @@ from workloads.progress import GANG_RESTART_LABEL, progress_sidecar, scraped
 
 DASHBOARD_PORT = kuberay.DASHBOARD_PORT
 HEAD_CPU, HEAD_MEMORY_GIB = 4, 16
-# Room on each worker node for the kubelet, daemonsets and the Ray raylet itself.
-NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
 # RayJob backoffLimit of the train job (ray-project/kuberay@v1.7.0 rayjob_types.go: "Specifies the number of
 # retries before marking this job failed. Each retry creates a new RayCluster."); each resumes from the newest
 # checkpoint.
@@ -62,7 +60,10 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> R
     run_raw = r.get("run", dict, {})
     inputs = r.str_list("dataInputs", required=True)
     tokenizer = r.get("tokenizer", str, "meta-llama/Llama-2-7b-hf")
-    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600)
+    # each step's RayJob activeDeadlineSeconds (an int32 KubeRay requires positive: trnctl/operators/kuberay.py)
+    deadline = r.get("deadlineSeconds", int, 7 * 24 * 3600,
+                     check=lambda v: None if 1 <= v <= kuberay.RAYJOB_DEADLINE_MAX
+                     else f"must be 1 to {kuberay.RAYJOB_DEADLINE_MAX} seconds")
     r.finish()
     pool = None
     try:
@@ -95,18 +96,16 @@ def parse(section: dict, *, platform: Platform, stack: WorkloadStackConfig) -> R
 
 def gang_resources(pool: PoolScheduling, workers: int) -> dict:
     """Requests of the whole gang (head + workers): the Queue's capability is exactly this."""
-    cpu = HEAD_CPU + workers * (pool.vcpu_per_node - NODE_RESERVED_CPU)
-    memory = HEAD_MEMORY_GIB + workers * (pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB)
-    out = {"cpu": str(cpu), "memory": f"{memory}Gi", "aws.amazon.com/neuron": str(workers * pool.neuron_devices_per_node)}
+    cpu = HEAD_CPU + workers * (pool.schedulable_millicpu_per_node // 1000)  # node_share: whole cores
+    memory = HEAD_MEMORY_GIB * 1024 + workers * pool.schedulable_memory_mib_per_node
+    out = {"cpu": str(cpu), "memory": f"{memory}Mi", "aws.amazon.com/neuron": str(workers * pool.neuron_devices_per_node)}
     if pool.efa_per_node:
         out["vpc.amazonaws.com/efa"] = str(workers * pool.efa_per_node)
     return out
 
 
 def worker_resources(pool: PoolScheduling) -> dict:
-    return resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
-                         cpu=str(pool.vcpu_per_node - NODE_RESERVED_CPU),
-                         memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi")
+    return resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node)
 
 
 def worker_resources_param(pool: PoolScheduling) -> str:
@@ -177,7 +176,7 @@ class RayPretrainWorkload(pulumi.ComponentResource):
         }
 
         previous: pulumi.Resource = self.queue
-        data_cpus = pool.vcpu_per_node - NODE_RESERVED_CPU
+        data_cpus = pool.schedulable_millicpu_per_node // 1000  # whole CPUs Ray sees on a worker
         steps = [("data", ray_train.data_entrypoint(RUN_CONFIG_FILE, s.data_inputs, s.tokenizer, s.run["tokenizer"],
                                                     data_cpus), "Complete", "cpu"),
                  ("precompile", ray_train.train_entrypoint(RUN_CONFIG_FILE, precompile=True), "Complete", "neuron"),
@@ -209,6 +208,9 @@ class RayPretrainWorkload(pulumi.ComponentResource):
                           "annotations": wait_for(f"jsonpath={{.status.jobDeploymentStatus}}={wait_state}",
                                                   s.deadline_seconds if wait_state == "Complete" else 3600)},
                 spec={"entrypoint": " ".join(entrypoint), "submissionMode": "K8sJobMode",
+                      # KubeRay fails the step (DeadlineExceeded) once it has run this long, node launch included,
+                      # so `pulumi up`'s wait for Complete (same bound) ends too (trnctl/operators/kuberay.py).
+                      "activeDeadlineSeconds": s.deadline_seconds,
                       # The driver runs on the CPU head; driver and workers must agree on the backend.
                       "runtimeEnvYAML": f"env_vars:\n  TRN_BACKEND: {backend}\n",
                       "rayClusterSpec": cluster_spec,

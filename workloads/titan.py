@@ -36,8 +36,6 @@ from workloads.progress import GANG_RESTART_LABEL
 TRAINING_METRICS_PORT = 9400  # images/trn_workloads/training_metrics.py METRICS_PORT (rank 0 serves it)
 MASTER_PORT = 23456  # volcano v1.15.1 pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go DefaultPort
 MASTER_TASK, WORKER_TASK = "master", "worker"
-# Room on each node for the kubelet, daemonsets and the EFA/Neuron plugins.
-NODE_RESERVED_CPU, NODE_RESERVED_MEMORY_GIB = 8, 32
 # checkov 3.3.30 reads kind `Job` as batch/v1 and looks for spec.template, which a Volcano Job
 # does not have (its pod templates are under spec.tasks), so these pod-level checks fail on the
 # Job object itself. The templates set what they ask for (non-root uid, RuntimeDefault seccomp,
@@ -132,9 +130,7 @@ def volcano_job(name: str, *, base: WorkloadBase, s: TitanSettings, config_map: 
         train = container(
             name="trainer", image=image, env=trainer_env(platform, base, pool), mount_path=platform.storage.mount_path,
             command=titan_trainer.torchrun_command(pool.neuron_cores_per_node, RUN_CONFIG_FILE), efa=True,
-            resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node,
-                                    cpu=str(pool.vcpu_per_node - NODE_RESERVED_CPU),
-                                    memory=f"{pool.memory_gib_per_node - NODE_RESERVED_MEMORY_GIB}Gi"),
+            resources=resources_for(pool, neuron_devices=pool.neuron_devices_per_node, efa=pool.efa_per_node),
             ports=[{"name": METRICS_PORT_NAME, "containerPort": TRAINING_METRICS_PORT}] if serves_metrics else None)
         return {"name": task_name, "replicas": replicas, "template": {
             # The master's deletion restarts the gang (Volcano PodEvicted -> RestartJob: workloads/progress.py).

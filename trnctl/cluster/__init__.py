@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 
 import yaml
 
+from trnctl.operators.kubernetes import match_expression  # noqa: F401  (Kubernetes' rule; re-exported for the rule families)
+
 MANDATORY = "mandatory"
 ADVISORY = "advisory"
 
@@ -141,28 +143,6 @@ def match_selector(selector: dict | None, labels: dict[str, str]) -> bool:
         if labels.get(key) != value:
             return False
     return all(match_expression(e, labels) for e in selector.get("matchExpressions") or [])
-
-
-def match_expression(expr: dict, labels: dict[str, str]) -> bool:
-    """One selector requirement; also the node-selector operators Gt and Lt
-    (kubernetes/kubernetes pkg/apis/core/v1/helper NodeSelectorRequirementsAsSelector)."""
-    key, op, values = expr["key"], expr["operator"], [str(v) for v in expr.get("values") or []]
-    present = key in labels
-    if op == "In":
-        return present and labels[key] in values
-    if op == "NotIn":
-        return not present or labels[key] not in values
-    if op == "Exists":
-        return present
-    if op == "DoesNotExist":
-        return not present
-    if op in ("Gt", "Lt") and present:
-        try:
-            have, want = int(labels[key]), int(values[0])
-        except (ValueError, IndexError):
-            return False
-        return have > want if op == "Gt" else have < want
-    return False
 
 
 @dataclass

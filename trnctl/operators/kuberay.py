@@ -10,6 +10,8 @@ import copy
 import json
 import math
 import re
+import urllib.error
+import urllib.request
 from typing import Any
 
 import yaml
@@ -603,6 +605,25 @@ def config_objects(obj: dict, ctx) -> list[dict]:
     return []
 
 
+# RayJob spec.activeDeadlineSeconds (ray-project/kuberay@v1.7.0 ray-operator/apis/ray/v1/rayjob_types.go, *int32;
+# utils/validation.go ValidateRayJobSpec: must be positive): counted from status.startTime, which KubeRay sets when
+# it initializes the RayJob, before it creates the RayCluster (rayjob_controller.go initRayJobStatusIfNeed), so
+# node launch and image pulls count; once passed, in Initializing or Running, KubeRay sets jobDeploymentStatus
+# Failed with reason DeadlineExceeded (checkActiveDeadlineAndUpdateStatusIfNeeded) and, with
+# shutdownAfterJobFinishes, deletes the cluster.
+RAYJOB_DEADLINE_MAX = 2**31 - 1
+
+
+def deletes_cluster_when_finished(job: dict) -> bool:
+    """Whether KubeRay deletes the RayJob's RayCluster once the job ends (Complete or Failed): shutdownAfterJobFinishes
+    on a RayJob that made its own cluster (no clusterSelector) and sets no deletionPolicy; after
+    ttlSecondsAfterFinished (default 0). source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/
+    rayjob_controller.go (case JobDeploymentStatusComplete, JobDeploymentStatusFailed: "Shutdown behavior is defined
+    by the `ShutdownAfterJobFinishes` flag", deleteClusterResources)"""
+    spec = job.get("spec") or {}
+    return bool(spec.get("shutdownAfterJobFinishes")) and not spec.get("clusterSelector") and not spec.get("deletionPolicy")
+
+
 def admission_problems(obj: dict, ctx) -> list[str]:
     """What KubeRay v1.7.0 refuses or never acts on, one message per problem."""
     problems: list[str] = []
@@ -616,6 +637,11 @@ def admission_problems(obj: dict, ctx) -> list[str]:
         if not spec.get("rayClusterSpec") and not selector:
             problems.append(f"{what}: one of rayClusterSpec or clusterSelector must be set "
                             f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec)")
+        deadline = spec.get("activeDeadlineSeconds")
+        if deadline is not None and not (isinstance(deadline, int) and 0 < deadline <= RAYJOB_DEADLINE_MAX):
+            problems.append(f"{what}: activeDeadlineSeconds {deadline!r} must be a positive int32 "
+                            f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec; ray-operator/apis/ray/v1/"
+                            f"rayjob_types.go ActiveDeadlineSeconds *int32)")
         if selector and spec.get("submissionMode") == "SidecarMode":
             problems.append(f"{what}: clusterSelector is not supported in SidecarMode "
                             f"(source: {SOURCE}/utils/validation.go ValidateRayJobSpec)")
@@ -675,3 +701,32 @@ def await_kind(obj: dict) -> str:
     JobDeploymentStatusInitializing)."""
     wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
     return "complete" if obj["kind"] == "RayJob" and wait.endswith("=Complete") else "ready"
+
+
+# The Ray job's status as KubeRay reads it (from the head's dashboard; the submitter pod's exit says nothing).
+# source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/job/job_head.py (GET /api/jobs/{job_or_submission_id})
+# and ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils (the dashboard HTTP client: JobPath "/api/jobs/",
+# GetJobInfo, the RayJob controller's view of the job; file within utils/ not confirmed at the tag here)
+JOB_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}  # ray-2.51.1:python/ray/dashboard/modules/job/common.py JobStatus
+
+
+def alive_node_addresses(address: str, port: int) -> set[str] | None:
+    """Node IPs the head's GCS knows ALIVE, from the dashboard's state API (None while it does not answer).
+    source: ray-project/ray@ray-2.51.1:python/ray/dashboard/modules/state/state_head.py (GET /api/v0/nodes)"""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/api/v0/nodes", timeout=5) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    nodes = (((body.get("data") or {}).get("result") or {}).get("result")) or []
+    return {n.get("node_ip") for n in nodes if n.get("state") == "ALIVE"}
+
+
+def job_status(address: str, port: int, job_id: str) -> dict:
+    """The job's JobDetails from the dashboard, as the RayJob controller reads it to set the RayJob's status
+    ({} while it does not answer or knows no such job)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/api/jobs/{job_id}", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return {}

@@ -15,6 +15,7 @@ holds and the official documentation named next to them.
 from __future__ import annotations
 
 import base64
+import re
 import copy
 import hashlib
 import posixpath
@@ -589,3 +590,81 @@ def container_process(pod: dict, container_name: str, objects: list[dict], image
                             gid=int(gid or 0), supplemental_gids=groups,
                             mounts=container_mounts(pod, container, objects, fs_group), hostname=pod_hostname(pod),
                             image=image)
+
+
+# --------------------------------------------------------------------------- scheduling: requests and taints
+
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "": 1}
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity as a number (bytes, cores, devices)."""
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+def pod_requests(pod: dict) -> dict[str, float]:
+    """Effective requests: the sum over containers, or the largest init container if bigger
+    (kubernetes/kubernetes@v1.34.0 pkg/api/v1/resource/helpers.go PodRequests); requests default
+    to limits (pkg/apis/core/v1/defaults.go SetDefaults_Pod)."""
+    total: dict[str, float] = {}
+    spec = pod.get("spec") or {}
+    for c in spec.get("containers") or []:
+        for k, v in _container_requests(c).items():
+            total[k] = total.get(k, 0) + v
+    for c in spec.get("initContainers") or []:
+        for k, v in _container_requests(c).items():
+            total[k] = max(total.get(k, 0), v)
+    return total
+
+
+def _container_requests(c: dict) -> dict[str, float]:
+    res = c.get("resources") or {}
+    merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+    return {k: quantity(v) for k, v in merged.items()}
+
+
+def tolerates(pod: dict, taints: list[dict]) -> bool:
+    """Every NoSchedule/NoExecute taint tolerated (kubernetes/kubernetes@v1.34.0
+    pkg/apis/core/v1/helper/helpers.go TolerationsTolerateTaint)."""
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    for taint in taints:
+        if taint.get("effect") == "PreferNoSchedule":
+            continue
+        if not any(_tolerates(t, taint) for t in tolerations):
+            return False
+    return True
+
+
+def _tolerates(tol: dict, taint: dict) -> bool:
+    if tol.get("effect") and tol["effect"] != taint.get("effect"):
+        return False
+    if not tol.get("key"):
+        return tol.get("operator") == "Exists"
+    if tol["key"] != taint.get("key"):
+        return False
+    return tol.get("operator", "Equal") == "Exists" or str(tol.get("value", "")) == str(taint.get("value", ""))
+
+
+def match_expression(expr: dict, labels: dict[str, str]) -> bool:
+    """One selector requirement; also the node-selector operators Gt and Lt
+    (kubernetes/kubernetes pkg/apis/core/v1/helper NodeSelectorRequirementsAsSelector)."""
+    key, op, values = expr["key"], expr["operator"], [str(v) for v in expr.get("values") or []]
+    present = key in labels
+    if op == "In":
+        return present and labels[key] in values
+    if op == "NotIn":
+        return not present or labels[key] not in values
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt") and present:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return have > want if op == "Gt" else have < want
+    return False

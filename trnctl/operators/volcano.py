@@ -338,3 +338,16 @@ def await_kind(obj: dict) -> str:
     job state machine, pkg/controllers/job/state/pending.go), else "complete"."""
     wait = (obj["metadata"].get("annotations") or {}).get("pulumi.com/waitFor", "")
     return "ready" if wait.endswith("=Running") else "complete"
+
+
+def policy_action(job: dict, task: str, event: str) -> str:
+    """The action Volcano's job controller takes on `event` (PodFailed, PodEvicted, ...) of a pod of `task`: the
+    task's policies first, then the Job's; none matching = SyncJob (no restart).
+    source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/job_controller_util.go (applyPolicies)"""
+    tasks = {t["name"]: t for t in job["spec"].get("tasks") or []}
+    for policies in ((tasks.get(task) or {}).get("policies") or [], job["spec"].get("policies") or []):
+        for policy in policies:
+            events = policy.get("events") or ([policy["event"]] if policy.get("event") else [])
+            if event in events and policy.get("action"):
+                return policy["action"]
+    return "SyncJob"

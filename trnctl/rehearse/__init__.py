@@ -38,7 +38,6 @@ def rehearse(stack: str, *, keep: bool = False, only: str | None = None, step_ti
 
     from trnctl.rehearse import overlay
     from trnctl.rehearse.runner import Rehearsal
-    from trnctl.rehearse.stack import load
 
     results = []
     shared_tmp = None
@@ -47,7 +46,7 @@ def rehearse(stack: str, *, keep: bool = False, only: str | None = None, step_ti
     try:
         chain = [] if only else referenced_workload_stacks(stack)
         for name in [*chain, stack]:
-            loaded = load(name, overlay.stack_overlays())
+            loaded = overlay.load(name)
             with Rehearsal(loaded, shared_dir=shared_dir, keep=keep, step_timeout=step_timeout) as r:
                 result = r.run(only=only if name == stack else None)
                 out(result.report())

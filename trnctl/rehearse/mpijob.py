@@ -1,8 +1,7 @@
-"""Rehearsal of MPIJobs (nemo-pretrain): workers running the image's sshd as the pod user, then the launcher's real
-Open MPI `mpirun` over ssh, as the MPI operator sequences them.
+"""How the runner (trnctl/rehearse/runner.py) runs an MPIJob (nemo-pretrain): workers running the image's sshd as
+the pod user, then the launcher's real Open MPI `mpirun` over ssh, as the MPI operator sequences them. A mixin of
+runner.Rehearsal, which dispatches every MPIJob of a step to `run_mpijob`.
 
-An addition to the runner (trnctl/rehearse/runner.py) for what it does not model yet, kept here so the runner's
-owner can fold it in:
 - Per-pod await inside one MPIJob: with launcherCreationPolicy WaitForWorkersReady the launcher pod exists only once
   every worker is ready (trnctl.operators.mpi.launcher_waits_for_workers); the MPIJob is complete when the launcher
   Job completes; the workers (sshd, never exiting) are then deleted (runPolicy.cleanPodPolicy Running).
@@ -24,8 +23,7 @@ from pathlib import Path
 
 from trnctl import operators
 from trnctl.operators import mpi
-from trnctl.rehearse.sandbox_patch import bwrap_argv_through
-from trnctl.rehearse.runner import PodResult, Rehearsal
+from trnctl.rehearse.results import PodResult
 
 # images/nemo/Dockerfile: ARG SSH_PORT=2222; the sshd config and host key it writes under /home/trn; the client
 # config it writes to /etc/ssh/ssh_config.d/mpi-workers.conf.
@@ -37,8 +35,8 @@ SSH_CLIENT_CONFIG = f"Host *\n    Port {SSH_PORT}\n    StrictHostKeyChecking no\
 LOOPBACK_ONLY_ENV = {"OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_include": "lo"}
 
 
-class MPIRehearsal(Rehearsal):
-    """A Rehearsal whose MPIJob steps run workers, then the launcher, then clean the workers up."""
+class MPIJobSteps:
+    """Mixin of runner.Rehearsal: an MPIJob's workers, then its launcher, then the workers cleaned up."""
 
     def _image_files(self, pod: dict, container: str) -> None:
         """The nemo image's build-time sshd files in the container's home (the sandbox's writable home)."""
@@ -56,43 +54,25 @@ class MPIRehearsal(Rehearsal):
         # Owned by this process's user, which the sandbox's user namespace maps to the pod's uid (the image's
         # `chown -R 1000:1000 /home/trn`).
 
-    def _start_container(self, pod: dict, container: dict, dirs, hosts: Path):
-        if mpi.JOB_ROLE_LABEL not in pod["metadata"]["labels"]:
-            return super()._start_container(pod, container, dirs, hosts)
+    def mpi_pod_overlay(self, pod: dict, container: dict, dirs) -> tuple[dict, list[tuple[str, str]]]:
+        """An MPIJob pod's container: the image's sshd files, loopback-only Open MPI, the ssh client config."""
         self._image_files(pod, container["name"])
         pod = _with_overlay(pod, container["name"], self.addresses.pod(pod["metadata"]["name"]))
         client = self.work / "pods" / pod["metadata"]["name"] / "containers" / container["name"] / "ssh_config.d"
+        return pod, [(str(client), "/etc/ssh/ssh_config.d")]
 
-        def with_client_config(argv: list[str]) -> list[str]:
-            _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
-            at = argv.index("--proc")
-            return argv[:at] + ["--ro-bind", str(client), "/etc/ssh/ssh_config.d"] + argv[at:]
+    def mpi_volumes_written(self, dirs) -> None:
+        """Once the sandbox has written the pod's volume files: the ssh Secret's as the kubelet owns them."""
+        _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
 
-        with bwrap_argv_through(with_client_config):
-            return super()._start_container(pod, container, dirs, hosts)
-
-    def run_step(self, index: int) -> list[PodResult]:
-        mpijobs = [o for o in self.stack.steps[index] if operators.key_of(o) in mpi.KINDS]
-        if not mpijobs:
-            return super().run_step(index)
-        results: list[PodResult] = []
-        for job in mpijobs:
-            results += self._run_mpijob(job, index)
-        return results
-
-    def _run_mpijob(self, job: dict, index: int) -> list[PodResult]:
+    def run_mpijob(self, job: dict, index: int) -> list[PodResult]:
         deadline = time.monotonic() + self.step_timeout
         pods = mpi.pods(job, self.stack.ctx)
         workers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "worker"]
         launchers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "launcher"]
         owner = operators.describe(job)
         results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
-        for worker in workers:
-            res = results[worker["metadata"]["name"]]
-            try:
-                self._start_pod(worker, res, deadline)
-            except Exception as exc:  # kubelet refusals, sandbox errors: recorded on the pod
-                res.problem = str(exc)
+        self._start_pods(workers, results, deadline)  # in parallel, as the kubelet starts them
         self._refresh_hosts()
         pending = [w for w in workers if not results[w["metadata"]["name"]].problem]
         while pending and time.monotonic() < deadline:

@@ -157,6 +157,12 @@ def listening_addresses(session_leader: int) -> list[tuple[str, int]]:
 
 
 def bound_outside_loopback(session_leader: int) -> list[tuple[str, int]]:
-    """Listening sockets of a pod that are not inside 127.0.0.0/8 (0.0.0.0 and :: included)."""
-    return [(a, p) for a, p in listening_addresses(session_leader)
-            if not (ipaddress.ip_address(a).version == 4 and ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8"))]
+    """Listening sockets of a pod that are not inside 127.0.0.0/8 (0.0.0.0 and :: included; an IPv4-mapped IPv6
+    address ::ffff:127.x.y.z, as a dual-stack socket bound to a 127.x.y.z shows, is inside)."""
+    return [(a, p) for a, p in listening_addresses(session_leader) if not _in_loopback_range(a)]
+
+
+def _in_loopback_range(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.version == 4 and ip in ipaddress.ip_network("127.0.0.0/8")

@@ -1,43 +1,61 @@
-"""Rehearsal of a RayJob's cluster (ray-pretrain): the head, then the workers, each running the `ray start` command
-KubeRay builds (trnctl.operators.kuberay) through the pod's `/bin/bash -c`, with the real `ray` CLI.
+"""How the runner (trnctl/rehearse/runner.py) runs a RayJob (ray-pretrain): per RayJob, the cluster KubeRay creates
+(head, then the workers, each running the `ray start` command KubeRay builds through the pod's `/bin/bash -c`, with
+the real `ray` CLI), then the submitter Job's pod running KubeRay's `ray job submit` against the head Service's
+name, and the Ray job's outcome read from the dashboard as KubeRay reads it (trnctl.operators.kuberay.job_status).
+A mixin of runner.Rehearsal, which dispatches every RayJob of a step to `run_rayjob`.
 
-An addition to the runner (trnctl/rehearse/runner.py) for what it does not model yet, kept here so the runner's
-owner can fold it in:
-- Per-pod await inside one RayJob: the head first (ready once its GCS port answers; KubeRay's readiness probes
-  need the Ray dashboard, which this machine's Ray lacks: `ray[default]`'s extras are not installed), then the
-  workers (their wait-gcs-ready init container runs `ray health-check` against the head Service's name; a worker is
-  ready once its `ray start --block` has kept running for `WORKER_SETTLE` seconds).
+- Per-pod await inside one RayJob: the head first (ready once its GCS port answers), then the workers in parallel
+  (their wait-gcs-ready init container runs `ray health-check` against the head Service's name; a worker is ready
+  once the head's dashboard lists its address ALIVE, or its `ray start --block` kept running `WORKER_SETTLE`
+  seconds), then the submitter pod (KubeRay creates the submitter Job once the cluster is ready:
+  rayjob_controller.go JobDeploymentStatusInitializing -> createK8sJobIfNeed).
 - Addresses: `--node-ip-address` and the dashboard host set to the pod's own loopback address.
-Not rehearsed here: the submitter's `ray job submit` (it needs the dashboard), and Ray 2.51.1's GCS and raylet bind
-every interface whatever `--node-ip-address` says, so the runner's loopback check flags the Ray pods; the tests read
-the Ray pods' own outcome.
+- CPU path: overlay.cpu_path_job (the runtime env wins over the pod env in Ray, so the overlay must win there too).
+- Stop and resubmit (`stop_rayjob`): the RayJob's cluster and submitter go away as KubeRay deletes them
+  (shutdownAfterJobFinishes, or the RayJob deleted); a new run creates them again with the same names, and the
+  training resumes from the checkpoints on the shared volume.
+Ray 2.51.1's GCS and raylet bind every interface whatever `--node-ip-address` says: every rehearsal runs inside
+its own network namespace (trnctl/rehearse/netns.py), so nothing a pod binds is reachable from outside.
 """
 from __future__ import annotations
 
 import copy
+import re
 import socket
 import time
 
+
 from trnctl import operators
-from trnctl.operators import kuberay
-from trnctl.rehearse.runner import PodResult, Rehearsal
-from trnctl.rehearse.sandbox_patch import bwrap_argv_through
+from trnctl.operators import OWNER_ANNOTATION, kuberay
+from trnctl.rehearse import overlay
+from trnctl.rehearse.results import PodResult
 
 WORKER_SETTLE = 15.0  # seconds a worker's `ray start --block` must keep running to count as joined
 
+class RayJobSteps:
+    """Mixin of runner.Rehearsal: a RayJob's cluster, then its submitter, then the Ray job's status."""
 
-class RayRehearsal(Rehearsal):
-    def _start_container(self, pod: dict, container: dict, dirs, hosts):
-        with bwrap_argv_through(lambda argv: argv):  # volume mount points under /etc (our run config)
-            return super()._start_container(pod, container, dirs, hosts)
+    def run_rayjob(self, job: dict, index: int, *, until=None) -> list[PodResult]:
+        """The RayJob's cluster, then (a RayJob with an entrypoint) its submitter and the Ray job to a terminal
+        state, or until `until()` is true while it runs (e.g. a checkpoint was written: then it is left running)."""
+        results = self.run_cluster(job, index)
+        if any(r.problem for r in results) or not job["spec"].get("entrypoint"):
+            return results
+        return results + self.submit_rayjob(job, index, results, until=until)
 
-    def run_step(self, index: int) -> list[PodResult]:
-        jobs = [o for o in self.stack.steps[index] if operators.key_of(o) == ("ray.io/v1", "RayJob")]
-        if not jobs:
-            return super().run_step(index)
-        return [r for job in jobs for r in self._run_cluster(job, index)]
+    def submit_rayjob(self, job: dict, index: int, cluster: list[PodResult], *, until=None) -> list[PodResult]:
+        """Once its cluster is ready (`cluster`: run_cluster's results): the submitter and the Ray job to a terminal
+        state (or until `until()`), then the cluster deleted when KubeRay deletes it
+        (kuberay.deletes_cluster_when_finished), its pods' listeners checked before."""
+        results = self._submit(job, index, until)
+        finished = not (until is not None and until())
+        if finished and kuberay.deletes_cluster_when_finished(job):
+            for res in [*cluster, *results]:
+                self._check_bindings(res)  # while they run, before KubeRay deletes them
+            self.stop_rayjob(job)
+        return results
 
-    def _run_cluster(self, job: dict, index: int) -> list[PodResult]:
+    def run_cluster(self, job: dict, index: int) -> list[PodResult]:
         ctx = self.stack.ctx
         cluster = kuberay.rayjob_cluster(job, ctx)
         deadline = time.monotonic() + self.step_timeout
@@ -48,23 +66,82 @@ class RayRehearsal(Rehearsal):
         results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
         gcs = (self.addresses.pod(head[0]["metadata"]["name"]), int(kuberay.head_port(cluster)))
         for pod in head:
-            self._start(pod, results, deadline)
+            self._start(_owned(pod, job), results, deadline)
         self._await(head, results, deadline, lambda pod: _answers(*gcs))
         if not any(r.problem for r in results.values()):
-            for pod in workers:
-                self._start(pod, results, deadline)
+            self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
             started = time.monotonic()
-            self._await(workers, results, deadline, lambda pod: time.monotonic() - started > WORKER_SETTLE)
+            dashboard = (gcs[0], kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+
+            def joined(pod: dict) -> bool:
+                alive = kuberay.alive_node_addresses(*dashboard)
+                if alive is None:  # no dashboard: the worker's `ray start --block` kept running long enough
+                    return time.monotonic() - started > WORKER_SETTLE
+                return self.addresses.pod(pod["metadata"]["name"]) in alive
+
+            self._await(workers, results, deadline, joined)
         return list(results.values())
 
-    def _start(self, pod: dict, results: dict[str, PodResult], deadline: float) -> None:
+    def _submit(self, job: dict, index: int, until) -> list[PodResult]:
+        """The submitter pod as kuberay.pods builds it (K8sJobMode), then the Ray job's status from the dashboard."""
+        ctx = self.stack.ctx
+        submitted = overlay.cpu_path_job(job)
+        submitters = [p for p in kuberay.pods(submitted, ctx) if kuberay.NODE_TYPE_LABEL not in p["metadata"]["labels"]]
+        deadline = time.monotonic() + self.step_timeout
+        results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, operators.describe(job))
+                   for p in submitters}
+        for pod in submitters:
+            self._start(pod, results, deadline, on_loopback=False)
+        cluster = kuberay.rayjob_cluster(job, ctx)
+        head = next(p for p in kuberay.cluster_pods(cluster, ctx) if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
+        dashboard = (self.addresses.pod(head["metadata"]["name"]),
+                     kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+        job_id = kuberay.submission_id(job)
+        for pod in submitters:
+            res = results[pod["metadata"]["name"]]
+            if res.problem:
+                continue
+            res.ready = True
+            self.ready.add(res.name)
+            status: dict = {}
+            while time.monotonic() < deadline:
+                status = kuberay.job_status(*dashboard, job_id)
+                if status.get("status") in kuberay.JOB_TERMINAL or (until is not None and until()):
+                    break
+                if not status and any(c.proc.poll() is not None for c in self.containers if c.pod == res.name):
+                    break  # the submitter gave up before the dashboard knew the job
+                time.sleep(1.0)
+            state = status.get("status")
+            if until is not None and state not in kuberay.JOB_TERMINAL and until():
+                continue  # left running, as asked
+            if state != "SUCCEEDED":
+                why = f"Ray job {job_id} {state or 'not found'}" if state in kuberay.JOB_TERMINAL or not status else \
+                    f"Ray job {job_id} still {state} at the step bound of {self.step_timeout:.0f}s"
+                res.problem = f"{why}: {status.get('message', '')}".strip(": ")
+            else:
+                c = next((c for c in self.containers if c.pod == res.name), None)
+                res.exit_code = c.proc.wait(timeout=60) if c else None  # `ray job logs --follow` ends with the job
+            res.log_tail = self._log_tail(res.name) if res.problem else ""
+        return list(results.values())
+
+    def stop_rayjob(self, job: dict) -> None:
+        """Delete the RayJob's cluster and submitter (every pod it owns), as KubeRay does."""
+        owner = operators.describe(job)
+        self.stop_pods(lambda pod: pod["metadata"].get("annotations", {}).get(OWNER_ANNOTATION) == owner)
+
+    def _start(self, pod: dict, results: dict[str, PodResult], deadline: float, on_loopback: bool = True) -> None:
         name = pod["metadata"]["name"]
         self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != name] + [pod]
         try:
-            self._start_pod(_on_loopback(pod, self.addresses.pod(name)), results[name], deadline)
+            if on_loopback:
+                pod = self._on_loopback(pod)
+            self._start_pod(pod, results[name], deadline)
         except Exception as exc:  # kubelet refusals, init containers that fail: recorded on the pod
             results[name].problem = str(exc)
             results[name].log_tail = self._log_tail(name)
+
+    def _on_loopback(self, pod: dict) -> dict:
+        return _on_loopback(pod, self.addresses.pod(pod["metadata"]["name"]))
 
     def _await(self, pods: list[dict], results: dict[str, PodResult], deadline: float, ready) -> None:
         pending = [p for p in pods if not results[p["metadata"]["name"]].problem]
@@ -94,6 +171,11 @@ class RayRehearsal(Rehearsal):
         self._refresh_hosts()
 
 
+def _owned(pod: dict, job: dict) -> dict:
+    pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = operators.describe(job)
+    return pod
+
+
 def _answers(address: str, port: int) -> bool:
     try:
         socket.create_connection((address, port), timeout=1).close()
@@ -102,10 +184,26 @@ def _answers(address: str, port: int) -> bool:
         return False
 
 
+# `ray start` options whose port a Ray node binds on every interface or on 127.0.0.1 (the dashboard agent's HTTP
+# server, the metrics exporter): in the cluster every pod has its own network namespace; here the pods of a
+# rehearsal share one, so each pod gets its own free port for these.
+PER_POD_PORT_OPTIONS = ("metrics-export-port", "dashboard-agent-listen-port")
+
+
 def _on_loopback(pod: dict, address: str) -> dict:
-    """The Ray container's `ray start` on the pod's own address (`--node-ip-address`, dashboard host)."""
+    """The Ray container's `ray start` on the pod's own address (`--node-ip-address`, dashboard host) and, for the
+    ports every pod would have to itself, free ports of the rehearsal's namespace."""
     pod = copy.deepcopy(pod)
     ray = pod["spec"]["containers"][0]
-    ray["args"] = [ray["args"][0].replace("--dashboard-host=0.0.0.0", f"--dashboard-host={address}")
-                   .replace("ray start ", f"ray start --node-ip-address={address} ", 1)]
+    command = (ray["args"][0].replace("--dashboard-host=0.0.0.0", f"--dashboard-host={address}")
+               .replace("ray start ", f"ray start --node-ip-address={address} ", 1))
+    for option in PER_POD_PORT_OPTIONS:
+        command = re.sub(rf"--{option}=\d+", f"--{option}={_free_port()}", command)
+    ray["args"] = [command]
     return pod
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -52,62 +52,22 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from trnctl import operators
-from trnctl.operators import OWNER_ANNOTATION, images, kubernetes
-from trnctl.rehearse import network, overlay, sandbox
+from trnctl.operators import OWNER_ANNOTATION, kubernetes, mpi, volcano
+from trnctl.rehearse import netns, network, overlay, sandbox
+from trnctl.rehearse.mpijob import MPIJobSteps
+from trnctl.rehearse.rayjob import RayJobSteps
+from trnctl.rehearse.results import PodResult, RehearsalError, RehearsalResult  # noqa: F401 (the runner's API)
 from trnctl.rehearse.stack import RehearsalStack
+from trnctl.rehearse.volcanojob import VolcanoJobSteps
 
 LOG_TAIL_LINES = 40
 PROBE_PERIOD_CAP = 1.0
 COMPLETE_KINDS = {"Job", "MPIJob", "RayJob"}  # awaited to completion; the rest to readiness
-
-
-@dataclass
-class PodResult:
-    name: str
-    step: int
-    owner: str
-    started: bool = False
-    ready: bool | None = None
-    exit_code: int | None = None
-    log_tail: str = ""
-    problem: str = ""
-
-    def line(self) -> str:
-        state = "ok" if not self.problem else f"FAILED: {self.problem}"
-        ready = "" if self.ready is None else f" ready={self.ready}"
-        code = "" if self.exit_code is None else f" exit={self.exit_code}"
-        return f"step {self.step} pod {self.name} ({self.owner}) started={self.started}{ready}{code} {state}"
-
-
-@dataclass
-class RehearsalResult:
-    stack: str
-    pods: list[PodResult] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and all(not p.problem for p in self.pods)
-
-    def report(self) -> str:
-        lines = [p.line() for p in self.pods]
-        for p in self.pods:
-            if p.problem and p.log_tail:
-                lines += [f"--- log tail of {p.name}:", p.log_tail]
-        lines += self.notes
-        lines += [f"problem: {p}" for p in self.problems]
-        lines.append(f"rehearsal of {self.stack}: {'ok' if self.ok else 'FAILED'}")
-        return "\n".join(lines)
-
-
-class RehearsalError(RuntimeError):
-    """Bad input: a pod kind or volume the rehearsal cannot run."""
 
 
 @dataclass
@@ -132,9 +92,25 @@ def _cleanup_all() -> None:
 atexit.register(_cleanup_all)
 
 
-class Rehearsal:
+class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
+    """One rehearsal of a stack. Steps run object by object: an object whose controller the rehearsal sequences
+    itself (`controller_runs`: MPIJob, RayJob, Volcano Job; trnctl/rehearse/mpijob.py, rayjob.py, volcanojob.py)
+    through that controller's runner, every other object's pods started together and awaited as its kind says.
+    Everything runs inside the rehearsal's own network namespace (netns.py; isolated=False only for tests of the
+    runner's own checks), entered before anything starts and left last."""
+
     def __init__(self, stack: RehearsalStack, *, work_dir: Path | None = None, shared_dir: Path | None = None,
-                 keep: bool = False, step_timeout: float = 300.0, s3: bool = True) -> None:
+                 keep: bool = False, step_timeout: float = 300.0, s3: bool = True, isolated: bool = True) -> None:
+        # first: the S3 stand-in's and the forwarders' threads, and every pod's processes, start inside it
+        self._isolation, self.namespace = netns.isolation(isolated)
+        try:
+            self._init(stack, work_dir=work_dir, shared_dir=shared_dir, keep=keep, step_timeout=step_timeout, s3=s3)
+        except BaseException:
+            self._isolation.close()
+            raise
+
+    def _init(self, stack: RehearsalStack, *, work_dir: Path | None, shared_dir: Path | None, keep: bool,
+              step_timeout: float, s3: bool) -> None:
         self.stack = stack
         self.keep = keep
         self.step_timeout = step_timeout
@@ -200,6 +176,7 @@ class Rehearsal:
         if not self.keep:
             shutil.rmtree(self.work, ignore_errors=True)
         _LIVE.discard(self)
+        self._isolation.close()  # last: nothing of the rehearsal is left in the namespace
 
     def _start_s3(self) -> None:
         """The S3 stand-in (moto) on its own loopback address, with the platform's artifacts bucket."""
@@ -309,7 +286,7 @@ class Rehearsal:
             result.problems += problems
             return result
         for claim in self._claims():
-            for written in overlay.seed_shared(self.shared, claim, self.stack.workload):
+            for written in overlay.seed_shared(self.shared, claim, self.stack.workload, self.objects):
                 print(f"seeded {written} (claim {claim})", flush=True)
         self._start_forwarders()
         steps = range(len(self.pods_by_step)) if only is None else [self._step_index(only)]
@@ -365,26 +342,51 @@ class Rehearsal:
         return {v["persistentVolumeClaim"]["claimName"] for p in self.all_pods
                 for v in (p.get("spec") or {}).get("volumes") or [] if "persistentVolumeClaim" in v}
 
+    def controller_runs(self, obj: dict) -> Callable[[dict, int], list[PodResult]] | None:
+        """The runner of an object whose controller sequences its pods itself (per controller kind), or None."""
+        key = operators.key_of(obj)
+        if key in mpi.KINDS:
+            return self.run_mpijob
+        if key == ("ray.io/v1", "RayJob"):
+            return self.run_rayjob
+        if key in volcano.KINDS:
+            return self.run_job
+        return None
+
     def run_step(self, index: int) -> list[PodResult]:
-        step_objects = self.stack.steps[index]
+        """Every object of the step: the ones of a sequencing controller through its runner (in apply order), then
+        the rest's pods started together and awaited as their kind says."""
+        results: list[PodResult] = []
+        rest = []
+        for obj in self.stack.steps[index]:
+            runs = self.controller_runs(obj)
+            if runs is None:
+                rest.append(obj)
+                continue
+            results += runs(obj, index)
+            if any(r.problem for r in results):
+                return results
+        results += self._run_objects(rest, index)
+        for res in results:
+            self._check_bindings(res)
+        return results
+
+    def _run_objects(self, objects: list[dict], index: int) -> list[PodResult]:
         results: list[PodResult] = []
         deadline = time.monotonic() + self.step_timeout
         awaited: list[tuple[PodResult, dict, str]] = []
-        for obj in step_objects:
+        for obj in objects:
             module = operators.controller_for(obj)
             if module is None:
                 continue
             await_kind = getattr(module, "await_kind", None)
             mode = await_kind(obj) if await_kind else ("complete" if obj["kind"] in COMPLETE_KINDS else "ready")
-            for pod in module.pods(obj, self.stack.ctx):
-                res = PodResult(pod["metadata"]["name"], index, operators.describe(obj))
-                results.append(res)
-                try:
-                    self._start_pod(pod, res, deadline)
-                except (kubernetes.PodSpecError, sandbox.SandboxError, KeyError) as exc:
-                    res.problem = str(exc).strip("'")
-                    continue
-                awaited.append((res, pod, mode))
+            pods = module.pods(obj, self.stack.ctx)
+            by_name = {pod["metadata"]["name"]: PodResult(pod["metadata"]["name"], index, operators.describe(obj))
+                       for pod in pods}
+            results += by_name.values()
+            self._start_pods(pods, by_name, deadline)
+            awaited += [(by_name[p["metadata"]["name"]], p, mode) for p in pods]
         self._refresh_hosts()
         pending = [a for a in awaited if not a[0].problem]
         while pending:
@@ -400,9 +402,69 @@ class Rehearsal:
                 break
             if pending:
                 time.sleep(0.5)
-        for res, _pod, _mode in awaited:
-            self._check_bindings(res)
         return results
+
+    def _start_pods(self, pods: list[dict], results: dict[str, PodResult], deadline: float,
+                    prepare: Callable[[dict], dict] | None = None) -> None:
+        """Start the pods at once, as the kubelet does: each pod's init containers one after another, the pods side
+        by side (one loop here: bwrap's --die-with-parent ties each sandbox to the thread that started it, so every
+        container starts from this thread). A pod the kubelet refuses, or whose init container fails or does not
+        finish within the step bound, gets its problem recorded."""
+        starting = []
+        for pod in pods:
+            pod = prepare(pod) if prepare else pod
+            name = pod["metadata"]["name"]
+            self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != name] + [pod]
+            try:
+                dirs, hosts = self._pod_dirs(pod)
+            except Exception as exc:  # noqa: BLE001 - recorded on the pod
+                self._pod_failed(results[name], str(exc))
+                continue
+            starting.append([pod, dirs, hosts, list((pod.get("spec") or {}).get("initContainers") or []), None])
+        while starting:
+            for entry in list(starting):
+                pod, dirs, hosts, inits, running = entry
+                res = results[pod["metadata"]["name"]]
+                code = running.proc.poll() if running else 0
+                try:
+                    if code is None:
+                        if time.monotonic() > deadline:
+                            raise kubernetes.PodSpecError(f"init container {running.name} did not finish within "
+                                                          f"the step bound")
+                        continue
+                    if code != 0:
+                        res.exit_code = code
+                        raise kubernetes.PodSpecError(f"init container {running.name} exited with {code}")
+                    if inits:
+                        init = inits.pop(0)
+                        started = self._start_container(pod, init, dirs, hosts)
+                        res.started = True
+                        # A native sidecar (restartPolicy Always) starts in order and runs beside the containers: the
+                        # next container starts once it has started, and it never holds up the pod (Kubernetes 1.29+,
+                        # kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/, KEP-753).
+                        entry[4] = None if init.get("restartPolicy") == "Always" else started
+                        continue
+                    for container in pod["spec"].get("containers") or []:
+                        self._start_container(pod, container, dirs, hosts)
+                        res.started = True
+                except Exception as exc:  # noqa: BLE001 - kubelet refusals, sandbox errors, failed init containers
+                    self._pod_failed(res, str(exc))
+                starting.remove(entry)
+            if starting:
+                time.sleep(0.1)
+
+    def _pod_failed(self, res: PodResult, problem: str) -> None:
+        res.problem = problem.strip("'")
+        res.log_tail = res.log_tail or self._log_tail(res.name)
+
+    def _pod_dirs(self, pod: dict) -> tuple[sandbox.PodDirs, Path]:
+        name = pod["metadata"]["name"]
+        pod_dir = self.work / "pods" / name
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        hosts = pod_dir / "hosts"
+        hosts.write_text(network.hosts_file(pod, self.addresses.pod(name), self.cluster_names(),
+                                            self.stack.ctx.cluster_domain))
+        return sandbox.PodDirs(root=pod_dir, memory_root=self.memory / name, shared_root=self.shared), hosts
 
     def _poll(self, res: PodResult, pod: dict, mode: str) -> bool:
         """True when the pod is done being awaited (success or failure recorded in res)."""
@@ -504,38 +566,17 @@ class Rehearsal:
             return subprocess.CompletedProcess(argv, 124, exc.stdout or "", exc.stderr or "")
 
     def _start_pod(self, pod: dict, res: PodResult, deadline: float) -> None:
-        name = pod["metadata"]["name"]
-        pod_dir = self.work / "pods" / name
-        pod_dir.mkdir(parents=True, exist_ok=True)
-        hosts = pod_dir / "hosts"
-        hosts.write_text(network.hosts_file(pod, self.addresses.pod(name), self.cluster_names(),
-                                            self.stack.ctx.cluster_domain))
-        dirs = sandbox.PodDirs(root=pod_dir, memory_root=self.memory / name, shared_root=self.shared)
-        spec = pod.get("spec") or {}
-        for init in spec.get("initContainers") or []:
-            c = self._start_container(pod, init, dirs, hosts)
-            res.started = True
-            if init.get("restartPolicy") == "Always":
-                # A native sidecar: it starts in order and runs beside the containers; the next container starts
-                # once it has started (no startupProbe here), and it never holds up the pod (Kubernetes 1.29+,
-                # kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/, KEP-753).
-                continue
-            code = _wait(c.proc, deadline)
-            if code != 0:
-                res.exit_code = code
-                res.log_tail = self._log_tail(name)
-                raise kubernetes.PodSpecError(f"init container {init['name']} exited with {code}"
-                                              if code is not None else f"init container {init['name']} did not finish "
-                                              f"within the step bound")
-        for container in spec.get("containers") or []:
-            self._start_container(pod, container, dirs, hosts)
-            res.started = True
+        """One pod (init containers, then the containers); raises what _start_pods records."""
+        self._start_pods([pod], {res.name: res}, deadline)
+        if res.problem:
+            raise kubernetes.PodSpecError(res.problem)
 
     def _start_container(self, pod: dict, container: dict, dirs: sandbox.PodDirs, hosts: Path) -> _Container:
         name = pod["metadata"]["name"]
+        pod, extra_binds = self._pod_overlay(pod, container, dirs)
         pod = _with_env(pod, container["name"], overlay.cpu_path_env(self.s3_endpoint))
         image_ref = container.get("image", "")
-        image = images.image_config(image_ref)
+        image = overlay.image_config(image_ref)
         proc = kubernetes.container_process(pod, container["name"], self.kube_objects, image,
                                             pod_ip=self.addresses.pod(name), services=self.services,
                                             service_hosts=self.addresses.services)
@@ -543,7 +584,9 @@ class Rehearsal:
         proc.argv, bind_env = overlay.bind_substitutions(iname, proc.argv, self.addresses.pod(name))
         proc.env.update(bind_env)
         argv = sandbox.bwrap_argv(proc, image=image_ref, dirs=dirs, container=container["name"], hosts=hosts,
-                                  commands=overlay.IMAGE_COMMANDS.get(iname))
+                                  commands=overlay.IMAGE_COMMANDS.get(iname), extra_ro_binds=extra_binds)
+        if mpi.JOB_ROLE_LABEL in pod["metadata"].get("labels", {}):
+            self.mpi_volumes_written(dirs)
         info_r, info_w = os.pipe()
         argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
         log = dirs.root / f"{container['name']}.log"
@@ -558,6 +601,13 @@ class Rehearsal:
         c = _Container(name, container["name"], p, log, child, container, proc)
         self.containers.append(c)
         return c
+
+    def _pod_overlay(self, pod: dict, container: dict, dirs: sandbox.PodDirs) -> tuple[dict, list[tuple[str, str]]]:
+        """(the pod as the rehearsal runs it, extra read-only binds): what a controller's runner adds for the pods
+        of its kind (the MPI operator's pods: mpijob.py); nothing for the rest."""
+        if mpi.JOB_ROLE_LABEL in pod["metadata"].get("labels", {}):
+            return self.mpi_pod_overlay(pod, container, dirs)
+        return pod, []
 
     def stop_pods(self, which: Callable[[dict], bool], grace: float = 10.0) -> None:
         """SIGTERM the process groups of the matching pods' containers, SIGKILL after `grace` seconds."""
@@ -581,9 +631,14 @@ class Rehearsal:
         self.containers = [c for c in self.containers if c not in victims]
 
     def _check_bindings(self, res: PodResult) -> None:
+        """A pod listening outside 127.0.0.0/8 fails. Inside the rehearsal's namespace a wildcard bind (0.0.0.0, ::;
+        Ray's GCS and raylet, torch's TCPStore) reaches only that namespace's interfaces: allowed while they are
+        only `lo` (checked here, not assumed)."""
+        only_lo = self.namespace is not None and self.namespace.interfaces() == ["lo"]
         for c in self.containers:
             if c.pod == res.name and c.proc.poll() is None:
-                outside = network.bound_outside_loopback(c.proc.pid)
+                outside = [(a, p) for a, p in network.bound_outside_loopback(c.proc.pid)
+                           if not (only_lo and a in ("0.0.0.0", "::"))]
                 if outside and not res.problem:
                     res.problem = "listens outside 127.0.0.0/8: " + ", ".join(f"{a}:{p}" for a, p in outside)
 

@@ -116,8 +116,10 @@ def image_name(image: str) -> str:
 
 
 def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: str, hosts: Path,
-               root: Path = REPO_ROOT, commands: dict[str, str] | None = None) -> list[str]:
-    """The bwrap command line that runs `proc` (its volume content is written here)."""
+               root: Path = REPO_ROOT, commands: dict[str, str] | None = None,
+               extra_ro_binds: list[tuple[str, str]] | None = None) -> list[str]:
+    """The bwrap command line that runs `proc` (its volume content is written here). `extra_ro_binds`: (source,
+    path) files an image has from its build that the sandbox's root lacks (the nemo image's ssh client config)."""
     if not shutil.which("bwrap"):
         raise SandboxError("bwrap not found: install the Debian package bubblewrap (make setup)")
     venv = image_environment(image, root)
@@ -172,6 +174,8 @@ def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: 
             argv += ["--ro-bind", str(path), str(path)]
     for entry, source in own.items():
         argv += ["--ro-bind", str(source), f"/etc/{entry}"]
+    for source, path in extra_ro_binds or []:
+        argv += ["--ro-bind", str(source), path]
     argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",  # runc mounts sysfs read-only
              "--ro-bind", str(_python_home(venv)), str(_python_home(venv)),
              "--ro-bind", str(venv), str(venv),

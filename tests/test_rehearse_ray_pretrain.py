@@ -1,0 +1,182 @@
+"""Rehearsal of ray-pretrain's three RayJobs end to end (issue 20 item 4): per RayJob, KubeRay's cluster (head, then
+2 workers) and its submitter pod running the real `ray job submit` against the head Service's name; data, then
+precompile, then train on the CPU path at tiny scale; the train RayJob stopped (its cluster and submitter deleted)
+after its first checkpoint and resubmitted: training resumes from the checkpoint on the shared volume."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trnctl.operators import kuberay
+from trnctl.rehearse import overlay
+from trnctl.rehearse.overlay import seed_ray_inputs
+from trnctl.rehearse.runner import Rehearsal
+
+pytestmark = pytest.mark.slow
+
+STACK = "ray-pretrain-usw2"
+CLAIM = "fsx-shared"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return overlay.load(STACK)
+
+
+def run_json(stack) -> dict:
+    return json.loads(next(o for o in stack.objects if o["kind"] == "ConfigMap" and "run.json" in o.get("data", {}))
+                      ["data"]["run.json"])
+
+
+def job_step(stack, suffix: str) -> tuple[int, dict]:
+    return next((i, o) for i, step in enumerate(stack.steps) for o in step
+                if o["kind"] == "RayJob" and o["metadata"]["name"].endswith(f"-{suffix}"))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-shared")
+    seed_ray_inputs(root, CLAIM)
+    return root
+
+
+def on_pvc(shared: Path, path: str) -> Path:
+    return shared / CLAIM / path.removeprefix("/shared/")
+
+
+def report(results) -> str:
+    return "\n".join(p.line() + ("\n" + p.log_tail if p.problem else "") for p in results)
+
+
+@pytest.fixture(scope="module")
+def data_done(stack, shared):
+    """The data RayJob: its cluster (asked, while it runs, for `ray status` and what reaches its GCS), then its
+    submitter; one cluster for the join and the submission tests."""
+    index, job = job_step(stack, "data")
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+        cluster = r.run_cluster(job, index)
+        asked = ask_cluster(r, job, cluster) if not any(p.problem for p in cluster) else None
+        results = cluster + (r.submit_rayjob(job, index, cluster) if asked else [])
+        submitter = next((p for p in results if p.name.startswith(f"{job['metadata']['name']}-")
+                          and "-head-" not in p.name and "-worker-" not in p.name), None)
+        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text() if submitter else ""
+    return results, log, asked
+
+
+def ask_cluster(r: Rehearsal, job: dict, results) -> tuple:
+    """`ray status` inside the head pod through the address workers use (the head Service's cluster DNS name), and
+    whether the GCS port answers inside the rehearsal's network namespace and from this machine's."""
+    head = next(p for p in results if "-head-" in p.name)
+    cluster = kuberay.rayjob_cluster(job, r.stack.ctx)
+    port = kuberay.head_port(cluster)
+    status = r.exec_in(head.name, "ray-head", ["ray", "status", "--address",
+                                               f"{kuberay.head_fqdn(cluster, r.stack.ctx)}:{port}"], timeout=60)
+    # Ray's GCS binds every interface: reachable inside the rehearsal's network namespace, not from this machine's
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)"
+    reach = {where: subprocess.run(argv([sys.executable, "-c", probe, address, str(port)]), capture_output=True).returncode
+             for address in (r.addresses.pod(head.name), "127.0.0.1")
+             for where, argv in ((f"inside {address}", list), (f"outside {address}", r.namespace.outside_argv))}
+    return status, reach
+
+
+def test_workers_join_the_head_with_kuberay_commands(stack, data_done):
+    """Issue 20 defect 1 fixed: the head and two workers run the `ray start` commands KubeRay builds through their
+    pods' `/bin/bash -c` with the real `ray` CLI; the workers join the head with their resources whole."""
+    results, _, asked = data_done
+    index, job = job_step(stack, "data")
+    assert asked, report(results)
+    status, reach = asked
+    assert status.returncode == 0, status.stderr
+    assert reach == {k: (0 if k.startswith("inside") else 1) for k in reach}, reach
+    nodes = status.stdout.split("Node status", 1)[1].split("Pending:", 1)[0]
+    assert " 2 trn1-efa" in nodes and " 1 headgroup" in nodes, status.stdout  # RAY_NODE_TYPE_NAME = ray.io/group
+    # each worker's --resources reached Ray whole: 2 x 32 NeuronCores; --num-cpus from each worker's CPU limit (head 0)
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    cpus = workers["replicas"] * int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert "/64.0 neuron_cores" in status.stdout and f"/{cpus}.0 CPU" in status.stdout, status.stdout
+    by_type = {kind: [p for p in results if f"-{kind}-" in p.name] for kind in ("head", "worker")}
+    assert len(by_type["head"]) == 1 and len(by_type["worker"]) == 2
+    for p in by_type["head"] + by_type["worker"]:
+        assert not p.problem and p.ready, p.line() + "\n" + p.log_tail
+    assert all(p.step == index and p.owner == f"RayJob/{job['metadata']['name']}" for p in results)
+
+
+def test_data_rayjob_submitted_through_the_head_service(stack, shared, data_done):
+    results, log, _ = data_done
+    assert all(not p.problem for p in results), report(results)
+    assert len(results) == 4  # head, 2 workers, submitter
+    run = run_json(stack)
+    assert (on_pvc(shared, run["data_dir"]) / "index.json").exists()
+    _, job = job_step(stack, "data")
+    cluster = kuberay.rayjob_cluster(job, stack.ctx)
+    # the submitter reached the dashboard by the head Service's cluster DNS name, as KubeRay writes it
+    assert f"http://{kuberay.dashboard_url(cluster, stack.ctx)}" in log and "Job submission server address" in log, log
+    assert f"Job '{kuberay.submission_id(job)}' succeeded" in log, log
+
+
+def test_precompile_rayjob_on_the_cpu_path(stack, shared, data_done):
+    index, job = job_step(stack, "precompile")
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+        results = r.run_step(index)
+        submitter = next(p for p in results if p.name.startswith(f"{job['metadata']['name']}-") and "-head-" not in p.name
+                         and "-worker-" not in p.name)
+        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text()
+    assert all(not p.problem for p in results), report(results)
+    assert "precompile: nothing to compile on the cpu backend" in log, log
+
+
+def registered_step(shared: Path, run: dict) -> int | None:
+    """The step of the newest checkpoint Ray Train has registered in its run's snapshot on the shared volume, which
+    is what a new run with the same name resumes from (a checkpoint directory alone is not).
+    source: ray-project/ray@ray-2.51.1:python/ray/train/v2/_internal/execution/checkpoint/checkpoint_manager.py
+    (_write_state_to_storage, _maybe_load_state_from_storage: checkpoint_manager_snapshot.json)"""
+    snapshot = on_pvc(shared, run["run_dir"]) / run["run_name"] / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return latest["metrics"]["step"] if latest else None
+
+
+def test_train_stopped_and_resubmitted_resumes_from_its_checkpoint(stack, shared, data_done):
+    index, job = job_step(stack, "train")
+    run = run_json(stack)
+    with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
+        first = r.run_rayjob(job, index, until=lambda: registered_step(shared, run) is not None)
+        assert all(not p.problem for p in first), report(first)
+        r.stop_rayjob(job)  # the RayJob deleted: KubeRay deletes its cluster and submitter
+        saved_step = registered_step(shared, run)
+        assert saved_step is not None and saved_step < run["steps"], report(first)
+        second = r.run_rayjob(job, index)
+        submitter = next(p for p in second if "-head-" not in p.name and "-worker-" not in p.name)
+        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text()
+    assert all(not p.problem for p in second), report(second)
+    assert saved_step > 0
+    assert f"resuming at step {saved_step}" in log, log
+    metrics = [json.loads(line) for line in (on_pvc(shared, run["run_dir"]) / run["run_name"] / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert metrics[-1]["step"] == run["steps"]
+
+
+def test_a_failing_ray_job_fails_its_submitter_pod_as_kuberay_sees_it(stack, tmp_path):
+    """The data RayJob's entrypoint reading an input that is not there: the Ray job FAILS while the submitter's
+    `ray job logs --follow` exits all the same; the rehearsal reads the job's status from the dashboard, as KubeRay
+    does, and names the submitter pod and the step."""
+    seed_ray_inputs(tmp_path, CLAIM)
+    broken = copy.copy(stack)
+    broken.steps = copy.deepcopy(stack.steps)
+    index, job = job_step(broken, "data")
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(overlay.RAY_CORPUS, "/shared/rehearsal/missing.jsonl")
+    with Rehearsal(broken, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
+        results = r.run_step(index)
+    failed = [p for p in results if p.problem]
+    assert [p.name for p in failed] == [p.name for p in results if "-head-" not in p.name and "-worker-" not in p.name]
+    [submitter] = failed
+    assert submitter.step == index and submitter.problem.startswith(f"Ray job {kuberay.submission_id(job)} FAILED"), \
+        report(results)
+    assert "missing.jsonl" in submitter.log_tail, submitter.log_tail
