@@ -23,6 +23,7 @@ import copy
 import re
 import socket
 import time
+import urllib.request
 
 
 from trnctl import operators
@@ -67,7 +68,7 @@ class RayJobSteps:
         gcs = (self.addresses.pod(head[0]["metadata"]["name"]), int(kuberay.head_port(cluster)))
         for pod in head:
             self._start(_owned(pod, job), results, deadline)
-        self._await(head, results, deadline, lambda pod: _answers(*gcs))
+        self._await(head, results, deadline, lambda pod: _answers(*gcs) and self._raylet_healthy(pod))
         if not any(r.problem for r in results.values()):
             self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
             started = time.monotonic()
@@ -119,7 +120,9 @@ class RayJobSteps:
                     f"Ray job {job_id} still {state} at the step bound of {self.step_timeout:.0f}s"
                 res.problem = f"{why}: {status.get('message', '')}".strip(": ")
             else:
-                c = next((c for c in self.containers if c.pod == res.name), None)
+                # the submitter container, not a native sidecar started before it (it runs as long as the pod)
+                mains = {c["name"] for c in pod["spec"]["containers"]}
+                c = next((c for c in self.containers if c.pod == res.name and c.name in mains), None)
                 res.exit_code = c.proc.wait(timeout=60) if c else None  # `ray job logs --follow` ends with the job
             res.log_tail = self._log_tail(res.name) if res.problem else ""
         return list(results.values())
@@ -139,6 +142,22 @@ class RayJobSteps:
         except Exception as exc:  # kubelet refusals, init containers that fail: recorded on the pod
             results[name].problem = str(exc)
             results[name].log_tail = self._log_tail(name)
+
+    def _raylet_healthy(self, pod: dict) -> bool:
+        """The head's readiness as KubeRay's probe for Ray < 2.53 checks it: the dashboard agent's
+        /api/local_raylet_healthz answers "success" (kuberay.py _probes; the agent's port is the pod's own here,
+        _on_loopback). Until then `ray job submit` is refused ("No available agent to submit job")."""
+        name = pod["metadata"]["name"]
+        running = next((p for p in self.all_pods if p["metadata"]["name"] == name), pod)
+        port = re.search(r"--dashboard-agent-listen-port=(\d+)", " ".join(running["spec"]["containers"][0].get("args") or []))
+        if not port:
+            return True
+        try:
+            with urllib.request.urlopen(f"http://{self.addresses.pod(name)}:{port.group(1)}/api/local_raylet_healthz",
+                                        timeout=2) as r:
+                return b"success" in r.read()
+        except (OSError, ValueError):
+            return False
 
     def _on_loopback(self, pod: dict) -> dict:
         return _on_loopback(pod, self.addresses.pod(pod["metadata"]["name"]))

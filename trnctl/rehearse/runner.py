@@ -2,7 +2,7 @@
 
 API (for tools and other operators' rehearsals; nothing here is specific to a workload):
 
-    stack = trnctl.rehearse.stack.load("compile-usw2", overlay.stack_overlays())
+    stack = overlay.load("compile-usw2")             # rendered with the tiny-scale overlay, scaled to this machine
     with Rehearsal(stack, step_timeout=300) as r:      # cleanup of processes and directories on exit
         result = r.run()                              # every step; r.run(only="2") one step
         r.service_address("ml-shared", "compile-usw2-serve")  # the Service's 127.0.200.x (kube-proxy stand-in)
@@ -12,15 +12,19 @@ API (for tools and other operators' rehearsals; nothing here is specific to a wo
     result.ok, result.pods -> [PodResult(name, step, started, ready, exit_code, log_tail, problem)],
     result.notes (e.g. each ScaledObject's reading), result.problems; result.report() is what the CLI prints
 
-Subclass hooks (as trnctl/rehearse/rayjob.py and mpijob.py use them): `run_step(index)` for a step whose
-pods must start in an order of their own, `_start_container(pod, container, dirs, hosts)`; an operator module
-may define `await_kind(obj) -> "complete" | "ready"`.
-
+Per controller kind: `run_step(i)` runs each object of the step whose controller sequences its own pods through
+that controller's runner (`controller_runs(obj)`: MPIJob -> mpijob.py `run_mpijob`, RayJob -> rayjob.py
+`run_rayjob`, Volcano Job -> volcanojob.py `run_job`; mixins of Rehearsal), then every other object's pods together.
+Tests drive the runners directly for stop/resume: `r.run_rayjob(job, i, until=...)`, `r.stop_rayjob(job)`,
+`r.start_job`/`await_job`/`kill_pod`/`stop_job` (Volcano). An operator module may define
+`await_kind(obj) -> "complete" | "ready"`. The operators' own rules (Volcano's policy_action, KubeRay's job status
+read from the dashboard and cluster deletion) live in trnctl/operators/.
+- Everything runs in the rehearsal's own network namespace (netns.py, only `lo`), entered first and left last.
 - A step is the set of pods `operators.all_pods` makes of the objects `stack.steps[i]` applies (apply order =
   the render's dependsOn order, trnctl/rehearse/stack.py), with the Services, ConfigMaps and Secrets of every
   step known from the start (a pod waits for them in the cluster; here they exist).
-- Per pod: init containers in order, each to exit 0 (a native sidecar, `restartPolicy: Always`, only started);
-  then the containers, each in its own sandbox
+- Per pod: init containers in order, each to exit 0 (a native sidecar, `restartPolicy: Always`, only started; the
+  step's pods side by side); then the containers, each in its own sandbox
   (trnctl/rehearse/sandbox.py) with the env and files `operators.kubernetes.container_process` gives, plus
   the overlay (trnctl/rehearse/overlay.py).
 - A step is done when what `pulumi up` awaits is there: a Job's pods exited 0 (pulumi-kubernetes awaits Job
