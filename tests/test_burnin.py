@@ -12,6 +12,7 @@ import pytest
 
 from infra import burnin, catalog, config, nodepools, versions
 from stackfiles import ConfigError
+from tests.agent_helpers import import_with_standard_library_only
 from tests.platform_helpers import PLATFORM_STACKS, rendered_platform, stack_config
 from trn_workloads.burnin import __main__ as program
 from trn_workloads.burnin import checks, decisions, parsers
@@ -435,15 +436,7 @@ def test_burn_in_calls_exactly_what_its_rbac_grants():
 def test_burn_in_code_runs_with_the_standard_library_only(tmp_path):
     """The ConfigMap's files, laid out as the volume items put them, import with `python -S -I`
     (no site-packages), as in the Neuron DLC where nothing of ours is installed."""
-    import subprocess
-    import sys
-    cm, items = burnin.code()
-    for item in items:
-        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / item["path"]).write_text(cm["data"][item["key"]])
-    proc = subprocess.run([sys.executable, "-S", "-I", "-c",
-                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import trn_workloads.burnin.__main__"],
-                          capture_output=True, text=True, timeout=60)
+    proc = import_with_standard_library_only(tmp_path, burnin.code(), "trn_workloads.burnin.__main__")
     assert proc.returncode == 0, proc.stderr
 
 

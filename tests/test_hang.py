@@ -14,6 +14,7 @@ from infra import config
 from infra.config import MonitoringConfig
 from infra.monitoring import hang, rules
 from stackfiles import ConfigError
+from tests.agent_helpers import import_with_standard_library_only
 from tests.platform_helpers import rendered_workload, stack_config
 from tests.test_monitoring_rules import promtool, write_rules
 
@@ -299,9 +300,6 @@ def test_watchdog_does_nothing_without_a_target_or_on_a_conflict():
 
 
 def test_watchdog_rbac_is_exactly_its_calls_and_its_code_is_stdlib_only(tmp_path):
-    import subprocess
-    import sys
-
     from tests.test_burnin import KUBE_CALLS, granted, kube_methods_called
     from trn_workloads import watchdog
     source = open(watchdog.__file__).read()
@@ -311,13 +309,7 @@ def test_watchdog_rbac_is_exactly_its_calls_and_its_code_is_stdlib_only(tmp_path
     assert by_ns == {"ml-shared": {KUBE_CALLS["list_pods"], KUBE_CALLS["delete_pod"]},
                      "monitoring": {KUBE_CALLS["get_configmap"], KUBE_CALLS["replace_configmap"]}}
     assert not [m for m in rbac if m["kind"].startswith("Cluster")]
-    cm, items = hang.watchdog_code("monitoring")
-    for item in items:
-        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / item["path"]).write_text(cm["data"][item["key"]])
-    proc = subprocess.run([sys.executable, "-S", "-I", "-c",
-                           f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import trn_workloads.watchdog"],
-                          capture_output=True, text=True, timeout=60)
+    proc = import_with_standard_library_only(tmp_path, hang.watchdog_code("monitoring"), "trn_workloads.watchdog")
     assert proc.returncode == 0, proc.stderr
 
 
