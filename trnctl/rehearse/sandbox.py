@@ -177,11 +177,12 @@ def bwrap_argv(proc: ContainerProcess, *, image: str, dirs: PodDirs, container: 
     for source, path in extra_ro_binds or []:
         argv += ["--ro-bind", str(source), path]
     argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys",  # runc mounts sysfs read-only
-             "--ro-bind", str(_python_home(venv)), str(_python_home(venv)),
-             "--ro-bind", str(venv), str(venv),
              "--bind", str(cdir / "tmp"), "/tmp"]
     if proc.image.home not in ("/", "/tmp"):  # the account's home: owned by it in the image
         argv += ["--bind" if home == proc.image.home else "--ro-bind", str(cdir / "home"), proc.image.home]
+    # The image's Python after /tmp and the home: a checkout (and so its venv) may live under either, and a later
+    # mount hides what an earlier one put below it.
+    argv += ["--ro-bind", str(_python_home(venv)), str(_python_home(venv)), "--ro-bind", str(venv), str(venv)]
     if commands:
         argv += ["--ro-bind", str(cdir / "bin"), f"{STAND_IN_DIR}/bin",
                  "--ro-bind", str(root / "images" / "trn_workloads"), f"{STAND_IN_DIR}/trn_workloads"]
