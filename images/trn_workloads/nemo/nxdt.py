@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,8 @@ def write_nxdt_config(cfg: RunConfig, mode: str) -> Path:
     path = config_path(cfg, mode)
     text = config_yaml(cfg, mode)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    # host, process and thread: writers in one process (the CPU stand-in's ranks) must not share a name
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
