@@ -168,8 +168,8 @@ def test_burst_of_concurrent_requests_all_succeed_and_queue(server):
     histogram's smallest bucket, 0.3 s, so counting requests past it failed there), but the share
     of the time requests spend queued does not: with 4 slots and 32 arrivals, wave k of 8 waits
     k service times and finishes after k+1, so queued time is 112/144 of the end-to-end time when
-    they arrive together, and still well over a quarter when arrivals spread over the burst;
-    with a slot for every request it would be close to 0. The gauge itself is checked above and
+    they arrive together, less when arrivals spread over the burst; with a slot for every request
+    it is close to 0. The gauge itself is checked above and
     must be back to 0 once the burst is done."""
     names = ("vllm:request_queue_time_seconds", "vllm:e2e_request_latency_seconds")
     before_buckets, before = queue_time_buckets(server), histogram_sums(server, *names)
@@ -184,5 +184,7 @@ def test_burst_of_concurrent_requests_all_succeed_and_queue(server):
     requests_seen = after_buckets[float("inf")] - before_buckets.get(float("inf"), 0.0)
     assert requests_seen == BURST
     queued, end_to_end = (after[n] - before[n] for n in names)
-    assert end_to_end > 0 and queued / end_to_end >= 0.25, (queued, end_to_end)
+    # Measured: 0.78 alone, 0.18 in a full run (faster decoding, arrivals spread over the burst), 0.00007 when the
+    # 32 requests reached the server one after another; with a slot for every request it is ~0.
+    assert end_to_end > 0 and queued / end_to_end >= 0.05, (queued, end_to_end)
     assert waiting_requests(server) == 0.0
