@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from trnctl import operators
 from trnctl.operators import OWNER_ANNOTATION, kubernetes, mpi, volcano
 from trnctl.rehearse import netns, network, overlay, sandbox
@@ -633,6 +635,37 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
             self.ready.discard(c.pod)
             _reap_session(c.proc.pid)
         self.containers = [c for c in self.containers if c not in victims]
+
+    def kill_pod(self, name: str) -> None:
+        """SIGKILL one pod's containers (its node or its processes lost mid-run); the pod stays known, as failed."""
+        self.stop_pods(lambda pod: pod["metadata"]["name"] == name, grace=0.0)
+
+    def pod_processes(self, name: str, match: str | None = None) -> list[psutil.Process]:
+        """The processes running in a pod (every container's sandboxed tree, processes started through its sshd
+        included), those whose command line contains `match` if given; deepest first."""
+        procs = []
+        for c in self.containers:
+            if c.pod == name and c.proc.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    procs += psutil.Process(c.proc.pid).children(recursive=True)
+        out = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if match is None or match in " ".join(p.cmdline()):
+                    out.append(p)
+        return out[::-1]
+
+    def signal_processes(self, name: str, sig: int, match: str) -> list[int]:
+        """Send `sig` to the processes of pod `name` whose command line contains `match` (SIGKILL: a rank crashed;
+        SIGSTOP: a rank hung in a collective, alive but making no steps). Returns their pids; raises when none
+        matches, so a test cannot pass by signalling nothing."""
+        victims = self.pod_processes(name, match)
+        if not victims:
+            raise RehearsalError(f"pod {name}: no process whose command line contains {match!r}")
+        for p in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        return [p.pid for p in victims]
 
     def _check_bindings(self, res: PodResult) -> None:
         """A pod listening outside 127.0.0.0/8 fails. Inside the rehearsal's namespace a wildcard bind (0.0.0.0, ::;

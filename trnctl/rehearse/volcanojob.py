@@ -63,10 +63,6 @@ class VolcanoJobSteps:
             time.sleep(0.5)
         return list(results.values())
 
-    def kill_pod(self, name: str) -> None:
-        """SIGKILL one pod's containers (a node or process lost mid-run); the pod stays known, as failed."""
-        self.stop_pods(lambda pod: pod["metadata"]["name"] == name, grace=0.0)
-
     def stop_job(self, job: dict) -> None:
         """Delete the Job's pods (every pod it owns)."""
         owner = operators.describe(job)
