@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -90,42 +91,75 @@ def metrics_steps(shared: Path, run: dict) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_a_killed_worker_restarts_the_gang_from_the_newest_checkpoint(stack, tmp_path):
-    """Issue 24 item 4 (measured recovery), titan: master and worker train with the Volcano plugins' env until the
-    first checkpoint; one worker pod killed mid-run; the master's torchrun fails with it; the Job's own policy for
-    PodFailed (RestartJob) restarts the gang (every pod deleted and created again), which resumes from the newest
-    checkpoint and trains to the end. Steps lost (last step logged before the kill - the step resumed from) <= the
-    checkpoint interval. (This run is also the stop-and-resume rehearsal of issue 20: one titan run, not two.)"""
+def last_logged_step(shared: Path, run: dict) -> int:
+    return max(metrics_steps(shared, run), default=0)
+
+
+def resumed_steps(r: Rehearsal, pod: str) -> list[int]:
+    log = "".join(f.read_text() for f in (r.work / "pods" / pod).glob("*.log"))
+    return [int(s) for s in re.findall(r"resumed from \S+ \(step (\d+)\)", log)]
+
+
+def test_a_killed_and_a_hung_worker_each_restart_the_gang_from_the_newest_checkpoint(stack, tmp_path):
+    """Issue 24 item 4 (measured recovery), titan, one run of the Volcano Job:
+    1. killed: halfway past the first checkpoint, worker-0's pod is killed; the master's torchrun fails with it; the Job's
+       policy (PodFailed -> RestartJob) restarts the gang, which resumes from the newest checkpoint;
+    2. hung: halfway past the next checkpoint, worker-0's trainer is stopped (SIGSTOP: alive, no steps; the master blocks in
+       its collective). Nothing exits, so no operator notices: the platform's TrainingGangHung rule in Prometheus
+       fires on the master's step counter, the platform's watchdog deletes the gang-restart pod (the master), and the
+       Job's policy for that (PodEvicted -> RestartJob) restarts the gang, which resumes and trains to the end.
+    Each time: steps lost (last step logged before the fault - the step resumed from) <= the checkpoint interval.
+    (This run is also issue 20's stop-and-resume rehearsal of titan: one titan run, not two.)"""
+    from trnctl.rehearse.hangwatch import HangWatch
     run = run_json(stack)
+    every = run["checkpoint_every_n_steps"]
     seed_titan_inputs(tmp_path, CLAIM, run["dataset_prefix"])
     index, job = train_job(stack)
     name = job["metadata"]["name"]
+    master, worker = f"{name}-master-0", f"{name}-worker-0"
+    measured = {}
     with Rehearsal(stack, shared_dir=tmp_path, step_timeout=150, s3=False) as r:
         started = r.start_job(job, index)
-        first = r.await_job(job, started, until=lambda: bool(checkpoint_steps(tmp_path, run)))
-        assert all(not p.problem for p in first), report(first)
-        saved = checkpoint_steps(tmp_path, run)
-        assert saved and 0 < saved[-1] < run["steps"], report(first)
-        r.kill_pod(f"{name}-worker-0")
-        killed_at, last_step = time.monotonic(), max(metrics_steps(tmp_path, run), default=0)
+        watch = HangWatch(r).start()
+
+        def midway_past_a_checkpoint_after(step: int) -> bool:
+            """Faults come halfway between checkpoints: a resume from anything but the newest loses more steps."""
+            newest = max(checkpoint_steps(tmp_path, run), default=0)
+            return newest > step and last_logged_step(tmp_path, run) >= newest + every // 2
+
+        # 1. a worker killed
+        first = r.await_job(job, started, until=lambda: midway_past_a_checkpoint_after(0))
+        assert all(not p.problem for p in first) and max(checkpoint_steps(tmp_path, run)) < run["steps"], report(first)
+        r.kill_pod(worker)
+        killed_at, last_step = time.monotonic(), last_logged_step(tmp_path, run)
         broken = r.await_job(job, started)  # the master's torchrun loses its peer
-        master = next(p for p in broken if p.name == f"{name}-master-0")
-        assert master.problem.startswith("container exited with"), report(broken)
-        assert volcano.policy_action(job, "worker", "PodFailed") == "RestartJob"
-        r.stop_job(job)  # RestartJob: every pod of the gang killed and created again
+        assert next(p for p in broken if p.name == master).problem.startswith("container exited with"), report(broken)
         seen = len(metrics_steps(tmp_path, run))
-        again = r.start_job(job, index)
+        again = r.pod_lost(job, index, worker, "PodFailed")
         r.await_job(job, again, until=lambda: len(metrics_steps(tmp_path, run)) > seen)
-        time_to_resume = time.monotonic() - killed_at
-        done = r.await_job(job, again)
-        log = "".join(f.read_text() for f in (r.work / "pods" / f"{name}-master-0").glob("*.log"))
+        [resumed] = resumed_steps(r, master)
+        measured["killed"] = (last_step, resumed, time.monotonic() - killed_at)
+
+        # 2. a worker hung, after the next checkpoint
+        r.await_job(job, again, until=lambda: midway_past_a_checkpoint_after(resumed))
+        assert all(not p.problem for p in again.values()), report(again.values())
+        r.signal_processes(worker, signal.SIGSTOP, match="trn_workloads.titan.train")
+        stalled_at, last_step = time.monotonic(), last_logged_step(tmp_path, run)
+        restart = watch.until_restart(timeout=90)
+        assert (restart.namespace, restart.pod) == (job["metadata"]["namespace"], master), restart
+        assert any("hung: deleted pod" in line for line in restart.lines), restart.lines
+        assert last_logged_step(tmp_path, run) == last_step  # no step while hung
+        seen = len(metrics_steps(tmp_path, run))
+        third = r.pod_lost(job, index, master, "PodEvicted")
+        r.await_job(job, third, until=lambda: len(metrics_steps(tmp_path, run)) > seen)
+        resumed = resumed_steps(r, master)[-1]
+        measured["hung"] = (last_step, resumed, time.monotonic() - stalled_at, restart.at - stalled_at)
+        done = r.await_job(job, third)
     assert all(not p.problem and p.exit_code == 0 for p in done), report(done)
-    assert sorted(p.name for p in done) == [f"{name}-master-0", f"{name}-worker-0"]
-    resumed = int(re.findall(r"resumed from \S+ \(step (\d+)\)", log)[-1])
-    assert resumed >= saved[-1] > 0, log[-3000:]
-    steps_lost = last_step - resumed
-    print(f"titan recovery: last step {last_step}, resumed from {resumed}, steps lost {steps_lost}, "
-          f"time to resume {time_to_resume:.1f}s")
-    assert 0 <= steps_lost <= run["checkpoint_every_n_steps"]
+    assert sorted(p.name for p in done) == [master, worker]
+    for fault, (last, resumed, to_resume, *detect) in measured.items():
+        print(f"titan {fault} worker: last step {last}, resumed from {resumed}, steps lost {last - resumed}, "
+              + (f"detected after {detect[0]:.1f}s, " if detect else "") + f"time to resume {to_resume:.1f}s")
+        assert resumed > 0 and 0 <= last - resumed <= every, measured
     assert metrics_steps(tmp_path, run)[-1] == run["steps"]
     assert checkpoint_steps(tmp_path, run)[-1] == run["steps"]

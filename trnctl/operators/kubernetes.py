@@ -668,3 +668,46 @@ def match_expression(expr: dict, labels: dict[str, str]) -> bool:
             return False
         return have > want if op == "Gt" else have < want
     return False
+
+
+# --------------------------------------------------------------------------- RBAC: what the API server allows a
+# service account (kubernetes/kubernetes@v1.34.0 plugin/pkg/auth/authorizer/rbac/rbac.go RulesAllow over the rules of
+# every RoleBinding in the request's namespace and every ClusterRoleBinding naming the subject; rule matching in
+# pkg/apis/rbac/v1/evaluation_helpers.go: VerbMatches, APIGroupMatches, ResourceMatches, ResourceNameMatches (a rule
+# with resourceNames never matches a request without a name, such as list or create); the verb of a request from
+# staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go: GET of a collection is list, of an object get,
+# PUT update, PATCH patch, POST create, DELETE of an object delete, of a collection deletecollection).
+
+def request_verb(method: str, has_name: bool) -> str:
+    return {("GET", False): "list", ("GET", True): "get", ("PUT", True): "update", ("PATCH", True): "patch",
+            ("POST", False): "create", ("DELETE", True): "delete", ("DELETE", False): "deletecollection"}[
+        (method.upper(), has_name)]
+
+
+def _rule_allows(rule: dict, verb: str, group: str, resource: str, name: str) -> bool:
+    return ((set(rule.get("verbs") or []) & {"*", verb})
+            and (set(rule.get("apiGroups") or []) & {"*", group})
+            and (set(rule.get("resources") or []) & {"*", resource})
+            and (not rule.get("resourceNames") or name in rule["resourceNames"]))
+
+
+def rbac_allows(objects: list[dict], service_account: tuple[str, str], verb: str, group: str, resource: str,
+                namespace: str, name: str = "") -> bool:
+    """Whether the rendered Roles/ClusterRoles bound to `service_account` ((namespace, name)) allow the request."""
+    sa_ns, sa_name = service_account
+
+    def binds(b: dict) -> bool:
+        return any(s.get("kind") == "ServiceAccount" and s.get("name") == sa_name and s.get("namespace", sa_ns) == sa_ns
+                   for s in b.get("subjects") or [])
+
+    roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects
+             if o.get("kind") in ("Role", "ClusterRole")}
+    rules: list[dict] = []
+    for b in objects:
+        if b.get("kind") == "ClusterRoleBinding" or (b.get("kind") == "RoleBinding"
+                                                     and b["metadata"].get("namespace", "default") == namespace):
+            if binds(b):
+                ref = b["roleRef"]
+                ns = "" if ref["kind"] == "ClusterRole" else b["metadata"].get("namespace", "default")
+                rules += (roles.get((ref["kind"], ns, ref["name"])) or {}).get("rules") or []
+    return any(_rule_allows(r, verb, group, resource, name) for r in rules)

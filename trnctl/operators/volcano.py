@@ -351,3 +351,17 @@ def policy_action(job: dict, task: str, event: str) -> str:
             if event in events and policy.get("action"):
                 return policy["action"]
     return "SyncJob"
+
+
+DEFAULT_MAX_RETRY = 3  # volcano-sh/volcano@v1.15.1:pkg/webhooks/admission/jobs/mutate/mutate_job.go DefaultMaxRetry
+
+
+def task_of(pod: dict) -> str:
+    return pod["metadata"]["annotations"][TASK_SPEC_KEY]
+
+
+def restarts_left(job: dict, retry_count: int) -> bool:
+    """Whether a RestartJob still restarts the Job after `retry_count` restarts: the job controller fails the Job
+    once status.retryCount reaches spec.maxRetry (source: volcano-sh/volcano@v1.15.1:pkg/controllers/job/state/
+    running.go and restarting.go, `status.RetryCount >= maxRetry` -> Failed)."""
+    return retry_count < int(job["spec"].get("maxRetry", DEFAULT_MAX_RETRY))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -33,22 +34,42 @@ class _NoAliases(yaml.SafeDumper):
 
 class Prometheus:
     def __init__(self, work: Path, address: str, monitors: list[dict], pods: list[dict], address_of,
-                 external_labels: dict | None = None) -> None:
+                 external_labels: dict | None = None, rule_groups: list[dict] | None = None) -> None:
         if not shutil.which("prometheus"):
             raise PrometheusError("prometheus not found: install the Debian package prometheus (make setup)")
         self.work = work
         self.address = address
         self.url = f"http://{address}:{PORT}"
-        scrape = [c for m in monitors if m["kind"] == "PodMonitor"
-                  for c in prometheus_operator.pod_monitor_scrape_configs(m, pods, address_of, interval=SCRAPE_INTERVAL)]
-        config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
-                             "external_labels": external_labels or {}},
-                  "scrape_configs": scrape}
-        self.expects_targets = any(c["static_configs"] for c in scrape)
+        self.monitors = monitors
+        self.address_of = address_of
+        self.external_labels = external_labels or {}
         work.mkdir(parents=True, exist_ok=True)
         self.config_path = work / "prometheus.yml"
-        self.config_path.write_text(yaml.dump(config, Dumper=_NoAliases, sort_keys=False))
+        self.rules_path = work / "rules.yml"
+        self.rule_groups = rule_groups or []
+        if self.rule_groups:
+            self.rules_path.write_text(yaml.dump({"groups": self.rule_groups}, Dumper=_NoAliases, sort_keys=False))
+        self._write_config(pods)
         self.proc: subprocess.Popen | None = None
+
+    def _write_config(self, pods: list[dict]) -> None:
+        scrape = [c for m in self.monitors if m["kind"] == "PodMonitor"
+                  for c in prometheus_operator.pod_monitor_scrape_configs(m, pods, self.address_of,
+                                                                          interval=SCRAPE_INTERVAL)]
+        config = {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
+                             "external_labels": self.external_labels},
+                  **({"rule_files": [str(self.rules_path)]} if self.rule_groups else {}),
+                  "scrape_configs": scrape}
+        self.expects_targets = any(c["static_configs"] for c in scrape)
+        self.config_path.write_text(yaml.dump(config, Dumper=_NoAliases, sort_keys=False))
+
+    def reload(self, pods: list[dict]) -> None:
+        """The pods changed (a gang restarted, a pod deleted): the targets the PodMonitors select now, as the
+        operator's Kubernetes discovery would follow them; SIGHUP reloads the config (Prometheus' documented
+        reload signal)."""
+        self._write_config(pods)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout: float = 60.0) -> "Prometheus":
         log = open(self.work / "prometheus.log", "ab")
@@ -75,12 +96,10 @@ class Prometheus:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                import os
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                import os
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)

@@ -128,6 +128,7 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
         self.memory = Path("/dev/shm") / self.id
         self.addresses = network.AddressBook()
         self.containers: list[_Container] = []
+        self._volcano_retries: dict[str, int] = {}
         self.ready: set[str] = set()
         self.forwarders: list = []
         self.s3_server = None
@@ -245,13 +246,16 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
     def monitors(self) -> list[dict]:
         return [o for o in self.objects if o.get("apiVersion") == "monitoring.coreos.com/v1"]
 
-    def start_prometheus(self, namespace: str = "monitoring", service: str = "kps-prometheus"):
-        """The platform's Prometheus (its Service address) scraping what its PodMonitors select here."""
+    def start_prometheus(self, namespace: str = "monitoring", service: str = "kps-prometheus", *,
+                         rule_groups: list[dict] | None = None, pods: list[dict] | None = None):
+        """The platform's Prometheus (its Service address) scraping what its PodMonitors select here (among `pods`,
+        by default every pod started), evaluating `rule_groups` if given."""
         from trnctl.rehearse.prometheus import Prometheus
         if self.prometheus is None or self.prometheus.proc is None or self.prometheus.proc.poll() is not None:
             address = self.addresses.service(namespace, service)
-            self.prometheus = Prometheus(self.work / "prometheus", address, self.monitors(), self.all_pods,
-                                         self.addresses.pod).start()
+            self.prometheus = Prometheus(self.work / "prometheus", address, self.monitors(),
+                                         self.all_pods if pods is None else pods, self.addresses.pod,
+                                         rule_groups=rule_groups).start()
         return self.prometheus
 
     def _refresh_hosts(self) -> None:

@@ -13,11 +13,13 @@ import time
 
 from trnctl import operators
 from trnctl.operators import OWNER_ANNOTATION, volcano
-from trnctl.rehearse.results import PodResult
+from trnctl.rehearse.results import PodResult, RehearsalError
 
 
 class VolcanoJobSteps:
     """Mixin of runner.Rehearsal: a Volcano Job's gang at once, to completion or to its first failure."""
+
+    _volcano_retries: dict[str, int]  # status.retryCount per Job (runner.Rehearsal sets it up)
 
     def run_job(self, job: dict, index: int, *, until=None) -> list[PodResult]:
         """Every pod of the Job at once (the gang), then to completion (every container exited 0), to the first
@@ -62,6 +64,21 @@ class VolcanoJobSteps:
                 break
             time.sleep(0.5)
         return list(results.values())
+
+    def pod_lost(self, job: dict, index: int, pod_name: str, event: str) -> dict[str, PodResult]:
+        """What Volcano does when a pod of the Job fails (`PodFailed`) or is deleted by anyone but its controller
+        (`PodEvicted`: the watchdog's delete): the Job's policy for the pod's task (volcano.policy_action). For
+        RestartJob, every pod of the gang is killed and created again (the new pods' results, to await) while
+        restarts are left (volcano.restarts_left); anything else is refused, naming the action."""
+        pod = next(p for p in self.all_pods if p["metadata"]["name"] == pod_name)
+        action = volcano.policy_action(job, volcano.task_of(pod), event)
+        retries = self._volcano_retries.get(operators.describe(job), 0)
+        if action != "RestartJob" or not volcano.restarts_left(job, retries):
+            raise RehearsalError(f"{operators.describe(job)}: {event} of {pod_name} leads to {action} after "
+                                 f"{retries} restarts: the gang is not restarted")
+        self._volcano_retries[operators.describe(job)] = retries + 1
+        self.stop_job(job)
+        return self.start_job(job, index)
 
     def stop_job(self, job: dict) -> None:
         """Delete the Job's pods (every pod it owns)."""
