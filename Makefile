@@ -121,7 +121,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=15  # the slowest tests, to keep `make test` under its 20-minute budget
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b; done
