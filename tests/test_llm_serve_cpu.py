@@ -3,11 +3,12 @@
 tokenizer trained here. One server per module; every request loop is bounded."""
 from __future__ import annotations
 
+import http.client
 import json
-import sys
-import subprocess
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -20,6 +21,7 @@ API_KEY = "test-key-123"
 MAX_MODEL_LEN = 256
 MAX_NUM_SEQS = 4  # fewer than the burst: requests must queue (the autoscaler's signal)
 BURST = 32
+BURST_MAX_TOKENS = 192
 
 
 @pytest.fixture(scope="module")
@@ -145,21 +147,40 @@ def histogram_sums(base: str, *names: str) -> dict[str, float]:
     return out
 
 
-BURST_CLIENT = """
-import json, sys
-from concurrent.futures import ThreadPoolExecutor
-import requests
-base, key, model, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-def one(i):
-    body = {"model": model, "prompt": f"SELECT name FROM head WHERE id = {i}", "max_tokens": 192, "ignore_eos": True}
-    return requests.post(f"{base}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300).status_code
-with ThreadPoolExecutor(max_workers=n) as pool:
-    print(json.dumps(list(pool.map(one, range(n)))))
-"""
+def send_together(base: str, path: str, bodies: list[dict], *, timeout: float = 300) -> list[int]:
+    """POST every body on its own connection, all written before any response is read; the status codes.
+
+    One thread opens the connections, then writes the prepared requests back to back (a `sendall` each, no
+    Python work in between), so they reach the server together however little CPU the client gets once the
+    server starts working. A thread per request does not guarantee that: on 2 shared cores, while vLLM's worker
+    and engine-core processes take the CPU, each new client thread waits to be scheduled and to take the GIL, and
+    requests were seen to trickle in as earlier ones finished (the engine then never holds more than
+    max_num_seqs requests and queues nothing)."""
+    url = urlsplit(base)
+    prepared = []
+    for body in bodies:
+        payload = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
+        prepared.append(head.encode() + payload)
+    connections: list[socket.socket] = []
+    try:
+        for _ in bodies:
+            connections.append(socket.create_connection((url.hostname, url.port), timeout=timeout))
+        for connection, request in zip(connections, prepared):
+            connection.sendall(request)
+        statuses = []
+        for connection in connections:
+            response = http.client.HTTPResponse(connection, method="POST")
+            response.begin()
+            response.read()
+            statuses.append(response.status)
+        return statuses
+    finally:
+        for connection in connections:
+            connection.close()
 
 
-@pytest.mark.xfail(strict=False, reason="open defect: in a full pytest run (not alone) the server showed no queueing "
-                   "(queued 0.0005 s of 7.3 s end-to-end) although max_num_seqs is 4; cause not found yet, see the stop note")
 def test_burst_of_concurrent_requests_all_succeed_and_queue(server):
     """32 concurrent requests against 4 sequence slots: all complete, and they queued.
 
@@ -170,23 +191,20 @@ def test_burst_of_concurrent_requests_all_succeed_and_queue(server):
     histogram's smallest bucket, 0.3 s, so counting requests past it failed there), but the share
     of the time requests spend queued does not: with 4 slots and 32 arrivals, wave k of 8 waits
     k service times and finishes after k+1, so queued time is 112/144 of the end-to-end time when
-    they arrive together, less when arrivals spread over the burst; with a slot for every request
-    it is close to 0. The gauge itself is checked above and
+    they arrive together (which `send_together` makes sure of), and close to 0 when they trickle in
+    one after another or with a slot for every request. The gauge itself is checked above and
     must be back to 0 once the burst is done."""
     names = ("vllm:request_queue_time_seconds", "vllm:e2e_request_latency_seconds")
     before_buckets, before = queue_time_buckets(server), histogram_sums(server, *names)
-    # The burst comes from a client process of its own, as real clients do: inside the test process, in a full
-    # run, the 32 requests were seen to reach the server one after another (no queueing at all).
-    client = subprocess.run([sys.executable, "-c", BURST_CLIENT, server, API_KEY, MODEL, str(BURST)],
-                            capture_output=True, text=True, timeout=600)
-    assert client.returncode == 0, client.stderr
-    codes = json.loads(client.stdout)
+    bodies = [{"model": MODEL, "prompt": f"SELECT name FROM head WHERE id = {i}", "max_tokens": BURST_MAX_TOKENS,
+               "ignore_eos": True} for i in range(BURST)]
+    codes = send_together(server, "/v1/completions", bodies)
     after_buckets, after = queue_time_buckets(server), histogram_sums(server, *names)
     assert codes == [200] * BURST
     requests_seen = after_buckets[float("inf")] - before_buckets.get(float("inf"), 0.0)
     assert requests_seen == BURST
     queued, end_to_end = (after[n] - before[n] for n in names)
-    # Measured: 0.78 alone, 0.18 in a full run (faster decoding, arrivals spread over the burst), 0.00007 when the
-    # 32 requests reached the server one after another; with a slot for every request it is ~0.
-    assert end_to_end > 0 and queued / end_to_end >= 0.05, (queued, end_to_end)
+    # 112/144 = 0.78 in theory; measured 0.7-0.8 here. A burst that trickles in (a thread per request with the
+    # client starved of CPU) measured 0.0007, as did the failing full runs before (0.00007); a slot per request ~0.
+    assert end_to_end > 0 and queued / end_to_end >= 0.25, (queued, end_to_end)
     assert waiting_requests(server) == 0.0
