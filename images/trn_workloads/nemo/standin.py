@@ -314,6 +314,7 @@ def train(cfg: RunConfig, plan: TrainPlan, *, rank: int, world: int, master: str
             writer = SummaryWriter(log_dir=str(plan.log_dir), purge_step=step or None)
         per_node = plan.samples_per_node(world)
         params = [p for p in model.parameters()]
+        last_log = time.monotonic()
         while step < plan.max_steps:
             batch = torch.from_numpy(samples.batch(step, dp_rank=rank, dp_size=world, batch_size=per_node))
             logits = model(batch[:, :-1])
@@ -332,9 +333,14 @@ def train(cfg: RunConfig, plan: TrainPlan, *, rank: int, world: int, master: str
                 torch.nn.utils.clip_grad_norm_(params, plan.gradient_clip_val)
             optimizer.step()
             step += 1
-            if writer is not None and step % plan.log_every_n_steps == 0:
-                writer.add_scalar("reduced_train_loss", float(flat[-1]), step)
-                writer.flush()
+            if rank == 0 and step % plan.log_every_n_steps == 0:
+                now = time.monotonic()
+                print(f"step {step}/{plan.max_steps} reduced_train_loss {float(flat[-1]):.4f} "
+                      f"step_time {now - last_log:.3f}s", flush=True)
+                last_log = now
+                if writer is not None:
+                    writer.add_scalar("reduced_train_loss", float(flat[-1]), step)
+                    writer.flush()
             if rank == 0 and plan.checkpoints and should_save(step, plan.every_n_train_steps):
                 _save(plan, step, model, optimizer)
         if writer is not None:
