@@ -130,90 +130,145 @@ def first_new_step(run_dir: Path, before: set[Path], after: int) -> bool:
     return any(s is not None and s > after for s in steps)
 
 
-def kill_a_rank_and_recover(stack, shared: Path, *, before_retry=None) -> dict:
-    """Train until a checkpoint exists and training is past it; SIGSTOP the rank on the last worker (the gang must
-    stop: every step all-reduces), then SIGKILL it; let the launcher fail; apply the launcher Job's rule; train to
-    the end. Returns what was measured."""
-    run, run_dir = run_on_volume(stack, shared)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run on the data the full rehearsal prepared
-    index, job = train_job(stack)
-    interval = run["checkpoint_every_n_steps"]
-    out: dict = {"interval": interval, "steps": run["steps"], "keep": run["keep_checkpoints"]}
-    with Rehearsal(stack, shared_dir=shared, step_timeout=120, s3=False) as r:
-        gang = r.start_mpijob(job, index)
-        first = r.await_mpijob(gang, until=lambda: bool(saved_steps(run_dir)) and logged_step(run_dir) > interval)
-        assert not first.problem and first.exit_code is None, report(gang.results.values())
-        out["saved"] = saved_steps(run_dir)
-        worker = mpi.worker_name(job["metadata"]["name"], NODES - 1)
-        # a hung rank: the others wait in the all-reduce, nothing exits, no step is logged
-        stopped = r.signal_processes(worker, signal.SIGSTOP, RANK_MATCH)
-        time.sleep(1.0)
-        at_stop = logged_step(run_dir)
-        time.sleep(STALL_SECONDS)
-        out["stalled"] = (at_stop, logged_step(run_dir), r.await_mpijob(gang, until=lambda: True).problem)
-        out["killed_pids"] = r.signal_processes(worker, signal.SIGKILL, RANK_MATCH)
-        assert set(stopped) <= set(out["killed_pids"])  # the stopped rank is the one killed
-        killed_at, out["last_step"] = time.monotonic(), logged_step(run_dir)
-        failed = r.await_mpijob(gang)
-        out["launcher_failure"] = failed.problem
-        # Open MPI's orted on every worker ends the ranks it started when mpirun aborts: none may be left
-        end = time.monotonic() + 30
-        while (left := [p for w in gang.workers for p in r.pod_processes(w["metadata"]["name"], RANK_MATCH)]) \
-                and time.monotonic() < end:
-            time.sleep(0.2)
-        out["ranks_left"] = left
-        if before_retry:
-            before_retry(run_dir)
-        old_events = event_files(run_dir)
-        out["retry"] = r.retry_launcher(gang)
-        log = r.work / "pods" / gang.launcher_name / "launcher.log"
-        resumed = lambda: [int(n) for n in re.findall(r"resumed from \S+ \(step (\d+)\)", log.read_text())]  # noqa: E731
-        if out["retry"].action != "failed":
-            r.await_mpijob(gang, until=lambda: first_new_step(run_dir, old_events, max(resumed(), default=0)))
-            out["time_to_resume"] = time.monotonic() - killed_at  # to the first step after the one resumed from
-            out["done"] = r.await_mpijob(gang)
-        out["resumed"] = max(resumed(), default=0)  # 0: started again from scratch
-        out["results"] = r.finish_mpijob(gang)
-        out["log"] = log.read_text()
-    out["final_saved"], out["final_step"] = saved_steps(run_dir), logged_step(run_dir)
-    return out
-
-
 def report(results) -> str:
     return "\n".join(p.line() + "\n" + p.log_tail for p in results)
 
 
+def resumed_steps(log: Path) -> list[int]:
+    return [int(n) for n in re.findall(r"resumed from \S+ \(step (\d+)\)", log.read_text())]
+
+
+def ranks_left(r, gang, timeout: float = 30.0) -> list:
+    """The rank processes still on the workers, once Open MPI's orted had `timeout` to end them."""
+    end = time.monotonic() + timeout
+    while (left := [p for w in gang.workers for p in r.pod_processes(w["metadata"]["name"], RANK_MATCH)]) \
+            and time.monotonic() < end:
+        time.sleep(0.2)
+    return left
+
+
+def train_past_a_checkpoint(r, gang, run_dir: Path, after: int) -> None:
+    """Until a checkpoint newer than `after` exists and training has logged a step past it."""
+    def past() -> bool:
+        saved = saved_steps(run_dir)
+        return bool(saved) and saved[-1] > after and logged_step(run_dir) > saved[-1]
+    res = r.await_mpijob(gang, until=past)
+    assert not res.problem and res.exit_code is None and past(), report(gang.results.values())
+
+
+def stall(r, worker: str, run_dir: Path) -> tuple[list[int], int, int]:
+    """SIGSTOP the rank on `worker` (hung in a collective): (its pids, the step logged once stopped, after
+    STALL_SECONDS more)."""
+    stopped = r.signal_processes(worker, signal.SIGSTOP, RANK_MATCH)
+    time.sleep(1.0)  # a step under way ends in the all-reduce
+    at_stop = logged_step(run_dir)
+    time.sleep(STALL_SECONDS)
+    return stopped, at_stop, logged_step(run_dir)
+
+
+def recover(r, gang, run_dir: Path, *, interrupted_at: float, deleted: bool, before_retry=None) -> dict:
+    """After an interruption: the ranks left, the launcher Job's rule applied, training until the restarted gang
+    logs its first new step; time to resume measured from the interruption."""
+    if deleted:
+        r.delete_launcher(gang)  # what the watchdog does: delete the pod labelled trn-platform/gang-restart
+    out: dict = {"ranks_left": ranks_left(r, gang)}
+    if before_retry:
+        before_retry(run_dir)
+    old_events = event_files(run_dir)
+    out["retry"] = retry = r.retry_launcher(gang, deleted=deleted)
+    if retry.action != "failed":
+        log = r.work / "pods" / gang.launcher_name / "launcher.log"
+        seen = len(resumed_steps(log)) if log.exists() else 0
+        res = r.await_mpijob(gang, until=lambda: first_new_step(run_dir, old_events, max(resumed_steps(log)[seen:], default=0)))
+        assert not res.problem, report(gang.results.values())
+        out["time_to_resume"] = time.monotonic() - interrupted_at
+        out["resumed"] = max(resumed_steps(log)[seen:], default=0)  # 0: started again from scratch
+    return out
+
+
+def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delete_the_launcher=False,
+                           to_the_end=True) -> dict:
+    """Train past the first checkpoint; SIGSTOP the rank on the last worker (every rank must stop: each step
+    all-reduces), then SIGKILL it (a crashed rank): mpirun aborts, the launcher's container fails, the launcher Job's
+    rule restarts it. With then_delete_the_launcher: past the next checkpoint, stop the rank on the first worker and
+    delete the launcher pod as the hang watchdog would (workloads/progress.py): the Job replaces the pod. Then to
+    the end (unless not to_the_end: then stopped once the restarted gang logged a step). Returns what was measured."""
+    run, run_dir = run_on_volume(stack, shared)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run on the data the full rehearsal prepared
+    index, job = train_job(stack)
+    name = job["metadata"]["name"]
+    out: dict = {"interval": run["checkpoint_every_n_steps"], "steps": run["steps"], "keep": run["keep_checkpoints"]}
+    with Rehearsal(stack, shared_dir=shared, step_timeout=120, s3=False) as r:
+        gang = r.start_mpijob(job, index)
+        train_past_a_checkpoint(r, gang, run_dir, 0)
+        out["saved"] = saved_steps(run_dir)
+        stopped, *out["stalled"] = stall(r, mpi.worker_name(name, NODES - 1), run_dir)
+        out["stalled_launcher"] = r.await_mpijob(gang, until=lambda: True).problem  # mpirun waits, nothing failed
+        killed = r.signal_processes(mpi.worker_name(name, NODES - 1), signal.SIGKILL, RANK_MATCH)
+        assert set(stopped) <= set(killed)
+        interrupted_at, out["last_step"] = time.monotonic(), logged_step(run_dir)
+        out["launcher_failure"] = r.await_mpijob(gang).problem
+        out["kill"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=False, before_retry=before_retry)
+        if then_delete_the_launcher:
+            train_past_a_checkpoint(r, gang, run_dir, out["kill"]["resumed"])
+            out["saved_before_delete"] = saved_steps(run_dir)
+            stall(r, mpi.worker_name(name, 0), run_dir)
+            interrupted_at, out["last_step_before_delete"] = time.monotonic(), logged_step(run_dir)
+            out["deleted_launcher"] = gang.launcher_name
+            out["delete"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=True)
+        if to_the_end:
+            out["done"] = r.await_mpijob(gang)
+        out["results"] = r.finish_mpijob(gang)
+        out["log"] = "".join(f.read_text() for f in sorted((r.work / "pods").glob(f"{name}-launcher-*/launcher.log")))
+    out["final_saved"], out["final_step"] = saved_steps(run_dir), logged_step(run_dir)
+    return out
+
+
 def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newest_checkpoint(stack, rehearsed):
-    """mpirun aborts when a rank dies (its orted reports the SIGKILL); the launcher pod's container exits non-zero;
-    the launcher Job (restartPolicy OnFailure, backoffLimit 3) has the kubelet restart it in the same pod; the new
-    mpirun starts both ranks again over ssh and they resume from the newest complete checkpoint. Steps lost (last
-    step logged before the kill - the step resumed from) <= the checkpoint interval; the run completes."""
+    """A stopped rank stops the gang (the premise of the hang watchdog). A killed rank: mpirun aborts (its orted
+    reports the SIGKILL and ends the other ranks); the launcher container exits non-zero; the launcher Job
+    (restartPolicy OnFailure, backoffLimit 3) has the kubelet restart it in the same pod; the new mpirun starts both
+    ranks again over ssh and they resume from the newest complete checkpoint. Then the path the hang watchdog takes:
+    a rank stopped, the launcher pod deleted, the Job's replacement pod (a new name) restarts the gang, which
+    resumes again. Steps lost (last step logged before the interruption - the step resumed from) <= the checkpoint
+    interval each time; the run completes at max_steps."""
     assert rehearsed[0].ok, rehearsed[0].report()
-    m = kill_a_rank_and_recover(stack, rehearsed[2])
+    m = run_with_a_killed_rank(stack, rehearsed[2], then_delete_the_launcher=True)
+    log, interval = m["log"], m["interval"]
     assert m["saved"] and 0 < m["saved"][-1] < m["steps"]
-    at_stop, after_stall, launcher_problem = m["stalled"]
-    step_time = sorted(float(t) for t in re.findall(r"step_time ([\d.]+)s", m["log"]))[len(re.findall("step_time", m["log"])) // 2]
-    assert STALL_SECONDS >= 3 * step_time, f"the stall window must span several steps (median step {step_time:.2f}s)"
-    assert after_stall == at_stop and launcher_problem == "", f"a stopped rank must stop the gang: {m['stalled']}"
-    assert m["launcher_failure"].startswith("container exited with"), m["log"][-3000:]
-    assert m["ranks_left"] == [], f"ranks left on the workers after mpirun ended: {m['ranks_left']}"
-    retry = m["retry"]
-    assert retry.action == "restart-container" and retry.restarts == 1, retry
+    step_times = sorted(float(t) for t in re.findall(r"step_time ([\d.]+)s", log))
+    median_step = step_times[len(step_times) // 2]
+    assert STALL_SECONDS >= 3 * median_step, f"the stall window must span several steps (median step {median_step:.2f}s)"
+    at_stop, after_stall = m["stalled"]
+    assert after_stall == at_stop and m["stalled_launcher"] == "", f"a stopped rank must stop the gang: {m['stalled']}"
+
+    kill, delete = m["kill"], m["delete"]
+    assert m["launcher_failure"].startswith("container exited with"), log[-3000:]
+    assert kill["ranks_left"] == [], f"ranks left on the workers after mpirun ended: {kill['ranks_left']}"
+    assert kill["retry"].action == "restart-container" and kill["retry"].restarts == 1, kill["retry"]
+    assert kill["resumed"] >= m["saved"][-1] > 0, log[-3000:]
+    assert delete["ranks_left"] == [], f"ranks (one stopped) left after the launcher pod was deleted: {delete['ranks_left']}"
+    assert delete["retry"].action == "new-pod" and delete["retry"].pod != m["deleted_launcher"], delete["retry"]
+    assert delete["resumed"] >= m["saved_before_delete"][-1] > kill["resumed"], log[-3000:]
+
     done = m["done"]
-    assert not done.problem and done.exit_code == 0, report(m["results"])
-    steps_lost = m["last_step"] - m["resumed"]
-    print(f"nemo recovery: last step {m['last_step']}, resumed from {m['resumed']}, steps lost {steps_lost}, "
-          f"time to resume {m['time_to_resume']:.1f}s, median step {step_time:.2f}s ({retry.reason})")
-    assert m["resumed"] >= m["saved"][-1] > 0, m["log"][-3000:]
-    assert 0 <= steps_lost <= m["interval"]
-    assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], m["log"][-3000:]
+    assert not done.problem and done.exit_code == 0 and done.name == delete["retry"].pod, report(m["results"])
+    lost = {"killed rank": m["last_step"] - kill["resumed"], "deleted launcher": m["last_step_before_delete"] - delete["resumed"]}
+    for what, case in (("killed rank", kill), ("deleted launcher", delete)):
+        print(f"nemo recovery ({what}): steps lost {lost[what]}, resumed from step {case['resumed']}, time to resume "
+              f"{case['time_to_resume']:.1f}s; {case['retry'].reason}")
+    print(f"nemo recovery: median step {median_step:.2f}s, checkpoint every {interval} steps")
+    assert all(0 <= n <= interval for n in lost.values()), lost
+    assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], log[-3000:]
     assert len(m["final_saved"]) <= m["keep"]  # save_top_k
 
 
 def test_without_the_checkpoint_to_resume_from_the_recovery_check_fails(stack, rehearsed):
     """The defect put back: the restarted gang finds no checkpoint (what resume_if_exists off, or checkpoints off
-    the shared volume, amount to): it trains again from step 0 and loses more than a checkpoint interval."""
-    m = kill_a_rank_and_recover(stack, rehearsed[2], before_retry=lambda run_dir: shutil.rmtree(run_dir / "checkpoints"))
-    assert m["retry"].action == "restart-container"
-    assert "resumed from" not in m["log"] and m["resumed"] == 0
-    assert m["last_step"] - m["resumed"] > m["interval"]  # what the recovery test asserts against
+    the shared volume, amount to): it trains again from step 0 and loses more than a checkpoint interval, which the
+    recovery test refuses."""
+    m = run_with_a_killed_rank(stack, rehearsed[2], before_retry=lambda run_dir: shutil.rmtree(run_dir / "checkpoints"),
+                               to_the_end=False)
+    assert m["kill"]["retry"].action == "restart-container"
+    assert "resumed from" not in m["log"] and m["kill"]["resumed"] == 0
+    assert m["last_step"] - m["kill"]["resumed"] > m["interval"]

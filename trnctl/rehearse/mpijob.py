@@ -150,8 +150,8 @@ class MPIJobSteps:
         the same pod, a replacement pod with its new name, or the MPIJob failed. Either way the workers stay and the
         new mpirun starts every rank again over ssh. A deleted launcher's processes are stopped first."""
         old = run.launcher_name
-        if deleted:
-            self.stop_pods(lambda pod: pod["metadata"]["name"] == old, grace=5)
+        if deleted and any(c.pod == old and c.proc.poll() is None for c in self.containers):
+            self.delete_launcher(run)
         decision = mpi.launcher_retry(run.job, self.stack.ctx, old, failed=run.failed, restarts=run.restarts,
                                       deleted=deleted)
         run.failed, run.restarts = decision.failed, decision.restarts
@@ -168,6 +168,12 @@ class MPIJobSteps:
             [launcher] = mpi.launcher_pods(run.job, self.stack.ctx, attempt=decision.failed)
             self._start_launcher(run, launcher)
         return decision
+
+    def delete_launcher(self, run: "MPIJobRun", grace: float = 5.0) -> None:
+        """The launcher pod deleted (`kubectl delete pod`, the hang watchdog): its containers SIGTERMed, SIGKILLed
+        after `grace` seconds (terminationGracePeriodSeconds, compressed). mpirun, terminated, has every worker's
+        orted end the ranks it started. Then call retry_launcher(run, deleted=True)."""
+        self.stop_pods(lambda pod: pod["metadata"]["name"] == run.launcher_name, grace=grace)
 
     def finish_mpijob(self, run: "MPIJobRun") -> list[PodResult]:
         """cleanPodPolicy Running: the operator deletes the workers once the launcher is done."""
