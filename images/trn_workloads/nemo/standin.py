@@ -11,7 +11,8 @@ on that YAML (the file, read back, not the RunConfig):
   rank connects there, says who it is and waits for rank 0's answer. All waits are bounded.
 - train: a `torch.distributed` gloo process group at MASTER_ADDR:master_port (one process per node: rank and
   world size from Open MPI), a tiny Llama-shaped model (the YAML's `model.*` sizes) trained on the dataset the
-  data step wrote (read with megatron-core's IndexedDataset, through trn_workloads.titan.data.TokenSamples), its
+  data step wrote (read with megatron-core's own reader: megatron-core==0.16.1, requirements.txt,
+  megatron/core/datasets/indexed_dataset.py IndexedDataset, through trn_workloads.titan.data.TokenSamples), its
   gradients all-reduced every step (one stopped rank stops every rank: the hang the platform's watchdog acts on),
   `trainer.max_steps` steps, TensorBoard events in exp_manager's explicit_log_dir every `log_every_n_steps`
   (tensorboard's SummaryWriter; the progress sidecar reads them: trn_workloads/progress.py), checkpoints as
