@@ -93,7 +93,7 @@ def test_without_master_addr_forwarded_the_rehearsal_fails_naming_pod_and_step(s
 # --- issue 24 item 4: a killed rank ---------------------------------------------------------------------------------
 
 RANK_MATCH = "trn_workloads.nemo.launch"  # the rank process mpirun starts on each worker (over ssh, under orted)
-STALL_SECONDS = 3.0  # many step times of the tiny model: a gang that kept stepping would log several
+STALL_SECONDS = 2.0  # many step times of the tiny model (checked): a gang that kept stepping would log several
 
 
 def train_job(stack) -> tuple[int, dict]:
@@ -160,7 +160,7 @@ def stall(r, worker: str, run_dir: Path) -> tuple[list[int], int, int]:
     """SIGSTOP the rank on `worker` (hung in a collective): (its pids, the step logged once stopped, after
     STALL_SECONDS more)."""
     stopped = r.signal_processes(worker, signal.SIGSTOP, RANK_MATCH)
-    time.sleep(1.0)  # a step under way ends in the all-reduce
+    time.sleep(0.5)  # a step under way ends in the all-reduce
     at_stop = logged_step(run_dir)
     time.sleep(STALL_SECONDS)
     return stopped, at_stop, logged_step(run_dir)
@@ -172,6 +172,10 @@ def recover(r, gang, run_dir: Path, *, interrupted_at: float, deleted: bool, bef
     if deleted:
         r.delete_launcher(gang)  # what the watchdog does: delete the pod labelled trn-platform/gang-restart
     out: dict = {"ranks_left": ranks_left(r, gang)}
+    # the last step the old gang logged, once its ranks are gone: Open MPI's orted sends a stopped rank SIGCONT
+    # before SIGTERM (orte/mca/odls/base/odls_base_default_fns.c, kill_local_procs), so a SIGSTOPped gang may still
+    # make a few steps (and a save) while it is torn down
+    out["last_step"] = logged_step(run_dir)
     if before_retry:
         before_retry(run_dir)
     old_events = event_files(run_dir)
@@ -187,9 +191,9 @@ def recover(r, gang, run_dir: Path, *, interrupted_at: float, deleted: bool, bef
 
 
 def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delete_the_launcher=False,
-                           to_the_end=True) -> dict:
-    """Train past the first checkpoint; SIGSTOP the rank on the last worker (every rank must stop: each step
-    all-reduces), then SIGKILL it (a crashed rank): mpirun aborts, the launcher's container fails, the launcher Job's
+                           to_the_end=True, stall_first=True) -> dict:
+    """Train past the first checkpoint; SIGSTOP the rank on the last worker (stall_first: every rank must stop, each
+    step all-reduces), then SIGKILL it (a crashed rank): mpirun aborts, the launcher's container fails, the launcher Job's
     rule restarts it. With then_delete_the_launcher: past the next checkpoint, stop the rank on the first worker and
     delete the launcher pod as the hang watchdog would (workloads/progress.py): the Job replaces the pod. Then to
     the end (unless not to_the_end: then stopped once the restarted gang logged a step). Returns what was measured."""
@@ -202,18 +206,19 @@ def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delet
         gang = r.start_mpijob(job, index)
         train_past_a_checkpoint(r, gang, run_dir, 0)
         out["saved"] = saved_steps(run_dir)
-        stopped, *out["stalled"] = stall(r, mpi.worker_name(name, NODES - 1), run_dir)
-        out["stalled_launcher"] = r.await_mpijob(gang, until=lambda: True).problem  # mpirun waits, nothing failed
+        if stall_first:
+            stopped, *out["stalled"] = stall(r, mpi.worker_name(name, NODES - 1), run_dir)
+            out["stalled_launcher"] = r.await_mpijob(gang, until=lambda: True).problem  # mpirun waits, nothing failed
         killed = r.signal_processes(mpi.worker_name(name, NODES - 1), signal.SIGKILL, RANK_MATCH)
-        assert set(stopped) <= set(killed)
-        interrupted_at, out["last_step"] = time.monotonic(), logged_step(run_dir)
+        assert not stall_first or set(stopped) <= set(killed)
+        interrupted_at = time.monotonic()
         out["launcher_failure"] = r.await_mpijob(gang).problem
         out["kill"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=False, before_retry=before_retry)
         if then_delete_the_launcher:
             train_past_a_checkpoint(r, gang, run_dir, out["kill"]["resumed"])
             out["saved_before_delete"] = saved_steps(run_dir)
             stall(r, mpi.worker_name(name, 0), run_dir)
-            interrupted_at, out["last_step_before_delete"] = time.monotonic(), logged_step(run_dir)
+            interrupted_at = time.monotonic()
             out["deleted_launcher"] = gang.launcher_name
             out["delete"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=True)
         if to_the_end:
@@ -230,7 +235,7 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
     (restartPolicy OnFailure, backoffLimit 3) has the kubelet restart it in the same pod; the new mpirun starts both
     ranks again over ssh and they resume from the newest complete checkpoint. Then the path the hang watchdog takes:
     a rank stopped, the launcher pod deleted, the Job's replacement pod (a new name) restarts the gang, which
-    resumes again. Steps lost (last step logged before the interruption - the step resumed from) <= the checkpoint
+    resumes again. Steps lost (last step the interrupted gang logged - the step resumed from) <= the checkpoint
     interval each time; the run completes at max_steps."""
     assert rehearsed[0].ok, rehearsed[0].report()
     m = run_with_a_killed_rank(stack, rehearsed[2], then_delete_the_launcher=True)
@@ -253,12 +258,12 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
 
     done = m["done"]
     assert not done.problem and done.exit_code == 0 and done.name == delete["retry"].pod, report(m["results"])
-    lost = {"killed rank": m["last_step"] - kill["resumed"], "deleted launcher": m["last_step_before_delete"] - delete["resumed"]}
+    lost = {"killed rank": kill["last_step"] - kill["resumed"], "deleted launcher": delete["last_step"] - delete["resumed"]}
     for what, case in (("killed rank", kill), ("deleted launcher", delete)):
         print(f"nemo recovery ({what}): steps lost {lost[what]}, resumed from step {case['resumed']}, time to resume "
               f"{case['time_to_resume']:.1f}s; {case['retry'].reason}")
     print(f"nemo recovery: median step {median_step:.2f}s, checkpoint every {interval} steps")
-    assert all(0 <= n <= interval for n in lost.values()), lost
+    assert all(0 <= n <= interval for n in lost.values()), (lost, re.findall(r"resumed from .*|saved .*", log))
     assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], log[-3000:]
     assert len(m["final_saved"]) <= m["keep"]  # save_top_k
 
@@ -268,7 +273,7 @@ def test_without_the_checkpoint_to_resume_from_the_recovery_check_fails(stack, r
     the shared volume, amount to): it trains again from step 0 and loses more than a checkpoint interval, which the
     recovery test refuses."""
     m = run_with_a_killed_rank(stack, rehearsed[2], before_retry=lambda run_dir: shutil.rmtree(run_dir / "checkpoints"),
-                               to_the_end=False)
+                               to_the_end=False, stall_first=False)
     assert m["kill"]["retry"].action == "restart-container"
     assert "resumed from" not in m["log"] and m["kill"]["resumed"] == 0
-    assert m["last_step"] - m["kill"]["resumed"] > m["interval"]
+    assert m["kill"]["last_step"] - m["kill"]["resumed"] > m["interval"]
