@@ -52,6 +52,7 @@ def test_save_top_k_keeps_the_newest_steps(tmp_path):
     assert standin.checkpoints_to_remove(saves, 2) == [saves[0]]
     assert standin.checkpoints_to_remove(saves, 1) == [saves[1], saves[0]]
     assert standin.checkpoints_to_remove(saves, -1) == []
+    assert standin.checkpoints_to_remove(saves, 1, resumed_from=saves[0]) == [saves[1]]  # the resumed-from stays
     assert [s for s in range(1, 31) if standin.should_save(s, 10)] == [10, 20, 30]
     assert not standin.should_save(10, None) and not standin.should_save(10, 0)
 

@@ -265,7 +265,9 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
     print(f"nemo recovery: median step {median_step:.2f}s, checkpoint every {interval} steps")
     assert all(0 <= n <= interval for n in lost.values()), (lost, re.findall(r"resumed from .*|saved .*", log))
     assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], log[-3000:]
-    assert len(m["final_saved"]) <= m["keep"]  # save_top_k
+    # save_top_k newest, plus the save the last attempt resumed from (never removed)
+    assert m["final_saved"][-m["keep"]:] == list(range(m["steps"] - interval * (m["keep"] - 1), m["steps"] + 1, interval))
+    assert set(m["final_saved"][:-m["keep"]]) <= {delete["resumed"]}, m["final_saved"]
 
 
 def test_without_the_checkpoint_to_resume_from_the_recovery_check_fails(stack, rehearsed):

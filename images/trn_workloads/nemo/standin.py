@@ -27,7 +27,10 @@ What NxD Training does with those exp_manager keys, at the commit images/nemo/Do
   save_top_k checkpoints are kept by `monitor` (step, mode max: the newest steps) and the rest deleted
   (docs/general/config_overview.rst "checkpoint_callback_params.save_top_k": "The framework would automatically
   keep deleting checkpoints"); the `filename` template's `{step}` / `{consumed_samples}` become `step=<n>` /
-  `consumed_samples=<x>` (Lightning ModelCheckpoint naming with auto_insert_metric_name), `.ckpt` appended.
+  `consumed_samples=<x>` (Lightning ModelCheckpoint._format_checkpoint_name with auto_insert_metric_name),
+  `.ckpt` appended, and the kept set never loses the save the run resumed from (_should_remove_checkpoint); read
+  in src/lightning/pytorch/callbacks/model_checkpoint.py (Lightning-AI/pytorch-lightning@003fe240, the code index's
+  copy; NxD Training's requirements.txt pins lightning==2.5.0, whose tag was not read here).
   NxD Training's check_resume takes any `*.ckpt` it finds, so here a save is written under a temporary name that
   does not match `*.ckpt` and renamed into place when complete: a partial save is never the newest.
 """
@@ -153,12 +156,13 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return saves[-1] if saves else None
 
 
-def checkpoints_to_remove(saves: list[Path], save_top_k: int) -> list[Path]:
-    """The saves past the top k by step (monitor step, mode max); save_top_k -1 keeps every one, 0 none."""
+def checkpoints_to_remove(saves: list[Path], save_top_k: int, resumed_from: Path | None = None) -> list[Path]:
+    """The saves past the top k by step (monitor step, mode max); save_top_k -1 keeps every one, 0 none. The save
+    the run resumed from is never removed (Lightning ModelCheckpoint._should_remove_checkpoint)."""
     if save_top_k < 0:
         return []
     ranked = sorted(saves, key=lambda p: checkpoint_step(p) or 0, reverse=True)
-    return ranked[save_top_k:]
+    return [p for p in ranked[save_top_k:] if resumed_from is None or p.resolve() != resumed_from.resolve()]
 
 
 def should_save(step: int, every_n_train_steps: int | None) -> bool:
@@ -343,7 +347,7 @@ def train(cfg: RunConfig, plan: TrainPlan, *, rank: int, world: int, master: str
                     writer.add_scalar("reduced_train_loss", float(flat[-1]), step)
                     writer.flush()
             if rank == 0 and plan.checkpoints and should_save(step, plan.every_n_train_steps):
-                _save(plan, step, model, optimizer)
+                _save(plan, step, model, optimizer, resumed_from=Path(chosen[0]) if chosen[0] else None)
         if writer is not None:
             writer.close()
         dist.barrier()
@@ -353,12 +357,12 @@ def train(cfg: RunConfig, plan: TrainPlan, *, rank: int, world: int, master: str
         dist.destroy_process_group()
 
 
-def _save(plan: TrainPlan, step: int, model, optimizer) -> None:
+def _save(plan: TrainPlan, step: int, model, optimizer, *, resumed_from: Path | None) -> None:
     directory = checkpoint_dir(plan.exp_manager, plan.log_dir)
     path = directory / checkpoint_name(plan.filename, step=step, consumed_samples=step * plan.global_batch_size)
     save_atomically({"global_step": step, "state_dict": model.state_dict(),
                      "optimizer_states": [optimizer.state_dict()]}, path)
-    for old in checkpoints_to_remove(complete_checkpoints(directory), plan.save_top_k):
+    for old in checkpoints_to_remove(complete_checkpoints(directory), plan.save_top_k, resumed_from):
         old.unlink(missing_ok=True)
     print(f"saved {path} (step {step})", flush=True)
 
