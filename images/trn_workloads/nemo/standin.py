@@ -13,7 +13,8 @@ on that YAML (the file, read back, not the RunConfig):
   world size from Open MPI), a tiny Llama-shaped model (the YAML's `model.*` sizes) trained on the dataset the
   data step wrote (read with megatron-core's own reader: megatron-core==0.16.1, requirements.txt,
   megatron/core/datasets/indexed_dataset.py IndexedDataset, through trn_workloads.titan.data.TokenSamples), its
-  gradients all-reduced every step (one stopped rank stops every rank: the hang the platform's watchdog acts on),
+  gradients all-reduced every step (one stopped rank stops every rank, which wait in the all-reduce up to the
+  process group's timeout, torch's default 30 min: the hang the platform's watchdog acts on),
   `trainer.max_steps` steps, TensorBoard events in exp_manager's explicit_log_dir every `log_every_n_steps`
   (tensorboard's SummaryWriter; the progress sidecar reads them: trn_workloads/progress.py), checkpoints as
   exp_manager's checkpoint_callback_params say, and a resume from the newest complete one (resume_if_exists).
@@ -177,7 +178,8 @@ class ResumeError(Exception):
 def resume_point(exp_manager: dict, log_dir: Path) -> Path | None:
     """The checkpoint a run starts from: none unless resume_if_exists; then the newest complete save under
     `<log_dir>/checkpoints` (or checkpoint_callback_params.dirpath); none there is an error unless
-    resume_ignore_no_checkpoint. resume_from_checkpoint, when set, wins (exp_manager's own rule)."""
+    resume_ignore_no_checkpoint. resume_from_checkpoint, when set, wins ("This will override any checkpoint found
+    when resume_if_exists is True": exp_manager.py's exp_manager docstring at the pinned commit)."""
     if exp_manager.get("resume_from_checkpoint"):
         return Path(exp_manager["resume_from_checkpoint"])
     if not exp_manager.get("resume_if_exists"):
@@ -315,7 +317,7 @@ def train(cfg: RunConfig, plan: TrainPlan, *, rank: int, world: int, master: str
         writer = None
         if rank == 0 and plan.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            # purge_step: a viewer drops the events an earlier attempt wrote past the step resumed from
+            # purge_step: a viewer drops the events an earlier attempt wrote from the step resumed from on
             writer = SummaryWriter(log_dir=str(plan.log_dir), purge_step=step or None)
         per_node = plan.samples_per_node(world)
         params = [p for p in model.parameters()]
