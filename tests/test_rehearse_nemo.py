@@ -221,6 +221,8 @@ def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delet
             interrupted_at = time.monotonic()
             out["deleted_launcher"] = gang.launcher_name
             out["delete"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=True)
+            out["gang_restart_pods"] = [p["metadata"]["name"] for p in r.all_pods
+                                        if (p["metadata"].get("labels") or {}).get("trn-platform/gang-restart")]
         if to_the_end:
             out["done"] = r.await_mpijob(gang)
         out["results"] = r.finish_mpijob(gang)
@@ -254,6 +256,7 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
     assert kill["resumed"] >= m["saved"][-1] > 0, log[-3000:]
     assert delete["ranks_left"] == [], f"ranks (one stopped) left after the launcher pod was deleted: {delete['ranks_left']}"
     assert delete["retry"].action == "new-pod" and delete["retry"].pod != m["deleted_launcher"], delete["retry"]
+    assert m["gang_restart_pods"] == [delete["retry"].pod]  # what the watchdog finds next time: the replacement
     assert delete["resumed"] >= m["saved_before_delete"][-1] > kill["resumed"], log[-3000:]
 
     done = m["done"]

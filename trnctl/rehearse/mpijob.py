@@ -165,6 +165,9 @@ class MPIJobSteps:
                 self._restart_container(run.launcher, container)
         elif decision.action == "new-pod":
             self.stop_pods(lambda pod: pod["metadata"]["name"] == old, grace=5)
+            # gone from the API server (a watchdog listing pods by label sees only the replacement)
+            self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != old]
+            self.ready.discard(old)
             [launcher] = mpi.launcher_pods(run.job, self.stack.ctx, attempt=decision.failed)
             self._start_launcher(run, launcher)
         return decision
