@@ -218,7 +218,7 @@ def test_bad_mode_and_node_rank_are_refused():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"preset": "llama3-405b"}, "run.preset: must be one of llama2-7b, small, got 'llama3-405b'"),
+    ({"preset": "llama3-405b"}, "run.preset: must be one of llama2-7b, small, tiny, got 'llama3-405b'"),
     ({"nodes": 0}, "run.nodes: must be an integer >= 1, got 0"),
     ({"nodes": "4"}, "run.nodes: must be an integer >= 1, got '4'"),
     ({"tensor_parallel_size": 3}, "run.tensor_parallel_size: must be one of 1, 2, 4, 8, 16, 32, got 3"),
@@ -371,7 +371,8 @@ def test_on_neuron_the_launcher_writes_the_yaml_then_execs_torchrun(tmp_path, mo
 
 
 def test_cpu_stand_in_meets_every_rank_at_rank0(tmp_path):
-    """On the CPU path each node writes the YAML, finds its inputs and meets rank 0 at MASTER_ADDR:master_port."""
+    """On the CPU path each node writes the YAML, finds its inputs and (precompile: no training) meets rank 0 at
+    MASTER_ADDR:master_port. Training is tests/test_nemo_standin.py."""
     import threading
 
     from tests.loopback import free_port
@@ -389,7 +390,7 @@ def test_cpu_stand_in_meets_every_rank_at_rank0(tmp_path):
 
     def node(rank: int) -> None:
         try:
-            standin.run(run, "train", rank=rank, master="127.0.0.1", timeout=20)
+            standin.run(run, "precompile", rank=rank, master="127.0.0.1", timeout=20)
             results[rank] = "ok"
         except Exception as err:  # reported below
             results[rank] = err
@@ -400,7 +401,7 @@ def test_cpu_stand_in_meets_every_rank_at_rank0(tmp_path):
     for t in threads:
         t.join(30)
     assert results == {0: "ok", 1: "ok", 2: "ok"}
-    assert (tmp_path / "run" / "nxdt-config" / "train.yaml").read_text() == config_yaml(run, "train")
+    assert (tmp_path / "run" / "nxdt-config" / "precompile.yaml").read_text() == config_yaml(run, "precompile")
     with pytest.raises(standin.RendezvousError, match="could not reach rank 0"):
         standin.rendezvous("127.0.0.1", free_port(), 1, 2, timeout=1)
     with pytest.raises(standin.RendezvousError, match="1 of 2 ranks arrived"):

@@ -150,3 +150,42 @@ def test_an_upstream_image_is_known_only_at_the_tag_its_dockerfile_was_read():
         images.image_config("public.ecr.aws/neuron/pytorch-inference-vllm-neuronx:0.29.0.1.2.0-neuronx-py314-sdk2.34.0-ubuntu26.04")
     titan = images.our_image("titan")  # its base (the native track's training DLC) is not pinned yet
     assert titan.workdir == "/tmp" and titan.entrypoint == () and titan.user == "1000"
+
+
+def _job(restart_policy: str, backoff_limit: int | None) -> dict:
+    spec = {"template": {"spec": {"restartPolicy": restart_policy, "containers": [{"name": "c", "image": "x"}]}}}
+    if backoff_limit is not None:
+        spec["backoffLimit"] = backoff_limit
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "launch", "namespace": "ns"}, "spec": spec}
+
+
+def test_a_failed_onfailure_container_restarts_in_its_pod_until_the_restarts_reach_backoff_limit():
+    """kubernetes@v1.34.0 job_controller.go pastBackoffLimitOnFailure: restartCounts summed, >= backoffLimit fails."""
+    job = _job("OnFailure", 3)
+    [pod] = kubernetes.job_pods(job)
+    name = pod["metadata"]["name"]
+    first = kubernetes.job_retry(job, name)
+    assert (first.action, first.pod, first.restarts, first.failed) == ("restart-container", name, 1, 0)
+    second = kubernetes.job_retry(job, name, restarts=first.restarts)
+    assert second.action == "restart-container" and second.restarts == 2
+    third = kubernetes.job_retry(job, name, restarts=second.restarts)
+    assert third.action == "failed" and "BackoffLimitExceeded" in third.reason
+    assert kubernetes.job_retry(_job("OnFailure", 0), name).action == "failed"  # backoffLimit 0: any restart
+
+
+def test_a_failed_or_deleted_pod_is_replaced_by_a_new_pod_while_failures_stay_within_backoff_limit():
+    """job_controller.go: isPodFailed (a deleted pod counts once Failed), failed > backoffLimit fails the Job,
+    else manageJob creates a pod from generateName: a new name each time."""
+    job = _job("Never", 1)
+    [pod] = kubernetes.job_pods(job)
+    name = pod["metadata"]["name"]
+    first = kubernetes.job_retry(job, name)
+    assert first.action == "new-pod" and first.failed == 1
+    assert first.pod != name and first.pod.startswith("launch-") and len(first.pod) == len(name)
+    assert first.pod == kubernetes.job_pods(job, attempt=1)[0]["metadata"]["name"]
+    assert kubernetes.job_retry(job, first.pod, failed=first.failed).action == "failed"
+    # restartPolicy OnFailure: a deleted pod (the hang watchdog's) is replaced, its restarts kept in the count
+    deleted = kubernetes.job_retry(_job("OnFailure", 3), name, restarts=1, deleted=True)
+    assert (deleted.action, deleted.failed, deleted.restarts) == ("new-pod", 1, 1)
+    assert kubernetes.job_retry(_job("Never", None), name, failed=6).action == "failed"  # default backoffLimit 6
+    assert kubernetes.job_retry(_job("Never", None), name, failed=5).action == "new-pod"

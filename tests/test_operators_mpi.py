@@ -188,3 +188,20 @@ def test_operator_validation_refuses(change, message):
     job = mpijob("train")
     change(job["spec"])
     assert any(message in p for p in mpi.admission_problems(job, context(STACK)))
+
+
+def test_the_launcher_job_retries_by_the_job_rule_with_the_mpijobs_backoff_limit():
+    """mpi-operator@b10758da newLauncherJob: backoffLimit = runPolicy.backoffLimit, restartPolicy the Launcher's
+    (OnFailure here): a failed mpirun is restarted in its pod; a deleted launcher pod is replaced by a new one."""
+    job, ctx = mpijob("train"), context(STACK)
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 3
+    [launcher] = mpi.launcher_pods(job, ctx)
+    name = launcher["metadata"]["name"]
+    assert mpi.launcher_job(job, ctx)["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    crashed = mpi.launcher_retry(job, ctx, name)
+    assert (crashed.action, crashed.pod) == ("restart-container", name)
+    deleted = mpi.launcher_retry(job, ctx, name, restarts=crashed.restarts, deleted=True)
+    [replacement] = mpi.launcher_pods(job, ctx, attempt=1)
+    assert deleted.action == "new-pod" and deleted.pod == replacement["metadata"]["name"] != name
+    assert replacement["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "launcher"
+    assert mpi.launcher_retry(job, ctx, name, restarts=2).action == "failed"

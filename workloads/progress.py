@@ -16,8 +16,12 @@ GANG_RESTART_LABEL marks, per operator, the pod the watchdog deletes (each at it
   restarting.go).
 - MPIJob (nemo): the launcher. It is a batch Job with backoffLimit = runPolicy.backoffLimit
   (kubeflow/mpi-operator@v0.8.2 pkg/controller/mpi_job_controller.go newLauncherJob); the ranks
-  on the workers are mpirun's children over ssh and end with it; the new launcher starts them
-  all again and NxD Training resumes from the newest checkpoint (exp_manager resume_if_exists).
+  on the workers are mpirun's children over ssh and end with it (Open MPI's orted: SIGCONT, SIGTERM,
+  SIGKILL); a deleted launcher pod is replaced by the Job, a crashed mpirun (a rank died) is
+  restarted in its pod (restartPolicy OnFailure), both under backoffLimit (the rule:
+  trnctl/operators/kubernetes.py job_retry); the new mpirun starts every rank again and NxD Training
+  resumes from the newest checkpoint (exp_manager resume_if_exists). Rehearsed, with steps lost
+  measured, in tests/test_rehearse_nemo.py.
 - RayCluster worker (ray): Ray Train restarts its whole worker group from the newest reported
   checkpoint when a worker dies, up to RunConfig.failure_config.max_failures (ray 2.51.1,
   images/trn_workloads/ray_train/train.py); KubeRay recreates the pod. Past that the Ray job

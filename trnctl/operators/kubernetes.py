@@ -96,9 +96,16 @@ def _ns(obj: dict) -> str:
     return (obj.get("metadata") or {}).get("namespace") or "default"
 
 
-def job_pods(job: dict) -> list[dict]:
+def job_pod_seed(name: str, index: int, attempt: int) -> str:
+    """The seed of a Job pod's generated name: pod `index` of the Job, `attempt` the how-many-th pod the controller
+    made for it (0 first; each replacement is a new pod with a new random suffix)."""
+    return f"{name}/{index}" if attempt == 0 else f"{name}/{index}/{attempt}"
+
+
+def job_pods(job: dict, attempt: int = 0) -> list[dict]:
     """`parallelism` pods (default 1) named `<job>-<5 chars>` (generateName `<job>-`; Indexed jobs:
-    `<job>-<index>-<5 chars>` with the completion index label/annotation and hostname `<job>-<index>`).
+    `<job>-<index>-<5 chars>` with the completion index label/annotation and hostname `<job>-<index>`); `attempt` > 0:
+    the replacement pods the controller creates after failures (job_retry), each with a new suffix.
     source: kubernetes/kubernetes@v1.34.0:pkg/controller/job/job_controller.go (podGenerateNameWithIndex,
     manageJob) and pkg/controller/job/indexed_job_utils.go (addCompletionIndexEnvVariables, hostname)."""
     name, spec = job["metadata"]["name"], job.get("spec") or {}
@@ -113,13 +120,61 @@ def job_pods(job: dict) -> list[dict]:
             for c in template["spec"].get("containers", []) + template["spec"].get("initContainers", []):
                 c.setdefault("env", []).append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
                     "fieldPath": f"metadata.labels['{JOB_COMPLETION_INDEX}']"}}})
-            pods.append(make_pod(template, name=f"{name}-{i}-{stand_in(f'{name}/{i}')}", namespace=_ns(job),
+            pods.append(make_pod(template, name=f"{name}-{i}-{stand_in(job_pod_seed(name, i, attempt))}", namespace=_ns(job),
                                  owner=job, extra_labels={**labels, JOB_COMPLETION_INDEX: str(i)},
                                  extra_annotations={JOB_COMPLETION_INDEX: str(i)}, hostname=f"{name}-{i}"))
         else:
-            pods.append(make_pod(spec["template"], name=f"{name}-{stand_in(f'{name}/{i}')}", namespace=_ns(job),
+            pods.append(make_pod(spec["template"], name=f"{name}-{stand_in(job_pod_seed(name, i, attempt))}", namespace=_ns(job),
                                  owner=job, extra_labels=labels))
     return pods
+
+
+# What happens after a Job's pod fails or is deleted (a batch/v1 Job; kubernetes/kubernetes@v1.34.0):
+# - restartPolicy OnFailure, a container exited non-zero: the kubelet restarts it in the same pod (the pod stays
+#   Running; its native sidecars keep running) after its crash-loop back-off (10 s, doubling up to 300 s:
+#   pkg/kubelet MaxContainerBackOff, not waited in a rehearsal). The Job counts the restarts: pastBackoffLimitOnFailure
+#   (pkg/controller/job/job_controller.go) fails the Job (BackoffLimitExceeded) once the restartCounts of its
+#   running/pending pods sum to >= backoffLimit (> 0 when backoffLimit is 0).
+# - a pod that failed (restartPolicy Never) or was deleted: counted failed once it is Failed (isPodFailed; with
+#   podReplacementPolicy Failed, as mpi-operator sets on its launcher Job, a deleted pod counts once it reaches the
+#   Failed phase); the Job fails when failed > backoffLimit (syncJob exceedsBackoffLimit), else manageJob creates a
+#   replacement pod from generateName `<job>-`: a new name (after the controller's own back-off, 10 s doubling,
+#   also not waited in a rehearsal).
+DEFAULT_BACKOFF_LIMIT = 6  # staging/src/k8s.io/api/batch/v1/types.go: backoffLimit "Defaults to 6"
+
+
+@dataclass(frozen=True)
+class JobRetry:
+    action: str  # "restart-container" (same pod), "new-pod" (a replacement), "failed" (BackoffLimitExceeded)
+    pod: str  # the pod that runs next (the same one for a container restart; the failed one when the Job failed)
+    failed: int  # failed pods counted after this event
+    restarts: int  # container restarts counted after this event
+    reason: str
+
+
+def job_retry(job: dict, pod_name: str, *, failed: int = 0, restarts: int = 0, deleted: bool = False) -> JobRetry:
+    """The Job controller's and the kubelet's answer to pod `pod_name` of `job` failing (its container exited
+    non-zero) or being deleted, given the failed pods and container restarts counted so far. The replacement's
+    name comes from job_pods(job, attempt=failed) (attempt = the failed pods so far: one new pod per failure)."""
+    spec = job.get("spec") or {}
+    limit = int(spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT))
+    policy = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy", "Never")
+    what = f"Job {_ns(job)}/{job['metadata']['name']}"
+    if policy == "OnFailure" and not deleted:
+        restarts += 1
+        if (restarts > 0) if limit == 0 else (restarts >= limit):
+            return JobRetry("failed", pod_name, failed, restarts, f"{what}: {restarts} container restart(s) reach "
+                            f"backoffLimit {limit}: BackoffLimitExceeded (job_controller.go pastBackoffLimitOnFailure)")
+        return JobRetry("restart-container", pod_name, failed, restarts,
+                        f"{what}: restartPolicy OnFailure: the kubelet restarts the container in pod {pod_name} "
+                        f"(restart {restarts}; the Job fails at {max(limit, 1)})")
+    failed += 1
+    if failed > limit:
+        return JobRetry("failed", pod_name, failed, restarts, f"{what}: {failed} failed pod(s) > backoffLimit {limit}: "
+                        f"BackoffLimitExceeded (job_controller.go syncJob)")
+    new = job_pods(job, attempt=failed)[0]["metadata"]["name"]
+    return JobRetry("new-pod", new, failed, restarts, f"{what}: pod {pod_name} {'deleted' if deleted else 'failed'} "
+                    f"({failed} of backoffLimit {limit}): the Job controller creates pod {new}")
 
 
 def replicaset_pods(rs: dict, *, owner: dict | None = None) -> list[dict]:

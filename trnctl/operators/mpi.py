@@ -258,12 +258,28 @@ def launcher_waits_for_workers(obj: dict) -> bool:
     return obj["spec"].get("launcherCreationPolicy", "AtStartup") == "WaitForWorkersReady"
 
 
-def pods(obj: dict, ctx: Context) -> list[dict]:
-    """Workers, then the launcher Job's pod (named by the Job controller: trnctl.operators.kubernetes)."""
-    launcher = kubernetes.pods(launcher_job(obj, ctx), ctx)
+def launcher_pods(obj: dict, ctx: Context, attempt: int = 0) -> list[dict]:
+    """The launcher Job's pod (named by the Job controller: trnctl.operators.kubernetes); `attempt` > 0: the
+    replacement the Job creates after that many failed launcher pods (kubernetes.job_retry)."""
+    launcher = kubernetes.job_pods(launcher_job(obj, ctx), attempt=attempt)
     for pod in launcher:
         pod["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = describe(obj)
-    return worker_pods(obj, ctx) + launcher
+    return launcher
+
+
+def launcher_retry(obj: dict, ctx: Context, pod_name: str, *, failed: int = 0, restarts: int = 0,
+                   deleted: bool = False) -> kubernetes.JobRetry:
+    """What follows when the launcher's mpirun exits non-zero (a rank died: mpirun aborts the job) or the launcher
+    pod is deleted (the hang watchdog, workloads/progress.py): the launcher is a batch Job whose backoffLimit is
+    runPolicy.backoffLimit and whose restartPolicy is the Launcher replica's (newLauncherJob, setRestartPolicy:
+    OnFailure stays OnFailure, ExitCode becomes Never), so the Job rule decides (kubernetes.job_retry). The
+    workers are not restarted: their sshd keeps running and the next mpirun starts every rank again over ssh."""
+    return kubernetes.job_retry(launcher_job(obj, ctx), pod_name, failed=failed, restarts=restarts, deleted=deleted)
+
+
+def pods(obj: dict, ctx: Context) -> list[dict]:
+    """Workers, then the launcher Job's pod."""
+    return worker_pods(obj, ctx) + launcher_pods(obj, ctx)
 
 
 VALIDATION = "kubeflow/mpi-operator@b10758da:pkg/apis/kubeflow/validation/validation.go"

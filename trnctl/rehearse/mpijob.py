@@ -5,6 +5,10 @@ runner.Rehearsal, which dispatches every MPIJob of a step to `run_mpijob`.
 - Per-pod await inside one MPIJob: with launcherCreationPolicy WaitForWorkersReady the launcher pod exists only once
   every worker is ready (trnctl.operators.mpi.launcher_waits_for_workers); the MPIJob is complete when the launcher
   Job completes; the workers (sshd, never exiting) are then deleted (runPolicy.cleanPodPolicy Running).
+- A failed or deleted launcher (a rank killed: mpirun aborts and exits non-zero; a hung gang: the watchdog deletes
+  the launcher): `retry_launcher` applies the launcher Job's rule (trnctl.operators.mpi.launcher_retry, i.e.
+  trnctl.operators.kubernetes.job_retry): restartPolicy OnFailure restarts mpirun in the same pod, a deleted pod
+  is replaced by a new one; the new mpirun starts every rank again over ssh on the same workers.
 - The nemo image's build-time files the sandbox has no copy of (images/nemo/Dockerfile RUN step): the sshd config
   and host key under the user's home, and the ssh client config in /etc/ssh/ssh_config.d (port 2222, no host key
   checking). They are written here with the Dockerfile's values.
@@ -19,10 +23,12 @@ import os
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from trnctl import operators
-from trnctl.operators import mpi
+from trnctl.operators import kubernetes, mpi
 from trnctl.rehearse.results import PodResult
 
 # images/nemo/Dockerfile: ARG SSH_PORT=2222; the sshd config and host key it writes under /home/trn; the client
@@ -33,6 +39,24 @@ SSHD_CONFIG = (f"Port {SSH_PORT}\nHostKey /home/trn/.sshd/host_ed25519\nPidFile 
                "AuthorizedKeysFile /home/trn/.ssh/authorized_keys\n")
 SSH_CLIENT_CONFIG = f"Host *\n    Port {SSH_PORT}\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n"
 LOOPBACK_ONLY_ENV = {"OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_include": "lo"}
+
+
+@dataclass
+class MPIJobRun:
+    """One MPIJob in a rehearsal: its workers, its current launcher pod, and what the launcher Job has counted."""
+    job: dict
+    index: int
+    results: dict[str, PodResult]
+    workers: list[dict]
+    launcher: dict
+    deadline: float
+    failed: int = 0  # launcher pods failed (the Job's status.failed)
+    restarts: int = 0  # launcher container restarts (restartPolicy OnFailure)
+    retries: list[kubernetes.JobRetry] = field(default_factory=list)
+
+    @property
+    def launcher_name(self) -> str:
+        return self.launcher["metadata"]["name"]
 
 
 class MPIJobSteps:
@@ -66,13 +90,20 @@ class MPIJobSteps:
         _kubelet_owned(dirs.root / "files" / mpi.SSH_VOLUME)
 
     def run_mpijob(self, job: dict, index: int) -> list[PodResult]:
+        run = self.start_mpijob(job, index)
+        self.await_mpijob(run)
+        return self.finish_mpijob(run)
+
+    def start_mpijob(self, job: dict, index: int) -> "MPIJobRun":
+        """The workers (in parallel, as the kubelet starts them), awaited ready; then (WaitForWorkersReady) the
+        launcher Job's pod. A worker that is not ready within the step bound is recorded and no launcher starts."""
         deadline = time.monotonic() + self.step_timeout
-        pods = mpi.pods(job, self.stack.ctx)
-        workers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "worker"]
-        launchers = [p for p in pods if p["metadata"]["labels"][mpi.JOB_ROLE_LABEL] == "launcher"]
+        workers = mpi.worker_pods(job, self.stack.ctx)
+        [launcher] = mpi.launcher_pods(job, self.stack.ctx)
         owner = operators.describe(job)
-        results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in pods}
-        self._start_pods(workers, results, deadline)  # in parallel, as the kubelet starts them
+        results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in [*workers, launcher]}
+        run = MPIJobRun(job, index, results, workers, launcher, deadline)
+        self._start_pods(workers, results, deadline)
         self._refresh_hosts()
         pending = [w for w in workers if not results[w["metadata"]["name"]].problem]
         while pending and time.monotonic() < deadline:
@@ -84,25 +115,76 @@ class MPIJobSteps:
             res.problem = res.problem or f"not ready within the step bound of {self.step_timeout:.0f}s"
             res.log_tail = self._log_tail(res.name)
         if not any(r.problem for r in results.values()):
-            for launcher in launchers:  # WaitForWorkersReady: created now
-                res = results[launcher["metadata"]["name"]]
-                try:
-                    self._start_pod(launcher, res, deadline)
-                except Exception as exc:
-                    res.problem = str(exc)
-                    continue
-                while not self._poll(res, launcher, "complete"):
-                    if time.monotonic() > deadline:
-                        res.problem = f"not complete within the step bound of {self.step_timeout:.0f}s"
-                        res.log_tail = self._log_tail(res.name)
-                        break
-                    time.sleep(0.5)
-        for r in results.values():
+            self._start_launcher(run, launcher)
+        return run
+
+    def _start_launcher(self, run: "MPIJobRun", launcher: dict) -> None:
+        res = run.results.setdefault(launcher["metadata"]["name"], PodResult(launcher["metadata"]["name"], run.index,
+                                                                            operators.describe(run.job)))
+        run.launcher = launcher
+        try:
+            self._start_pod(launcher, res, run.deadline)
+        except Exception as exc:  # noqa: BLE001 - recorded on the pod
+            res.problem = str(exc)
+
+    def await_mpijob(self, run: "MPIJobRun", *, until: Callable[[], bool] | None = None) -> PodResult:
+        """The launcher pod to completion (exit 0), to failure (named), to the step bound, or until `until()` is
+        true while it runs (then left running). Returns the launcher's result."""
+        res = run.results[run.launcher_name]
+        if res.problem:
+            return res
+        while not self._poll(res, run.launcher, "complete"):
+            if time.monotonic() > run.deadline:
+                res.problem = f"not complete within the step bound of {self.step_timeout:.0f}s"
+                res.log_tail = self._log_tail(res.name)
+                break
+            if until is not None and until():
+                break
+            time.sleep(0.3)
+        return res
+
+    def retry_launcher(self, run: "MPIJobRun", *, deleted: bool = False) -> kubernetes.JobRetry:
+        """The launcher Job's own rule after its pod failed (mpirun exited non-zero: a rank died) or was deleted
+        (`deleted=True`: the hang watchdog deletes the launcher, workloads/progress.py), applied here as the
+        cluster would (trnctl.operators.mpi.launcher_retry -> kubernetes.job_retry): the container restarted in
+        the same pod, a replacement pod with its new name, or the MPIJob failed. Either way the workers stay and the
+        new mpirun starts every rank again over ssh. A deleted launcher's processes are stopped first."""
+        old = run.launcher_name
+        if deleted and any(c.pod == old and c.proc.poll() is None for c in self.containers):
+            self.delete_launcher(run)
+        decision = mpi.launcher_retry(run.job, self.stack.ctx, old, failed=run.failed, restarts=run.restarts,
+                                      deleted=deleted)
+        run.failed, run.restarts = decision.failed, decision.restarts
+        run.retries.append(decision)
+        print(decision.reason, flush=True)
+        run.deadline = time.monotonic() + self.step_timeout
+        if decision.action == "restart-container":
+            res = run.results[old]
+            res.problem, res.exit_code = "", None
+            for container in run.launcher["spec"]["containers"]:
+                self._restart_container(run.launcher, container)
+        elif decision.action == "new-pod":
+            self.stop_pods(lambda pod: pod["metadata"]["name"] == old, grace=5)
+            # gone from the API server (a watchdog listing pods by label sees only the replacement)
+            self.all_pods = [p for p in self.all_pods if p["metadata"]["name"] != old]
+            self.ready.discard(old)
+            [launcher] = mpi.launcher_pods(run.job, self.stack.ctx, attempt=decision.failed)
+            self._start_launcher(run, launcher)
+        return decision
+
+    def delete_launcher(self, run: "MPIJobRun", grace: float = 5.0) -> None:
+        """The launcher pod deleted (`kubectl delete pod`, the hang watchdog): its containers SIGTERMed, SIGKILLed
+        after `grace` seconds (terminationGracePeriodSeconds, compressed). mpirun, terminated, has every worker's
+        orted end the ranks it started. Then call retry_launcher(run, deleted=True)."""
+        self.stop_pods(lambda pod: pod["metadata"]["name"] == run.launcher_name, grace=grace)
+
+    def finish_mpijob(self, run: "MPIJobRun") -> list[PodResult]:
+        """cleanPodPolicy Running: the operator deletes the workers once the launcher is done."""
+        for r in run.results.values():
             self._check_bindings(r)
-        # cleanPodPolicy Running: the operator deletes the workers once the launcher is done
-        names = {w["metadata"]["name"] for w in workers}
+        names = {w["metadata"]["name"] for w in run.workers}
         self.stop_pods(lambda pod: pod["metadata"]["name"] in names, grace=5)
-        return list(results.values())
+        return list(run.results.values())
 
     def _worker_ready(self, worker: dict, res: PodResult) -> bool:
         """A worker without a readiness probe is ready once running (its sshd listening here)."""

@@ -66,14 +66,17 @@ TITAN_OVERLAY = {"titan-pretrain": {"titan": {
 }}}
 PROCESSES_PER_POD = 1
 
-# nemo-pretrain: 2 nodes (launcher + 2 workers over ssh), a few steps, a tokenizer and corpus seeded on the shared
-# volume for its data-prep Job (the stack's Hub tokenizer and RedPajama sample are not here), no TensorBoard
-# Deployment (the image's tensorboard is not in the rehearsal's environment).
+# nemo-pretrain: 2 nodes (launcher + 2 workers over ssh), the tiny preset (which the NxD stand-in trains for real
+# from the YAML: images/trn_workloads/nemo/standin.py), a checkpoint every 10 steps (a killed rank loses at most that
+# many) and steps enough for two interruptions and their teardown (0.05-0.15 s a step here; a stopped gang being torn
+# down steps on for a second or two: tests/test_rehearse_nemo.py), a tokenizer and corpus seeded
+# on the shared volume for its data-prep Job (the stack's Hub tokenizer and RedPajama sample are not here), no
+# TensorBoard Deployment (the image's tensorboard is not in the rehearsal's environment).
 NEMO_TOKENIZER = f"/shared/{SEED_DIR}/nemo-tokenizer"
 NEMO_CORPUS = f"/shared/{SEED_DIR}/nemo-corpus.jsonl"
 NEMO_OVERLAY = {"nemo-pretrain": {"nemo": {
     "tensorboard": False, "data": {"tokenizer": NEMO_TOKENIZER, "inputs": [NEMO_CORPUS], "workers": 1},
-    "run": {"nodes": 2, "steps": 20, "checkpoint_every_n_steps": 10, "precompile_steps": 2}}}}
+    "run": {"nodes": 2, "preset": "tiny", "steps": 80, "checkpoint_every_n_steps": 10, "precompile_steps": 2}}}}
 
 STACK_OVERLAYS: dict[str, dict] = {
     "lora": {"run": {

@@ -16,7 +16,8 @@ Per controller kind: `run_step(i)` runs each object of the step whose controller
 that controller's runner (`controller_runs(obj)`: MPIJob -> mpijob.py `run_mpijob`, RayJob -> rayjob.py
 `run_rayjob`, Volcano Job -> volcanojob.py `run_job`; mixins of Rehearsal), then every other object's pods together.
 Tests drive the runners directly for stop/resume: `r.run_rayjob(job, i, until=...)`, `r.stop_rayjob(job)`,
-`r.start_job`/`await_job`/`kill_pod`/`stop_job` (Volcano). An operator module may define
+`r.start_job`/`await_job`/`kill_pod`/`stop_job` (Volcano), `r.start_mpijob`/`await_mpijob`/`retry_launcher`/
+`finish_mpijob` (MPIJob). An operator module may define
 `await_kind(obj) -> "complete" | "ready"`. The operators' own rules (Volcano's policy_action, KubeRay's job status
 read from the dashboard and cluster deletion) live in trnctl/operators/.
 - Everything runs in the rehearsal's own network namespace (netns.py, only `lo`), entered first and left last.
@@ -39,7 +40,8 @@ read from the dashboard and cluster deletion) live in trnctl/operators/.
 - After the last step, each ScaledObject's Prometheus trigger is read as KEDA would (trnctl/operators/keda.py)
   from the platform's Prometheus (trnctl/rehearse/prometheus.py); a query that never answers is a problem.
 - Not modelled: Job retries (backoffLimit: the first failed pod fails the rehearsal), container restarts,
-  liveness probes, resource limits, scheduling (every pod runs on this one "node").
+  liveness probes, resource limits, scheduling (every pod runs on this one "node"). Exception: an MPIJob's launcher
+  Job, retried on request (`r.retry_launcher(run)`, mpijob.py) by the Job rule in trnctl/operators/kubernetes.py.
 - Cleanup: every process group is SIGTERMed then SIGKILLed, every directory removed (also on Ctrl-C, a
   failing step, and at interpreter exit through `atexit`), unless keep=True keeps the directories.
 """
@@ -639,6 +641,18 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
             self.ready.discard(c.pod)
             _reap_session(c.proc.pid)
         self.containers = [c for c in self.containers if c not in victims]
+
+    def _restart_container(self, pod: dict, container: dict) -> None:
+        """The kubelet restarting an exited container in its running pod (restartPolicy OnFailure): the same pod
+        directories, volumes (emptyDir and memory contents kept), address and sidecars; only that process anew."""
+        name = pod["metadata"]["name"]
+        for c in [c for c in self.containers if c.pod == name and c.name == container["name"]]:
+            if c.proc.poll() is None:
+                raise RehearsalError(f"pod {name} container {c.name} is still running: nothing to restart")
+            _reap_session(c.proc.pid)
+            self.containers.remove(c)
+        dirs, hosts = self._pod_dirs(pod)
+        self._start_container(pod, container, dirs, hosts)
 
     def kill_pod(self, name: str) -> None:
         """SIGKILL one pod's containers (its node or its processes lost mid-run); the pod stays known, as failed."""

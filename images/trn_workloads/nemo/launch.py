@@ -7,11 +7,12 @@ the run config, works out this node's rank (OMPI_COMM_WORLD_RANK) and the rank-0
 the environment from `build_env`. `--dry-run` prints the YAML, environment and command
 instead and writes nothing.
 
-On the CPU path (TRN_BACKEND=cpu) it runs `standin` instead of torchrun: the YAML, the input files and a
-rendezvous of every node at rank 0's address, without Neuron.
+On the CPU path (TRN_BACKEND=cpu) it runs `standin` instead of torchrun: the YAML, the input files, then what
+the YAML says at tiny scale without Neuron (train: gloo data parallel training with checkpoints, resume and
+TensorBoard events; precompile: a rendezvous of every node at rank 0's address).
 
 Exit status: 2 bad config, MPI environment, missing inputs or unwritable run dir; 1 a rank that did not meet
-rank 0 (CPU path); otherwise torchrun's own.
+rank 0 or found no checkpoint to resume (CPU path); otherwise torchrun's own (or the stand-in's traceback).
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             _exec_on_neuron(command, env, cfg, args.mode)
         else:  # the CPU path (TRN_BACKEND=cpu): what the step needs from its pod, without Neuron
             standin.run(cfg, args.mode, rank=rank, master=master)
-    except standin.RendezvousError as err:
+    except (standin.RendezvousError, standin.ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (ConfigError, ValueError, OSError) as err:  # OSError: the YAML could not be written

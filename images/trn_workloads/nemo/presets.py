@@ -4,7 +4,9 @@
 (4 x trn1.32xlarge, TP 8, PP 1, sequence 4096, global batch 256, micro batch 1); the
 architecture values are those of NxD Training's Megatron Llama-7B example
 (examples/conf/megatron_llama_7B_config.yaml at the pinned commit, see nxdt.py). `small`
-is a ~1B Llama that fits one trn1.32xlarge, for trying the stack end to end cheaply.
+is a ~1B Llama that fits one trn1.32xlarge, for trying the stack end to end cheaply. `tiny` is a
+few-hundred-thousand-parameter model for rehearsals (trnctl/rehearse/overlay.py): the CPU stand-in
+(standin.py) trains it for real, from the same YAML, in well under a second a step.
 """
 from __future__ import annotations
 
@@ -53,4 +55,9 @@ PRESETS: types.MappingProxyType[str, ModelPreset] = types.MappingProxyType({
         num_kv_heads=16, init_method_std=0.02, layernorm_epsilon=1e-5,
         nodes=1, seq_length=2048, tensor_parallel_size=8, pipeline_parallel_size=1,
         global_batch_size=64, micro_batch_size=1, lr=3.0e-4, min_lr=3.0e-5, warmup_steps=10),
+    "tiny": ModelPreset(
+        name="tiny", hidden_size=64, ffn_hidden_size=172, num_layers=2, num_attention_heads=4,
+        num_kv_heads=4, init_method_std=0.02, layernorm_epsilon=1e-5,
+        nodes=1, seq_length=128, tensor_parallel_size=1, pipeline_parallel_size=1,
+        global_batch_size=64, micro_batch_size=1, lr=3.0e-3, min_lr=3.0e-4, warmup_steps=2),
 })
