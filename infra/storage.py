@@ -64,18 +64,20 @@ def _pods_in(namespace: str, labels: dict[str, str]) -> dict:
 def workload_ingress_policy(*, monitoring_namespace: str, kuberay_namespace: str) -> dict:
     """Ingress to workload pods: from the same namespace (gang traffic: MPI over ssh, torch.distributed,
     Ray GCS; the RayJob submitter to its head), from Prometheus to the scrape port every workload and
-    Ray pod names `metrics`, and from the KubeRay operator to the Ray head dashboard it polls for RayJob
-    status. Nothing else; egress unrestricted (S3, ECR, HF Hub, FSx). trnctl/cluster/reachability.py
-    checks these flows, and that nothing else opens, at every render."""
+    Ray pod names `metrics` (and to its number on the progress sidecar: a native sidecar is an init
+    container, whose named ports the EKS network policy controller does not resolve), and from the KubeRay
+    operator to the Ray head dashboard it polls for RayJob status. Nothing else; egress unrestricted (S3,
+    ECR, HF Hub, FSx). trnctl/cluster/reachability.py checks these flows, and that nothing else opens, at
+    every render."""
     from infra.addons import KUBERAY_OPERATOR_POD_LABELS
-    from infra.monitoring.scrape import METRICS_PORT
+    from infra.monitoring.scrape import METRICS_PORT, SIDECAR_METRICS_PORT
     from infra.monitoring.values import PROMETHEUS_POD_LABELS
     from trnctl.operators.kuberay import DASHBOARD_PORT
     return {"podSelector": {}, "policyTypes": ["Ingress"],
             "ingress": [
                 {"from": [{"podSelector": {}}]},
                 {"from": [_pods_in(monitoring_namespace, PROMETHEUS_POD_LABELS)],
-                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}, {"protocol": "TCP", "port": SIDECAR_METRICS_PORT}]},
                 {"from": [_pods_in(kuberay_namespace, KUBERAY_OPERATOR_POD_LABELS)],
                  "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
             ]}

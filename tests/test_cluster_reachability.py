@@ -106,6 +106,23 @@ def test_the_old_same_namespace_only_policy_blocks_prometheus_and_the_kuberay_op
     assert all(f.severity == "mandatory" for f in blocked)
 
 
+def test_a_native_sidecars_named_port_is_not_admitted_by_name(today):
+    """The progress sidecar (an init container with restartPolicy Always) serves `metrics` on 9400; the EKS network
+    policy controller resolves a named port among the containers only, so a policy admitting Prometheus on
+    `metrics` alone blocks the step counter of the nemo launcher and the ray submitter (and with it the hang
+    alert). The policy also admits the number (infra/storage.py workload_ingress_policy)."""
+    def by_name_only(policy):
+        policy["spec"]["ingress"][1]["ports"] = [{"protocol": "TCP", "port": "metrics"}]
+    blocked = rules(reach.check(edit(today, POLICY, by_name_only)), "reachability/blocked")
+    text = "\n".join(str(f) for f in blocked)
+    assert "Prometheus scrapes Pod ml-shared/nemo-pretrain-usw2-train-launcher" in text and "(9400)" in text, text
+    assert "Prometheus scrapes Pod ml-shared/ray-pretrain-usw2-train-" in text, text
+    assert len(blocked) == 2, text  # the two sidecars; the containers' `metrics` ports still resolve by name
+    sidecar = Endpoint("Pod apps/s", "apps", {}, {}, {"metrics": (9400, "TCP")})
+    named = _policy("apps", {"podSelector": {}, "ingress": [{"ports": [{"port": "metrics"}]}]})
+    assert not allowed(_model(named), OTHER, sidecar, 9400)
+
+
 def test_a_prometheus_peer_without_ports_opens_more_than_scraping(today):
     def widen(policy):
         policy["spec"]["ingress"][1].pop("ports")

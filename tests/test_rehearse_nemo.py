@@ -25,6 +25,7 @@ from trn_workloads.nemo import standin
 from trn_workloads.nemo.command import FORWARDED_ENV, mpirun_command
 from trnctl.operators import mpi
 from trnctl.rehearse import overlay
+from trnctl.rehearse.hangwatch import HangWatch
 from trnctl.rehearse.runner import Rehearsal
 
 pytestmark = pytest.mark.slow
@@ -166,12 +167,17 @@ def stall(r, worker: str, run_dir: Path) -> tuple[list[int], int, int]:
     return stopped, at_stop, logged_step(run_dir)
 
 
-def recover(r, gang, run_dir: Path, *, interrupted_at: float, deleted: bool, before_retry=None) -> dict:
+def recover(r, gang, run_dir: Path, *, interrupted_at: float, watch=None, before_retry=None) -> dict:
     """After an interruption: the ranks left, the launcher Job's rule applied, training until the restarted gang
-    logs its first new step; time to resume measured from the interruption."""
+    logs its first new step; time to resume measured from the interruption. With `watch` (a hung gang): the
+    platform's hang path (trnctl/rehearse/hangwatch.py) notices the stopped step counter and its watchdog deletes
+    the pod labelled trn-platform/gang-restart (the launcher, workloads/progress.py) first."""
+    out: dict = {}
+    deleted = watch is not None
     if deleted:
-        r.delete_launcher(gang)  # what the watchdog does: delete the pod labelled trn-platform/gang-restart
-    out: dict = {"ranks_left": ranks_left(r, gang)}
+        restart = watch.until_restart(timeout=90)
+        out["watchdog"], out["detected_after"] = restart, restart.at - interrupted_at
+    out["ranks_left"] = ranks_left(r, gang)
     # the last step the old gang logged, once its ranks are gone: Open MPI's orted sends a stopped rank SIGCONT
     # before SIGTERM (orte/mca/odls/base/odls_base_default_fns.c, kill_local_procs), so a SIGSTOPped gang may still
     # make a few steps (and a save) while it is torn down
@@ -204,6 +210,7 @@ def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delet
     out: dict = {"interval": run["checkpoint_every_n_steps"], "steps": run["steps"], "keep": run["keep_checkpoints"]}
     with Rehearsal(stack, shared_dir=shared, step_timeout=120, s3=False) as r:
         gang = r.start_mpijob(job, index)
+        watch = HangWatch(r).start() if then_delete_the_launcher else None
         train_past_a_checkpoint(r, gang, run_dir, 0)
         out["saved"] = saved_steps(run_dir)
         if stall_first:
@@ -213,14 +220,14 @@ def run_with_a_killed_rank(stack, shared: Path, *, before_retry=None, then_delet
         assert not stall_first or set(stopped) <= set(killed)
         interrupted_at = time.monotonic()
         out["launcher_failure"] = r.await_mpijob(gang).problem
-        out["kill"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=False, before_retry=before_retry)
+        out["kill"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, before_retry=before_retry)
         if then_delete_the_launcher:
             train_past_a_checkpoint(r, gang, run_dir, out["kill"]["resumed"])
             out["saved_before_delete"] = saved_steps(run_dir)
             stall(r, mpi.worker_name(name, 0), run_dir)
             interrupted_at = time.monotonic()
             out["deleted_launcher"] = gang.launcher_name
-            out["delete"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, deleted=True)
+            out["delete"] = recover(r, gang, run_dir, interrupted_at=interrupted_at, watch=watch)
             out["gang_restart_pods"] = [p["metadata"]["name"] for p in r.all_pods
                                         if (p["metadata"].get("labels") or {}).get("trn-platform/gang-restart")]
         if to_the_end:
@@ -255,16 +262,19 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
     assert kill["retry"].action == "restart-container" and kill["retry"].restarts == 1, kill["retry"]
     assert kill["resumed"] >= m["saved"][-1] > 0, log[-3000:]
     assert delete["ranks_left"] == [], f"ranks (one stopped) left after the launcher pod was deleted: {delete['ranks_left']}"
+    restart = delete["watchdog"]
+    assert restart.pod == m["deleted_launcher"] and any("hung: deleted pod" in line for line in restart.lines), restart
     assert delete["retry"].action == "new-pod" and delete["retry"].pod != m["deleted_launcher"], delete["retry"]
     assert m["gang_restart_pods"] == [delete["retry"].pod]  # what the watchdog finds next time: the replacement
     assert delete["resumed"] >= m["saved_before_delete"][-1] > kill["resumed"], log[-3000:]
 
     done = m["done"]
     assert not done.problem and done.exit_code == 0 and done.name == delete["retry"].pod, report(m["results"])
-    lost = {"killed rank": kill["last_step"] - kill["resumed"], "deleted launcher": delete["last_step"] - delete["resumed"]}
-    for what, case in (("killed rank", kill), ("deleted launcher", delete)):
-        print(f"nemo recovery ({what}): steps lost {lost[what]}, resumed from step {case['resumed']}, time to resume "
-              f"{case['time_to_resume']:.1f}s; {case['retry'].reason}")
+    lost = {"killed rank": kill["last_step"] - kill["resumed"], "hung rank": delete["last_step"] - delete["resumed"]}
+    for what, case in (("killed rank", kill), ("hung rank", delete)):
+        detected = f"detected after {case['detected_after']:.1f}s, " if "detected_after" in case else ""
+        print(f"nemo recovery ({what}): steps lost {lost[what]}, resumed from step {case['resumed']}, {detected}time to "
+              f"resume {case['time_to_resume']:.1f}s; {case['retry'].reason}")
     print(f"nemo recovery: median step {median_step:.2f}s, checkpoint every {interval} steps")
     assert all(0 <= n <= interval for n in lost.values()), (lost, re.findall(r"resumed from .*|saved .*", log))
     assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], log[-3000:]

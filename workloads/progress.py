@@ -33,12 +33,12 @@ GANG_RESTART_LABEL marks, per operator, the pod the watchdog deletes (each at it
 """
 from __future__ import annotations
 
-from infra.monitoring.scrape import METRICS_PORT, WORKLOAD_SCRAPE_LABEL
+from infra.monitoring.scrape import METRICS_PORT, SIDECAR_METRICS_PORT, WORKLOAD_SCRAPE_LABEL
 from workloads.common import container, resources_for
 from workloads.platform import PoolScheduling
 
 GANG_RESTART_LABEL = {"trn-platform/gang-restart": "true"}  # infra/monitoring/watchdog.py selects it
-PROGRESS_PORT = 9400  # images/trn_workloads/training_metrics.py METRICS_PORT
+PROGRESS_PORT = SIDECAR_METRICS_PORT  # images/trn_workloads/training_metrics.py METRICS_PORT
 
 
 def progress_sidecar(*, image, source: list[str], mount_path: str, pool: PoolScheduling) -> dict:

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from trn_workloads.training_metrics import METRICS_PORT
 
 EVENT_FILE_GLOB = "events.out.tfevents.*"
+POLL_SECONDS = 15.0  # the Prometheus scrape interval of the workload PodMonitor: a read per scrape
 
 
 def last_step_jsonl(path: Path) -> int | None:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--tensorboard", type=Path, help="directory with TensorBoard event files (in it or one level below)")
     ap.add_argument("--port", type=int, default=METRICS_PORT)
     ap.add_argument("--host", default="0.0.0.0", help="address to serve on (the pod's, for Prometheus)")
-    ap.add_argument("--interval", type=float, default=15.0, help="seconds between reads")
+    ap.add_argument("--interval", type=float, default=POLL_SECONDS, help="seconds between reads")
     args = ap.parse_args(argv)
     progress = Progress()
     start_http_server(args.port, addr=args.host, registry=progress.registry)

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 WORKLOAD_SCRAPE_LABEL = {"trn-platform/scrape": "true"}  # workload pods opt in, port name `metrics`
 METRICS_PORT = "metrics"
+# The number a native sidecar serves `metrics` on (the progress sidecar, workloads/progress.py; the same as
+# images/trn_workloads/training_metrics.py METRICS_PORT): NetworkPolicies must admit it by number, since the EKS
+# network policy controller resolves named ports among a pod's containers only (trnctl/cluster/reachability.py).
+SIDECAR_METRICS_PORT = 9400
 RAY_POD = {"key": "ray.io/node-type", "operator": "Exists"}  # the label KubeRay puts on head and worker pods
 
 # Every sample carries the node it came from (dashboards and alerts join on `node`).

@@ -11,7 +11,13 @@ as the VPC CNI's network policy agent enforces them (aws/aws-network-policy-agen
   every pod of the selected namespaces; both, pods matching both; namespaces always carry
   `kubernetes.io/metadata.name` (trnctl.cluster.Model.namespaces);
 - ports: none listed = every port; a named port matches the destination pod's container port of
-  that name (resolved per pod); protocol defaults to TCP; endPort makes a range.
+  that name (resolved per pod) among its containers only: the EKS network policy controller looks a named
+  port up in `pod.Spec.Containers`, not in init containers, so a native sidecar's named port is never
+  admitted, only its number (aws/amazon-network-policy-controller-k8s@13358c75 pkg/k8s/pod_utils.go
+  LookupContainerPortAndName; pkg/resolvers/endpoints.go getPortList: "Isolate the pod for the port if we
+  are unable to resolve the named port"); protocol defaults to TCP; endPort makes a range.
+- Prometheus' pod discovery does list init containers' ports (trnctl.operators.prometheus_operator
+  pod_targets), so a sidecar's scrape port is a flow to check.
 `kubectl port-forward` enters the pod's network namespace through the kubelet and the container
 runtime (CRI streaming), so NetworkPolicies do not apply to it: client port-forward paths only need
 the Service and port to exist, which the render's schema validation already covers.
@@ -19,7 +25,7 @@ the Service and port to exist, which the render's schema validation already cove
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import permutations
 
 from trnctl.cluster import MANDATORY, Finding, Model, labels_of, match_selector, obj_id
@@ -32,25 +38,27 @@ UNRESOLVED = -1  # a flow whose destination no pod answers
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A pod as a NetworkPolicy sees it: namespace, labels, named container ports."""
+    """A pod as a NetworkPolicy sees it: namespace, labels, named container ports (containers only, as the
+    policy controller resolves them) and every declared port (init containers too: what listens)."""
     name: str
     namespace: str
     labels: dict
-    ports: dict  # port name -> (number, protocol)
+    ports: dict  # port name -> (number, protocol), of the containers
+    sidecar_ports: dict = field(default_factory=dict)  # the same, of the init containers (native sidecars)
 
     @classmethod
     def of_pod(cls, pod: dict) -> "Endpoint":
-        meta = pod.get("metadata") or {}
-        ports = {}
-        for c in (pod.get("spec") or {}).get("containers") or []:
-            for p in c.get("ports") or []:
-                if p.get("name"):
-                    ports[p["name"]] = (int(p["containerPort"]), p.get("protocol", "TCP"))
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+
+        def named(containers: list[dict]) -> dict:
+            return {p["name"]: (int(p["containerPort"]), p.get("protocol", "TCP"))
+                    for c in containers for p in c.get("ports") or [] if p.get("name")}
         return cls(f"Pod {meta.get('namespace')}/{meta.get('name')}", meta.get("namespace") or "default",
-                   dict(meta.get("labels") or {}), ports)
+                   dict(meta.get("labels") or {}), named(spec.get("containers") or []),
+                   named(spec.get("initContainers") or []))
 
     def declared_ports(self) -> set[int]:
-        return {n for n, _ in self.ports.values()}
+        return {n for n, _ in [*self.ports.values(), *self.sidecar_ports.values()]}
 
 
 def platform_clients(model: Model) -> dict[str, Endpoint]:
@@ -177,10 +185,12 @@ class Flow:
     fix: str
 
 
-def _resolve(dst: Endpoint, port) -> int | None:
+def _resolve(dst: Endpoint, port, *, sidecars: bool = False) -> int | None:
+    """A port number, or a named port of the pod's containers (and of its init containers with `sidecars`:
+    Prometheus' pod discovery lists them)."""
     if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
         return int(port)
-    return dst.ports.get(port, (None,))[0]
+    return (dst.ports.get(port) or (dst.sidecar_ports.get(port) if sidecars else None) or (None,))[0]
 
 
 def needed_flows(model: Model) -> list[Flow]:
@@ -200,7 +210,7 @@ def needed_flows(model: Model) -> list[Flow]:
                 if not in_ns or not match_selector(spec.get("selector") or {}, ep.labels):
                     continue
                 for endpoint in spec.get("podMetricsEndpoints") or []:
-                    number = _resolve(ep, endpoint.get("port"))
+                    number = _resolve(ep, endpoint.get("port"), sidecars=True)
                     if number is not None:
                         flows.append(Flow(f"Prometheus scrapes {ep.name} port {endpoint.get('port')} ({number}) "
                                           f"for PodMonitor {mon_obj['metadata']['name']}", clients["prometheus"], ep,

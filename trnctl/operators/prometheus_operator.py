@@ -43,7 +43,10 @@ def _selected_namespaces(monitor: dict) -> Callable[[str], bool]:
 
 
 def pod_targets(pod: dict, address: str, phase: str = "Running", ready: bool = True) -> list[dict]:
-    """Prometheus' pod discovery: one target per declared container port."""
+    """Prometheus' pod discovery: one target per declared port of a container or an init container (a native
+    sidecar's port is scraped like any other), `__meta_kubernetes_pod_container_init` saying which.
+    source: prometheus/prometheus discovery/kubernetes/pod.go buildPod (containers then init containers,
+    `isInit := i >= len(pod.Spec.Containers)`); docs/configuration/configuration.md, pod role."""
     meta, spec = pod["metadata"], pod.get("spec") or {}
     common = {"__meta_kubernetes_namespace": meta.get("namespace", "default"),
               "__meta_kubernetes_pod_name": meta["name"], "__meta_kubernetes_pod_ip": address,
@@ -53,10 +56,12 @@ def pod_targets(pod: dict, address: str, phase: str = "Running", ready: bool = T
         common[f"__meta_kubernetes_pod_label_{sanitize_label_name(k)}"] = v
         common[f"__meta_kubernetes_pod_labelpresent_{sanitize_label_name(k)}"] = "true"
     out = []
-    for c in spec.get("containers") or []:
+    containers = [(c, False) for c in spec.get("containers") or []] + [(c, True) for c in spec.get("initContainers") or []]
+    for c, init in containers:
         for p in c.get("ports") or []:
             out.append({"targets": [f"{address}:{p['containerPort']}"],
                         "labels": {**common, "__meta_kubernetes_pod_container_name": c["name"],
+                                   "__meta_kubernetes_pod_container_init": str(init).lower(),
                                    "__meta_kubernetes_pod_container_port_name": p.get("name", ""),
                                    "__meta_kubernetes_pod_container_port_number": str(p["containerPort"]),
                                    "__meta_kubernetes_pod_container_port_protocol": p.get("protocol", "TCP")}})

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from infra.agent_code import IMAGES
 from infra.monitoring import hang
 from trnctl.operators import kubernetes
+from trnctl.rehearse.overlay import TIME_SCALE
 
 if str(IMAGES) not in sys.path:  # the watchdog's own code (images/trn_workloads), as its ConfigMap ships it
     sys.path.insert(0, str(IMAGES))
@@ -38,7 +39,6 @@ from trn_workloads import watchdog  # noqa: E402
 from trn_workloads.kube_api import ApiError, Kube  # noqa: E402
 from trnctl.rehearse.results import RehearsalError
 
-TIME_SCALE = 100  # 20m of trainingHangAfter -> 12 s; the alert's `for: 2m` -> 1.2 s; the watchdog's cooldown alike
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds when a pod does not set it (core/v1 PodSpec default)
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000, "y": 31_536_000_000}

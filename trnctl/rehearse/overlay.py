@@ -21,6 +21,9 @@
 6. Images whose base is not pinned (`image_config`: titan's Dockerfile over an empty base).
 7. The CPU path of a RayJob's runtime env (`cpu_path_job`: the stack pins TRN_BACKEND=neuron there, and Ray's
    runtime env wins over the pod env).
+8. Time, compressed TIME_SCALE times where waiting is the behaviour under test: the progress sidecar's poll
+   (`compressed_time_argv`) and, in trnctl/rehearse/hangwatch.py, the hang rule's windows and the watchdog's
+   cooldown, so a hang is noticed in seconds; Prometheus scrapes every second (trnctl/rehearse/prometheus.py).
 """
 from __future__ import annotations
 
@@ -216,6 +219,18 @@ def bind_substitutions(image_name: str, argv: list[str], address: str) -> tuple[
     out = [f"--host={address}" if a in ("--host=0.0.0.0", "--host=::") else a for a in out]
     env = {"TRN_SERVE_HOST": address} if image_name == "serve" else {}
     return out, env
+
+
+TIME_SCALE = 100  # 20m of trainingHangAfter -> 12 s; the progress sidecar's 15 s poll -> 0.15 s
+
+
+def compressed_time_argv(argv: list[str]) -> list[str]:
+    """The progress sidecar (trn_workloads.progress) polls TIME_SCALE times as often: at its 15 s a compressed hang
+    window (12 s) would see a working job as hung between two reads."""
+    if "trn_workloads.progress" not in argv or any(a.startswith("--interval") for a in argv):
+        return list(argv)
+    from trn_workloads.progress import POLL_SECONDS
+    return [*argv, "--interval", str(POLL_SECONDS / TIME_SCALE)]
 
 
 # image repository name -> {command: python module run in the image's stand-in environment}

@@ -594,6 +594,7 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
                                             service_hosts=self.addresses.services)
         iname = sandbox.image_name(image_ref)
         proc.argv, bind_env = overlay.bind_substitutions(iname, proc.argv, self.addresses.pod(name))
+        proc.argv = overlay.compressed_time_argv(proc.argv)
         proc.env.update(bind_env)
         argv = sandbox.bwrap_argv(proc, image=image_ref, dirs=dirs, container=container["name"], hosts=hosts,
                                   commands=overlay.IMAGE_COMMANDS.get(iname), extra_ro_binds=extra_binds)
