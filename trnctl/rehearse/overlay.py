@@ -47,11 +47,12 @@ RAY_PRETRAIN_OVERLAY = {"ray-pretrain": {"ray": {
     "tokenizer": RAY_TOKENIZER, "dataInputs": [RAY_CORPUS],
     "run": {"model": "tiny", "seq_len": 32, "steps": 30, "global_batch_size": 64, "micro_batch_size": 1,
             "tensor_parallel_size": 1, "learning_rate": 0.003, "warmup_steps": 2, "checkpoint_interval": 10,
-            "precompile_steps": 2, "max_failures": 0},
+            "precompile_steps": 2, "log_interval": 1},
 }}}
 # What the rendered run config changes at tiny scale: two gloo processes (one per worker pod) instead of one per
 # NeuronCore (64: the two CPU pods of this machine cannot hold them), a global batch of one micro-batch each.
 RAY_RUN_SCALE = {"num_workers": 2, "global_batch_size": 2}
+RAY_TRAIN_MODULE = "trn_workloads.ray_train.train"  # the entrypoint of the precompile and train RayJobs
 
 # titan-pretrain: 2 nodes, TorchTitan's debug model, a few steps, a tokenizer and corpus on the shared volume, no
 # TensorBoard Deployment.
@@ -96,7 +97,27 @@ def stack_overlays() -> dict[str, dict]:
 
 def scale_objects(objects: list[dict]) -> list[dict]:
     """The rendered objects at this machine's scale (2 CPUs): one training process per pod."""
-    return scale_processes(scale_run_config(objects))
+    return scale_processes(scale_ray_train_pods(scale_run_config(objects)))
+
+
+def scale_ray_train_pods(objects: list[dict]) -> list[dict]:
+    """The Ray Train RayJobs' worker pods holding exactly the Ray Train workers RAY_RUN_SCALE puts on each
+    (num_workers / worker pods): each advertises that many CPU-path workers' CPUs (`num-cpus`), as a trn1.32xlarge
+    pod's 32 NeuronCores hold exactly its 32 workers on Neuron. Otherwise one pod's 127 CPUs would hold the whole
+    gang, and a lost worker pod would not hold the training back until KubeRay replaced it. The data RayJob keeps
+    the CPUs of its pods' limits (its tasks use them)."""
+    from trn_workloads.ray_train.train import CPU_RESOURCES_PER_WORKER
+    out = []
+    for obj in objects:
+        spec = (obj.get("spec") or {}) if obj.get("kind") == "RayJob" else {}
+        if RAY_TRAIN_MODULE in spec.get("entrypoint", "") and spec.get("rayClusterSpec"):
+            obj = copy.deepcopy(obj)
+            groups = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+            per_pod = RAY_RUN_SCALE["num_workers"] // sum(int(g["replicas"]) for g in groups)
+            for group in groups:
+                group.setdefault("rayStartParams", {})["num-cpus"] = str(per_pod * CPU_RESOURCES_PER_WORKER["CPU"])
+        out.append(obj)
+    return out
 
 
 def load(stack: str, overlays: dict[str, dict] | None = None):
