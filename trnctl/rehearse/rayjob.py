@@ -12,8 +12,12 @@ A mixin of runner.Rehearsal, which dispatches every RayJob of a step to `run_ray
 - Addresses: `--node-ip-address` and the dashboard host set to the pod's own loopback address.
 - CPU path: overlay.cpu_path_job (the runtime env wins over the pod env in Ray, so the overlay must win there too).
 - Stop and resubmit (`stop_rayjob`): the RayJob's cluster and submitter go away as KubeRay deletes them
-  (shutdownAfterJobFinishes, or the RayJob deleted); a new run creates them again with the same names, and the
-  training resumes from the checkpoints on the shared volume.
+  (shutdownAfterJobFinishes, the RayJob deleted, or a backoffLimit retry: kuberay.retries_failed_rayjob); a new
+  run creates them again with the same names, and the training resumes from the checkpoints on the shared volume.
+- A worker pod lost mid-run (`kill_pod`: its node gone; or deleted by the hang watchdog, it carries
+  `trn-platform/gang-restart`): `recreate_worker_pods` is KubeRay's reconcile (kuberay.replacement_worker_pods: a
+  new pod under a new generated name), then `follow_rayjob` keeps following the same Ray job, whose Ray Train
+  controller restarts its worker group from the newest checkpoint once the group fits again.
 Ray 2.51.1's GCS and raylet bind every interface whatever `--node-ip-address` says: every rehearsal runs inside
 its own network namespace (trnctl/rehearse/netns.py), so nothing a pod binds is reachable from outside.
 """
