@@ -105,11 +105,9 @@ class RayJobSteps:
     def _start_workers(self, job: dict, cluster: dict, workers: list[dict], results: dict[str, PodResult],
                        deadline: float) -> None:
         """The worker pods at once, each ready once the head's dashboard lists its address ALIVE."""
-        head = next(p for p in kuberay.cluster_pods(cluster, self.stack.ctx)
-                    if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
         self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
         started = time.monotonic()
-        dashboard = (self.addresses.pod(head["metadata"]["name"]), kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+        dashboard = self._dashboard(cluster)
 
         def joined(pod: dict) -> bool:
             alive = kuberay.alive_node_addresses(*dashboard)
@@ -118,6 +116,12 @@ class RayJobSteps:
             return self.addresses.pod(pod["metadata"]["name"]) in alive
 
         self._await(workers, results, deadline, joined)
+
+    def _dashboard(self, cluster: dict) -> tuple[str, int]:
+        """The head pod's dashboard (address, port)."""
+        head = next(p for p in kuberay.cluster_pods(cluster, self.stack.ctx)
+                    if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
+        return self.addresses.pod(head["metadata"]["name"]), kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME]
 
     def _submit(self, job: dict, index: int, until) -> list[PodResult]:
         """The submitter pod as kuberay.pods builds it (K8sJobMode), then the Ray job's status from the dashboard."""
@@ -149,11 +153,7 @@ class RayJobSteps:
     def _follow(self, job: dict, submitters: list[dict], results: dict[str, PodResult], deadline: float,
                 until) -> list[PodResult]:
         """The Ray job's status from the head's dashboard, as KubeRay reads it, per submitter pod."""
-        cluster = kuberay.rayjob_cluster(job, self.stack.ctx)
-        head = next(p for p in kuberay.cluster_pods(cluster, self.stack.ctx)
-                    if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
-        dashboard = (self.addresses.pod(head["metadata"]["name"]),
-                     kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+        dashboard = self._dashboard(kuberay.rayjob_cluster(job, self.stack.ctx))
         job_id = kuberay.submission_id(job)
         for pod in submitters:
             res = results[pod["metadata"]["name"]]
