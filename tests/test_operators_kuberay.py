@@ -244,3 +244,50 @@ def test_probes_follow_the_ray_version(ray_version, kind):
         assert "wget" in probe["exec"]["command"][2] and "api/gcs_healthz" in probe["exec"]["command"][2]
     else:
         assert probe["httpGet"] == {"path": "/api/healthz", "port": kuberay.DASHBOARD_AGENT_LISTEN_PORT}
+
+
+def worker_pods(pods: list[dict]) -> list[dict]:
+    return [p for p in pods if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "worker"]
+
+
+def test_a_lost_worker_pod_is_replaced_under_a_new_generated_name():
+    """KubeRay v1.7.0 reconcilePods: a worker group one pod short gets one new pod from its template, named
+    `<cluster>-<group>-worker-<rand5>` (generateName), never the lost pod's name; a full group gets none."""
+    ctx = context(STACK)
+    cluster = kuberay.rayjob_cluster(rayjob("train"), ctx)
+    pods = kuberay.cluster_pods(cluster, ctx)
+    head, (lost, kept) = pods[0], worker_pods(pods)
+    assert kuberay.replacement_worker_pods(cluster, pods, ctx) == []
+    [new] = kuberay.replacement_worker_pods(cluster, [head, kept], ctx, taken={lost["metadata"]["name"]})
+    group = cluster["spec"]["workerGroupSpecs"][0]["groupName"]
+    prefix = f"{cluster['metadata']['name']}-{group}-worker-"
+    name = new["metadata"]["name"]
+    assert name.startswith(prefix) and len(name) == len(prefix) + 5 and name not in {lost["metadata"]["name"],
+                                                                                   kept["metadata"]["name"]}
+    # the same pod as the group's others but for its name: template labels (the gang-restart label), the ray start
+    assert new["metadata"]["labels"] == kept["metadata"]["labels"]
+    assert ray_container(new)["args"] == ray_container(kept)["args"]
+    # both lost: two new pods, distinct names
+    both = kuberay.replacement_worker_pods(cluster, [head], ctx, taken={p["metadata"]["name"] for p in pods})
+    assert len({p["metadata"]["name"] for p in both}) == 2
+
+
+def test_desired_worker_replicas_adhere_to_min_and_max():
+    """utils.GetWorkerGroupDesiredReplicas: replicas clamped to [minReplicas, maxReplicas], x numOfHosts; 0 suspended."""
+    assert kuberay.desired_worker_replicas({"replicas": 5, "minReplicas": 1, "maxReplicas": 3}) == 3
+    assert kuberay.desired_worker_replicas({"replicas": 0, "minReplicas": 2, "maxReplicas": 3}) == 2
+    assert kuberay.desired_worker_replicas({"replicas": 2, "numOfHosts": 2}) == 4
+    assert kuberay.desired_worker_replicas({"replicas": 2, "suspend": True}) == 0
+
+
+def test_a_failed_train_rayjob_is_retried_up_to_its_backoff_limit():
+    """The resubmission path: the train RayJob's backoffLimit (workloads/ray_pretrain.py TRAIN_RESUBMISSIONS) is how
+    many times KubeRay retries a failed Ray job on a new cluster; the other steps are never retried (CRD default 0),
+    nor is a RayJob past its deadline."""
+    from workloads.ray_pretrain import TRAIN_RESUBMISSIONS
+    train = rayjob("train")
+    assert train["spec"]["backoffLimit"] == TRAIN_RESUBMISSIONS >= 1
+    assert [kuberay.retries_failed_rayjob(train, failed) for failed in range(TRAIN_RESUBMISSIONS + 1)] == \
+        [True] * TRAIN_RESUBMISSIONS + [False]
+    assert not kuberay.retries_failed_rayjob(train, 0, reason="DeadlineExceeded")
+    assert not kuberay.retries_failed_rayjob(rayjob("data"), 0)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,24 +145,86 @@ def registered_step(shared: Path, run: dict) -> int | None:
     return latest["metrics"]["step"] if latest else None
 
 
-def test_train_stopped_and_resubmitted_resumes_from_its_checkpoint(stack, shared, data_done):
+def metrics_steps(shared: Path, run: dict) -> list[int]:
+    """Steps world rank 0 logged to metrics.jsonl (appended by every attempt of the run)."""
+    path = on_pvc(shared, run["run_dir"]) / run["run_name"] / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+TRAIN_WORKER = "RayTrainWorker"
+
+
+def train_worker_pods(r: Rehearsal, job: dict) -> list[str]:
+    """The RayJob's worker pods running a Ray Train worker actor (Ray sets the actor's process title to
+    `ray::RayTrainWorker...`: ray-2.51.1 python/ray/train/v2/_internal/execution/worker_group/worker.py)."""
+    cluster = kuberay.rayjob_cluster(job, r.stack.ctx)["metadata"]["name"]
+    return [c for c in dict.fromkeys(c.pod for c in r.containers if c.pod.startswith(f"{cluster}-") and "-worker-" in c.pod)
+            if r.pod_processes(c, TRAIN_WORKER)]
+
+
+def test_a_killed_worker_pod_is_replaced_and_the_gang_resumes_from_its_checkpoint(stack, shared, data_done):
+    """Issue 24 item 4 (measured recovery), ray: the train RayJob runs to its first registered checkpoint; one worker
+    pod (holding one of the two Ray Train workers) is killed, its node lost. KubeRay's reconcile creates a new worker
+    pod under a new generated name (kuberay.replacement_worker_pods); Ray Train's controller (Train V2, the default
+    in 2.51.1) sees the worker group fail, and, within FailureConfig.max_failures, restarts the whole group from the
+    newest reported checkpoint once the placement group fits again; training completes in the same Ray job.
+    Steps lost (last step logged before the kill - the step resumed from) <= the checkpoint interval.
+    source: ray-project/ray@ray-2.51.1 python/ray/train/v2/_internal/execution/controller/controller.py (_step:
+    RunningState poll errors -> failure policy -> RestartingState -> SchedulingState -> _execute_resize_decision),
+    failure_handling/default.py (WorkerGroupError counted against max_failures; WorkerGroupStartupTimeoutError is a
+    controller error, retried without limit: the controller waits for the replacement pod),
+    worker_group/worker_group.py (_start_impl: pg.ready() bounded by RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 30 s).
+    The resubmission path (the RayJob's backoffLimit: a new cluster, the run resumed under the same name) is covered
+    by tests/test_operators_kuberay.py::test_a_failed_train_rayjob_is_retried_up_to_its_backoff_limit (the rule)
+    and tests/test_ray_train_ray.py::test_stopped_run_resumes_to_the_same_weights (a new driver, same run name)."""
     index, job = job_step(stack, "train")
     run = run_json(stack)
+    assert run["max_failures"] >= 1, run
+    assert registered_step(shared, run) is None, "a checkpoint of an earlier run is there: the first one must be this run's"
+    started = time.monotonic()
     with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
         first = r.run_rayjob(job, index, until=lambda: registered_step(shared, run) is not None)
         assert all(not p.problem for p in first), report(first)
-        r.stop_rayjob(job)  # the RayJob deleted: KubeRay deletes its cluster and submitter
-        saved_step = registered_step(shared, run)
-        assert saved_step is not None and saved_step < run["steps"], report(first)
-        second = r.run_rayjob(job, index)
-        submitter = next(p for p in second if "-head-" not in p.name and "-worker-" not in p.name)
-        log = (r.work / "pods" / submitter.name / "ray-job-submitter.log").read_text()
-    assert all(not p.problem for p in second), report(second)
-    assert saved_step > 0
-    assert f"resuming at step {saved_step}" in log, log
-    metrics = [json.loads(line) for line in (on_pvc(shared, run["run_dir"]) / run["run_name"] / "metrics.jsonl")
-               .read_text().splitlines()]
-    assert metrics[-1]["step"] == run["steps"]
+        saved = registered_step(shared, run)
+        to_checkpoint = time.monotonic() - started
+        assert saved is not None and 0 < saved < run["steps"], report(first)
+        holding = train_worker_pods(r, job)
+        assert len(holding) == 2, f"Ray Train workers on {holding}: one per worker pod expected\n" + report(first)
+        victim = holding[0]
+        r.kill_pod(victim)  # the node lost: every process of the pod gone at once
+        killed_at, last_step = time.monotonic(), max(metrics_steps(shared, run), default=0)
+        seen = len(metrics_steps(shared, run))
+        replaced = r.recreate_worker_pods(job, index)  # KubeRay's reconcile: the group is one pod short
+        replaced_in = time.monotonic() - killed_at
+        # the training goes on only once Ray Train's group fits again: without the new pod it waits to the step bound
+        followed = r.follow_rayjob(job, first + replaced, until=lambda: len(metrics_steps(shared, run)) > seen)
+        time_to_resume = time.monotonic() - killed_at
+        assert all(not p.problem for p in followed + replaced), \
+            f"after killing {victim} at step {last_step} (replaced by {[p.name for p in replaced]}):\n" + report(followed + replaced)
+        done = r.follow_rayjob(job, first + replaced)
+        to_end = time.monotonic() - killed_at
+        log = submitter_log(r, job)
+    assert all(not p.problem for p in done), f"after killing {victim} at step {last_step}:\n" + report(done)
+    [new] = replaced
+    assert new.ready and new.name != victim and new.name.startswith(victim.rsplit("-", 1)[0] + "-"), report(replaced)
+    resumes = re.findall(r"resuming at step (\d+)", log)
+    assert resumes, f"no resume after killing {victim} at step {last_step}:\n{log[-3000:]}"
+    resumed = int(resumes[-1])
+    assert resumed >= saved > 0, log[-3000:]
+    steps_lost = last_step - resumed
+    print(f"ray recovery: killed {victim} at step {last_step}, resumed from {resumed}, steps lost {steps_lost}, "
+          f"time to resume {time_to_resume:.1f}s (replacement pod joined after {replaced_in:.1f}s); first checkpoint "
+          f"{to_checkpoint:.1f}s after the cluster was asked for, completion {to_end:.1f}s after the kill")
+    assert 0 <= steps_lost <= run["checkpoint_interval"], log[-3000:]
+    assert metrics_steps(shared, run)[-1] == run["steps"]
+    assert registered_step(shared, run) == run["steps"]
+
+
+def submitter_log(r: Rehearsal, job: dict) -> str:
+    """The train RayJob's submitter log (`ray job logs --follow`: the driver's and the workers' output)."""
+    name = job["metadata"]["name"]
+    logs = [p for p in (r.work / "pods").glob(f"{name}-*/ray-job-submitter.log") if "-head-" not in p.parent.name]
+    return "".join(p.read_text(errors="replace") for p in logs)
 
 
 def test_a_failing_ray_job_fails_its_submitter_pod_as_kuberay_sees_it(stack, tmp_path):

@@ -22,9 +22,17 @@ GANG_RESTART_LABEL marks, per operator, the pod the watchdog deletes (each at it
   trnctl/operators/kubernetes.py job_retry); the new mpirun starts every rank again and NxD Training
   resumes from the newest checkpoint (exp_manager resume_if_exists). Rehearsed, with steps lost
   measured, in tests/test_rehearse_nemo.py.
-- RayCluster worker (ray): Ray Train restarts its whole worker group from the newest reported
-  checkpoint when a worker dies, up to RunConfig.failure_config.max_failures (ray 2.51.1,
-  images/trn_workloads/ray_train/train.py); KubeRay recreates the pod. Past that the Ray job
+- RayCluster worker (ray): KubeRay recreates the deleted pod under a new generated name
+  (trnctl/operators/kuberay.py replacement_worker_pods); Ray Train (V2, the default in 2.51.1)
+  restarts its whole worker group from the newest reported checkpoint when a worker dies, up to
+  RunConfig.failure_config.max_failures, waiting for the group to fit again (worker group start
+  timeouts are retried without limit) (ray 2.51.1 python/ray/train/v2/_internal/execution/
+  controller/controller.py, failure_handling/default.py; images/trn_workloads/ray_train/train.py).
+  A stopped (hung) worker is marked dead by Ray Train itself only after its health-check poll
+  hangs RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (default 600 s; worker_group/worker_group.py
+  poll_status): with the default trainingHangAfter (20m) Ray Train restarts a hung group itself after
+  10 minutes and the watchdog is the backstop (a restart that hangs too); the rehearsal compresses the
+  alert's window but not Ray Train's timeout, so there the watchdog acts. Past max_failures the Ray job
   fails and the RayJob's backoffLimit retries it: Retrying deletes the job's RayCluster and
   submitter and starts both again (ray-project/kuberay@v1.7.0 ray-operator/apis/ray/v1/
   rayjob_types.go "Each retry creates a new RayCluster", controllers/ray/rayjob_controller.go

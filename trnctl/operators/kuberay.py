@@ -405,15 +405,56 @@ def _build_pod(cluster: dict, group: dict | None, name: str, ctx) -> dict:
     return make_pod(template, name=name, namespace=_ns(cluster), owner=cluster)
 
 
+def desired_worker_replicas(group: dict) -> int:
+    """A worker group's pod count: replicas clamped to [minReplicas, maxReplicas] (0 when suspended), times
+    numOfHosts (CRD default 1).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/utils/util.go (GetWorkerGroupDesiredReplicas)"""
+    if group.get("suspend"):
+        return 0
+    low, high = int(group.get("minReplicas") or 0), group.get("maxReplicas")
+    replicas = group.get("replicas")
+    replicas = low if replicas is None or int(replicas) < low else int(replicas)
+    if high is not None:
+        replicas = min(replicas, int(high))
+    return replicas * int(group.get("numOfHosts") or 1)
+
+
 def cluster_pods(cluster: dict, ctx) -> list[dict]:
     """Head + every worker replica of a RayCluster (no autoscaler: ours disable in-tree autoscaling)."""
     name = _name(cluster)
     pods = [_build_pod(cluster, None, pod_name_prefix(name, "head") + stand_in(f"{_ns(cluster)}/{name}/head"), ctx)]
     for group in cluster["spec"].get("workerGroupSpecs") or []:
         prefix = pod_name_prefix(f"{name}-{group['groupName']}", "worker")
-        for i in range(int(group.get("replicas", group.get("minReplicas", 0)) or 0)):
+        for i in range(desired_worker_replicas(group)):
             pods.append(_build_pod(cluster, group, prefix + stand_in(f"{_ns(cluster)}/{name}/{group['groupName']}/{i}"), ctx))
     return pods
+
+
+def replacement_worker_pods(cluster: dict, present: list[dict], ctx, taken: set[str] = frozenset()) -> list[dict]:
+    """The worker pods KubeRay creates when a worker group has fewer pods than it desires: a worker pod deleted
+    (its node lost, the hang watchdog deleting the `trn-platform/gang-restart` pod) or one in a terminal phase
+    (Failed/Succeeded, which KubeRay deletes first: shouldDeletePod) is replaced by a new pod built from the
+    group's template, named `<cluster>-<group>-worker-<rand5>` (generateName: a new name, never the lost one's).
+    A Running pod whose Ray container exited is left alone when its restartPolicy can restart it (Always, the
+    default, as on our templates): the kubelet restarts the container in place, no new pod.
+    `present`: the cluster's pods that still exist and are not terminal; `taken`: names already used (generateName
+    never reuses a live name; the stand-in suffix is derived from the group and a counter, skipping these).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/raycluster_controller.go (reconcilePods: "Delete
+    unhealthy worker Pods", then diff = desired - running pods, createWorkerPod per missing pod; shouldDeletePod;
+    buildWorkerPod: utils.PodName(<cluster>-<group>, worker, isGenerateName=true)), utils/util.go (PodName,
+    GetWorkerGroupDesiredReplicas), common/pod.go (DefaultWorkerPodTemplate: GenerateName)"""
+    name, taken = _name(cluster), set(taken) | {p["metadata"]["name"] for p in present}
+    out = []
+    for group in cluster["spec"].get("workerGroupSpecs") or []:
+        have = [p for p in present if p["metadata"].get("labels", {}).get(GROUP_LABEL) == group["groupName"]
+                and p["metadata"]["labels"].get(NODE_TYPE_LABEL) == "worker"]
+        prefix, attempt = pod_name_prefix(f"{name}-{group['groupName']}", "worker"), 0
+        for _ in range(desired_worker_replicas(group) - len(have)):
+            while (pod_name := prefix + stand_in(f"{_ns(cluster)}/{name}/{group['groupName']}/new/{attempt}")) in taken:
+                attempt += 1
+            taken.add(pod_name)
+            out.append(_build_pod(cluster, group, pod_name, ctx))
+    return out
 
 
 def rayjob_cluster(job: dict, ctx) -> dict | None:
@@ -622,6 +663,27 @@ def deletes_cluster_when_finished(job: dict) -> bool:
     by the `ShutdownAfterJobFinishes` flag", deleteClusterResources)"""
     spec = job.get("spec") or {}
     return bool(spec.get("shutdownAfterJobFinishes")) and not spec.get("clusterSelector") and not spec.get("deletionPolicy")
+
+
+# RayJob status.reason values after which KubeRay never retries, whatever backoffLimit says.
+# source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/rayjob_controller.go (checkBackoffLimitAndUpdateStatusIfNeeded)
+NOT_RETRIED_REASONS = frozenset({"DeadlineExceeded", "JobStatusCheckTimeoutExceeded"})
+
+
+def retries_failed_rayjob(job: dict, failed_before: int, reason: str = "") -> bool:
+    """Whether KubeRay retries a RayJob whose jobDeploymentStatus just became Failed (the Ray job FAILED, e.g. Ray
+    Train past FailureConfig.max_failures): status.failed (counting this failure) below backoffLimit + 1
+    (spec.backoffLimit, CRD default 0: never), and not after DeadlineExceeded / JobStatusCheckTimeoutExceeded.
+    A retry (JobDeploymentStatus Retrying) deletes the RayJob's RayCluster and submitter Job, then starts over as
+    New: a new RayCluster ("Each retry creates a new RayCluster") and a new submission id; the training resumes
+    from its newest checkpoint under the same run name (the rehearsal: stop_rayjob, then run_rayjob).
+    source: ray-project/kuberay@v1.7.0:ray-operator/controllers/ray/rayjob_controller.go
+    (checkBackoffLimitAndUpdateStatusIfNeeded; case JobDeploymentStatusRetrying: deleteClusterResources,
+    deleteSubmitterJob, status reset to New), ray-operator/apis/ray/v1/rayjob_types.go (BackoffLimit)"""
+    limit = (job.get("spec") or {}).get("backoffLimit")
+    if limit is None or reason in NOT_RETRIED_REASONS:
+        return False
+    return failed_before + 1 < int(limit) + 1
 
 
 def admission_problems(obj: dict, ctx) -> list[str]:

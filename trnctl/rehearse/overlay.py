@@ -20,7 +20,8 @@
    tokenizers, titan's tokenized dataset), generated here.
 6. Images whose base is not pinned (`image_config`: titan's Dockerfile over an empty base).
 7. The CPU path of a RayJob's runtime env (`cpu_path_job`: the stack pins TRN_BACKEND=neuron there, and Ray's
-   runtime env wins over the pod env).
+   runtime env wins over the pod env), with Ray Train's controller poll period compressed; the Ray Train RayJobs'
+   worker pods each hold one Ray Train worker (`scale_ray_train_pods`), as each trn1.32xlarge pod holds its 32.
 8. Time, compressed TIME_SCALE times where waiting is the behaviour under test: the progress sidecar's poll
    (`compressed_time_argv`) and, in trnctl/rehearse/hangwatch.py, the hang rule's windows and the watchdog's
    cooldown, so a hang is noticed in seconds; Prometheus scrapes every second (trnctl/rehearse/prometheus.py).
@@ -50,11 +51,12 @@ RAY_PRETRAIN_OVERLAY = {"ray-pretrain": {"ray": {
     "tokenizer": RAY_TOKENIZER, "dataInputs": [RAY_CORPUS],
     "run": {"model": "tiny", "seq_len": 32, "steps": 30, "global_batch_size": 64, "micro_batch_size": 1,
             "tensor_parallel_size": 1, "learning_rate": 0.003, "warmup_steps": 2, "checkpoint_interval": 10,
-            "precompile_steps": 2, "max_failures": 0},
+            "precompile_steps": 2, "log_interval": 1},
 }}}
 # What the rendered run config changes at tiny scale: two gloo processes (one per worker pod) instead of one per
 # NeuronCore (64: the two CPU pods of this machine cannot hold them), a global batch of one micro-batch each.
 RAY_RUN_SCALE = {"num_workers": 2, "global_batch_size": 2}
+RAY_TRAIN_MODULE = "trn_workloads.ray_train.train"  # the entrypoint of the precompile and train RayJobs
 
 # titan-pretrain: 2 nodes, TorchTitan's debug model, a few steps, a tokenizer and corpus on the shared volume, no
 # TensorBoard Deployment.
@@ -102,7 +104,27 @@ def stack_overlays() -> dict[str, dict]:
 
 def scale_objects(objects: list[dict]) -> list[dict]:
     """The rendered objects at this machine's scale (2 CPUs): one training process per pod."""
-    return scale_processes(scale_run_config(objects))
+    return scale_processes(scale_ray_train_pods(scale_run_config(objects)))
+
+
+def scale_ray_train_pods(objects: list[dict]) -> list[dict]:
+    """The Ray Train RayJobs' worker pods holding exactly the Ray Train workers RAY_RUN_SCALE puts on each
+    (num_workers / worker pods): each advertises that many CPU-path workers' CPUs (`num-cpus`), as a trn1.32xlarge
+    pod's 32 NeuronCores hold exactly its 32 workers on Neuron. Otherwise one pod's 127 CPUs would hold the whole
+    gang, and a lost worker pod would not hold the training back until KubeRay replaced it. The data RayJob keeps
+    the CPUs of its pods' limits (its tasks use them)."""
+    from trn_workloads.ray_train.train import CPU_RESOURCES_PER_WORKER
+    out = []
+    for obj in objects:
+        spec = (obj.get("spec") or {}) if obj.get("kind") == "RayJob" else {}
+        if RAY_TRAIN_MODULE in spec.get("entrypoint", "") and spec.get("rayClusterSpec"):
+            obj = copy.deepcopy(obj)
+            groups = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+            per_pod = RAY_RUN_SCALE["num_workers"] // sum(int(g["replicas"]) for g in groups)
+            for group in groups:
+                group.setdefault("rayStartParams", {})["num-cpus"] = str(per_pod * CPU_RESOURCES_PER_WORKER["CPU"])
+        out.append(obj)
+    return out
 
 
 def load(stack: str, overlays: dict[str, dict] | None = None):
@@ -148,18 +170,30 @@ def scale_run_config(objects: list[dict]) -> list[dict]:
     return out
 
 
+# Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), and a worker's
+# ray.train.report waits for the previous report to be taken (a result queue of size 1): at log_interval 1 the
+# tiny model's steps would run one per 2 s. Time compressed here, as the runner compresses probe periods; the env
+# var reaches the controller from the driver's env (ENV_VARS_TO_PROPAGATE).
+# source: ray-project/ray@ray-2.51.1 python/ray/train/v2/_internal/constants.py (HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+# ENV_VARS_TO_PROPAGATE), _internal/execution/controller/controller.py (_poll_workers),
+# _internal/execution/worker_group/worker.py (result_queue=queue.Queue(maxsize=1))
+RAY_TRAIN_COMPRESSED_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def cpu_path_job(job: dict) -> dict:
-    """The RayJob with the overlay's CPU-path env over the env_vars its runtime env sets."""
+    """The RayJob with the overlay's CPU-path env over the env_vars its runtime env sets (and, for a Ray Train
+    job, the controller's poll period compressed: RAY_TRAIN_COMPRESSED_ENV)."""
     raw = job["spec"].get("runtimeEnvYAML")
     if not raw:
         return job
     runtime = yaml.safe_load(raw) or {}
     env = runtime.get("env_vars") or {}
     cpu = cpu_path_env(None)
-    if not any(k in cpu for k in env):
+    extra = RAY_TRAIN_COMPRESSED_ENV if RAY_TRAIN_MODULE in job["spec"].get("entrypoint", "") else {}
+    if not any(k in cpu for k in env) and not extra:
         return job
     job = copy.deepcopy(job)
-    runtime["env_vars"] = {k: cpu.get(k, v) for k, v in env.items()}
+    runtime["env_vars"] = {**{k: cpu.get(k, v) for k, v in env.items()}, **extra}
     job["spec"]["runtimeEnvYAML"] = yaml.safe_dump(runtime)
     return job
 

@@ -12,8 +12,12 @@ A mixin of runner.Rehearsal, which dispatches every RayJob of a step to `run_ray
 - Addresses: `--node-ip-address` and the dashboard host set to the pod's own loopback address.
 - CPU path: overlay.cpu_path_job (the runtime env wins over the pod env in Ray, so the overlay must win there too).
 - Stop and resubmit (`stop_rayjob`): the RayJob's cluster and submitter go away as KubeRay deletes them
-  (shutdownAfterJobFinishes, or the RayJob deleted); a new run creates them again with the same names, and the
-  training resumes from the checkpoints on the shared volume.
+  (shutdownAfterJobFinishes, the RayJob deleted, or a backoffLimit retry: kuberay.retries_failed_rayjob); a new
+  run creates them again with the same names, and the training resumes from the checkpoints on the shared volume.
+- A worker pod lost mid-run (`kill_pod`: its node gone; or deleted by the hang watchdog, it carries
+  `trn-platform/gang-restart`): `recreate_worker_pods` is KubeRay's reconcile (kuberay.replacement_worker_pods: a
+  new pod under a new generated name), then `follow_rayjob` keeps following the same Ray job, whose Ray Train
+  controller restarts its worker group from the newest checkpoint once the group fits again.
 Ray 2.51.1's GCS and raylet bind every interface whatever `--node-ip-address` says: every rehearsal runs inside
 its own network namespace (trnctl/rehearse/netns.py), so nothing a pod binds is reachable from outside.
 """
@@ -48,7 +52,11 @@ class RayJobSteps:
         """Once its cluster is ready (`cluster`: run_cluster's results): the submitter and the Ray job to a terminal
         state (or until `until()`), then the cluster deleted when KubeRay deletes it
         (kuberay.deletes_cluster_when_finished), its pods' listeners checked before."""
-        results = self._submit(job, index, until)
+        return self._finished(job, cluster, self._submit(job, index, until), until)
+
+    def _finished(self, job: dict, cluster: list[PodResult], results: list[PodResult], until) -> list[PodResult]:
+        """Once the Ray job ended (not left running by `until`): its pods' listeners checked, then the cluster
+        deleted when KubeRay deletes it (kuberay.deletes_cluster_when_finished)."""
         finished = not (until is not None and until())
         if finished and kuberay.deletes_cluster_when_finished(job):
             for res in [*cluster, *results]:
@@ -70,18 +78,50 @@ class RayJobSteps:
             self._start(_owned(pod, job), results, deadline)
         self._await(head, results, deadline, lambda pod: _answers(*gcs) and self._raylet_healthy(pod))
         if not any(r.problem for r in results.values()):
-            self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
-            started = time.monotonic()
-            dashboard = (gcs[0], kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
-
-            def joined(pod: dict) -> bool:
-                alive = kuberay.alive_node_addresses(*dashboard)
-                if alive is None:  # no dashboard: the worker's `ray start --block` kept running long enough
-                    return time.monotonic() - started > WORKER_SETTLE
-                return self.addresses.pod(pod["metadata"]["name"]) in alive
-
-            self._await(workers, results, deadline, joined)
+            self._start_workers(job, cluster, workers, results, deadline)
         return list(results.values())
+
+    def recreate_worker_pods(self, job: dict, index: int) -> list[PodResult]:
+        """KubeRay's reconcile of the RayJob's cluster after worker pods went away (kill_pod: the node lost; the
+        hang watchdog deleting the `trn-platform/gang-restart` worker): a new pod per missing worker, under a new
+        generated name (kuberay.replacement_worker_pods), started and awaited until the head lists it ALIVE.
+        The Ray job itself is left to Ray: Ray Train restarts its worker group once the resources are back."""
+        ctx = self.stack.ctx
+        cluster = kuberay.rayjob_cluster(job, ctx)
+        live = {c.pod for c in self.containers if c.proc.poll() is None}
+        present = [p for p in self.all_pods if p["metadata"].get("labels", {}).get(kuberay.CLUSTER_LABEL)
+                   == cluster["metadata"]["name"] and p["metadata"]["name"] in live]
+        new = [_owned(p, job) for p in kuberay.replacement_worker_pods(cluster, present, ctx,
+                                                                      taken={p["metadata"]["name"] for p in self.all_pods})]
+        owner = operators.describe(job)
+        results = {p["metadata"]["name"]: PodResult(p["metadata"]["name"], index, owner) for p in new}
+        for pod in new:
+            self.addresses.pod(pod["metadata"]["name"])
+        self.all_pods += [p for p in new if p["metadata"]["name"] not in {q["metadata"]["name"] for q in self.all_pods}]
+        if new:
+            self._start_workers(job, cluster, new, results, time.monotonic() + self.step_timeout)
+        return list(results.values())
+
+    def _start_workers(self, job: dict, cluster: dict, workers: list[dict], results: dict[str, PodResult],
+                       deadline: float) -> None:
+        """The worker pods at once, each ready once the head's dashboard lists its address ALIVE."""
+        self._start_pods([_owned(pod, job) for pod in workers], results, deadline, prepare=self._on_loopback)
+        started = time.monotonic()
+        dashboard = self._dashboard(cluster)
+
+        def joined(pod: dict) -> bool:
+            alive = kuberay.alive_node_addresses(*dashboard)
+            if alive is None:  # no dashboard: the worker's `ray start --block` kept running long enough
+                return time.monotonic() - started > WORKER_SETTLE
+            return self.addresses.pod(pod["metadata"]["name"]) in alive
+
+        self._await(workers, results, deadline, joined)
+
+    def _dashboard(self, cluster: dict) -> tuple[str, int]:
+        """The head pod's dashboard (address, port)."""
+        head = next(p for p in kuberay.cluster_pods(cluster, self.stack.ctx)
+                    if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
+        return self.addresses.pod(head["metadata"]["name"]), kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME]
 
     def _submit(self, job: dict, index: int, until) -> list[PodResult]:
         """The submitter pod as kuberay.pods builds it (K8sJobMode), then the Ray job's status from the dashboard."""
@@ -93,17 +133,32 @@ class RayJobSteps:
                    for p in submitters}
         for pod in submitters:
             self._start(pod, results, deadline, on_loopback=False)
-        cluster = kuberay.rayjob_cluster(job, ctx)
-        head = next(p for p in kuberay.cluster_pods(cluster, ctx) if p["metadata"]["labels"][kuberay.NODE_TYPE_LABEL] == "head")
-        dashboard = (self.addresses.pod(head["metadata"]["name"]),
-                     kuberay._service_ports(cluster)[kuberay.DASHBOARD_PORT_NAME])
+        for res in results.values():
+            if not res.problem:
+                res.ready = True
+                self.ready.add(res.name)
+        return self._follow(job, submitters, results, deadline, until)
+
+    def follow_rayjob(self, job: dict, pods: list[PodResult], *, until=None) -> list[PodResult]:
+        """Keep following a Ray job left running (run_rayjob with `until`; e.g. across a worker pod lost and
+        recreated) to a terminal state, or until `until()`, with a fresh step bound; then as submit_rayjob.
+        `pods`: the RayJob's pod results so far (run_rayjob's and recreate_worker_pods'); returns the submitter's."""
+        names = {r.name for r in pods}
+        submitters = [p for p in kuberay.pods(overlay.cpu_path_job(job), self.stack.ctx)
+                      if p["metadata"]["name"] in names and kuberay.NODE_TYPE_LABEL not in p["metadata"]["labels"]]
+        results = {r.name: r for r in pods if r.name in {p["metadata"]["name"] for p in submitters}}
+        followed = self._follow(job, submitters, results, time.monotonic() + self.step_timeout, until)
+        return self._finished(job, [r for r in pods if r.name not in results], followed, until)
+
+    def _follow(self, job: dict, submitters: list[dict], results: dict[str, PodResult], deadline: float,
+                until) -> list[PodResult]:
+        """The Ray job's status from the head's dashboard, as KubeRay reads it, per submitter pod."""
+        dashboard = self._dashboard(kuberay.rayjob_cluster(job, self.stack.ctx))
         job_id = kuberay.submission_id(job)
         for pod in submitters:
             res = results[pod["metadata"]["name"]]
             if res.problem:
                 continue
-            res.ready = True
-            self.ready.add(res.name)
             status: dict = {}
             while time.monotonic() < deadline:
                 status = kuberay.job_status(*dashboard, job_id)

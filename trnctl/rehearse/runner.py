@@ -16,8 +16,9 @@ Per controller kind: `run_step(i)` runs each object of the step whose controller
 that controller's runner (`controller_runs(obj)`: MPIJob -> mpijob.py `run_mpijob`, RayJob -> rayjob.py
 `run_rayjob`, Volcano Job -> volcanojob.py `run_job`; mixins of Rehearsal), then every other object's pods together.
 Tests drive the runners directly for stop/resume: `r.run_rayjob(job, i, until=...)`, `r.stop_rayjob(job)`,
-`r.start_job`/`await_job`/`kill_pod`/`stop_job` (Volcano), `r.start_mpijob`/`await_mpijob`/`retry_launcher`/
-`finish_mpijob` (MPIJob). An operator module may define
+`r.start_job`/`await_job`/`kill_pod`/`stop_job`/`pod_lost` (Volcano), `r.start_mpijob`/`await_mpijob`/`retry_launcher`/
+`finish_mpijob` (MPIJob), `r.recreate_worker_pods(job, i)` + `r.follow_rayjob(job, pods)` (KubeRay replacing a lost
+worker pod). An operator module may define
 `await_kind(obj) -> "complete" | "ready"`. The operators' own rules (Volcano's policy_action, KubeRay's job status
 read from the dashboard and cluster deletion) live in trnctl/operators/.
 - Everything runs in the rehearsal's own network namespace (netns.py, only `lo`), entered first and left last.

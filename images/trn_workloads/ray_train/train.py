@@ -42,6 +42,9 @@ from trn_workloads.ray_train.loop import train_loop_per_worker
 log = logging.getLogger(__name__)
 
 
+CPU_RESOURCES_PER_WORKER = {"CPU": 1}  # what one gloo worker asks of a Ray node on the CPU path
+
+
 def ray_backend(*, precompile: bool) -> tuple[Any, dict[str, float]]:
     """(backend config, resources per worker) for this backend. TorchXLAConfig only on Neuron:
     it kills processes by name on the workers and initialises torch-xla."""
@@ -51,7 +54,7 @@ def ray_backend(*, precompile: bool) -> tuple[Any, dict[str, float]]:
         return TorchXLAConfig(neuron_parallel_compile=precompile), {NEURON_CORES_RESOURCE: 1}
     from ray.train.torch import TorchConfig
 
-    return TorchConfig(backend="gloo"), {"CPU": 1}
+    return TorchConfig(backend="gloo"), dict(CPU_RESOURCES_PER_WORKER)
 
 
 def check_data(cfg: PretrainConfig) -> dict[str, Any]:
