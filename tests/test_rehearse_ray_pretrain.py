@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from trnctl.operators import kuberay
 from trnctl.rehearse import overlay
+from trnctl.rehearse.hangwatch import HangWatch
 from trnctl.rehearse.overlay import seed_ray_inputs
 from trnctl.rehearse.runner import Rehearsal
 
@@ -162,13 +164,33 @@ def train_worker_pods(r: Rehearsal, job: dict) -> list[str]:
             if r.pod_processes(c, TRAIN_WORKER)]
 
 
-def test_a_killed_worker_pod_is_replaced_and_the_gang_resumes_from_its_checkpoint(stack, shared, data_done):
-    """Issue 24 item 4 (measured recovery), ray: the train RayJob runs to its first registered checkpoint; one worker
-    pod (holding one of the two Ray Train workers) is killed, its node lost. KubeRay's reconcile creates a new worker
+def resume_steps(r: Rehearsal, job: dict, *, at_least: int, timeout: float = 60.0) -> list[int]:
+    """The steps the run resumed at, from the submitter's log (`ray job logs --follow` lags the driver a little:
+    waited for until `at_least` are there)."""
+    end = time.monotonic() + timeout
+    while len(steps := [int(n) for n in re.findall(r"resuming at step (\d+)", submitter_log(r, job))]) < at_least \
+            and time.monotonic() < end:
+        time.sleep(0.5)
+    return steps
+
+
+def midway_past_a_checkpoint(shared: Path, run: dict, *, after: int) -> bool:
+    """A checkpoint newer than `after` is registered and training is halfway to the next one (a fault there loses
+    steps unless the resume is from the newest)."""
+    newest = registered_step(shared, run) or 0
+    return newest > after and max(metrics_steps(shared, run), default=0) >= newest + run["checkpoint_interval"] // 2
+
+
+def test_a_killed_and_a_hung_worker_each_restart_the_gang_from_its_checkpoint(stack, shared, data_done):
+    """Issue 24 item 4 (measured recovery), ray: the train RayJob runs halfway past its first registered checkpoint;
+    one worker pod (holding one of the two Ray Train workers) is killed, its node lost. KubeRay's reconcile creates a new worker
     pod under a new generated name (kuberay.replacement_worker_pods); Ray Train's controller (Train V2, the default
     in 2.51.1) sees the worker group fail, and, within FailureConfig.max_failures, restarts the whole group from the
     newest reported checkpoint once the placement group fits again; training completes in the same Ray job.
-    Steps lost (last step logged before the kill - the step resumed from) <= the checkpoint interval.
+    Then, halfway past the next checkpoint, one Ray Train worker is stopped (hung): the platform's TrainingGangHung
+    rule fires on the submitter's step counter, the watchdog deletes a gang-restart worker pod, KubeRay replaces it,
+    and Ray Train restarts the group from the newest checkpoint again (trnctl/rehearse/hangwatch.py).
+    Each time, steps lost (last step logged before the fault - the step resumed from) <= the checkpoint interval.
     source: ray-project/ray@ray-2.51.1 python/ray/train/v2/_internal/execution/controller/controller.py (_step:
     RunningState poll errors -> failure policy -> RestartingState -> SchedulingState -> _execute_resize_decision),
     failure_handling/default.py (WorkerGroupError counted against max_failures; WorkerGroupStartupTimeoutError is a
@@ -183,7 +205,7 @@ def test_a_killed_worker_pod_is_replaced_and_the_gang_resumes_from_its_checkpoin
     assert registered_step(shared, run) is None, "a checkpoint of an earlier run is there: the first one must be this run's"
     started = time.monotonic()
     with Rehearsal(stack, shared_dir=shared, step_timeout=150, s3=False) as r:
-        first = r.run_rayjob(job, index, until=lambda: registered_step(shared, run) is not None)
+        first = r.run_rayjob(job, index, until=lambda: midway_past_a_checkpoint(shared, run, after=0))
         assert all(not p.problem for p in first), report(first)
         saved = registered_step(shared, run)
         to_checkpoint = time.monotonic() - started
@@ -201,7 +223,26 @@ def test_a_killed_worker_pod_is_replaced_and_the_gang_resumes_from_its_checkpoin
         time_to_resume = time.monotonic() - killed_at
         assert all(not p.problem for p in followed + replaced), \
             f"after killing {victim} at step {last_step} (replaced by {[p.name for p in replaced]}):\n" + report(followed + replaced)
-        done = r.follow_rayjob(job, first + replaced)
+        resumed_kill = resume_steps(r, job, at_least=1)[-1]
+
+        # 2. a hung worker, halfway past the next checkpoint: its Ray Train worker stopped (alive, no steps; the other
+        # blocks in its all-reduce). Nothing exits; the platform's hang path notices the step counter (the submitter's
+        # progress sidecar) and the watchdog deletes a `trn-platform/gang-restart` worker pod; KubeRay replaces it.
+        watch = HangWatch(r).start()
+        pods = first + replaced
+        hung = r.follow_rayjob(job, pods, until=lambda: midway_past_a_checkpoint(shared, run, after=resumed_kill))
+        assert all(not p.problem for p in hung), report(hung)
+        stalled = train_worker_pods(r, job)[-1]
+        r.signal_processes(stalled, signal.SIGSTOP, TRAIN_WORKER)
+        stalled_at, last_step_hung = time.monotonic(), max(metrics_steps(shared, run))
+        restart = watch.until_restart(timeout=120)
+        assert max(metrics_steps(shared, run)) == last_step_hung, "steps while a worker was stopped"
+        seen = len(metrics_steps(shared, run))
+        again = r.recreate_worker_pods(job, index)
+        followed = r.follow_rayjob(job, pods + again, until=lambda: len(metrics_steps(shared, run)) > seen)
+        assert all(not p.problem for p in followed + again), f"after {restart}:\n" + report(followed + again)
+        hung_to_resume = time.monotonic() - stalled_at
+        done = r.follow_rayjob(job, pods + again)
         to_end = time.monotonic() - killed_at
         log = submitter_log(r, job)
     assert all(not p.problem for p in done), f"after killing {victim} at step {last_step}:\n" + report(done)
@@ -209,13 +250,20 @@ def test_a_killed_worker_pod_is_replaced_and_the_gang_resumes_from_its_checkpoin
     assert new.ready and new.name != victim and new.name.startswith(victim.rsplit("-", 1)[0] + "-"), report(replaced)
     resumes = re.findall(r"resuming at step (\d+)", log)
     assert resumes, f"no resume after killing {victim} at step {last_step}:\n{log[-3000:]}"
-    resumed = int(resumes[-1])
+    resumed = int(resumes[0])
     assert resumed >= saved > 0, log[-3000:]
-    steps_lost = last_step - resumed
-    print(f"ray recovery: killed {victim} at step {last_step}, resumed from {resumed}, steps lost {steps_lost}, "
-          f"time to resume {time_to_resume:.1f}s (replacement pod joined after {replaced_in:.1f}s); first checkpoint "
-          f"{to_checkpoint:.1f}s after the cluster was asked for, completion {to_end:.1f}s after the kill")
+    resumed_hung = int(resumes[-1])
+    assert resumed == resumed_kill and len(resumes) >= 2 and resumed_hung > resumed_kill, log[-3000:]
+    assert restart.pod.startswith(victim.rsplit("-", 1)[0] + "-") and any("hung: deleted pod" in x for x in restart.lines)
+    steps_lost, steps_lost_hung = last_step - resumed, last_step_hung - resumed_hung
+    print(f"ray recovery (killed worker): killed {victim} at step {last_step}, resumed from {resumed}, steps lost "
+          f"{steps_lost}, time to resume {time_to_resume:.1f}s (replacement pod joined after {replaced_in:.1f}s); "
+          f"first checkpoint {to_checkpoint:.1f}s after the cluster was asked for")
+    print(f"ray recovery (hung worker): stopped {stalled}'s Ray Train worker at step {last_step_hung}, the watchdog "
+          f"deleted {restart.pod} after {restart.at - stalled_at:.1f}s, resumed from {resumed_hung}, steps lost "
+          f"{steps_lost_hung}, time to resume {hung_to_resume:.1f}s; completion {to_end:.1f}s after the kill")
     assert 0 <= steps_lost <= run["checkpoint_interval"], log[-3000:]
+    assert 0 <= steps_lost_hung <= run["checkpoint_interval"], log[-3000:]
     assert metrics_steps(shared, run)[-1] == run["steps"]
     assert registered_step(shared, run) == run["steps"]
 
