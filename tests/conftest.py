@@ -45,3 +45,21 @@ def aws_env(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     yield moto_server
     requests.post(f"{moto_server}/moto-api/reset", timeout=10)
+
+
+# Process-wide settings that code under test sets for itself (trn_workloads.dataprep.tokenization
+# set_tokenizer_threads writes both: the tokenizers library reads them from the environment). Restored after
+# every test, so they do not reach later tests and the servers they start (the vLLM server saw
+# RAYON_NUM_THREADS=1 after the data-prep tests).
+_PROCESS_SETTINGS = ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_settings():
+    saved = {k: os.environ.get(k) for k in _PROCESS_SETTINGS}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
