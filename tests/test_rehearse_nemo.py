@@ -278,9 +278,11 @@ def test_a_killed_rank_restarts_the_launcher_and_the_gang_resumes_from_the_newes
     print(f"nemo recovery: median step {median_step:.2f}s, checkpoint every {interval} steps")
     assert all(0 <= n <= interval for n in lost.values()), (lost, re.findall(r"resumed from .*|saved .*", log))
     assert m["final_step"] == m["steps"] and m["final_saved"][-1] == m["steps"], log[-3000:]
-    # save_top_k newest, plus the save the last attempt resumed from (never removed)
+    # save_top_k newest, plus saves an attempt resumed from (an attempt never removes the save it resumed from; a
+    # later attempt that saves nothing, one resumed near the end, removes nothing)
     assert m["final_saved"][-m["keep"]:] == list(range(m["steps"] - interval * (m["keep"] - 1), m["steps"] + 1, interval))
-    assert set(m["final_saved"][:-m["keep"]]) <= {delete["resumed"]}, m["final_saved"]
+    assert set(m["final_saved"][:-m["keep"]]) <= {kill["resumed"], delete["resumed"]}, m["final_saved"]
+    assert delete["resumed"] < m["steps"], "the hung gang must have steps left to resume (raise the overlay's steps)"
 
 
 def test_without_the_checkpoint_to_resume_from_the_recovery_check_fails(stack, rehearsed):

@@ -81,7 +81,7 @@ NEMO_TOKENIZER = f"/shared/{SEED_DIR}/nemo-tokenizer"
 NEMO_CORPUS = f"/shared/{SEED_DIR}/nemo-corpus.jsonl"
 NEMO_OVERLAY = {"nemo-pretrain": {"nemo": {
     "tensorboard": False, "data": {"tokenizer": NEMO_TOKENIZER, "inputs": [NEMO_CORPUS], "workers": 1},
-    "run": {"nodes": 2, "preset": "tiny", "steps": 80, "checkpoint_every_n_steps": 10, "precompile_steps": 2}}}}
+    "run": {"nodes": 2, "preset": "tiny", "steps": 200, "checkpoint_every_n_steps": 10, "precompile_steps": 2}}}}
 
 STACK_OVERLAYS: dict[str, dict] = {
     "lora": {"run": {
