@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from trn_workloads import progress
-from trn_workloads.nemo import standin
+from trn_workloads.nemo import checkpoints
 from trn_workloads.nemo.command import FORWARDED_ENV, mpirun_command
 from trnctl.operators import mpi
 from trnctl.rehearse import overlay
@@ -113,7 +113,7 @@ def run_on_volume(stack, shared: Path) -> tuple[dict, Path]:
 
 
 def saved_steps(run_dir: Path) -> list[int]:
-    return sorted(standin.checkpoint_step(p) for p in standin.complete_checkpoints(run_dir / "checkpoints"))
+    return sorted(checkpoints.checkpoint_step(p) for p in checkpoints.complete_checkpoints(run_dir / "checkpoints"))
 
 
 def logged_step(run_dir: Path) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from trn_workloads import accel
-from trn_workloads.nemo import standin
+from trn_workloads.nemo import checkpoints, standin
 from trn_workloads.nemo.command import build_command, build_env
 from trn_workloads.nemo.config import ConfigError, RunConfig, read_run_config
 from trn_workloads.nemo.nxdt import MODES, config_path, config_yaml, write_nxdt_config
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             _exec_on_neuron(command, env, cfg, args.mode)
         else:  # the CPU path (TRN_BACKEND=cpu): what the step needs from its pod, without Neuron
             standin.run(cfg, args.mode, rank=rank, master=master)
-    except (standin.RendezvousError, standin.ResumeError) as err:
+    except (standin.RendezvousError, checkpoints.ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (ConfigError, ValueError, OSError) as err:  # OSError: the YAML could not be written
