@@ -192,6 +192,7 @@ class HangWatch:
                                 service_account=sa,
                                 configmaps={(self.settings.state_namespace, self.settings.state_configmap): state})
         self.prometheus = None
+        self._targets: set[str] = set()
         self.log: list[str] = []
 
     def live_pods(self) -> list[dict]:
@@ -200,7 +201,9 @@ class HangWatch:
         return [p for p in r.all_pods if p["metadata"]["name"] in running]
 
     def start(self) -> "HangWatch":
-        self.prometheus = self.rehearsal.start_prometheus(rule_groups=[self.rule_group], pods=self.live_pods())
+        live = self.live_pods()
+        self.prometheus = self.rehearsal.start_prometheus(rule_groups=[self.rule_group], pods=live)
+        self._targets = {p["metadata"]["name"] for p in live}
         return self
 
     def query(self, expr: str) -> dict:
@@ -209,8 +212,12 @@ class HangWatch:
         return watchdog.query_prometheus(self.rehearsal.url_in_cluster(self.settings.prometheus_url), expr, timeout=5)
 
     def poll(self) -> list[str]:
-        """Targets follow the live pods; one watchdog pass (its lines)."""
-        self.prometheus.reload(self.live_pods())
+        """Targets follow the live pods (a reload when they changed); one watchdog pass (its lines)."""
+        live = self.live_pods()
+        names = {p["metadata"]["name"] for p in live}
+        if names != self._targets:
+            self.prometheus.reload(live)
+            self._targets = names
         lines = watchdog.run_once(self.api, self.query, self.settings, time.time())
         self.log += lines
         return lines
