@@ -74,8 +74,8 @@ def test_rbac_of_the_rendered_watchdog(objects):
 
 
 class _NoPods:
-    containers: list = []
-    all_pods: list = []
+    def live_pods(self) -> list[dict]:
+        return []
 
 
 def api(objects) -> RehearsalApi:

@@ -115,9 +115,7 @@ class RehearsalApi(Kube):
         return self._configmap(verb, ns, name, body)
 
     def _live(self, ns: str) -> list[dict]:
-        r = self.rehearsal
-        running = {c.pod for c in r.containers if c.proc.poll() is None}
-        return [p for p in r.all_pods if p["metadata"]["name"] in running and p["metadata"].get("namespace") == ns]
+        return [p for p in self.rehearsal.live_pods() if p["metadata"].get("namespace") == ns]
 
     def _pods(self, verb: str, ns: str, name: str, query: dict) -> dict:
         if verb == "list":
@@ -195,13 +193,8 @@ class HangWatch:
         self._targets: set[str] = set()
         self.log: list[str] = []
 
-    def live_pods(self) -> list[dict]:
-        r = self.rehearsal
-        running = {c.pod for c in r.containers if c.proc.poll() is None}
-        return [p for p in r.all_pods if p["metadata"]["name"] in running]
-
     def start(self) -> "HangWatch":
-        live = self.live_pods()
+        live = self.rehearsal.live_pods()
         self.prometheus = self.rehearsal.start_prometheus(rule_groups=[self.rule_group], pods=live)
         self._targets = {p["metadata"]["name"] for p in live}
         return self
@@ -213,7 +206,7 @@ class HangWatch:
 
     def poll(self) -> list[str]:
         """Targets follow the live pods (a reload when they changed); one watchdog pass (its lines)."""
-        live = self.live_pods()
+        live = self.rehearsal.live_pods()
         names = {p["metadata"]["name"] for p in live}
         if names != self._targets:
             self.prometheus.reload(live)

@@ -150,7 +150,7 @@ class MPIJobSteps:
         the same pod, a replacement pod with its new name, or the MPIJob failed. Either way the workers stay and the
         new mpirun starts every rank again over ssh. A deleted launcher's processes are stopped first."""
         old = run.launcher_name
-        if deleted and any(c.pod == old and c.proc.poll() is None for c in self.containers):
+        if deleted and any(p["metadata"]["name"] == old for p in self.live_pods()):
             self.delete_launcher(run)
         decision = mpi.launcher_retry(run.job, self.stack.ctx, old, failed=run.failed, restarts=run.restarts,
                                       deleted=deleted)

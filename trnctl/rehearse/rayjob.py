@@ -88,9 +88,8 @@ class RayJobSteps:
         The Ray job itself is left to Ray: Ray Train restarts its worker group once the resources are back."""
         ctx = self.stack.ctx
         cluster = kuberay.rayjob_cluster(job, ctx)
-        live = {c.pod for c in self.containers if c.proc.poll() is None}
-        present = [p for p in self.all_pods if p["metadata"].get("labels", {}).get(kuberay.CLUSTER_LABEL)
-                   == cluster["metadata"]["name"] and p["metadata"]["name"] in live]
+        present = [p for p in self.live_pods()
+                   if p["metadata"].get("labels", {}).get(kuberay.CLUSTER_LABEL) == cluster["metadata"]["name"]]
         new = [_owned(p, job) for p in kuberay.replacement_worker_pods(cluster, present, ctx,
                                                                       taken={p["metadata"]["name"] for p in self.all_pods})]
         owner = operators.describe(job)

@@ -656,6 +656,11 @@ class Rehearsal(MPIJobSteps, RayJobSteps, VolcanoJobSteps):
         dirs, hosts = self._pod_dirs(pod)
         self._start_container(pod, container, dirs, hosts)
 
+    def live_pods(self) -> list[dict]:
+        """The pods with a container still running (what the API server would list as Running)."""
+        running = {c.pod for c in self.containers if c.proc.poll() is None}
+        return [p for p in self.all_pods if p["metadata"]["name"] in running]
+
     def kill_pod(self, name: str) -> None:
         """SIGKILL one pod's containers (its node or its processes lost mid-run); the pod stays known, as failed."""
         self.stop_pods(lambda pod: pod["metadata"]["name"] == name, grace=0.0)
